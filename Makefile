@@ -1,0 +1,33 @@
+# Two entry points (see README): `make demo` and `make test`. Both set up .venv first if needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0 -c constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Until `t1 demo` lands, the main job is the largest stage that exists.
+demo: $(STAMP)
+	$(BIN)/t1 init out=runs/demo/model
+	$(BIN)/t1 countdown --n 500 --out runs/demo/traces.jsonl
+	$(BIN)/t1 grade runs/demo/traces.jsonl --task countdown -o runs/demo/graded.jsonl
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/grade.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,145 @@
+"""The ``t1`` command. Each subcommand is a thin wrapper: parse arguments, load the config, call the library.
+
+Stage commands take ``CONFIG.yaml`` (optional) followed by ``dotted.key=value`` overrides, e.g.
+``t1 init out=runs/tiny model.layers=2``. ``--print-config`` shows the resolved config and exits;
+``--help-config`` lists every field with its type, default and help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from t1 import config as cfglib
+from t1.io import DataError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
+                   help="a YAML config file and/or dotted overrides such as train.lr=3e-4")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--help-config", action="store_true", help="list every config field and exit")
+
+
+def _load_config(cls, args: argparse.Namespace):
+    """(config, printed_and_should_exit)."""
+    if args.help_config:
+        for name, tp, default, help_text in cfglib.describe(cls):
+            print(f"{name:34s} {tp:22s} {default:>14s}  {help_text}")
+        return None, True
+    path, overrides = None, []
+    for a in args.args:
+        if "=" not in a and path is None and a.endswith((".yaml", ".yml")):
+            path = a
+        elif "=" in a:
+            overrides.append(a)
+        else:
+            raise cfglib.ConfigError(f"argument {a!r}: expected CONFIG.yaml or a dotted.key=value override")
+    cfg = cfglib.load(cls, path, overrides)
+    if args.print_config:
+        print(cfglib.dump(cfg), end="")
+        return cfg, True
+    return cfg, False
+
+
+# --------------------------------------------------------------------------------------------- commands
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from t1.models import InitConfig, build_model, build_tokenizer, count_parameters, save
+
+    cfg, done = _load_config(InitConfig, args)
+    if done:
+        return 0
+    tok = build_tokenizer(cfg.task.max_value)
+    model = build_model(cfg.model, tok)
+    out = save(model, tok, cfg.out)
+    cfglib.save(cfg, out / "t1_config.yaml")
+    print(f"wrote a {count_parameters(model) / 1e6:.2f}M-parameter model and a {len(tok)}-token tokenizer "
+          f"to {out}")
+    return 0
+
+
+def cmd_countdown(args: argparse.Namespace) -> int:
+    from t1.tasks.countdown import CountdownConfig, generate, sample_failed, write_trace
+
+    cfg, done = _load_config(CountdownConfig, args)
+    if done:
+        return 0
+    rng = random.Random(args.seed + 1)
+    rows = []
+    for p in generate(cfg, args.n, args.seed):
+        failed = sample_failed(cfg, rng) if args.failed is None else args.failed
+        rows.append({"prompt": p.prompt(), "response": write_trace(p, cfg, failed, rng), "failed": failed,
+                     **p.to_dict()})
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if args.out:
+        from t1.io import atomic_write_text
+
+        atomic_write_text(Path(args.out), text)
+        print(f"wrote {len(rows)} problems with traces to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from t1.grade import grade_file
+
+    summary = grade_file(args.input, args.output, task=args.task, skip_bad=args.skip_bad,
+                         workers=args.workers, timeout=args.timeout, progress=not args.quiet)
+    print(summary.text(), file=sys.stderr if args.output is None else sys.stdout)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t1", description="Train language models to reason with RL (the T1 recipe); measure inference scaling."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="build a tiny tokenizer and model locally and save them (HF format)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("countdown", help="write Countdown problems with T1-style traces as JSON Lines")
+    _add_config_args(p)
+    p.add_argument("--n", type=int, default=5, help="how many problems")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--failed", type=int, default=None,
+                   help="failed attempts per trace (default: geometric, see stop_prob)")
+    p.add_argument("--out", default=None, help="output file (default: standard output)")
+    p.set_defaults(func=cmd_countdown)
+
+    p = sub.add_parser("grade", help="grade a JSON Lines file of responses against gold answers")
+    p.add_argument("input", help="JSON Lines with response + answer (math) or response + numbers + target")
+    p.add_argument("-o", "--output", default=None, help="write graded rows here (default: standard output)")
+    p.add_argument("--task", choices=["math", "countdown"], default="math")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of stopping")
+    p.add_argument("--workers", type=int, default=None, help="grader processes (default: all cores)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per answer")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_grade)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (cfglib.ConfigError, DataError, FileNotFoundError) as e:
+        print(f"t1 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"t1 {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

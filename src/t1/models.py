@@ -1,0 +1,146 @@
+"""Models and tokenizers: a tiny word-level tokenizer and a tiny Llama model built locally, and one loader.
+
+The tiny pair is the embedded default (Countdown) and what the tests use. Both are ordinary transformers
+objects saved with ``save_pretrained``, so ``AutoTokenizer`` / ``AutoModelForCausalLM`` (and vLLM, SGLang,
+llama.cpp, which all know Llama) load them back. Real checkpoints — a local directory or a hub name — go
+through the same :func:`load`.
+
+Why Llama and not Qwen2: transformers ≥ 5 loads any ``model_type: qwen2`` checkpoint with its own
+``Qwen2Tokenizer``, rebuilt from the vocabulary with Qwen's byte-level pre-tokenizer, which splits every
+number into digits and discards our word-level pipeline. For a ``llama`` checkpoint it honours the saved
+``tokenizer.json``. The two architectures differ only in Qwen2's query/key/value biases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from t1.config import option, require
+from t1.tasks.countdown import CountdownConfig
+
+SPECIAL = {"pad": "<pad>", "eos": "<eos>", "unk": "<unk>"}
+# Every word and symbol a Countdown prompt or trace uses (see t1.tasks.countdown); numbers are added per range.
+WORDS = ["use", "to", "make", ":", "try", "?", "no", "yes", ",", ".", "too", "big", "small", "answer",
+         "check", "\\boxed{", "}", "(", ")", "+", "-", "*", "/", "="]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A tiny Llama for CPU runs and tests (the feasibility probe's 1.07M-parameter shape by default)."""
+
+    hidden: int = option(128, "hidden size")
+    layers: int = option(4, "number of transformer layers")
+    heads: int = option(4, "attention heads")
+    kv_heads: int = option(4, "key/value heads (grouped-query attention when < heads)")
+    ffn: int = option(512, "feed-forward inner size")
+    max_positions: int = option(1024, "longest sequence the position encoding is sized for")
+    rope_theta: float = option(10000.0, "RoPE base")
+    tie_embeddings: bool = option(True, "share the input embedding and the output layer")
+    seed: int = option(0, "seed for the initial weights")
+
+    def validate(self) -> None:
+        for name in ("hidden", "layers", "heads", "kv_heads", "ffn", "max_positions"):
+            require(getattr(self, name) >= 1, name, "must be ≥ 1", getattr(self, name))
+        require(self.hidden % self.heads == 0, "hidden", f"must be divisible by heads ({self.heads})",
+                self.hidden)
+        require(self.heads % self.kv_heads == 0, "kv_heads", f"must divide heads ({self.heads})", self.kv_heads)
+
+
+def build_tokenizer(max_number: int = 100):
+    """A word-level tokenizer: every integer 0..max_number is one token, plus the Countdown words.
+
+    Text is split on whitespace and decoded with single spaces, so space-separated text round-trips
+    exactly. Anything outside the vocabulary becomes ``<unk>``. No chat template: prompts are plain text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_list = list(SPECIAL.values()) + WORDS + [str(i) for i in range(max_number + 1)]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL["unk"]))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token=SPECIAL["pad"], eos_token=SPECIAL["eos"], unk_token=SPECIAL["unk"],
+        padding_side="left",
+    )
+
+
+def build_model(cfg: ModelConfig, tokenizer):
+    """A freshly initialised LlamaForCausalLM sized by ``cfg`` for ``tokenizer``'s vocabulary."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.ffn,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=cfg.max_positions,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    return model
+
+
+def save(model, tokenizer, out: str | Path) -> Path:
+    """``save_pretrained`` both into ``out`` (safetensors)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def load_tokenizer(name_or_path: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    if tok.pad_token is None:  # many causal LMs ship without one; padding is masked anyway
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load(name_or_path: str | Path, dtype: str = "auto", device: str | None = None):
+    """(model, tokenizer) from a local directory or a hub name, through the Auto classes.
+
+    ``dtype``: "auto" (what the checkpoint says), "float32", "bfloat16" or "float16".
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(name_or_path)
+    if not path.exists() and (str(name_or_path).startswith((".", "/")) or path.suffix):
+        raise FileNotFoundError(f"model path {name_or_path} does not exist")
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype)
+    if device is not None:
+        model.to(device)
+    return model, load_tokenizer(name_or_path)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """`t1 init`: build and save a tiny tokenizer and model."""
+
+    out: str = option("runs/tiny-model", "directory to write the model and tokenizer to")
+    model: ModelConfig = option(help="the model's shape", factory=ModelConfig)
+    task: CountdownConfig = option(help="the task the tokenizer is built for (numbers 0..max_value)",
+                                   factory=CountdownConfig)

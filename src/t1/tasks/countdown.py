@@ -1,0 +1,291 @@
+"""Countdown: combine the given numbers with + − × ÷ to reach a target. The embedded default task.
+
+Rules (the generator, solver, trace writer and verifier share them):
+
+* every given number is used exactly once (``use_all``; with ``use_all: false`` a sub-multiset may be used);
+* operations ``+ - * /`` with parentheses; arithmetic is exact;
+* division must be exact — every ``/`` step must give an integer (``exact_division``);
+* the generator and solver additionally keep every intermediate result a positive integer ≤ ``max_value``,
+  so every number in a trace is one token of the tiny tokenizer. The verifier does not demand this of a
+  model's answer: any expression that follows the first three rules and equals the target is correct.
+
+A trace (the SFT target) reads, for numbers 3 5 7 and target 22, with one failed attempt::
+
+    try 3 + 5 = 8 , 8 * 7 = 56 ? 22 no , too big . try 3 * 5 = 15 , 15 + 7 = 22 ? 22 yes .
+    answer \\boxed{ 3 * 5 + 7 } . check 3 * 5 = 15 , 15 + 7 = 22 ? 22 yes .
+
+Every attempt carries out its arithmetic and then restates the target before its verdict ("? 22 no"),
+which a feasibility probe found decisive (61 % vs 14 % held-out accuracy with the verdict first). A wrong
+attempt is followed by a reflection on why it fails (too big / too small), then a new attempt; the answer is
+boxed, then verified by recomputing it. Tokens are separated by single spaces, so the tiny word-level
+tokenizer round-trips every trace exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+from t1.config import option, require
+from t1.tasks.arith import ArithError, evaluate
+from t1.tasks.boxed import last_answer_tag, last_boxed
+
+# ------------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class CountdownConfig:
+    num_numbers: int = option(3, "how many numbers each problem gives (2..6)")
+    min_number: int = option(1, "smallest given number")
+    max_number: int = option(9, "largest given number")
+    min_target: int = option(1, "smallest target")
+    max_target: int = option(100, "largest target")
+    max_value: int = option(100, "largest intermediate result the generator and solver allow")
+    use_all: bool = option(True, "every given number must be used exactly once (else: at most once)")
+    exact_division: bool = option(True, "every division step must give an integer")
+    stop_prob: float = option(
+        0.3, "trace writer: chance that each attempt succeeds, giving a geometric number of failed attempts"
+    )
+    max_failed: int = option(6, "trace writer: cap on the number of failed attempts")
+
+    def validate(self) -> None:
+        require(2 <= self.num_numbers <= 6, "num_numbers", "must be between 2 and 6", self.num_numbers)
+        require(1 <= self.min_number <= self.max_number, "min_number", "must be ≥ 1 and ≤ max_number",
+                self.min_number)
+        require(self.max_number <= self.max_value, "max_number", "must be ≤ max_value", self.max_number)
+        require(1 <= self.min_target <= self.max_target, "min_target", "must be ≥ 1 and ≤ max_target",
+                self.min_target)
+        require(self.max_target <= self.max_value, "max_target", "must be ≤ max_value", self.max_target)
+        require(self.max_value <= 10_000, "max_value", "must be ≤ 10000 (each number is one token)",
+                self.max_value)
+        require(0.0 < self.stop_prob <= 1.0, "stop_prob", "must be in (0, 1]", self.stop_prob)
+        require(self.max_failed >= 0, "max_failed", "must be ≥ 0", self.max_failed)
+
+
+# ------------------------------------------------------------------------------------------------ problems
+
+
+@dataclass(frozen=True)
+class Problem:
+    numbers: tuple[int, ...]
+    target: int
+
+    def prompt(self) -> str:
+        return f"use {' '.join(map(str, self.numbers))} to make {self.target} :"
+
+    def to_dict(self) -> dict:
+        return {"numbers": list(self.numbers), "target": self.target}
+
+
+Step = tuple[int, str, int, int]  # (a, op, b, result)
+
+
+def _combine(a: int, b: int, max_value: int) -> list[tuple[int, str, int, int]]:
+    """All rule-abiding steps on the pair {a, b}, larger operand first."""
+    hi, lo = max(a, b), min(a, b)
+    out = [(hi, "+", lo, hi + lo), (hi, "*", lo, hi * lo)]
+    if hi > lo:
+        out.append((hi, "-", lo, hi - lo))
+    if lo and hi % lo == 0:  # non-integer steps are never generated (``exact_division`` binds the verifier)
+        out.append((hi, "/", lo, hi // lo))
+    return [s for s in out if 0 < s[3] <= max_value]
+
+
+def _successors(pool: tuple[int, ...], cfg: CountdownConfig):
+    """Each (step, next pool) from combining two numbers of ``pool``."""
+    seen = set()
+    for i in range(len(pool)):
+        for j in range(i + 1, len(pool)):
+            if (pool[i], pool[j]) in seen:
+                continue
+            seen.add((pool[i], pool[j]))
+            rest = pool[:i] + pool[i + 1 : j] + pool[j + 1 :]
+            for step in _combine(pool[i], pool[j], cfg.max_value):
+                yield step, tuple(sorted(rest + (step[3],)))
+
+
+def reachable(numbers: tuple[int, ...], cfg: CountdownConfig) -> frozenset[int]:
+    """Every target that ``numbers`` can make under the rules."""
+    return _reachable(tuple(sorted(numbers)), cfg)
+
+
+@lru_cache(maxsize=65536)
+def _reachable(pool: tuple[int, ...], cfg: CountdownConfig) -> frozenset[int]:
+    found = set(pool) if (not cfg.use_all or len(pool) == 1) else set()
+    for _, nxt in _successors(pool, cfg):
+        found |= _reachable(nxt, cfg)
+    return frozenset(found)
+
+
+def solve(problem: Problem, cfg: CountdownConfig, rng: random.Random | None = None) -> list[Step] | None:
+    """An exact solver: a list of steps reaching the target, or None if there is none.
+
+    Depth-first over "combine two numbers of the pool"; with ``rng`` the branches are shuffled, so repeated
+    calls return different solutions (the trace writer uses this for variety).
+    """
+    pool = tuple(sorted(problem.numbers))
+    if problem.target not in _reachable(pool, cfg):
+        return None
+    return _search(pool, problem.target, cfg, rng)
+
+
+def _search(pool, target, cfg, rng) -> list[Step] | None:
+    if target in pool and (len(pool) == 1 or not cfg.use_all):
+        return []
+    options = list(_successors(pool, cfg))
+    if rng is not None:
+        rng.shuffle(options)
+    for step, nxt in options:
+        if target in _reachable(nxt, cfg):
+            rest = _search(nxt, target, cfg, rng)
+            if rest is not None:
+                return [step] + rest
+    return None
+
+
+def generate(cfg: CountdownConfig, n: int, seed: int) -> list[Problem]:
+    """``n`` solvable problems, reproducible from ``seed``. Targets are drawn uniformly from the reachable
+    values in [min_target, max_target] (not weighted by how many ways reach them)."""
+    rng = random.Random(seed)
+    problems = []
+    while len(problems) < n:
+        numbers = tuple(rng.randint(cfg.min_number, cfg.max_number) for _ in range(cfg.num_numbers))
+        targets = sorted(t for t in reachable(numbers, cfg) if cfg.min_target <= t <= cfg.max_target)
+        if targets:
+            problems.append(Problem(numbers, rng.choice(targets)))
+    return problems
+
+
+# -------------------------------------------------------------------------------------------------- traces
+
+
+def _random_attempt(pool: tuple[int, ...], cfg: CountdownConfig, rng: random.Random) -> list[Step] | None:
+    """A uniformly random sequence of steps that uses the whole pool (None if it dead-ends)."""
+    steps = []
+    while len(pool) > 1:
+        options = list(_successors(pool, cfg))
+        if not options:
+            return None
+        step, pool = rng.choice(options)
+        steps.append(step)
+    return steps
+
+
+def _expression(numbers: tuple[int, ...], steps: list[Step]) -> str:
+    """The single expression that the steps compute, with only the parentheses it needs."""
+    prec = {"+": 1, "-": 1, "*": 2, "/": 2}
+    items = [(str(x), x, 3) for x in numbers]  # (text, value, precedence of the top operator)
+
+    def take(value: int):
+        for k, item in enumerate(items):
+            if item[1] == value:
+                return items.pop(k)
+        raise AssertionError("step uses a number that is not in the pool")
+
+    for a, op, b, result in steps:
+        (ta, _, pa), (tb, _, pb) = take(a), take(b)
+        p = prec[op]
+        if pa < p:
+            ta = f"( {ta} )"
+        if pb < p or (pb == p and op in "-/"):
+            tb = f"( {tb} )"
+        items.append((f"{ta} {op} {tb}", result, p))
+    return items[-1][0]
+
+
+def _steps_text(steps: list[Step]) -> str:
+    return " , ".join(f"{a} {op} {b} = {r}" for a, op, b, r in steps)
+
+
+def sample_failed(cfg: CountdownConfig, rng: random.Random) -> int:
+    """A geometric number of failed attempts: each attempt succeeds with ``stop_prob``; capped."""
+    failed = 0
+    while failed < cfg.max_failed and rng.random() >= cfg.stop_prob:
+        failed += 1
+    return failed
+
+
+def write_trace(problem: Problem, cfg: CountdownConfig, failed: int, rng: random.Random) -> str:
+    """A T1-style trace with exactly ``failed`` genuinely wrong attempts before the right one.
+
+    Raises ValueError when the problem does not have ``failed`` distinct wrong attempts, or no solution.
+    """
+    target = problem.target
+    pool = tuple(sorted(problem.numbers))
+    solution = solve(problem, cfg, rng)
+    if solution is None:
+        raise ValueError(f"{problem} has no solution")
+    wrong: list[list[Step]] = []
+    seen = set()
+    for _ in range(50 * (failed + 1)):
+        if len(wrong) == failed:
+            break
+        attempt = _random_attempt(pool, cfg, rng)
+        if attempt is None or attempt[-1][3] == target or tuple(attempt) in seen:
+            continue
+        seen.add(tuple(attempt))
+        wrong.append(attempt)
+    if len(wrong) < failed:
+        raise ValueError(f"{problem}: could not find {failed} distinct wrong attempts")
+    parts = []
+    for attempt in wrong:
+        value = attempt[-1][3]
+        why = "too big" if value > target else "too small"
+        parts.append(f"try {_steps_text(attempt)} ? {target} no , {why} .")
+    parts.append(f"try {_steps_text(solution)} ? {target} yes .")
+    parts.append(f"answer \\boxed{{ {_expression(problem.numbers, solution)} }} .")
+    parts.append(f"check {_steps_text(solution)} ? {target} yes .")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- verifying
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    extracted: str | None
+    reason: str  # "ok", or why the answer is wrong
+
+
+def verify(response: str, numbers, target: int, cfg: CountdownConfig | None = None) -> Verdict:
+    """Grade a response: its last ``\\boxed{}`` (or ``<answer>`` tag) must be an expression that follows the
+    rules and equals ``target``. An optional ``= target`` after the expression is allowed.
+
+    Never raises on the response and never runs it: the expression goes through the whitelist parser of
+    :mod:`t1.tasks.arith`, which bounds length, digits, nesting and magnitude, so any input returns fast.
+    """
+    cfg = cfg or CountdownConfig()
+    if not isinstance(response, str):
+        return Verdict(False, None, "response is not text")
+    extracted = last_boxed(response)
+    if extracted is None:
+        extracted = last_answer_tag(response)
+    if extracted is None:
+        return Verdict(False, None, "no boxed answer")
+    expr = extracted
+    if "=" in expr:
+        expr, _, rhs = expr.partition("=")
+        if rhs.strip() != str(target):
+            return Verdict(False, extracted, f"right-hand side {rhs.strip()[:20]!r} is not the target")
+    try:
+        result = evaluate(expr)
+    except ArithError as e:
+        return Verdict(False, extracted, f"not a valid expression: {e}")
+    used, given = Counter(result.numbers), Counter(int(x) for x in numbers)
+    if cfg.use_all and used != given:
+        return Verdict(False, extracted, f"uses {sorted(result.numbers)}, must use exactly {sorted(given.elements())}")
+    if not cfg.use_all and used - given:
+        return Verdict(False, extracted, f"uses {sorted((used - given).elements())} beyond the given numbers")
+    if cfg.exact_division and result.inexact_division:
+        return Verdict(False, extracted, "a division is not exact")
+    if result.value != target:
+        return Verdict(False, extracted, f"value {result.value} is not {target}")
+    return Verdict(True, extracted, "ok")
+
+
+def reward(response: str, numbers, target: int, cfg: CountdownConfig | None = None) -> float:
+    """1.0 for a correct answer, else 0.0."""
+    return 1.0 if verify(response, numbers, target, cfg).correct else 0.0

@@ -1,0 +1,122 @@
+"""Math answers: extract the final answer from a response and grade it against a gold answer with math-verify.
+
+* Extraction: the last ``\\boxed{...}``; failing that, an explicit "final answer is X" / "ANSWER: X" line.
+  Never "the last number in the text", which grades guesses.
+* Gold answers from the data files are bare LaTeX (``\\frac{1}{2}``, ``10, 4, 2``). math-verify reads a bare
+  string by falling back to its last number, so ``10, 4, 2`` would match ``4, 12, 2``; :func:`wrap_gold`
+  puts it in ``$...$`` first.
+* Time: math-verify bounds its own work with ``signal.alarm``, which fails outside a main thread. Grading
+  here always runs in worker processes of a :class:`~t1.pool.DeadlinePool`, which kills a check that runs
+  past ``timeout`` seconds and reports it as timed out — from any calling thread — and uses every core.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from t1.pool import DeadlinePool, Outcome
+from t1.tasks.boxed import last_boxed
+
+MAX_EXTRACTED = 1000  # characters of an extracted answer kept; longer is garbage, not an answer
+
+_FINAL = re.compile(
+    r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*(.+?)\s*(?:\.\s*$|$|\n)", re.I | re.M
+)
+_MATH_MODE = re.compile(r"(?<!\\)\$|\\\(|\\\[")
+_ANSWER_LINE = re.compile(r"^\s*\**answer\**\s*:\s*(.+?)\s*$", re.I | re.M)
+
+
+def extract_answer(response: str) -> str | None:
+    """The final answer in a response, or None if it gives none."""
+    if not isinstance(response, str):
+        return None
+    found = last_boxed(response)
+    if found is None:
+        for pattern in (_ANSWER_LINE, _FINAL):
+            matches = pattern.findall(response[-4000:])
+            if matches:
+                found = matches[-1].strip().strip("$").strip()
+                break
+    if not found:
+        return None
+    return found[:MAX_EXTRACTED]
+
+
+def wrap_gold(gold: str) -> str:
+    """Put a bare gold answer in math mode so math-verify parses all of it (see module doc)."""
+    gold = str(gold).strip()
+    if _MATH_MODE.search(gold) or "\\boxed" in gold:  # an escaped ``\$`` (money) is not math mode
+        return gold
+    return f"${gold}$"
+
+
+def grade_math(response: str, gold: str) -> tuple[str | None, bool]:
+    """(extracted answer, correct) for one response. Unbounded in time: call it through :class:`MathGrader`."""
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every call that we time it ourselves
+    extracted = extract_answer(response)
+    if extracted is None:
+        return None, False
+    gold_parsed = parse(wrap_gold(gold), parsing_timeout=None)
+    pred_parsed = parse(f"$\\boxed{{{extracted}}}$", parsing_timeout=None)
+    if not gold_parsed or not pred_parsed:
+        return extracted, False
+    return extracted, bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+@dataclass(frozen=True)
+class Grade:
+    extracted: str | None
+    correct: bool
+    status: str  # "ok" | "no_answer" | "timeout" | "error"
+    error: str = ""
+
+
+def _to_grade(outcome: Outcome) -> Grade:
+    if outcome.status != "ok":
+        return Grade(None, False, outcome.status, outcome.error)
+    extracted, correct = outcome.value
+    return Grade(extracted, correct, "ok" if extracted is not None else "no_answer")
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class MathGrader:
+    """Grades batches in parallel worker processes, each check bounded by ``timeout`` seconds.
+
+    Keep one grader alive across batches (RL steps) so that its workers are started once::
+
+        with MathGrader(timeout=5) as grader:
+            grades = grader.grade(responses, golds)
+    """
+
+    def __init__(self, workers: int | None = None, timeout: float = 5.0, fn: Callable = grade_math):
+        self.pool = DeadlinePool(fn, workers or default_workers(), timeout,
+                                 preload=["t1.tasks.math", "math_verify"])
+
+    def __enter__(self) -> MathGrader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def grade(self, responses: Sequence[str], golds: Sequence[str],
+              on_result: Callable[[int, Grade], None] | None = None) -> list[Grade]:
+        if len(responses) != len(golds):
+            raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
+        callback = None if on_result is None else (lambda i, o: on_result(i, _to_grade(o)))
+        outcomes = self.pool.map([(r, str(g)) for r, g in zip(responses, golds)], on_result=callback)
+        grades = [_to_grade(o) for o in outcomes]
+        # a check that timed out or crashed still shows what it was checking (extraction is cheap)
+        return [g if g.status == "ok" or g.status == "no_answer" else
+                Grade(extract_answer(r), False, g.status, g.error) for g, r in zip(grades, responses)]

@@ -1,0 +1,34 @@
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from t1.cli import main
+from t1.models import load
+
+
+def test_saved_tiny_model_loads_with_auto_classes(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    text = "use 3 5 7 to make 22 : try 3 * 5 = 15 , 15 + 7 = 22 ? 22 yes . answer \\boxed{ 3 * 5 + 7 } ."
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text  # word-level: every number is one token, text round-trips
+    assert len(ids) == len(text.split())
+    assert tok.pad_token == "<pad>" and tok.eos_token == "<eos>" and tok.padding_side == "left"
+    assert model.config.model_type == "llama"
+    m2, tok2 = load(tiny_model_dir)
+    x = torch.tensor([ids])
+    torch.testing.assert_close(model(x).logits, m2(x).logits)
+
+
+def test_t1_init_writes_model_and_config(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["init", f"out={out}", "model.layers=1", "model.hidden=16", "model.heads=2",
+                 "model.kv_heads=1", "model.ffn=32", "task.max_value=50", "task.max_target=50"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 1 and model.config.num_key_value_heads == 1
+    assert len(AutoTokenizer.from_pretrained(out)) == 3 + 24 + 51
+    assert "layers: 1" in (out / "t1_config.yaml").read_text()
+
+
+def test_t1_init_bad_override_is_a_clear_error(capsys):
+    assert main(["init", "model.layrs=2"]) == 2
+    assert "did you mean 'model.layers'" in capsys.readouterr().err

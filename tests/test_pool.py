@@ -1,0 +1,38 @@
+import os
+import time
+
+import pytest
+
+from t1.pool import DeadlinePool
+
+
+def _work(kind, x):
+    if kind == "sleep":
+        time.sleep(x)
+    elif kind == "raise":
+        raise RuntimeError(f"bad {x}")
+    elif kind == "die":
+        os._exit(3)
+    return x * 2
+
+
+def test_results_in_order_with_timeouts_errors_and_crashes():
+    tasks = [("ok", 1), ("sleep", 30), ("ok", 2), ("raise", 5), ("die", 0), ("ok", 3)] + [("ok", i) for i in range(20)]
+    seen = []
+    with DeadlinePool(_work, workers=2, timeout=0.5, prefetch=3) as pool:
+        start = time.perf_counter()
+        out = pool.map(tasks, on_result=lambda i, o: seen.append(i))
+        assert time.perf_counter() - start < 5
+    assert [o.status for o in out[:6]] == ["ok", "timeout", "ok", "error", "error", "ok"]
+    assert out[0].value == 2 and out[5].value == 6
+    assert "RuntimeError: bad 5" in out[3].error
+    assert "died" in out[4].error
+    assert [o.value for o in out[6:]] == [2 * i for i in range(20)]
+    assert sorted(seen) == list(range(len(tasks)))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="workers"):
+        DeadlinePool(_work, workers=0, timeout=1)
+    with pytest.raises(ValueError, match="timeout"):
+        DeadlinePool(_work, workers=1, timeout=0)
