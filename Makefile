@@ -16,9 +16,7 @@ setup: $(STAMP)
 
 # Until `t1 demo` lands, the main job is the largest stage that exists.
 demo: $(STAMP)
-	$(BIN)/t1 init out=runs/demo/model
-	$(BIN)/t1 countdown --n 500 --out runs/demo/traces.jsonl
-	$(BIN)/t1 grade runs/demo/traces.jsonl --task countdown -o runs/demo/graded.jsonl
+	$(BIN)/t1 sft configs/countdown_sft.yaml out=runs/demo-sft
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

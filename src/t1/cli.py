@@ -86,6 +86,16 @@ def cmd_countdown(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from t1.sft import SFTConfig, train_sft
+
+    cfg, done = _load_config(SFTConfig, args)
+    if done:
+        return 0
+    train_sft(cfg, resume=args.resume, progress=not args.quiet)
+    return 0
+
+
 def cmd_grade(args: argparse.Namespace) -> int:
     from t1.grade import grade_file
 
@@ -116,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="failed attempts per trace (default: geometric, see stop_prob)")
     p.add_argument("--out", default=None, help="output file (default: standard output)")
     p.set_defaults(func=cmd_countdown)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on (prompt, response) data; loss on responses only")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("grade", help="grade a JSON Lines file of responses against gold answers")
     p.add_argument("input", help="JSON Lines with response + answer (math) or response + numbers + target")

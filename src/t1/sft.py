@@ -1,0 +1,273 @@
+"""`t1 sft`: completion-only supervised fine-tuning, from a laptop CPU to a GPU cluster (through accelerate).
+
+Batching: each optimizer step takes a *global batch* of ``batch_size`` examples (a seeded shuffle per epoch).
+The global batch is sorted by length and cut into micro-batches of at most ``micro_batch_tokens`` padded
+tokens (length bucketing), dealt round-robin to the processes. We bucket rather than pack: packing needs
+per-document attention masks to stay exact (varlen flash-attention, which CPUs and many setups lack),
+while sorting a batch by length leaves little padding (``pad_fraction`` is logged) with plain attention.
+
+Loss: summed token cross-entropy over response tokens, divided by the number of response tokens in the
+*global* batch, so gradient accumulation and any number of processes give the same update as one process
+with the whole batch (up to float summation order). Every process computes the same layout from the same
+seed, so they always agree on the number of micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from t1 import config as cfglib
+from t1.config import ConfigError, option, require
+from t1.data.sft import Example, SFTDataConfig, load_examples, source_description
+from t1.models import ModelConfig, build_model, build_tokenizer, count_parameters, load
+from t1.runtime import (Metrics, OptimConfig, checkpoint_dirs, load_checkpoint_state, lr_factor,
+                        make_accelerator, make_optimizer, resolve_precision, rng_state, save_checkpoint, set_lr, set_rng_state)
+
+
+def _sft_optim() -> OptimConfig:
+    return OptimConfig(lr=1e-5, schedule="cosine", warmup_ratio=0.03, weight_decay=0.0)
+
+
+@dataclass(frozen=True)
+class SFTTrainConfig:
+    epochs: float = option(3.0, "passes over the data (the paper: 3); fractions allowed")
+    batch_size: int = option(64, "examples per optimizer step, across all processes")
+    micro_batch_tokens: int = option(16384, "padded tokens per forward/backward on one process")
+    bucket_ratio: float = option(
+        0.8, "start a new micro-batch when an example is shorter than this × the longest in it (less padding)")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = option(
+        "auto", "autocast precision: auto = bf16 where the hardware has it, else fp32")
+    seed: int = option(0, "data order and initialisation seed")
+    log_every: int = option(10, "optimizer steps between metric rows")
+    save_every: int = option(0, "optimizer steps between checkpoints (0 = only at the end)")
+    keep_checkpoints: int = option(2, "newest checkpoints to keep")
+    max_steps: int = option(0, "stop after this many optimizer steps; the schedule still spans all epochs "
+                               "(0 = run all epochs)")
+    optim: OptimConfig = option(help="optimizer and schedule (the paper: lr 1e-5, cosine)", factory=_sft_optim)
+
+    def validate(self) -> None:
+        require(self.epochs > 0, "epochs", "must be > 0", self.epochs)
+        require(self.batch_size >= 1, "batch_size", "must be ≥ 1", self.batch_size)
+        require(self.micro_batch_tokens >= 16, "micro_batch_tokens", "must be ≥ 16", self.micro_batch_tokens)
+        require(0 <= self.bucket_ratio <= 1, "bucket_ratio", "must be in [0, 1]", self.bucket_ratio)
+        require(self.log_every >= 1, "log_every", "must be ≥ 1", self.log_every)
+        require(self.save_every >= 0, "save_every", "must be ≥ 0", self.save_every)
+        require(self.max_steps >= 0, "max_steps", "must be ≥ 0", self.max_steps)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    out: str = option("runs/sft", "run directory")
+    model: str | None = option(None, "initial model: a local path or hub name; null = build a tiny model")
+    tiny: ModelConfig = option(help="the tiny model built when model is null", factory=ModelConfig)
+    data: SFTDataConfig = option(help="training data", factory=SFTDataConfig)
+    train: SFTTrainConfig = option(help="training loop", factory=SFTTrainConfig)
+
+
+# -------------------------------------------------------------------------------------------- batching
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def micro_batches(batch: list[int], lengths: list[int], token_budget: int, world: int,
+                  ratio: float = 0.0) -> list[list[int]]:
+    """Split a global batch into length-sorted micro-batches of ≤ token_budget padded tokens whose shortest
+    example is ≥ ratio × their longest, as many as a multiple of ``world`` (splitting the largest, or adding
+    empty ones) so every process runs the same count."""
+    order = sorted(batch, key=lambda i: (-lengths[i], i))
+    mbs: list[list[int]] = []
+    for i in order:
+        width = lengths[mbs[-1][0]] if mbs else 0
+        if mbs and (len(mbs[-1]) + 1) * width <= token_budget and lengths[i] >= ratio * width:
+            mbs[-1].append(i)
+        else:
+            mbs.append([i])
+    while len(mbs) % world:
+        biggest = max(range(len(mbs)), key=lambda k: len(mbs[k]))
+        if len(mbs[biggest]) < 2:
+            mbs.append([])
+            continue
+        mb = mbs.pop(biggest)
+        mbs[biggest:biggest] = [mb[: len(mb) // 2], mb[len(mb) // 2:]]
+    return mbs
+
+
+def collate(examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, loss_mask), each [B, T]; loss_mask marks response tokens."""
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), width), dtype=torch.long)
+    loss = torch.zeros((len(examples), width), dtype=torch.bool)
+    for row, e in enumerate(examples):
+        ids[row, : len(e.ids)] = torch.tensor(e.ids)
+        attn[row, : len(e.ids)] = 1
+        loss[row, e.n_prompt: len(e.ids)] = True
+    return ids.to(device), attn.to(device), loss.to(device)
+
+
+def token_nll_sum(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Sum over response tokens of −log p(token | prefix); only the selected rows of logits go to fp32."""
+    logits = model(input_ids=ids, attention_mask=attn).logits  # [B, T, V]
+    sel = loss_mask[:, 1:]  # token t is predicted at position t-1
+    return F.cross_entropy(logits[:, :-1][sel].float(), ids[:, 1:][sel], reduction="sum")
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class SFTResult:
+    out: Path
+    steps: int
+    final_loss: float
+    tokens_per_s: float
+    wall_s: float
+
+
+def _prepare_run_dir(out: Path, resume: bool) -> Path | None:
+    ckpts = checkpoint_dirs(out)
+    if resume:
+        return ckpts[-1] if ckpts else None
+    if ckpts or (out / "final").exists():
+        raise ConfigError(f"out: {out} already holds a run; pass --resume to continue it or choose another out")
+    return None
+
+
+def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SFTResult:
+    from accelerate.utils import set_seed
+
+    out = Path(cfg.out)
+    probe_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(cfg.train.precision, probe_device)
+    acc = make_accelerator(precision)
+    main, world, rank = acc.is_main_process, acc.num_processes, acc.process_index
+    ckpt = _prepare_run_dir(out, resume)
+    acc.wait_for_everyone()
+    set_seed(cfg.train.seed)
+
+    if ckpt is not None:
+        model, tokenizer = load(ckpt, dtype="float32")
+    elif cfg.model:
+        model, tokenizer = load(cfg.model, dtype="float32")
+    else:
+        tokenizer = build_tokenizer(cfg.data.countdown.max_value)
+        model = build_model(cfg.tiny, tokenizer)
+    examples, stats = load_examples(cfg.data, tokenizer)
+    lengths = [len(e.ids) for e in examples]
+    steps_per_epoch = math.ceil(len(examples) / cfg.train.batch_size)
+    total = math.ceil(cfg.train.epochs * steps_per_epoch)  # the schedule's length
+    stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+
+    optimizer = make_optimizer(model, cfg.train.optim)
+    model, optimizer = acc.prepare(model, optimizer)
+    start = 0
+    if ckpt is not None:
+        state = load_checkpoint_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfglib.save(cfg, out / "config.yaml")
+        print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters | {source_description(cfg.data)} | "
+              f"{stats.text()} | {stop} of {total} steps × {cfg.train.batch_size} examples | {world} process(es) | "
+              f"precision {precision}" + (f" | resuming at step {start}" if start else ""), file=sys.stderr)
+    metrics = Metrics(out / "metrics.jsonl", resume_step=start if ckpt is not None else None) if main else None
+
+    bar = tqdm(total=stop, initial=start, desc="sft", unit="step", disable=not (main and progress),
+               file=sys.stderr, dynamic_ncols=True)
+    order_cache: dict[int, list[int]] = {}
+    window = {"nll": 0.0, "tokens": 0, "seen": 0, "padded": 0, "time": 0.0}
+    t_start, loss_value, tok_rate = time.perf_counter(), float("nan"), 0.0
+    for step in range(start, stop):
+        t0 = time.perf_counter()
+        epoch, k = divmod(step, steps_per_epoch)
+        if epoch not in order_cache:
+            order_cache.clear()
+            order_cache[epoch] = epoch_order(len(examples), cfg.train.seed, epoch)
+        batch = order_cache[epoch][k * cfg.train.batch_size: (k + 1) * cfg.train.batch_size]
+        global_loss_tokens = sum(examples[i].n_loss for i in batch)
+        mine = micro_batches(batch, lengths, cfg.train.micro_batch_tokens, world,
+                             cfg.train.bucket_ratio)[rank::world]
+        nll_sum = torch.zeros((), device=acc.device)
+        seen = padded = 0
+        for j, mb in enumerate(mine):
+            sync = acc.no_sync(model) if j < len(mine) - 1 else contextlib.nullcontext()
+            dummy = not mb  # an empty share still joins the gradient all-reduce, with zero weight
+            ids, attn, mask = collate([examples[i] for i in (mb or batch[:1])], tokenizer.pad_token_id, acc.device)
+            with sync, acc.autocast():
+                nll = token_nll_sum(model, ids, attn, mask)
+                loss = nll * (0.0 if dummy else world / global_loss_tokens)
+                acc.backward(loss)
+            if not dummy:
+                nll_sum += nll.detach()
+                seen += int(attn.sum())
+                padded += ids.numel()
+        clip = cfg.train.optim.grad_clip
+        grad_norm = acc.clip_grad_norm_(model.parameters(), clip if clip > 0 else float("inf"))
+        lr = cfg.train.optim.lr * lr_factor(step, total, cfg.train.optim)
+        set_lr(optimizer, lr)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        totals = acc.reduce(torch.tensor([float(nll_sum), seen, padded], device=acc.device), reduction="sum")
+        window["nll"] += float(totals[0])
+        window["tokens"] += global_loss_tokens
+        window["seen"] += int(totals[1])
+        window["padded"] += int(totals[2])
+        window["time"] += time.perf_counter() - t0
+        bar.update()
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == stop:
+            loss_value = window["nll"] / max(1, window["tokens"])
+            tok_rate = window["seen"] / max(1e-9, window["time"])
+            if main:
+                metrics.log({"step": done, "epoch": round(done / steps_per_epoch, 4), "loss": loss_value,
+                             "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_rate,
+                             "pad_fraction": 1 - window["seen"] / max(1, window["padded"]),
+                             "elapsed_s": time.perf_counter() - t_start})
+            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_rate:,.0f}")
+            window = dict.fromkeys(window, 0)
+        if (cfg.train.save_every and done % cfg.train.save_every == 0) or done == stop:
+            _checkpoint(acc, model, optimizer, tokenizer, out, done, cfg.train.keep_checkpoints)
+    bar.close()
+
+    if main:
+        final = out / "final"
+        acc.unwrap_model(model).save_pretrained(final, state_dict=acc.get_state_dict(model))
+        tokenizer.save_pretrained(final)
+        metrics.close()
+    acc.wait_for_everyone()
+    wall = time.perf_counter() - t_start
+    result = SFTResult(out, stop, loss_value, tok_rate, wall)
+    if main:
+        print(f"sft done: {stop} steps in {wall:.1f}s | final loss {loss_value:.4f} | {tok_rate:,.0f} tokens/s | "
+              f"model in {out / 'final'}", file=sys.stderr)
+    acc.end_training()
+    return result
+
+
+def _checkpoint(acc, model, optimizer, tokenizer, out: Path, step: int, keep: int) -> None:
+    acc.wait_for_everyone()
+    state_dict = acc.get_state_dict(model)
+    if acc.is_main_process:
+        def write_model(path: Path) -> None:  # the gathered state dict keeps this FSDP/DeepSpeed safe
+            acc.unwrap_model(model).save_pretrained(path, state_dict=state_dict)
+            tokenizer.save_pretrained(path)
+
+        save_checkpoint(out, step, write_model,
+                        {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()}, keep)
+    acc.wait_for_everyone()
