@@ -87,3 +87,13 @@ def test_describe_lists_every_leaf_with_help():
     names = [r[0] for r in rows]
     assert "model.hidden" in names and "task.stop_prob" in names and "out" in names
     assert all(r[3] for r in rows), "every field has help text"
+
+
+def test_partial_section_keeps_the_sections_own_defaults():
+    from t1.rl.config import RLConfig
+    from t1.sft import SFTConfig
+
+    rl = C.load(RLConfig, None, ["model=x", "train.optim.lr=0.01"])
+    assert rl.train.optim.lr == 0.01 and rl.train.optim.schedule == "constant" and rl.train.optim.warmup_steps == 10
+    sft = C.load(SFTConfig, None, ["train.optim.lr=0.003"])
+    assert sft.train.optim.weight_decay == 0.0 and sft.train.optim.lr == 0.003

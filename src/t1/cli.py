@@ -96,6 +96,17 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rl(args: argparse.Namespace) -> int:
+    from t1.rl.config import RLConfig
+    from t1.rl.trainer import train_rl
+
+    cfg, done = _load_config(RLConfig, args)
+    if done:
+        return 0
+    train_rl(cfg, resume=args.resume, progress=not args.quiet)
+    return 0
+
+
 def cmd_grade(args: argparse.Namespace) -> int:
     from t1.grade import grade_file
 
@@ -132,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("rl", help="RL with the T1 recipe (oversampling, entropy bonus, dynamic-anchor KL, penalties)")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_rl)
 
     p = sub.add_parser("grade", help="grade a JSON Lines file of responses against gold answers")
     p.add_argument("input", help="JSON Lines with response + answer (math) or response + numbers + target")

@@ -135,7 +135,12 @@ def _build(cls: type[T], data: dict, prefix: str) -> T:
         close = difflib.get_close_matches(str(key), list(fields), n=1)
         hint = f"; did you mean '{_join(prefix, close[0])}'?" if close else f"; valid fields: {', '.join(fields)}"
         raise ConfigError(f"{_join(prefix, str(key))}: unknown field{hint}")
-    kwargs = {name: _coerce(value, hints[name], _join(prefix, name)) for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        default = _field_default(fields[name])
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict) and default is not None:
+            value = _merge(to_dict(default), value)  # a partial section keeps the section's own defaults
+        kwargs[name] = _coerce(value, hints[name], _join(prefix, name))
     missing = [
         n for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -150,6 +155,21 @@ def _build(cls: type[T], data: dict, prefix: str) -> T:
         except ConfigError as e:
             raise ConfigError(f"{prefix}.{e}" if prefix else str(e)) from None
     return obj
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _join(prefix: str, name: str) -> str:

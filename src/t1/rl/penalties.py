@@ -2,7 +2,9 @@
 
 * **truncated**: no end-of-sequence token within the generation budget.
 * **repetitive** (the authors' rule): some substring of ``repetition_span`` characters (80) occurs at least
-  ``repetition_times`` times (20), counting non-overlapping occurrences as ``str.count`` does.
+  ``repetition_times`` times (20). Occurrences may overlap: a loop with a period shorter than 80 characters
+  (a 76-character sentence said 25 times) repeats every 80-character window of it once per period, while
+  ``str.count``-style counting would see only every other one and miss the loop.
 * **garbage** (our rule; any one of):
   - the text holds U+FFFD, the replacement character (undecodable bytes);
   - the text holds control characters other than newline, carriage return and tab;
@@ -42,19 +44,16 @@ class PenaltyConfig:
 
 
 def is_repetitive(text: str, span: int = 80, times: int = 20) -> bool:
-    """True if some ``span``-character substring occurs ≥ ``times`` times without overlapping."""
+    """True if some ``span``-character substring starts at ≥ ``times`` positions of ``text``."""
     n = len(text)
-    if n < span * times:
+    if n < span + times - 1:
         return False
     counts: dict[str, int] = {}
-    last: dict[str, int] = {}
     for i in range(n - span + 1):
         w = text[i: i + span]
-        if i >= last.get(w, -span):
-            last[w] = i + span
-            c = counts[w] = counts.get(w, 0) + 1
-            if c >= times:
-                return True
+        c = counts[w] = counts.get(w, 0) + 1
+        if c >= times:
+            return True
     return False
 
 

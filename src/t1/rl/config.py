@@ -1,0 +1,127 @@
+"""`t1 rl` configuration. Defaults are the paper's values where it pins them (DESIGN.md, "The RL step");
+fields marked *(our choice)* are ours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from t1.config import option, require
+from t1.data.prompts import PromptDataConfig
+from t1.rl.penalties import PenaltyConfig
+from t1.runtime import OptimConfig
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    base_url: str = option("http://127.0.0.1:30000/v1", "OpenAI-compatible server (SGLang, vLLM)")
+    model: str = option("default", "model name the server expects")
+    api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the API key (may be unset)")
+    timeout: float = option(600.0, "seconds per request")
+    max_retries: int = option(5, "retries on 429 / 5xx / time-outs, with exponential backoff")
+    concurrency: int = option(32, "requests in flight")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: Literal["fast", "generate", "openai"] = option(
+        "fast", "fast: our batched sampler on the policy's weights; generate: model.generate; openai: a server")
+    prompts_per_step: int = option(32, "P: prompts per RL step, across all processes (the paper: 32)")
+    samples_per_prompt: int = option(64, "K: samples per prompt — the oversampling (the paper: 64)")
+    temperature: float = option(1.2, "sampling temperature (the paper: 1.2)")
+    top_p: float = option(0.95, "nucleus sampling (the authors' code: 0.95)")
+    max_new_tokens: int = option(10240, "generation budget; longer responses are truncated (paper: 10240)")
+    max_batch: int = option(512, "fast engine: sequences decoded together")
+    dtype: str = option("auto", "fast engine weights: auto (bf16 where fast) | float32 | bfloat16")
+    openai: OpenAIConfig = option(help="engine=openai: the server", factory=OpenAIConfig)
+
+    def validate(self) -> None:
+        require(self.prompts_per_step >= 1, "prompts_per_step", "must be ≥ 1", self.prompts_per_step)
+        require(self.samples_per_prompt >= 2, "samples_per_prompt", "must be ≥ 2 (RLOO needs a group)",
+                self.samples_per_prompt)
+        require(self.temperature >= 0, "temperature", "must be ≥ 0", self.temperature)
+        require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
+        require(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1", self.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    drop_uniform_groups: bool = option(False, "drop groups whose rewards are all equal (they carry no gradient)")
+    max_per_group: int = option(0, "keep at most this many samples per group, balancing high and low "
+                                   "rewards (0 = keep all, as the paper does)")
+
+    def validate(self) -> None:
+        require(self.max_per_group == 0 or self.max_per_group >= 2, "max_per_group", "must be 0 or ≥ 2",
+                self.max_per_group)
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    kl_beta: float = option(2e-4, "β: weight of the group-centred sequence KL folded into the reward (paper)")
+    kl_clamp: float = option(0.5, "per-token log-ratio clamp in the KL (the authors' code: 0.5; 0 = off)")
+    entropy_coef: float = option(1e-3, "α: entropy bonus weight (our choice)")
+    aggregation: Literal["seq_mean_token_mean", "token_mean"] = option(
+        "seq_mean_token_mean", "loss aggregation: token mean within a sequence then sequence mean, or all tokens")
+    updates_per_batch: int = option(1, "optimizer steps per sampled batch (> 1 uses the PPO clipped ratio)")
+    clip: float = option(0.2, "PPO clip range for the ratio (used when updates_per_batch > 1)")
+    select: SelectConfig = option(help="optional subset selection after oversampling", factory=SelectConfig)
+
+    def validate(self) -> None:
+        require(self.kl_beta >= 0, "kl_beta", "must be ≥ 0", self.kl_beta)
+        require(self.entropy_coef >= 0, "entropy_coef", "must be ≥ 0", self.entropy_coef)
+        require(self.updates_per_batch >= 1, "updates_per_batch", "must be ≥ 1", self.updates_per_batch)
+        require(0 <= self.clip < 1, "clip", "must be in [0, 1)", self.clip)
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    mode: Literal["ema", "reset", "fixed", "none"] = option(
+        "ema", "KL anchor: ema of the policy (dynamic, T1), periodic reset, fixed starting model, or none")
+    ema_decay: float = option(0.99, "λ in θ_ref ← λ θ_ref + (1 − λ) θ (our choice)")
+    reset_every: int = option(100, "mode=reset: copy the policy into the anchor every N steps")
+
+    def validate(self) -> None:
+        require(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)", self.ema_decay)
+        require(self.reset_every >= 1, "reset_every", "must be ≥ 1", self.reset_every)
+
+
+def _rl_optim() -> OptimConfig:
+    return OptimConfig(lr=1.5e-6, schedule="constant", warmup_steps=10, warmup_ratio=0.0, weight_decay=0.1,
+                       beta1=0.9, beta2=0.95, grad_clip=1.0)
+
+
+@dataclass(frozen=True)
+class RLTrainConfig:
+    steps: int = option(500, "RL steps (one sampled batch each)")
+    micro_batch_tokens: int = option(16384, "padded tokens per forward/backward on one process")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "autocast precision for training passes")
+    seed: int = option(0, "sampling and data-order seed")
+    log_every: int = option(1, "steps between metric rows")
+    save_every: int = option(50, "steps between checkpoints (and always at the end)")
+    keep_checkpoints: int = option(2, "newest checkpoints to keep")
+    rollouts_every: int = option(10, "steps between samples of rollouts written to rollouts.jsonl (0 = never)")
+    rollouts_kept: int = option(8, "rollouts written per sampled step")
+    max_bad_steps: int = option(3, "stop after this many consecutive updates with a NaN/inf loss or gradient")
+    grader_timeout: float = option(5.0, "seconds allowed per math answer check")
+    optim: OptimConfig = option(help="AdamW (0.9, 0.95), wd 0.1, lr 1.5e-6, warm-up then constant (paper)",
+                                factory=_rl_optim)
+
+    def validate(self) -> None:
+        require(self.steps >= 1, "steps", "must be ≥ 1", self.steps)
+        require(self.micro_batch_tokens >= 16, "micro_batch_tokens", "must be ≥ 16", self.micro_batch_tokens)
+        require(self.max_bad_steps >= 1, "max_bad_steps", "must be ≥ 1", self.max_bad_steps)
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    out: str = option("runs/rl", "run directory")
+    model: str = option("", "starting checkpoint: a local path or hub name (e.g. the SFT run's final/)")
+    data: PromptDataConfig = option(help="RL prompts", factory=PromptDataConfig)
+    rollout: RolloutConfig = option(help="sampling (oversampling)", factory=RolloutConfig)
+    algo: AlgoConfig = option(help="reward shaping and loss", factory=AlgoConfig)
+    anchor: AnchorConfig = option(help="the KL anchor", factory=AnchorConfig)
+    penalties: PenaltyConfig = option(help="−1 for truncated, repetitive, garbage", factory=PenaltyConfig)
+    train: RLTrainConfig = option(help="the loop", factory=RLTrainConfig)
+
+    def validate(self) -> None:
+        require(bool(self.model), "model", "is required: a checkpoint path or hub name", self.model)

@@ -1,0 +1,354 @@
+"""`t1 rl`: the T1 RL loop. It wires the pure functions of :mod:`t1.rl.algo` to sampling, scoring and
+accelerate; it holds no algorithm of its own.
+
+One step: take P prompts (each process its share), sample K responses each (the engine), score them (task
+reward, then the −1 penalties), compute the policy's and the anchor's log-probs without gradients (pass 1),
+shape rewards with the group-centred KL and take RLOO advantages, optionally select a subset, then run the
+clipped policy-gradient loss with the entropy bonus over micro-batches (pass 2) and step the optimizer;
+finally move the anchor. Losses are normalised by global counts, so any number of processes gives the same
+update as one (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from t1 import config as cfglib
+from t1.config import ConfigError
+from t1.data.prompts import load_items
+from t1.data.sft import prompt_ids
+from t1.models import count_parameters, load
+from t1.rl import algo
+from t1.rl.anchor import Anchor
+from t1.rl.config import RLConfig
+from t1.rl.penalties import check as penalty_flags
+from t1.rl.select import select
+from t1.rollout import SamplingParams, make_engine
+from t1.runtime import (Metrics, Timer, checkpoint_dirs, load_checkpoint_state, lr_factor, make_accelerator,
+                        make_optimizer, resolve_precision, rng_state, save_checkpoint, set_lr, set_rng_state)
+from t1.sft import epoch_order
+from t1.tasks.scoring import Scorer
+
+
+def sample_seed(seed: int, step: int, prompt: int, k: int) -> int:
+    """A distinct, reproducible seed for sample k of prompt ``prompt`` at ``step``."""
+    x = (seed * 0x9E3779B1 + step) * 0x85EBCA77 + prompt * 0xC2B2AE3D + k
+    return x % (1 << 62)
+
+
+@dataclass
+class Batch:
+    """One process's share of a step: sequences (prompt + response), grouped K at a time."""
+
+    ids: list[list[int]]  # prompt + response tokens
+    n_prompt: list[int]
+    reward: torch.Tensor  # [N] after penalties
+    stats: dict
+
+
+def _pad(rows: list[list[int]], n_prompt: list[int], pad_id: int, device):
+    """Right-padded ids [B, T] and the response mask for positions 1..T-1 (token t predicted at t-1)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    resp = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (r, p) in enumerate(zip(rows, n_prompt)):
+        ids[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
+        resp[i, p: len(r)] = True
+    return ids.to(device), attn.to(device), resp[:, 1:].to(device)
+
+
+def _micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    mbs: list[list[int]] = []
+    for i in order:
+        if mbs and (len(mbs[-1]) + 1) * lengths[mbs[-1][0]] <= budget:
+            mbs[-1].append(i)
+        else:
+            mbs.append([i])
+    return mbs
+
+
+class RLTrainer:
+    def __init__(self, cfg: RLConfig, resume: bool = False, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.out = Path(cfg.out)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = resolve_precision(cfg.train.precision, device)
+        self.acc = acc = make_accelerator(self.precision)
+        self.world, self.rank = acc.num_processes, acc.process_index
+        P = cfg.rollout.prompts_per_step
+        if P % self.world:
+            raise ConfigError(f"rollout.prompts_per_step: must be divisible by the {self.world} processes (got {P})")
+        ckpts = checkpoint_dirs(self.out)
+        if not resume and (ckpts or (self.out / "final").exists()):
+            raise ConfigError(f"out: {self.out} already holds a run; pass --resume to continue it or choose another out")
+        ckpt = ckpts[-1] if (resume and ckpts) else None
+        acc.wait_for_everyone()
+        torch.manual_seed(cfg.train.seed)
+
+        model, self.tok = load(ckpt or cfg.model, dtype="float32")
+        self.items = load_items(cfg.data)
+        self.prompt_cache: dict[int, list[int]] = {}
+        self.anchor = Anchor(model, cfg.anchor.mode if cfg.algo.kl_beta > 0 else "none",
+                             cfg.anchor.ema_decay, cfg.anchor.reset_every)
+        optimizer = make_optimizer(model, cfg.train.optim)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        if self.anchor.model is not None:
+            self.anchor.model.to(acc.device)
+        self.start = 0
+        if ckpt is not None:
+            state = load_checkpoint_state(ckpt)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.anchor.load_state_dict(state["anchor"])
+            set_rng_state(state["rng"])
+            self.start = state["step"]
+        self.raw = acc.unwrap_model(self.model)
+        engine_kwargs = {}
+        if cfg.rollout.engine == "fast":
+            engine_kwargs = {"max_batch": cfg.rollout.max_batch, "dtype": cfg.rollout.dtype}
+        elif cfg.rollout.engine == "openai":
+            engine_kwargs = {"cfg": cfg.rollout.openai}
+        self.engine = make_engine(cfg.rollout.engine, self.raw, self.tok, **engine_kwargs)
+        self.scorer = Scorer(cfg.data.task, cfg.data.countdown, timeout=cfg.train.grader_timeout)
+        self.bad_ids = frozenset(self.tok.all_special_ids) - {self.tok.eos_token_id}
+        self.params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
+        self.timer = Timer()
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfglib.save(cfg, self.out / "config.yaml")
+        self.metrics = Metrics(self.out / "metrics.jsonl", self.start if ckpt else None) if acc.is_main_process else None
+
+    # ------------------------------------------------------------------------------------------ sampling
+
+    def _prompt(self, i: int) -> list[int]:
+        if i not in self.prompt_cache:
+            self.prompt_cache[i] = prompt_ids(self.tok, self.items[i].prompt, self.cfg.data.use_chat_template)
+        return self.prompt_cache[i]
+
+    def _step_prompts(self, step: int) -> list[int]:
+        P = self.cfg.rollout.prompts_per_step
+        per_epoch = max(1, len(self.items) // P)
+        epoch, k = divmod(step, per_epoch)
+        order = epoch_order(len(self.items), self.cfg.train.seed, epoch)
+        chosen = [order[(k * P + j) % len(order)] for j in range(P)]
+        return chosen[self.rank:: self.world]
+
+    def rollout(self, step: int) -> tuple[Batch, list[dict]]:
+        K = self.cfg.rollout.samples_per_prompt
+        mine = self._step_prompts(step)
+        prompts = [self._prompt(i) for i in mine for _ in range(K)]
+        seeds = [sample_seed(self.cfg.train.seed, step, i, k) for i in mine for k in range(K)]
+        with self.timer("sample"):
+            self.raw.eval()
+            samples = self.engine.generate(prompts, seeds, self.params)
+            self.raw.train()
+        with self.timer("score"):
+            items = [self.items[i] for i in mine for _ in range(K)]
+            scores = self.scorer([s.text for s in samples], items)
+            flags = [penalty_flags(s.text, it.prompt, s.finished, s.token_ids, self.bad_ids, self.cfg.penalties)
+                     for s, it in zip(samples, items)]
+        correct = torch.tensor([float(sc.correct) for sc in scores])
+        bad = {k: torch.tensor([getattr(f, k) for f in flags]) for k in ("truncated", "repetitive", "garbage")}
+        reward = algo.penalize(correct, bad["truncated"], bad["repetitive"], bad["garbage"], self.cfg.penalties.value)
+        lengths = torch.tensor([float(len(s.token_ids)) for s in samples])
+        stats = {"reward": reward.sum(), "accuracy": correct.sum(), "response_tokens": lengths.sum(),
+                 "truncated": (~torch.tensor([s.finished for s in samples])).float().sum(),
+                 "penalty_truncated": bad["truncated"].float().sum(), "penalty_repetitive": bad["repetitive"].float().sum(),
+                 "penalty_garbage": bad["garbage"].float().sum(), "samples": torch.tensor(float(len(samples)))}
+        ids = [p + s.token_ids for p, s in zip(prompts, samples)]
+        shown = [{"step": step + 1, "prompt": it.prompt, "response": s.text, "reward": float(r),
+                  "correct": sc.correct, "extracted": sc.extracted, "finished": s.finished, "tokens": len(s.token_ids),
+                  **{k: bool(getattr(f, k)) for k in ("truncated", "repetitive", "garbage")}}
+                 for it, s, sc, f, r in zip(items, samples, scores, flags, reward)]
+        return Batch(ids, [len(p) for p in prompts], reward, stats), shown
+
+    # ---------------------------------------------------------------------------------------- the update
+
+    @torch.no_grad()
+    def _pass1(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Per sequence: KL d_i to the anchor, old log-probs (response tokens), entropy sum, token count."""
+        N = len(batch.ids)
+        d = torch.zeros(N)
+        ent = torch.zeros(N)
+        ntok = torch.zeros(N)
+        old: list[torch.Tensor] = [torch.empty(0)] * N
+        for mb in _micro_batches([len(r) for r in batch.ids], self.cfg.train.micro_batch_tokens):
+            ids, attn, mask = _pad([batch.ids[i] for i in mb], [batch.n_prompt[i] for i in mb],
+                                   self.tok.pad_token_id, self.acc.device)
+            with self.acc.autocast():
+                logits = self.raw(input_ids=ids, attention_mask=attn).logits[:, :-1]
+                logp = algo.gather_logp(logits, ids[:, 1:])
+                h = algo.token_entropy(logits)
+                if self.anchor.model is not None:
+                    ref = algo.gather_logp(self.anchor.model(input_ids=ids, attention_mask=attn).logits[:, :-1],
+                                           ids[:, 1:])
+                    d[mb] = algo.sequence_kl(logp, ref, mask, self.cfg.algo.kl_clamp).float().cpu()
+            ent[mb] = (h * mask).sum(-1).float().cpu()
+            ntok[mb] = mask.sum(-1).float().cpu()
+            for j, i in enumerate(mb):
+                old[i] = logp[j][mask[j]].float().cpu()
+        return d, old, ent, ntok
+
+    def update(self, step: int, batch: Batch) -> dict:
+        cfg, acc, K = self.cfg, self.acc, self.cfg.rollout.samples_per_prompt
+        with self.timer("train"):
+            d, old, ent, ntok = self._pass1(batch)
+            shaped = algo.shape(batch.reward, algo.center_in_group(d, K), cfg.algo.kl_beta)
+            adv = algo.rloo(shaped, K)
+            keep = select(batch.reward, adv, K, cfg.algo.select)
+            counts = acc.reduce(torch.tensor([float(len(keep)), float(ntok[keep].sum())], device=acc.device), "sum")
+            n_seqs, n_tokens = float(counts[0]), float(counts[1])
+            lr = cfg.train.optim.lr * lr_factor(step, cfg.train.steps, cfg.train.optim)
+            set_lr(self.optimizer, lr)
+            mbs = _micro_batches([len(batch.ids[i]) for i in keep], cfg.train.micro_batch_tokens)
+            mbs = [[keep[j] for j in mb] for mb in mbs]
+            n_mb = int(acc.reduce(torch.tensor(float(len(mbs)), device=acc.device), "max")) if self.world > 1 else len(mbs)
+            mbs += [[]] * (n_mb - len(mbs))  # every process joins every gradient all-reduce
+            loss_sum, clip_sum, grad_norm, skipped = 0.0, 0.0, float("nan"), False
+            for _ in range(cfg.algo.updates_per_batch):
+                for j, mb in enumerate(mbs):
+                    rows = mb or [0]
+                    ids, attn, mask = _pad([batch.ids[i] for i in rows], [batch.n_prompt[i] for i in rows],
+                                           self.tok.pad_token_id, acc.device)
+                    sync = acc.no_sync(self.model) if j < len(mbs) - 1 else contextlib.nullcontext()
+                    with sync, acc.autocast():
+                        logits = self.model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+                        logp = algo.gather_logp(logits, ids[:, 1:])
+                        old_lp = torch.zeros_like(logp)
+                        for r, i in enumerate(rows):
+                            old_lp[r][mask[r]] = old[i].to(logp.device)
+                        h = algo.token_entropy(logits) if cfg.algo.entropy_coef else None
+                        loss, st = algo.policy_loss(
+                            logp, old_lp, adv[rows].to(logp.device), mask, cfg.algo.aggregation, cfg.algo.clip,
+                            h, cfg.algo.entropy_coef, n_seqs=n_seqs, n_tokens=n_tokens)
+                        loss = loss * (0.0 if not mb else self.world)
+                        acc.backward(loss)
+                    if mb:
+                        loss_sum += loss.item() / self.world
+                        clip_sum += float(st["clip_fraction"]) * len(mb)
+                clip = cfg.train.optim.grad_clip
+                grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf")))
+                if not math.isfinite(grad_norm) or not math.isfinite(loss_sum):
+                    skipped = True
+                    self.optimizer.zero_grad(set_to_none=True)
+                    break
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            if not skipped:
+                self.anchor.update(self.raw, step + 1)
+            if self.world > 1:
+                loss_sum, clip_sum = acc.reduce(torch.tensor([loss_sum, clip_sum], device=acc.device), "sum").tolist()
+        return {"loss": loss_sum / cfg.algo.updates_per_batch, "grad_norm": grad_norm, "lr": lr, "skipped": skipped,
+                "kl": d.sum(), "entropy": ent.sum(), "tokens": ntok.sum(), "selected": torch.tensor(float(len(keep))),
+                "clip_fraction": clip_sum / max(1.0, n_seqs * cfg.algo.updates_per_batch)}
+
+    # -------------------------------------------------------------------------------------------- loop
+
+    def _checkpoint(self, step: int) -> None:
+        acc = self.acc
+        acc.wait_for_everyone()
+        state_dict = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            def write_model(path: Path) -> None:
+                self.raw.save_pretrained(path, state_dict=state_dict)
+                self.tok.save_pretrained(path)
+
+            save_checkpoint(self.out, step, write_model, {"step": step, "optimizer": self.optimizer.state_dict(),
+                                                          "anchor": self.anchor.state_dict(), "rng": rng_state()},
+                            self.cfg.train.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    def train(self) -> list[dict]:
+        cfg, acc = self.cfg, self.acc
+        main = acc.is_main_process
+        if main:
+            print(f"rl: {count_parameters(self.raw) / 1e6:.2f}M parameters | {len(self.items)} prompts ({cfg.data.task}) | "
+                  f"{cfg.train.steps} steps × {cfg.rollout.prompts_per_step} prompts × {cfg.rollout.samples_per_prompt} "
+                  f"samples | engine {type(self.engine).__name__} | anchor {self.anchor.mode} | {self.world} process(es) | "
+                  f"precision {self.precision}" + (f" | resuming at step {self.start}" if self.start else ""), file=sys.stderr)
+        bar = tqdm(total=cfg.train.steps, initial=self.start, desc="rl", unit="step", file=sys.stderr,
+                   disable=not (main and self.progress), dynamic_ncols=True)
+        history, bad_streak = [], 0
+        for step in range(self.start, cfg.train.steps):
+            t0 = time.perf_counter()
+            batch, shown = self.rollout(step)
+            upd = self.update(step, batch)
+            bad_streak = bad_streak + 1 if upd["skipped"] else 0
+            if upd["skipped"]:
+                print(f"rl: warning: step {step + 1}: non-finite loss or gradient; update skipped", file=sys.stderr)
+                if bad_streak >= cfg.train.max_bad_steps:
+                    raise RuntimeError(f"rl: {bad_streak} consecutive steps with a non-finite loss or gradient "
+                                       f"(last at step {step + 1}); lower train.optim.lr or check the data")
+            sums = {**batch.stats, **{k: upd[k] for k in ("kl", "entropy", "tokens", "selected")}}
+            keys = list(sums)
+            tot = acc.reduce(torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in keys]).to(acc.device), "sum")
+            s = dict(zip(keys, tot.tolist()))
+            times = self.timer.pop()
+            wall = time.perf_counter() - t0
+            n = max(1.0, s["samples"])
+            row = {"step": step + 1, "reward": s["reward"] / n, "accuracy": s["accuracy"] / n,
+                   "penalty_truncated": s["penalty_truncated"] / n, "penalty_repetitive": s["penalty_repetitive"] / n,
+                   "penalty_garbage": s["penalty_garbage"] / n, "truncation_rate": s["truncated"] / n,
+                   "response_length": s["response_tokens"] / n, "entropy": s["entropy"] / max(1.0, s["tokens"]),
+                   "kl": s["kl"] / n, "loss": upd["loss"], "grad_norm": upd["grad_norm"], "lr": upd["lr"],
+                   "clip_fraction": upd["clip_fraction"], "selected": s["selected"] / n, "skipped": upd["skipped"],
+                   "time_sample": times.get("sample", 0.0), "time_score": times.get("score", 0.0),
+                   "time_train": times.get("train", 0.0), "time_step": wall,
+                   "tokens_per_s": s["response_tokens"] / wall}
+            history.append(row)
+            if main and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps):
+                self.metrics.log(row)
+            if main and cfg.train.rollouts_every and (step + 1) % cfg.train.rollouts_every == 0:
+                with open(self.out / "rollouts.jsonl", "a", encoding="utf-8") as f:
+                    for r in shown[: cfg.train.rollouts_kept]:
+                        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            bar.update()
+            bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.3f}", len=f"{row['response_length']:.0f}",
+                            tok_s=f"{row['tokens_per_s']:,.0f}")
+            if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
+                self._checkpoint(step + 1)
+        bar.close()
+        if main:
+            final = self.out / "final"
+            self.raw.save_pretrained(final, state_dict=acc.get_state_dict(self.model))
+            self.tok.save_pretrained(final)
+            self.metrics.close()
+            print(summary(history), file=sys.stderr)
+        acc.wait_for_everyone()
+        self.scorer.close()
+        return history
+
+
+def summary(history: list[dict]) -> str:
+    """A short before/after table of the run (first and last tenth of the steps)."""
+    if not history:
+        return "rl: no steps run"
+    w = max(1, len(history) // 10)
+    first, last = history[:w], history[-w:]
+
+    def avg(rows, k):
+        return sum(r[k] for r in rows) / len(rows)
+
+    lines = [f"rl done: {len(history)} steps | mean step {avg(history, 'time_step'):.2f}s "
+             f"(sample {avg(history, 'time_sample'):.2f} / score {avg(history, 'time_score'):.2f} / "
+             f"train {avg(history, 'time_train'):.2f}) | {avg(history, 'tokens_per_s'):,.0f} completion tokens/s",
+             f"{'':22s}{'first ' + str(w):>12s}{'last ' + str(w):>12s}"]
+    for k in ("reward", "accuracy", "response_length", "entropy", "kl", "penalty_truncated", "penalty_repetitive",
+              "penalty_garbage"):
+        lines.append(f"{k:22s}{avg(first, k):12.4f}{avg(last, k):12.4f}")
+    return "\n".join(lines)
+
+
+def train_rl(cfg: RLConfig, resume: bool = False, progress: bool = True) -> list[dict]:
+    return RLTrainer(cfg, resume=resume, progress=progress).train()

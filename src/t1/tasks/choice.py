@@ -1,0 +1,30 @@
+"""Multiple choice (GPQA-style): the answer is a letter on a final ``ANSWER: X`` line (or in ``\\boxed{X}``)."""
+
+from __future__ import annotations
+
+import re
+
+from t1.tasks.boxed import last_boxed
+
+_LINE = re.compile(r"answer\s*(?:is)?\s*[:：]?\s*\(?\s*([A-J])\s*\)?(?![A-Za-z])", re.I)
+
+
+def extract_letter(response: str, letters: str = "ABCD") -> str | None:
+    """The chosen letter: the last ``ANSWER: X`` (also "answer is (X)"), else the last ``\\boxed{X}``."""
+    if not isinstance(response, str):
+        return None
+    found = [m.upper() for m in _LINE.findall(response[-4000:])]
+    found = [f for f in found if f in letters]
+    if found:
+        return found[-1]
+    boxed = last_boxed(response)
+    if boxed:
+        m = re.fullmatch(r"\s*(?:\\text\{)?\(?([A-J])\)?\}?\s*", boxed)
+        if m and m.group(1).upper() in letters:
+            return m.group(1).upper()
+    return None
+
+
+def grade_choice(response: str, gold: str, letters: str = "ABCD") -> tuple[str | None, bool]:
+    letter = extract_letter(response, letters)
+    return letter, letter is not None and letter == gold.strip().upper()

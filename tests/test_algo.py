@@ -1,0 +1,107 @@
+"""The pure RL functions against hand-computed numbers and a slow reference loop."""
+
+import math
+
+import pytest
+import torch
+
+from t1.rl import algo
+
+
+def test_rloo_k4_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    a = algo.rloo(r, 4)
+    # group 1: 1 - (0+0+1)/3 = 2/3 ; 0 - (1+0+1)/3 = -2/3 ; group 2 all equal -> 0
+    torch.testing.assert_close(a, torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 0, 0, 0, 0]))
+
+
+def test_kl_centering_and_shaping_by_hand():
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, -3.0], [-0.2, -1.0, -9.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    d = algo.sequence_kl(logp, ref, mask, clamp=0.5)
+    # row 0: clamp(0.5) + clamp(-1.0 -> -0.5) + 0 = 0 ; row 1: clamp(-0.8 -> -0.5) + 0 (third masked) = -0.5
+    torch.testing.assert_close(d, torch.tensor([0.0, -0.5]))
+    centred = algo.center_in_group(torch.tensor([1.0, 2.0, 3.0, 6.0]), 4)
+    # 1 - (2+3+6)/3 = -8/3 ; 2 - 10/3 = -4/3 ; 3 - 3 = 0 ; 6 - 2 = 4
+    torch.testing.assert_close(centred, torch.tensor([-8 / 3, -4 / 3, 0.0, 4.0]))
+    shaped = algo.shape(torch.tensor([1.0, 0.0, 1.0, 0.0]), centred, beta=0.1)
+    torch.testing.assert_close(shaped, torch.tensor([1 + 0.8 / 3, 0.4 / 3, 1.0, -0.4]))
+
+
+def test_penalty_overrides_reward():
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    out = algo.penalize(r, torch.tensor([True, False, False, False]), torch.tensor([False, False, True, False]),
+                        torch.tensor([False, True, False, False]))
+    torch.testing.assert_close(out, torch.tensor([-1.0, -1.0, -1.0, 1.0]))
+    assert r.tolist() == [1.0, 0.0, 1.0, 1.0]  # inputs are never mutated
+
+
+def test_entropy_of_known_distributions():
+    uniform = torch.zeros(2, 3, 8)
+    torch.testing.assert_close(algo.token_entropy(uniform), torch.full((2, 3), math.log(8)))
+    p = torch.tensor([0.5, 0.25, 0.25])
+    torch.testing.assert_close(algo.token_entropy(p.log()), torch.tensor(1.5 * math.log(2)))
+
+
+def test_aggregation_modes():
+    v = torch.tensor([[1.0, 3.0, 100.0], [2.0, 0.0, 0.0]])
+    m = torch.tensor([[True, True, False], [True, False, False]])
+    # per-sequence means 2 and 2 -> 2 ; all tokens (1 + 3 + 2) / 3 = 2
+    torch.testing.assert_close(algo.aggregate(v, m, "seq_mean_token_mean"), torch.tensor(2.0))
+    v2 = torch.tensor([[1.0, 5.0, 0.0], [2.0, 0.0, 0.0]])
+    torch.testing.assert_close(algo.aggregate(v2, m, "seq_mean_token_mean"), torch.tensor(2.5))  # (3 + 2) / 2
+    torch.testing.assert_close(algo.aggregate(v2, m, "token_mean"), torch.tensor(8 / 3))
+    # shards with global denominators sum to the whole
+    whole = algo.aggregate(v2, m, "token_mean")
+    parts = sum(algo.aggregate(v2[i: i + 1], m[i: i + 1], "token_mean", n_tokens=3.0) for i in range(2))
+    torch.testing.assert_close(parts, whole)
+
+
+def _slow_loss(logp, old, adv, mask, mode, clip, ent, alpha):
+    """The loss written as plain Python loops, for comparison."""
+    seq_terms, tok_terms, ent_seq, ent_tok = [], [], [], []
+    for i in range(len(logp)):
+        toks = [t for t in range(len(logp[i])) if mask[i, t]]
+        vals = []
+        for t in toks:
+            ratio = math.exp(logp[i][t] - old[i][t])
+            clipped = min(max(ratio, 1 - clip), 1 + clip)
+            vals.append(-min(ratio * adv[i], clipped * adv[i]))
+        seq_terms.append(sum(vals) / len(toks))
+        tok_terms.extend(vals)
+        ent_seq.append(sum(float(ent[i, t]) for t in toks) / len(toks))
+        ent_tok.extend(float(ent[i, t]) for t in toks)
+    if mode == "seq_mean_token_mean":
+        return sum(seq_terms) / len(seq_terms) - alpha * sum(ent_seq) / len(ent_seq)
+    return sum(tok_terms) / len(tok_terms) - alpha * sum(ent_tok) / len(ent_tok)
+
+
+@pytest.mark.parametrize("mode", ["seq_mean_token_mean", "token_mean"])
+def test_policy_loss_matches_slow_loop(mode):
+    g = torch.Generator().manual_seed(0)
+    logp = -torch.rand(6, 5, generator=g) * 3
+    old = logp + (torch.rand(6, 5, generator=g) - 0.5) * 0.8  # ratios both inside and outside the clip range
+    adv = torch.randn(6, generator=g)
+    mask = torch.rand(6, 5, generator=g) > 0.3
+    mask[:, 0] = True
+    ent = torch.rand(6, 5, generator=g)
+    loss, stats = algo.policy_loss(logp, old, adv, mask, mode, clip=0.2, entropy=ent, alpha=0.05)
+    assert loss.item() == pytest.approx(_slow_loss(logp.tolist(), old.tolist(), adv.tolist(), mask, mode, 0.2, ent, 0.05),
+                                        rel=1e-5)
+    assert 0 < stats["clip_fraction"] < 1
+
+
+def test_on_policy_gradient_is_advantage_weighted_logprob():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.3]], requires_grad=True)
+    adv = torch.tensor([2.0, -1.0])
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    loss, _ = algo.policy_loss(logp, logp.detach(), adv, mask, "seq_mean_token_mean")
+    loss.backward()
+    # d/dlogp of -mean_i mean_t A_i logp = -A_i / (2 * 2)
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.5, -0.5], [0.25, 0.25]]))
+
+
+def test_gather_logp():
+    logits = torch.tensor([[[0.0, math.log(3.0)]]])
+    torch.testing.assert_close(algo.gather_logp(logits, torch.tensor([[1]])), torch.tensor([[math.log(0.75)]]))

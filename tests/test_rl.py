@@ -1,0 +1,109 @@
+"""The RL trainer end to end on a tiny model: learning, resume, two processes, bad updates, run directory."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from t1 import config as C
+from t1.rl import algo
+from t1.rl.config import RLConfig
+from t1.rl.trainer import train_rl
+
+
+def rl_args(model_dir, out, *extra):
+    return [f"model={model_dir}", f"out={out}", "rollout.prompts_per_step=8", "rollout.samples_per_prompt=8",
+            "rollout.max_new_tokens=8", "rollout.temperature=1.0", "rollout.top_p=1.0", "data.num_prompts=64",
+            "train.optim.lr=0.01", "train.optim.warmup_steps=0", "train.rollouts_every=5", *extra]
+
+
+def rl_cfg(model_dir, out, *extra):
+    return C.load(RLConfig, None, rl_args(model_dir, out, *extra))
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_reward_rises_on_an_easily_learnable_reward(tiny_model_dir, tmp_path):
+    """A random tiny model with an 8-token budget is mostly truncated (reward −1); ending early earns 0."""
+    out = tmp_path / "run"
+    history = train_rl(rl_cfg(tiny_model_dir, out, "train.steps=30"), progress=False)
+    first = sum(h["reward"] for h in history[:5]) / 5
+    last = sum(h["reward"] for h in history[-5:]) / 5
+    assert first < -0.6 and last > first + 0.4, (first, last)
+    m = rows(out / "metrics.jsonl")
+    assert len(m) == 30
+    for key in ("reward", "accuracy", "penalty_truncated", "penalty_repetitive", "penalty_garbage", "truncation_rate",
+                "response_length", "entropy", "kl", "time_sample", "time_score", "time_train", "tokens_per_s"):
+        assert key in m[0]
+    assert m[-1]["kl"] != 0  # the EMA anchor lags the policy
+    shown = rows(out / "rollouts.jsonl")
+    assert len(shown) == 6 * 8 and {"prompt", "response", "reward", "truncated"} <= set(shown[0])
+    assert (out / "final" / "model.safetensors").exists() and (out / "config.yaml").exists()
+
+
+def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train_rl(rl_cfg(tiny_model_dir, full, "train.steps=4", "train.save_every=2"), progress=False)
+    train_rl(rl_cfg(tiny_model_dir, cut, "train.steps=2", "train.save_every=2"), progress=False)
+    train_rl(rl_cfg(tiny_model_dir, cut, "train.steps=4", "train.save_every=2"), resume=True, progress=False)
+    a, b = weights(full / "final"), weights(cut / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["reward"] for r in rows(cut / "metrics.jsonl")] == [r["reward"] for r in rows(full / "metrics.jsonl")]
+
+
+def test_two_processes_match_one(tiny_model_dir, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    # fp32: under bf16 a near-zero gradient element can flip sign with summation order, and Adam's first
+    # step (≈ lr·sign(g)) turns that into a 2·lr jump in one weight
+    extra = ["train.steps=1", "rollout.prompts_per_step=4", "algo.kl_beta=0.01", "train.precision=fp32"]
+    train_rl(rl_cfg(tiny_model_dir, one, *extra), progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m",
+           "t1", "rl", *rl_args(tiny_model_dir, two, *extra), "--quiet"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stderr
+    r1, r2 = rows(one / "metrics.jsonl")[0], rows(two / "metrics.jsonl")[0]
+    assert r1["reward"] == pytest.approx(r2["reward"]) and r1["loss"] == pytest.approx(r2["loss"], rel=1e-3, abs=1e-6)
+    a, b = weights(one / "final"), weights(two / "final")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
+    assert any(not torch.equal(a[k], weights(tiny_model_dir)[k]) for k in a)  # the update did something
+
+
+def test_non_finite_loss_skips_then_stops(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    real = algo.policy_loss
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(algo, "policy_loss", poisoned)
+    with pytest.raises(RuntimeError, match="3 consecutive steps with a non-finite loss"):
+        train_rl(rl_cfg(tiny_model_dir, tmp_path / "nan", "train.steps=10"), progress=False)
+    err = capsys.readouterr().err
+    assert err.count("update skipped") == 3
+    # skipped updates leave the weights alone
+    assert not (tmp_path / "nan" / "final").exists()
+
+
+def test_bad_configs_are_clear(tiny_model_dir, tmp_path):
+    with pytest.raises(C.ConfigError, match="model: is required"):
+        C.load(RLConfig, None, [])
+    with pytest.raises(C.ConfigError, match="rollout.samples_per_prompt: must be ≥ 2"):
+        rl_cfg(tiny_model_dir, tmp_path, "rollout.samples_per_prompt=1")
+    with pytest.raises(C.ConfigError, match="algo.aggregation: must be one of"):
+        rl_cfg(tiny_model_dir, tmp_path, "algo.aggregation=sum")
