@@ -183,3 +183,11 @@ def test_cli_sft_reports_bad_data_cleanly(tmp_path, capsys):
     path = _jsonl(tmp_path / "d.jsonl", [{"prompt": "x"}])
     assert main(["sft", "data.source=jsonl", f"data.paths=[{path}]", f"out={tmp_path / 'r'}", "--quiet"]) == 2
     assert f"{path}:1: missing field 'response'" in capsys.readouterr().err
+
+
+def test_countdown_source_survives_degenerate_problems():
+    """(1, 1, 1) -> 1 has only a few distinct wrong attempts; the reader uses as many as exist."""
+    cfg = C.from_dict(SFTDataConfig, {"num_examples": 3000, "failed_attempts": 6,
+                                      "countdown": {"max_number": 2}})
+    examples, stats = load_examples(cfg, build_tokenizer(100))
+    assert stats.rows == 3000

@@ -107,6 +107,16 @@ def cmd_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_filter(args: argparse.Namespace) -> int:
+    from t1.rl.filter import FilterConfig, run_filter
+
+    cfg, done = _load_config(FilterConfig, args)
+    if done:
+        return 0
+    run_filter(cfg, progress=not args.quiet)
+    return 0
+
+
 def cmd_grade(args: argparse.Namespace) -> int:
     from t1.grade import grade_file
 
@@ -149,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rl)
+
+    p = sub.add_parser("filter", help="keep prompts whose pass rate under a model lies in an interval")
+    _add_config_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("grade", help="grade a JSON Lines file of responses against gold answers")
     p.add_argument("input", help="JSON Lines with response + answer (math) or response + numbers + target")

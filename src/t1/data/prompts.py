@@ -42,7 +42,8 @@ def load_items(cfg: PromptDataConfig) -> list[Item]:
     if cfg.source == "countdown":
         if cfg.task != "countdown":
             raise DataError(f"data.source=countdown needs data.task=countdown (got {cfg.task})")
-        return [Item(prompt=p.prompt(), numbers=p.numbers, target=p.target, id=f"countdown-{cfg.seed}-{i}")
+        return [Item(prompt=p.prompt(), numbers=p.numbers, target=p.target, id=f"countdown-{cfg.seed}-{i}",
+                     problem=p.prompt())
                 for i, p in enumerate(generate(cfg.countdown, cfg.num_prompts, cfg.seed))]
     template, items = _template(cfg), []
     for path in cfg.paths:
@@ -56,13 +57,14 @@ def load_items(cfg: PromptDataConfig) -> list[Item]:
                 prompt = problem if isinstance(problem, str) else f"use {' '.join(map(str, row['numbers']))} " \
                                                                   f"to make {row['target']} :"
                 items.append(Item(prompt=prompt, numbers=tuple(row["numbers"]), target=int(row["target"]),
-                                  id=str(row.get("id", where))))
+                                  id=str(row.get("id", where)), problem=prompt))
             else:
                 for name in (cfg.problem_field, cfg.answer_field):
                     if name not in row:
                         raise DataError(f"{where}: missing field '{name}'")
-                items.append(Item(prompt=template.format(problem=row[cfg.problem_field]),
-                                  answer=str(row[cfg.answer_field]), id=str(row.get("id", where))))
+                problem = str(row[cfg.problem_field])
+                items.append(Item(prompt=template.format(problem=problem), answer=str(row[cfg.answer_field]),
+                                  id=str(row.get("id", where)), problem=problem))
             if cfg.num_prompts and len(items) >= cfg.num_prompts:
                 return items
     if not items:

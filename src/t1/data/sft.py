@@ -89,7 +89,15 @@ def countdown_pairs(cfg: SFTDataConfig) -> list[Pair]:
     pairs = []
     for i, p in enumerate(generate(cfg.countdown, cfg.num_examples, cfg.seed)):
         failed = sample_failed(cfg.countdown, rng) if cfg.failed_attempts is None else cfg.failed_attempts
-        pairs.append(Pair(p.prompt(), write_trace(p, cfg.countdown, failed, rng), f"countdown #{i}"))
+        while True:  # a degenerate problem (1 1 1 -> 1) has few distinct wrong attempts: use as many as it has
+            try:
+                trace = write_trace(p, cfg.countdown, failed, rng)
+                break
+            except ValueError:
+                if failed == 0:
+                    raise
+                failed -= 1
+        pairs.append(Pair(p.prompt(), trace, f"countdown #{i}"))
     return pairs
 
 

@@ -27,12 +27,15 @@ class Item:
     numbers: tuple[int, ...] = ()
     target: int | None = None
     id: str = ""
+    problem: str = ""  # the raw problem before the prompt template (written back out by `t1 filter`)
     extra: dict = field(default_factory=dict, compare=False)
 
-    def gold(self) -> dict:
+    def to_row(self) -> dict:
+        """A JSON Lines row that :func:`t1.data.prompts.load_items` reads back."""
+        row = {"id": self.id, "problem": self.problem or self.prompt}
         if self.target is not None:
-            return {"numbers": list(self.numbers), "target": self.target}
-        return {"answer": self.answer}
+            return {**row, "numbers": list(self.numbers), "target": self.target}
+        return {**row, "answer": self.answer}
 
 
 @dataclass(frozen=True)

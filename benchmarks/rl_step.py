@@ -1,0 +1,97 @@
+"""RL step throughput: `t1 rl` vs TRL's GRPOTrainer at the same settings, measured in one run.
+
+    .venv/bin/pip install trl        # not a dependency of t1; only this script needs it
+    .venv/bin/python benchmarks/rl_step.py [--steps 6] [--prompts 8] [--samples 8] [--new-tokens 128]
+
+Both train the same ~4M-parameter model files (a Llama: the Qwen2 shape without biases; transformers 5
+re-tokenizes any qwen2 checkpoint with its own tokenizer) on the same Countdown prompts with K samples per
+prompt, the same completion budget, temperature 1.0, top_p 1.0, a KL term (β > 0, so both run a reference
+model), one optimizer step per batch and bf16 autocast. The score is completion tokens per second over whole
+steps (sampling, scoring, reference and policy passes, optimizer), excluding the first (warm-up) step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from t1 import config as C
+from t1.models import ModelConfig, build_model, build_tokenizer, save
+from t1.rl.config import RLConfig
+from t1.rl.trainer import train_rl
+from t1.tasks.countdown import CountdownConfig, generate, reward
+
+
+def run_t1(model_dir: Path, out: Path, args) -> tuple[float, float]:
+    cfg = C.load(RLConfig, None, [
+        f"model={model_dir}", f"out={out}", f"train.steps={args.steps}", f"rollout.prompts_per_step={args.prompts}",
+        f"rollout.samples_per_prompt={args.samples}", f"rollout.max_new_tokens={args.new_tokens}",
+        "rollout.temperature=1.0", "rollout.top_p=1.0", "algo.kl_beta=0.04", "train.precision=bf16",
+        "train.optim.lr=1e-5", "train.save_every=1000000", "train.rollouts_every=0"])
+    history = train_rl(cfg, progress=False)[1:]
+    tokens = sum(h["response_length"] * args.prompts * args.samples for h in history)
+    return tokens, sum(h["time_step"] for h in history)
+
+
+def run_trl(model_dir: Path, out: Path, args) -> tuple[float, float]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    problems = generate(CountdownConfig(), args.prompts * (args.steps + 1), seed=1)
+    data = Dataset.from_list([{"prompt": p.prompt(), "numbers": list(p.numbers), "target": p.target} for p in problems])
+
+    def countdown_reward(completions, numbers, target, **_):
+        return [reward(c, n, t) for c, n, t in zip(completions, numbers, target)]
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+
+    cfg = GRPOConfig(
+        output_dir=str(out), per_device_train_batch_size=args.prompts * args.samples, num_generations=args.samples,
+        max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0, beta=0.04, learning_rate=1e-5,
+        max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=True,
+        disable_tqdm=True, gradient_accumulation_steps=1, num_iterations=1, seed=0,
+    )
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=countdown_reward,
+                          args=cfg, train_dataset=data, processing_class=tok, callbacks=[StepTimer()])
+    trainer.train()
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    tokens = sum(lengths[1:]) * args.prompts * args.samples
+    return tokens, sum(times[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = build_tokenizer(100)
+        model_dir = save(build_model(ModelConfig(hidden=256, layers=4, heads=4, kv_heads=4, ffn=1024), tok), tok,
+                         Path(tmp) / "model")
+        trl_tokens, trl_s = run_trl(model_dir, Path(tmp) / "trl", args)
+        t1_tokens, t1_s = run_t1(model_dir, Path(tmp) / "t1", args)
+    print(f"RL steps: {args.prompts} prompts x {args.samples} samples x {args.new_tokens} tokens, beta 0.04, bf16, "
+          f"{args.steps - 1} timed steps, {torch.get_num_threads()} threads")
+    print(f"{'trainer':22s} {'completion tokens':>18s} {'seconds':>8s} {'tokens/s':>9s}")
+    print(f"{'TRL GRPOTrainer':22s} {trl_tokens:18,.0f} {trl_s:8.2f} {trl_tokens / trl_s:9,.0f}")
+    print(f"{'t1 rl':22s} {t1_tokens:18,.0f} {t1_s:8.2f} {t1_tokens / t1_s:9,.0f}")
+    print(f"speed-up: {(t1_tokens / t1_s) / (trl_tokens / trl_s):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

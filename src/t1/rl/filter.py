@@ -1,0 +1,103 @@
+"""`t1 filter`: keep the prompts a model finds hard but not hopeless (the paper: 16 samples, pass rate ≤ 0.3).
+
+For each prompt, sample ``samples`` responses, grade them, and keep the prompt when its pass rate lies in
+(min_pass, max_pass] (the lower end closed with ``include_min``). Writes ``kept.jsonl`` (rows that
+``t1 rl data.source=jsonl`` reads) and ``pass_rates.jsonl`` (every prompt with its pass rate) to ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from t1 import config as cfglib
+from t1.config import option, require
+from t1.data.prompts import PromptDataConfig, load_items
+from t1.data.sft import prompt_ids
+from t1.io import atomic_write_text
+from t1.models import load
+from t1.rollout import SamplingParams, make_engine
+from t1.runtime import quiet_libraries
+from t1.tasks.scoring import Scorer
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    model: str = option("", "the model that judges difficulty (the SFT model)")
+    out: str = option("runs/filter", "output directory")
+    data: PromptDataConfig = option(help="the candidate prompts", factory=PromptDataConfig)
+    samples: int = option(16, "samples per prompt (the paper: 16)")
+    min_pass: float = option(0.0, "keep prompts whose pass rate is above this (our choice: 0, i.e. solvable)")
+    include_min: bool = option(False, "also keep pass rate == min_pass")
+    max_pass: float = option(0.3, "... and at most this (the paper: 0.3)")
+    temperature: float = option(1.0, "sampling temperature")
+    top_p: float = option(1.0, "nucleus sampling")
+    max_new_tokens: int = option(1024, "generation budget; a truncated sample counts as wrong")
+    prompts_per_batch: int = option(64, "prompts sampled together")
+    engine: str = option("fast", "fast | generate")
+    seed: int = option(0, "sampling seed")
+
+    def validate(self) -> None:
+        require(bool(self.model), "model", "is required", self.model)
+        require(self.samples >= 1, "samples", "must be ≥ 1", self.samples)
+        require(0 <= self.min_pass <= self.max_pass <= 1, "max_pass", "need 0 ≤ min_pass ≤ max_pass ≤ 1", self.max_pass)
+
+
+def pass_rates(model, tok, items, cfg: FilterConfig, scorer: Scorer, progress: bool = True) -> list[float]:
+    from t1.rl.trainer import sample_seed
+
+    engine = make_engine(cfg.engine, model, tok)
+    params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    rates: list[float] = []
+    bar = tqdm(total=len(items), desc="filter", unit="prompt", file=sys.stderr, disable=not progress)
+    for start in range(0, len(items), cfg.prompts_per_batch):
+        chunk = list(range(start, min(len(items), start + cfg.prompts_per_batch)))
+        prompts = [prompt_ids(tok, items[i].prompt, cfg.data.use_chat_template) for i in chunk for _ in range(cfg.samples)]
+        seeds = [sample_seed(cfg.seed, 0, i, k) for i in chunk for k in range(cfg.samples)]
+        samples = engine.generate(prompts, seeds, params)
+        graded = scorer([s.text for s in samples], [items[i] for i in chunk for _ in range(cfg.samples)])
+        for j in range(len(chunk)):
+            group = range(j * cfg.samples, (j + 1) * cfg.samples)
+            rates.append(sum(graded[g].correct and samples[g].finished for g in group) / cfg.samples)
+        bar.update(len(chunk))
+        kept = sum(keep(r, cfg) for r in rates)
+        bar.set_postfix(kept=kept, mean_pass=f"{sum(rates) / len(rates):.3f}")
+    bar.close()
+    return rates
+
+
+def keep(rate: float, cfg: FilterConfig) -> bool:
+    above = rate >= cfg.min_pass if cfg.include_min else rate > cfg.min_pass
+    return above and rate <= cfg.max_pass + 1e-12
+
+
+def run_filter(cfg: FilterConfig, progress: bool = True) -> dict:
+    quiet_libraries()
+    model, tok = load(cfg.model, dtype="float32")
+    model.eval()
+    items = load_items(cfg.data)
+    scorer = Scorer(cfg.data.task, cfg.data.countdown)
+    try:
+        rates = pass_rates(model, tok, items, cfg, scorer, progress)
+    finally:
+        scorer.close()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfglib.save(cfg, out / "config.yaml")
+    kept = [{**it.to_row(), "pass_rate": r} for it, r in zip(items, rates) if keep(r, cfg)]
+    atomic_write_text(out / "kept.jsonl", "".join(json.dumps(k) + "\n" for k in kept))
+    atomic_write_text(out / "pass_rates.jsonl",
+                      "".join(json.dumps({**it.to_row(), "pass_rate": r}) + "\n" for it, r in zip(items, rates)))
+    hist = Counter(round(r, 3) for r in rates)
+    summary = {"prompts": len(items), "kept": len(kept), "mean_pass_rate": sum(rates) / max(1, len(rates)),
+               "all_wrong": hist.get(0.0, 0), "all_right": hist.get(1.0, 0)}
+    print(f"filter: kept {len(kept)} of {len(items)} prompts with pass rate in "
+          f"{'[' if cfg.include_min else '('}{cfg.min_pass}, {cfg.max_pass}] | mean pass rate "
+          f"{summary['mean_pass_rate']:.3f} | all wrong {summary['all_wrong']} | all right {summary['all_right']} "
+          f"| wrote {out / 'kept.jsonl'}", file=sys.stderr)
+    return summary
