@@ -94,6 +94,8 @@ def _rl_optim() -> OptimConfig:
 class RLTrainConfig:
     steps: int = option(500, "RL steps (one sampled batch each)")
     micro_batch_tokens: int = option(16384, "padded tokens per forward/backward on one process")
+    bucket_ratio: float = option(0.8, "start a new micro-batch when a sequence is shorter than this × the "
+                                      "longest in it (less padding)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "autocast precision for training passes")
     seed: int = option(0, "sampling and data-order seed")
     log_every: int = option(1, "steps between metric rows")

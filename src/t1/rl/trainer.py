@@ -35,7 +35,7 @@ from t1.rl.select import select
 from t1.rollout import SamplingParams, make_engine
 from t1.runtime import (Metrics, Timer, checkpoint_dirs, load_checkpoint_state, lr_factor, make_accelerator,
                         make_optimizer, resolve_precision, rng_state, save_checkpoint, set_lr, set_rng_state)
-from t1.sft import epoch_order
+from t1.sft import epoch_order, micro_batches
 from t1.tasks.scoring import Scorer
 
 
@@ -66,17 +66,6 @@ def _pad(rows: list[list[int]], n_prompt: list[int], pad_id: int, device):
         attn[i, : len(r)] = 1
         resp[i, p: len(r)] = True
     return ids.to(device), attn.to(device), resp[:, 1:].to(device)
-
-
-def _micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    mbs: list[list[int]] = []
-    for i in order:
-        if mbs and (len(mbs[-1]) + 1) * lengths[mbs[-1][0]] <= budget:
-            mbs[-1].append(i)
-        else:
-            mbs.append([i])
-    return mbs
 
 
 class RLTrainer:
@@ -183,7 +172,9 @@ class RLTrainer:
         ent = torch.zeros(N)
         ntok = torch.zeros(N)
         old: list[torch.Tensor] = [torch.empty(0)] * N
-        for mb in _micro_batches([len(r) for r in batch.ids], self.cfg.train.micro_batch_tokens):
+        lengths = [len(r) for r in batch.ids]
+        for mb in micro_batches(list(range(N)), lengths, self.cfg.train.micro_batch_tokens, 1,
+                                self.cfg.train.bucket_ratio):
             ids, attn, mask = _pad([batch.ids[i] for i in mb], [batch.n_prompt[i] for i in mb],
                                    self.tok.pad_token_id, self.acc.device)
             with self.acc.autocast():
@@ -211,8 +202,8 @@ class RLTrainer:
             n_seqs, n_tokens = float(counts[0]), float(counts[1])
             lr = cfg.train.optim.lr * lr_factor(step, cfg.train.steps, cfg.train.optim)
             set_lr(self.optimizer, lr)
-            mbs = _micro_batches([len(batch.ids[i]) for i in keep], cfg.train.micro_batch_tokens)
-            mbs = [[keep[j] for j in mb] for mb in mbs]
+            lengths = [len(r) for r in batch.ids]
+            mbs = micro_batches(keep, lengths, cfg.train.micro_batch_tokens, 1, cfg.train.bucket_ratio)
             n_mb = int(acc.reduce(torch.tensor(float(len(mbs)), device=acc.device), "max")) if self.world > 1 else len(mbs)
             mbs += [[]] * (n_mb - len(mbs))  # every process joins every gradient all-reduce
             loss_sum, clip_sum, grad_norm, skipped = 0.0, 0.0, float("nan"), False
