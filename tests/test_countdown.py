@@ -140,3 +140,13 @@ def test_hostile_input_returns_zero_fast(hostile):
 
 def test_non_string_response_is_zero():
     assert reward(None, [1, 2, 3], 6) == 0.0  # type: ignore[arg-type]
+
+
+def test_training_problems_never_include_the_heldout_set():
+    from t1.tasks.countdown import generate, heldout, heldout_keys, key
+
+    held = heldout_keys(CFG, 500)
+    assert len(heldout(CFG)) == 500
+    train = generate(CFG, 5000, seed=0, exclude=held)
+    assert not {key(p) for p in train} & held
+    assert {key(p) for p in generate(CFG, 5000, seed=0)} & held  # without exclusion they would overlap

@@ -117,6 +117,51 @@ def cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budgets(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise cfglib.ConfigError(f"--budgets: expected comma-separated integers (got {text!r})") from None
+    if not out or min(out) < 1:
+        raise cfglib.ConfigError(f"--budgets: need positive integers (got {text!r})")
+    return out
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from t1.eval.evaluate import EvalSettings, run_eval
+
+    s = EvalSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                     seed=args.seed, engine=args.engine)
+    run_eval(args.model, [b.strip() for b in args.bench.split(",") if b.strip()], args.out, s, args.gpqa_csv,
+             args.data_dir, args.limit, progress=not args.quiet)
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from t1.eval.scale import ScaleSettings, run_scale
+
+    labels = args.label or []
+    models = [(labels[i] if i < len(labels) else f"model{i + 1}", path) for i, path in enumerate(args.model)]
+    s = ScaleSettings(budgets=_budgets(args.budgets), n=args.n, temperature=args.temperature, top_p=args.top_p,
+                      seed=args.seed, answer_tokens=args.answer_tokens, cue=args.cue, extend=args.extend,
+                      max_extensions=args.max_extensions)
+    run_scale(models, args.bench, args.out, s, args.summarizer, args.engine, args.limit, args.gpqa_csv,
+              args.data_dir, progress=not args.quiet)
+    return 0
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--n", type=int, default=1, help="samples per problem")
+    p.add_argument("--temperature", type=float, default=temperature)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", default="fast", choices=["fast", "generate"])
+    p.add_argument("--limit", type=int, default=0, help="only the first N problems (0 = all)")
+    p.add_argument("--gpqa-csv", default=None, help="the official GPQA Diamond CSV (for --bench gpqa)")
+    p.add_argument("--data-dir", default=None, help="benchmark files (default: the copies shipped with t1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def cmd_grade(args: argparse.Namespace) -> int:
     from t1.grade import grade_file
 
@@ -164,6 +209,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_filter)
+
+    p = sub.add_parser("eval", help="pass@1 ± s.e., pass@k and majority vote on benchmarks")
+    p.add_argument("--model", required=True, help="checkpoint path or hub name")
+    p.add_argument("--bench", required=True,
+                   help="comma-separated: math500, aime24, aime25, amc23, omni_math, omni500, gpqa, countdown, *.jsonl")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--out", default="runs/eval", help="output directory")
+    _add_sampling_args(p, temperature=1.0)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("scale", help="accuracy vs thinking budget for one or more models, with a plot")
+    p.add_argument("--model", action="append", required=True, help="checkpoint (repeat for several)")
+    p.add_argument("--label", action="append", help="a name per --model, in order")
+    p.add_argument("--bench", required=True, help="one benchmark (as for t1 eval)")
+    p.add_argument("--budgets", default="16,32,64,128,256", help="comma-separated token budgets")
+    p.add_argument("--answer-tokens", type=int, default=24, help="tokens allowed after the answer cue")
+    p.add_argument("--cue", default=None, help="answer cue appended to truncated thinking (default per task)")
+    p.add_argument("--summarizer", default=None, help="a model that turns truncated thinking into an answer")
+    p.add_argument("--extend", default=None, help="s1 budget forcing: replace an early stop by this word")
+    p.add_argument("--max-extensions", type=int, default=0)
+    p.add_argument("--out", default="runs/scale", help="output directory")
+    _add_sampling_args(p, temperature=1.0)
+    p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("grade", help="grade a JSON Lines file of responses against gold answers")
     p.add_argument("input", help="JSON Lines with response + answer (math) or response + numbers + target")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from t1.config import option, require
 from t1.io import DataError, iter_jsonl
-from t1.tasks.countdown import CountdownConfig, generate
+from t1.tasks.countdown import CountdownConfig, generate, heldout_keys
 from t1.tasks.scoring import CHOICE_TEMPLATE, MATH_TEMPLATE, Item, Task
 
 
@@ -21,7 +21,8 @@ class PromptDataConfig:
     template: str | None = option(None, "prompt template with {problem}; null = the task's default")
     use_chat_template: bool = option(True, "wrap prompts in the tokenizer's chat template when it has one")
     num_prompts: int = option(4096, "countdown: problems to generate; jsonl: cap (0 = all)")
-    seed: int = option(1, "countdown: problem seed (keep it apart from SFT's and evaluation's)")
+    seed: int = option(1, "countdown: problem seed (keep it apart from SFT's)")
+    exclude_heldout: int = option(500, "countdown: never use the first N held-out evaluation problems")
     countdown: CountdownConfig = option(help="countdown: problem knobs", factory=CountdownConfig)
 
     def validate(self) -> None:
@@ -42,9 +43,10 @@ def load_items(cfg: PromptDataConfig) -> list[Item]:
     if cfg.source == "countdown":
         if cfg.task != "countdown":
             raise DataError(f"data.source=countdown needs data.task=countdown (got {cfg.task})")
+        exclude = heldout_keys(cfg.countdown, cfg.exclude_heldout) if cfg.exclude_heldout else frozenset()
         return [Item(prompt=p.prompt(), numbers=p.numbers, target=p.target, id=f"countdown-{cfg.seed}-{i}",
                      problem=p.prompt())
-                for i, p in enumerate(generate(cfg.countdown, cfg.num_prompts, cfg.seed))]
+                for i, p in enumerate(generate(cfg.countdown, cfg.num_prompts, cfg.seed, exclude))]
     template, items = _template(cfg), []
     for path in cfg.paths:
         for line in iter_jsonl(path):

@@ -38,6 +38,7 @@ class SFTDataConfig:
     num_examples: int = option(20000, "countdown: how many traces; jsonl/hub: cap on examples (0 = all)")
     seed: int = option(0, "countdown: problem seed")
     failed_attempts: int | None = option(None, "countdown: failed attempts per trace (null = geometric)")
+    exclude_heldout: int = option(500, "countdown: never train on the first N held-out evaluation problems")
     countdown: CountdownConfig = option(help="countdown: problem and trace knobs", factory=CountdownConfig)
 
     def validate(self) -> None:
@@ -83,11 +84,12 @@ class DataStats:
 
 
 def countdown_pairs(cfg: SFTDataConfig) -> list[Pair]:
-    from t1.tasks.countdown import generate, sample_failed, write_trace
+    from t1.tasks.countdown import generate, heldout_keys, sample_failed, write_trace
 
     rng = random.Random(cfg.seed + 1)
     pairs = []
-    for i, p in enumerate(generate(cfg.countdown, cfg.num_examples, cfg.seed)):
+    exclude = heldout_keys(cfg.countdown, cfg.exclude_heldout) if cfg.exclude_heldout else frozenset()
+    for i, p in enumerate(generate(cfg.countdown, cfg.num_examples, cfg.seed, exclude)):
         failed = sample_failed(cfg.countdown, rng) if cfg.failed_attempts is None else cfg.failed_attempts
         while True:  # a degenerate problem (1 1 1 -> 1) has few distinct wrong attempts: use as many as it has
             try:

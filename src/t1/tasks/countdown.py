@@ -145,17 +145,41 @@ def _search(pool, target, cfg, rng) -> list[Step] | None:
     return None
 
 
-def generate(cfg: CountdownConfig, n: int, seed: int) -> list[Problem]:
-    """``n`` solvable problems, reproducible from ``seed``. Targets are drawn uniformly from the reachable
-    values in [min_target, max_target] (not weighted by how many ways reach them)."""
+def key(p: Problem) -> tuple:
+    """Problems that differ only in the order of their numbers are the same problem."""
+    return tuple(sorted(p.numbers)), p.target
+
+
+EVAL_SEED = 20251  # the held-out evaluation set: generate(cfg, 500, EVAL_SEED)
+
+
+def generate(cfg: CountdownConfig, n: int, seed: int, exclude: frozenset = frozenset()) -> list[Problem]:
+    """``n`` solvable problems, reproducible from ``seed``, none whose :func:`key` is in ``exclude`` (a
+    held-out set). Targets are drawn uniformly from the reachable values in [min_target, max_target] (not
+    weighted by how many ways reach them)."""
     rng = random.Random(seed)
     problems = []
+    tries = 0
     while len(problems) < n:
+        tries += 1
+        if tries > 1000 * (n + 10):
+            raise ValueError(f"could not generate {n} problems outside the held-out set; widen the ranges")
         numbers = tuple(rng.randint(cfg.min_number, cfg.max_number) for _ in range(cfg.num_numbers))
         targets = sorted(t for t in reachable(numbers, cfg) if cfg.min_target <= t <= cfg.max_target)
         if targets:
-            problems.append(Problem(numbers, rng.choice(targets)))
+            p = Problem(numbers, rng.choice(targets))
+            if key(p) not in exclude:
+                problems.append(p)
     return problems
+
+
+def heldout(cfg: CountdownConfig, n: int = 500) -> list[Problem]:
+    """The standard held-out evaluation problems for these knobs."""
+    return generate(cfg, n, EVAL_SEED)
+
+
+def heldout_keys(cfg: CountdownConfig, n: int = 500) -> frozenset:
+    return frozenset(key(p) for p in heldout(cfg, n))
 
 
 # -------------------------------------------------------------------------------------------------- traces

@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks, pass@k, inference-scaling sweeps, plots and the HTML report."""

@@ -1,0 +1,70 @@
+"""Benchmark loaders. Each returns (task, items); see t1/data/SOURCES.md for the files and their origins.
+
+Names: ``math500``, ``aime24``, ``aime25``, ``amc23``, ``omni_math`` (the rule-gradable Omni-MATH set),
+``omni500`` (a seeded 500-problem stand-in for the paper's unpublished Omni-MATH-500), ``gpqa`` (GPQA
+Diamond from the official CSV at a path you give: its authors ask that it not be redistributed),
+``countdown`` (the 500 held-out problems no training set uses), or a path to any JSON Lines file with
+``problem`` and ``answer``.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+from t1.data import DATA_DIR
+from t1.data.prompts import PromptDataConfig, load_items
+from t1.io import DataError
+from t1.tasks.countdown import CountdownConfig, heldout
+from t1.tasks.scoring import CHOICE_TEMPLATE, Item
+
+FILES = {"math500": "math500.jsonl", "aime24": "aime24.jsonl", "aime25": "aime25.jsonl", "amc23": "amc23.jsonl",
+         "omni_math": "omni_math_rule.jsonl", "omni500": "omni_math_rule_500.jsonl"}
+GPQA_COLUMNS = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+
+
+def load_gpqa(path: str | Path, seed: int = 0) -> list[Item]:
+    """GPQA from its official CSV: the four options shuffled per question with a fixed seed; the gold answer
+    is the letter where the correct option landed."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: GPQA CSV not found (give the official gpqa_diamond.csv with --gpqa-csv)")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in GPQA_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+        items = []
+        for i, row in enumerate(reader):
+            options = [row["Correct Answer"].strip()] + [row[f"Incorrect Answer {k}"].strip() for k in (1, 2, 3)]
+            order = list(range(4))
+            random.Random(f"{seed}-{i}").shuffle(order)
+            letters = "ABCD"
+            body = row["Question"].strip() + "\n\n" + "\n".join(f"{letters[j]}) {options[o]}" for j, o in enumerate(order))
+            gold = letters[order.index(0)]
+            items.append(Item(prompt=CHOICE_TEMPLATE.format(problem=body), answer=gold, id=f"gpqa-{i}", problem=body))
+    if not items:
+        raise DataError(f"{path}: no questions")
+    return items
+
+
+def load_bench(name: str, data_dir: str | Path | None = None, gpqa_csv: str | None = None,
+               countdown: CountdownConfig | None = None, n_countdown: int = 500) -> tuple[str, list[Item]]:
+    if name == "countdown":
+        cfg = countdown or CountdownConfig()
+        return "countdown", [Item(prompt=p.prompt(), numbers=p.numbers, target=p.target, id=f"heldout-{i}",
+                                  problem=p.prompt()) for i, p in enumerate(heldout(cfg, n_countdown))]
+    if name == "gpqa":
+        if not gpqa_csv:
+            raise DataError("bench gpqa: give the official GPQA Diamond CSV with --gpqa-csv PATH")
+        return "choice", load_gpqa(gpqa_csv)
+    if name in FILES:
+        path = Path(data_dir or DATA_DIR) / FILES[name]
+    elif name.endswith(".jsonl"):
+        path = Path(name)
+    else:
+        raise DataError(f"unknown benchmark {name!r}: use one of {', '.join([*FILES, 'gpqa', 'countdown'])} "
+                        f"or a .jsonl path")
+    cfg = PromptDataConfig(task="math", source="jsonl", paths=(str(path),), num_prompts=0)
+    return "math", load_items(cfg)

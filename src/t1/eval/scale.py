@@ -1,0 +1,211 @@
+"""`t1 scale`: accuracy as a function of the thinking budget of a single generation (the paper's Figure 1).
+
+For each sample, one generation at the largest budget B is drawn. At a budget b ≤ B the sample is its first
+b tokens — exact, not an approximation: the engine seeds every token's draw by (sample seed, position), so a
+generation capped at b reproduces that prefix. A sample that ended by itself within b tokens is graded as
+is; a truncated one is completed into an answer either by appending an answer cue and letting the same
+model write up to ``answer_tokens`` more (greedy), or by handing the partial thinking to a summariser model.
+
+With ``extend`` (s1's budget forcing), a sample that ends before its budget has its end-of-sequence replaced
+by the cue word ("Wait") up to ``max_extensions`` times, so it thinks longer; prefixes are then no longer
+shared between budgets, and each budget is generated on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from t1.data.sft import prompt_ids
+from t1.eval.metrics import mean_stderr
+from t1.rollout import Sample, SamplingParams
+from t1.tasks.scoring import Item, Scorer
+
+ANSWER_CUES = {"countdown": "answer \\boxed{", "math": "\n\nFinal answer: \\boxed{", "choice": "\n\nANSWER: "}
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    budgets: tuple[int, ...] = (16, 32, 64, 128, 256)
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    answer_tokens: int = 24
+    cue: str | None = None  # default: ANSWER_CUES[task]
+    extend: str | None = None
+    max_extensions: int = 0
+    use_chat_template: bool = True
+
+
+def _decode(tok, ids: list[int]) -> str:
+    return tok.decode(ids, skip_special_tokens=True)
+
+
+def _word_level(tok) -> bool:
+    """Word-level tokenizers (like the tiny Countdown one) need spaces between joined text pieces."""
+    try:
+        return json.loads(tok.backend_tokenizer.to_str())["model"]["type"] == "WordLevel"
+    except Exception:  # noqa: BLE001 - any tokenizer without that structure is not word-level
+        return False
+
+
+def _generate_with_extensions(engine, tok, prompts, seeds, s: ScaleSettings, budget: int) -> list[Sample]:
+    """Budget forcing: replace an early end-of-sequence by the ``extend`` cue, at most ``max_extensions`` times."""
+    ext_ids = tok(s.extend, add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id
+    done: list[list[int]] = [[] for _ in prompts]
+    finished = [False] * len(prompts)
+    active = list(range(len(prompts)))
+    for round_ in range(s.max_extensions + 1):
+        if not active:
+            break
+        reqs = [prompts[i] + done[i] for i in active]
+        room = [budget - len(done[i]) for i in active]
+        outs = engine.generate(reqs, [seeds[i] + 7919 * round_ for i in active],
+                               SamplingParams(s.temperature, s.top_p, max(1, max(room))))
+        nxt = []
+        for i, r, o in zip(active, room, outs):
+            toks = o.token_ids[:r]
+            ended = bool(toks) and toks[-1] == eos
+            if ended and round_ < s.max_extensions and len(done[i]) + len(toks) - 1 + len(ext_ids) < budget:
+                done[i] += toks[:-1] + ext_ids
+                nxt.append(i)
+            else:
+                done[i] += toks
+                finished[i] = ended
+        active = nxt
+    return [Sample(d, _decode(tok, d[:-1] if f else d), f) for d, f in zip(done, finished)]
+
+
+def scaling_points(engine, tok, task: str, items: list[Item], s: ScaleSettings, scorer: Scorer,
+                   summarizer=None, progress: bool = True) -> list[dict]:
+    """[{budget, accuracy, stderr, finished_rate, mean_tokens}] for one model."""
+    from t1.rl.trainer import sample_seed
+
+    cue = s.cue if s.cue is not None else ANSWER_CUES[task]
+    cue_ids = tok(cue, add_special_tokens=False)["input_ids"]
+    sep = " " if _word_level(tok) else ""
+    base = [prompt_ids(tok, it.prompt, s.use_chat_template) for it in items for _ in range(s.n)]
+    seeds = [sample_seed(s.seed, 0, i, k) for i in range(len(items)) for k in range(s.n)]
+    its = [it for it in items for _ in range(s.n)]
+    budgets = sorted(s.budgets)
+    long = None if s.extend else engine.generate(base, seeds, SamplingParams(s.temperature, s.top_p, budgets[-1]))
+    points = []
+    for b in tqdm(budgets, desc="budgets", file=sys.stderr, disable=not progress):
+        samples = long if long is not None else _generate_with_extensions(engine, tok, base, seeds, s, b)
+        texts, need = [], []
+        for j, smp in enumerate(samples):
+            toks = smp.token_ids[:b]
+            if smp.finished and len(smp.token_ids) <= b:
+                texts.append(smp.text)
+            else:
+                texts.append(None)
+                need.append((j, toks))
+        if need:
+            if summarizer is None:
+                reqs = [base[j] + toks + cue_ids for j, toks in need]
+                outs = engine.generate(reqs, [seeds[j] for j, _ in need], SamplingParams(0.0, 1.0, s.answer_tokens))
+            else:
+                outs = summarizer.complete([(its[j], _decode(tok, toks)) for j, toks in need], cue, s.answer_tokens)
+            for (j, toks), o in zip(need, outs):
+                texts[j] = sep.join(p for p in (_decode(tok, toks), cue, o.text) if p)
+        grades = scorer(texts, its)
+        per_problem = [sum(g.correct for g in grades[i * s.n:(i + 1) * s.n]) / s.n for i in range(len(items))]
+        acc, se = mean_stderr(per_problem)
+        points.append({"budget": b, "accuracy": acc, "stderr": se,
+                       "finished_rate": sum(smp.finished and len(smp.token_ids) <= b for smp in samples) / len(samples),
+                       "mean_tokens": sum(min(len(smp.token_ids), b) for smp in samples) / len(samples)})
+    return points
+
+
+class Summarizer:
+    """Completes truncated thinking with a second model: it reads the problem and the partial solution."""
+
+    TEMPLATE = ("{problem}\n\nHere is an unfinished solution:\n{partial}\n\nBased on it, state the final answer.")
+
+    def __init__(self, path: str, engine_kind: str = "fast"):
+        from t1.models import load
+        from t1.rollout import make_engine
+
+        self.model, self.tok = load(path, dtype="float32")
+        self.model.eval()
+        self.engine = make_engine(engine_kind, self.model, self.tok)
+
+    def complete(self, pairs: list[tuple[Item, str]], cue: str, max_tokens: int) -> list[Sample]:
+        cue_ids = self.tok(cue, add_special_tokens=False)["input_ids"]
+        prompts = [prompt_ids(self.tok, self.TEMPLATE.format(problem=it.problem or it.prompt, partial=partial)) + cue_ids
+                   for it, partial in pairs]
+        return self.engine.generate(prompts, list(range(len(prompts))), SamplingParams(0.0, 1.0, max_tokens))
+
+
+def plot(curves: dict[str, list[dict]], path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for label, pts in curves.items():
+        xs = [p["budget"] for p in pts]
+        ys = [100 * p["accuracy"] for p in pts]
+        es = [100 * p["stderr"] for p in pts]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([p["budget"] for p in next(iter(curves.values()))])
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("thinking budget (tokens)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "Accuracy vs thinking budget")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: ScaleSettings, summarizer_path=None,
+              engine_kind: str = "fast", limit: int = 0, gpqa_csv=None, data_dir=None, countdown_cfg=None,
+              progress: bool = True) -> dict[str, list[dict]]:
+    """``models``: (label, path) pairs. Writes scaling.json and scaling.png to ``out``."""
+    from t1.eval.benchmarks import load_bench
+    from t1.io import atomic_write_text
+    from t1.models import load
+    from t1.rollout import make_engine
+    from t1.runtime import quiet_libraries
+
+    quiet_libraries()
+    task, items = load_bench(bench, data_dir, gpqa_csv, countdown_cfg)
+    if limit:
+        items = items[:limit]
+    summarizer = Summarizer(summarizer_path, engine_kind) if summarizer_path else None
+    scorer = Scorer(task, countdown_cfg)
+    curves = {}
+    try:
+        for label, path in models:
+            model, tok = load(path, dtype="float32")
+            model.eval()
+            curves[label] = scaling_points(make_engine(engine_kind, model, tok), tok, task, items, s, scorer,
+                                           summarizer, progress)
+    finally:
+        scorer.close()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "scaling.json", json.dumps({"bench": bench, "settings": s.__dict__, "curves": curves},
+                                                       indent=2))
+    plot(curves, out / "scaling.png", f"{bench}: accuracy vs thinking budget")
+    print(scaling_table(curves), file=sys.stderr)
+    return curves
+
+
+def scaling_table(curves: dict[str, list[dict]]) -> str:
+    budgets = [p["budget"] for p in next(iter(curves.values()))]
+    lines = [f"{'model':14s}" + "".join(f"{b:>9d}" for b in budgets)]
+    for label, pts in curves.items():
+        lines.append(f"{label:14s}" + "".join(f"{100 * p['accuracy']:8.1f}%" for p in pts))
+    return "\n".join(lines)
