@@ -14,9 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# Until `t1 demo` lands, the main job is the largest stage that exists.
 demo: $(STAMP)
-	$(BIN)/t1 sft configs/countdown_sft.yaml out=runs/demo-sft
+	$(BIN)/t1 demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -187,7 +187,7 @@ def test_cli_sft_reports_bad_data_cleanly(tmp_path, capsys):
 
 def test_countdown_source_survives_degenerate_problems():
     """(1, 1, 1) -> 1 has only a few distinct wrong attempts; the reader uses as many as exist."""
-    cfg = C.from_dict(SFTDataConfig, {"num_examples": 3000, "failed_attempts": 6,
+    cfg = C.from_dict(SFTDataConfig, {"num_examples": 3000, "failed_attempts": 6, "exclude_heldout": 0,
                                       "countdown": {"max_number": 2}})
     examples, stats = load_examples(cfg, build_tokenizer(100))
     assert stats.rows == 3000

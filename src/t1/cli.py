@@ -162,6 +162,25 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from t1.eval.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from t1.demo import DemoConfig, run_demo
+
+    cfg, done = _load_config(DemoConfig, args)
+    if done:
+        return 0
+    if args.out:
+        cfg = cfglib.from_dict(DemoConfig, {**cfglib.to_dict(cfg), "out": args.out})
+    run_demo(cfg, progress=not args.quiet)
+    return 0
+
+
 def cmd_grade(args: argparse.Namespace) -> int:
     from t1.grade import grade_file
 
@@ -179,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="t1", description="Train language models to reason with RL (the T1 recipe); measure inference scaling."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the whole T1 pipeline on Countdown with a tiny model, CPU, < 10 minutes")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="run directory (default: runs/demo under the current directory)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("init", help="build a tiny tokenizer and model locally and save them (HF format)")
     _add_config_args(p)
@@ -232,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/scale", help="output directory")
     _add_sampling_args(p, temperature=1.0)
     p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of a run (training curves, evals, scaling)")
+    p.add_argument("run_dir", help="a demo, SFT or RL run directory")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("grade", help="grade a JSON Lines file of responses against gold answers")
     p.add_argument("input", help="JSON Lines with response + answer (math) or response + numbers + target")

@@ -1,0 +1,254 @@
+"""`t1 demo`: the whole T1 pipeline on Countdown with a tiny model, on a laptop CPU, in under ten minutes.
+
+Stages (each writes under the run directory and is skipped when its output already exists, so an
+interrupted demo resumes where it stopped):
+
+1. SFT on trial-and-error traces (``sft/``) and, at equal compute (the same number of training tokens), SFT
+   on direct solutions with no failed attempts (``sft_direct/``) — the paper's reason for its SFT data. The
+   two run side by side as single-threaded ``t1 sft`` processes: a 1M-parameter model's matrices are too
+   small for two threads to help one run much (measured: 11.4k tokens/s on one thread, 15.5k on two), so two
+   runs at once train ~1.5× more tokens in the same time;
+2. filter RL prompts by the SFT model's pass rate (``filter/``);
+3. RL with the T1 recipe scaled down (``rl/``);
+4. evaluate SFT, direct SFT and RL on the 500 held-out problems (sampled pass@1 at temperature 1.0) and
+   sweep thinking budgets (``eval/``);
+5. write ``summary.json`` and the report (``report.html``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from t1 import config as cfglib
+from t1.config import option
+from t1.data.prompts import PromptDataConfig
+from t1.data.sft import SFTDataConfig
+from t1.io import atomic_write_text
+from t1.models import ModelConfig
+from t1.rl.config import AlgoConfig, AnchorConfig, RLConfig, RLTrainConfig, RolloutConfig
+from t1.rl.penalties import PenaltyConfig
+from t1.runtime import OptimConfig
+from t1.sft import SFTConfig, SFTTrainConfig
+from t1.tasks.countdown import CountdownConfig
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = option("runs/demo", "run directory")
+    tiny: ModelConfig = option(help="the model", factory=ModelConfig)
+    countdown: CountdownConfig = option(help="the task", factory=CountdownConfig)
+    sft_examples: int = option(34000, "trial-and-error traces for SFT")
+    sft_epochs: float = option(1.0, "SFT epochs")
+    sft_lr: float = option(3e-3, "SFT peak learning rate (cosine)")
+    filter_prompts: int = option(1024, "candidate RL prompts scored by the SFT model")
+    filter_samples: int = option(6, "samples per candidate prompt")
+    filter_max_pass: float = option(0.75, "keep prompts with pass rate in (0, max] at the RL budget (paper: 0.3)")
+    rl_budget: int = option(128, "RL generation budget (tokens); also where RL is compared with SFT")
+    rl_steps: int = option(45, "RL steps")
+    rl_prompts: int = option(64, "RL prompts per step")
+    rl_samples: int = option(8, "RL samples per prompt")
+    rl_temperature: float = option(1.0, "RL sampling temperature")
+    rl_lr: float = option(1e-4, "RL learning rate")
+    rl_beta: float = option(1e-3, "KL weight β")
+    rl_entropy: float = option(1e-3, "entropy bonus α")
+    eval_problems: int = option(500, "held-out problems")
+    budgets: tuple[int, ...] = option((16, 32, 64, 128, 256), "thinking budgets for the scaling sweep")
+    seed: int = option(0, "seed")
+
+
+def _sft_config(cfg: DemoConfig, out: Path, direct: bool, examples: int) -> SFTConfig:
+    data = SFTDataConfig(source="countdown", num_examples=examples, seed=cfg.seed, countdown=cfg.countdown,
+                         failed_attempts=0 if direct else None, max_length=cfg.tiny.max_positions)
+    train = SFTTrainConfig(epochs=cfg.sft_epochs, batch_size=64, seed=cfg.seed, log_every=20,
+                           optim=OptimConfig(lr=cfg.sft_lr, schedule="cosine", warmup_ratio=0.03, weight_decay=0.0))
+    return SFTConfig(out=str(out), model=None, tiny=cfg.tiny, data=data, train=train)
+
+
+def _rl_config(cfg: DemoConfig, out: Path, sft_model: Path, prompts: Path) -> RLConfig:
+    return RLConfig(
+        out=str(out), model=str(sft_model),
+        data=PromptDataConfig(task="countdown", source="jsonl", paths=(str(prompts),), num_prompts=0,
+                              countdown=cfg.countdown),
+        rollout=RolloutConfig(prompts_per_step=cfg.rl_prompts, samples_per_prompt=cfg.rl_samples,
+                              temperature=cfg.rl_temperature, top_p=1.0, max_new_tokens=cfg.rl_budget),
+        algo=AlgoConfig(kl_beta=cfg.rl_beta, entropy_coef=cfg.rl_entropy),
+        anchor=AnchorConfig(mode="ema", ema_decay=0.99),
+        penalties=PenaltyConfig(repetition_span=20, repetition_times=6),
+        train=RLTrainConfig(steps=cfg.rl_steps, seed=cfg.seed, save_every=15, rollouts_every=5,
+                            optim=OptimConfig(lr=cfg.rl_lr, schedule="constant", warmup_steps=3, warmup_ratio=0.0,
+                                              weight_decay=0.0, beta1=0.9, beta2=0.95, grad_clip=1.0)),
+    )
+
+
+def parallel_sft(runs: list[tuple[Path, SFTConfig]], out: Path, progress: bool) -> None:
+    """Run ``t1 sft`` for each config as a single-threaded subprocess, all at once, with one progress bar."""
+    import os
+    import subprocess
+
+    from tqdm import tqdm
+
+    procs = []
+    for run_dir, c in runs:
+        path = cfglib.save(c, out / f"{run_dir.name}.yaml")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        log = open(out / f"{run_dir.name}.log", "w")
+        procs.append((run_dir, log, subprocess.Popen([sys.executable, "-m", "t1", "sft", str(path), "--quiet"],
+                                                     env=env, stdout=log, stderr=subprocess.STDOUT)))
+    totals = {d: None for d, _ in runs}
+    bar = tqdm(total=100, desc="sft (both)", unit="%", file=sys.stderr, disable=not progress)
+    while any(p.poll() is None for _, _, p in procs):
+        time.sleep(2)
+        done = []
+        for d, _, _ in procs:
+            rows = (d / "metrics.jsonl").read_text().splitlines() if (d / "metrics.jsonl").exists() else []
+            if totals[d] is None and (out / f"{d.name}.log").exists():
+                for line in (out / f"{d.name}.log").read_text().splitlines():
+                    if " of " in line and " steps" in line:
+                        totals[d] = int(line.split(" of ")[1].split()[0])
+            step = json.loads(rows[-1])["step"] if rows else 0
+            done.append(step / totals[d] if totals[d] else 0.0)
+        bar.n = int(100 * min(done))
+        bar.refresh()
+    bar.n = 100
+    bar.close()
+    for run_dir, log, p in procs:
+        log.close()
+        if p.returncode != 0:
+            raise RuntimeError(f"demo: SFT for {run_dir} failed; see {out / (run_dir.name + '.log')}")
+        print((out / f"{run_dir.name}.log").read_text().strip().splitlines()[-1], file=sys.stderr)
+
+
+def rl_prompts(filter_dir: Path, need: int) -> Path:
+    """The kept prompts; if fewer than one step needs, topped up with the highest pass rates (with a warning)."""
+    kept = [json.loads(line) for line in (filter_dir / "kept.jsonl").read_text().splitlines()]
+    if len(kept) < need:
+        rates = [json.loads(line) for line in (filter_dir / "pass_rates.jsonl").read_text().splitlines()]
+        ids = {r["id"] for r in kept}
+        extra = sorted((r for r in rates if r["id"] not in ids), key=lambda r: -r["pass_rate"])[: need - len(kept)]
+        print(f"demo: warning: only {len(kept)} prompts passed the filter; adding the {len(extra)} next best",
+              file=sys.stderr)
+        kept += extra
+    path = filter_dir / "rl_prompts.jsonl"
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return path
+
+
+class _Stages:
+    def __init__(self, out: Path):
+        self.out, self.times = out, {}
+
+    def run(self, name: str, done: Path, fn) -> None:
+        if done.exists():
+            print(f"demo: {name}: already done ({done}), skipping", file=sys.stderr)
+            return
+        print(f"\n── demo: {name} " + "─" * max(0, 60 - len(name)), file=sys.stderr)
+        start = time.perf_counter()
+        fn()
+        self.times[name] = time.perf_counter() - start
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
+    from t1.data.sft import countdown_pairs
+    from t1.eval.evaluate import EvalSettings, run_eval
+    from t1.eval.scale import ScaleSettings, run_scale
+    from t1.rl.filter import FilterConfig, run_filter
+    from t1.rl.trainer import train_rl
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfglib.save(cfg, out / "demo_config.yaml")
+    st = _Stages(out)
+    sft_dir, direct_dir, rl_dir = out / "sft", out / "sft_direct", out / "rl"
+
+    def both_sft():
+        # equal compute: the direct run gets as many training tokens as the trial-and-error run
+        probe = SFTDataConfig(num_examples=2000, seed=cfg.seed, countdown=cfg.countdown)
+        te = sum(len(p.response.split()) + len(p.prompt.split()) for p in countdown_pairs(probe))
+        di = sum(len(p.response.split()) + len(p.prompt.split())
+                 for p in countdown_pairs(replace(probe, failed_attempts=0)))
+        runs = [(sft_dir, _sft_config(cfg, sft_dir, False, cfg.sft_examples)),
+                (direct_dir, _sft_config(cfg, direct_dir, True, int(cfg.sft_examples * te / di)))]
+        parallel_sft([(d, c) for d, c in runs if not (d / "final").exists()], out, progress)
+
+    st.run("SFT: trial-and-error and direct traces, equal compute, in parallel", direct_dir / "final"
+           if (sft_dir / "final").exists() else sft_dir / "final", both_sft)
+    st.run("filter RL prompts by pass rate", out / "filter" / "kept.jsonl", lambda: run_filter(FilterConfig(
+        model=str(sft_dir / "final"), out=str(out / "filter"),
+        data=PromptDataConfig(task="countdown", num_prompts=cfg.filter_prompts, seed=cfg.seed + 1,
+                              countdown=cfg.countdown),
+        samples=cfg.filter_samples, max_pass=cfg.filter_max_pass, max_new_tokens=cfg.rl_budget, seed=cfg.seed),
+        progress=progress))
+    st.run("RL with the T1 recipe", rl_dir / "final",
+           lambda: train_rl(_rl_config(cfg, rl_dir, sft_dir / "final", rl_prompts(out / "filter", cfg.rl_prompts)),
+                            progress=progress))
+    models = [("sft", sft_dir / "final"), ("rl", rl_dir / "final"), ("direct_sft", direct_dir / "final")]
+    ev = EvalSettings(n=1, temperature=1.0, top_p=1.0, max_new_tokens=max(cfg.budgets), seed=cfg.seed + 7)
+    for label, path in models:
+        st.run(f"evaluate {label}", out / "eval" / label / "summary.json",
+               lambda p=path, lab=label: run_eval(str(p), ["countdown"], out / "eval" / lab, ev, limit=cfg.eval_problems,
+                                                  progress=progress, countdown_cfg=cfg.countdown))
+    sc = ScaleSettings(budgets=tuple(cfg.budgets), n=1, temperature=1.0, top_p=1.0, seed=cfg.seed + 11)
+    st.run("inference-scaling sweep", out / "eval" / "scaling.json",
+           lambda: run_scale([(lab, str(p)) for lab, p in models], "countdown", out / "eval", sc,
+                             limit=cfg.eval_problems, countdown_cfg=cfg.countdown, progress=progress))
+
+    curves = json.loads((out / "eval" / "scaling.json").read_text())["curves"]
+    at_budget = {lab: next(p["accuracy"] for p in pts if p["budget"] == cfg.rl_budget) if cfg.rl_budget in cfg.budgets
+                 else None for lab, pts in curves.items()}
+    evals = {lab: json.loads((out / "eval" / lab / "summary.json").read_text())["benchmarks"]["countdown"]
+             for lab, _ in models}
+    wall = time.perf_counter() - t0
+    summary = {
+        "sft_accuracy": at_budget["sft"], "rl_accuracy": at_budget["rl"], "direct_sft_accuracy": at_budget["direct_sft"],
+        "accuracy_budget": cfg.rl_budget,
+        "full_budget_pass@1": {lab: e["pass@1"] for lab, e in evals.items()},
+        "full_budget_pass@1_stderr": {lab: e["pass@1_stderr"] for lab, e in evals.items()},
+        "scaling": {lab: [{"budget": p["budget"], "accuracy": p["accuracy"], "stderr": p["stderr"]} for p in pts]
+                    for lab, pts in curves.items()},
+        "eval_problems": cfg.eval_problems, "stage_seconds": st.times, "wall_seconds": wall,
+    }
+    summary["checks"] = demo_checks(summary, cfg)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    from t1.eval.report import write_report
+
+    write_report(out)
+    print(demo_table(summary), file=sys.stderr)
+    return summary
+
+
+def demo_checks(s: dict, cfg: DemoConfig) -> dict:
+    """The paper's effects, as booleans (the demo's acceptance targets)."""
+    rl = [p["accuracy"] for p in s["scaling"]["rl"]]
+    sft = [p["accuracy"] for p in s["scaling"]["sft"]]
+    budgets = [p["budget"] for p in s["scaling"]["rl"]]
+    from_train = [i for i, b in enumerate(budgets) if b >= cfg.rl_budget]
+    return {
+        "rl_beats_sft_by_10_points": s["rl_accuracy"] is not None and s["rl_accuracy"] >= s["sft_accuracy"] + 0.10,
+        "rl_rises_with_budget": all(b >= a - 1e-9 for a, b in zip(rl, rl[1:])) and len(rl) >= 4,
+        "rl_largest_at_least_2x_smallest": rl[-1] >= 2 * rl[0],
+        "rl_at_or_above_sft_from_training_budget": all(rl[i] >= sft[i] for i in from_train),
+        "trial_and_error_beats_direct": s["sft_accuracy"] > s["direct_sft_accuracy"],
+        "under_10_minutes": s["wall_seconds"] <= 600,
+    }
+
+
+def demo_table(s: dict) -> str:
+    b = s["accuracy_budget"]
+    lines = ["", "t1 demo — Countdown, tiny model, sampled pass@1 (temperature 1.0) on "
+             f"{s['eval_problems']} held-out problems", "",
+             f"{'model':14s}{'@' + str(b) + ' tokens':>14s}{'full budget':>14s}"]
+    for lab, key in (("SFT (T&E)", "sft"), ("RL", "rl"), ("SFT (direct)", "direct_sft")):
+        acc = s[f"{key}_accuracy"] if key != "direct_sft" else s["direct_sft_accuracy"]
+        lines.append(f"{lab:14s}{100 * acc:13.1f}%{100 * s['full_budget_pass@1'][key]:13.1f}%")
+    budgets = [p["budget"] for p in s["scaling"]["rl"]]
+    lines += ["", "accuracy vs thinking budget", f"{'model':14s}" + "".join(f"{x:>8d}" for x in budgets)]
+    for key, pts in s["scaling"].items():
+        lines.append(f"{key:14s}" + "".join(f"{100 * p['accuracy']:7.1f}%" for p in pts))
+    lines += ["", "checks: " + ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in s["checks"].items()),
+              f"wall time {s['wall_seconds']:.0f}s | " + " | ".join(f"{k} {v:.0f}s" for k, v in s["stage_seconds"].items())]
+    return "\n".join(lines)

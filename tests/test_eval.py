@@ -1,0 +1,125 @@
+import csv
+import itertools
+import json
+import random
+
+import pytest
+
+from t1.eval.benchmarks import load_bench, load_gpqa
+from t1.eval.metrics import majority_correct, mean_stderr, pass_at_k
+from t1.eval.evaluate import summarize
+from t1.eval.scale import ScaleSettings, scaling_points
+from t1.models import build_tokenizer
+from t1.rollout import Sample
+from t1.tasks.scoring import Item, Scorer
+
+
+@pytest.mark.parametrize("n, c, k", [(5, 0, 1), (5, 2, 1), (5, 2, 2), (6, 3, 3), (8, 1, 4), (7, 6, 5), (4, 4, 2)])
+def test_pass_at_k_against_brute_force(n, c, k):
+    outcomes = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    brute = sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
+    assert pass_at_k(n, c, k) == pytest.approx(brute)
+
+
+def test_mean_stderr_and_majority():
+    m, se = mean_stderr([1.0, 0.0, 1.0, 0.0])
+    assert m == 0.5 and se == pytest.approx(0.5 / 2 * (4 / 3) ** 0.5)
+    assert majority_correct(["5", "7", "5", None], [True, False, True, False])
+    assert not majority_correct(["7", "7", "5"], [False, False, True])
+    assert not majority_correct([None, None], [False, False])
+
+
+def test_summary_fields():
+    rows = [{"id": str(i // 4), "correct": (i % 4) < (i // 4), "extracted": str(i % 2), "tokens": 10,
+             "finished": True} for i in range(12)]
+    s = summarize(rows, 4)
+    assert s["problems"] == 3 and s["pass@1"] == pytest.approx((0 + 0.25 + 0.5) / 3)
+    assert s["pass@4"] == pytest.approx(2 / 3) and "maj@4" in s and s["truncated_rate"] == 0
+
+
+def test_gpqa_loader_on_a_made_up_csv(tmp_path):
+    path = tmp_path / "gpqa.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+                                          "Incorrect Answer 3", "Subdomain", "High-level domain", "Explanation"])
+        w.writeheader()
+        for i in range(20):
+            w.writerow({"Question": f"Q{i}?", "Correct Answer": f"right{i}", "Incorrect Answer 1": f"w1-{i}",
+                        "Incorrect Answer 2": f"w2-{i}", "Incorrect Answer 3": f"w3-{i}", "Subdomain": "x",
+                        "High-level domain": "y", "Explanation": "z"})
+    items = load_gpqa(path)
+    assert items == load_gpqa(path)  # the shuffle is seeded
+    letters = set()
+    for i, it in enumerate(items):
+        line = next(line for line in it.prompt.splitlines() if line.endswith(f"right{i}"))
+        assert line.startswith(f"{it.answer})")  # the recorded letter is where the correct option landed
+        letters.add(it.answer)
+    assert len(letters) > 1
+    task, _ = load_bench("gpqa", gpqa_csv=str(path))
+    assert task == "choice"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Question,Correct Answer\nq,a\n")
+    with pytest.raises(Exception, match="missing column"):
+        load_gpqa(bad)
+
+
+def test_shipped_benchmarks_load():
+    sizes = {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 40, "omni500": 500, "countdown": 500}
+    for name, n in sizes.items():
+        task, items = load_bench(name)
+        assert len(items) == n and task in ("math", "countdown")
+        assert "\\boxed{}" in items[0].prompt or task == "countdown"
+
+
+class BudgetEngine:
+    """A fake engine: a 'thinking' run of `need` tokens then the answer. Its answer after an answer cue is
+    right only if the prefix it was given reached `need` tokens of thinking."""
+
+    def __init__(self, tok, need: int, prompt_len: int):
+        self.tok, self.need, self.prompt_len = tok, need, prompt_len
+        self.think = tok("try", add_special_tokens=False)["input_ids"][0]
+        self.calls = []
+
+    def generate(self, prompts, seeds, params):
+        self.calls.append(params.max_new_tokens)
+        out = []
+        for p in prompts:
+            thought = len(p) - self.prompt_len
+            if thought > 0:  # a forced answer after a cue: right iff enough thinking happened
+                ans = "3 * 5 + 7 }" if thought - 2 >= self.need else "3 + 5 + 7 }"
+                ids = self.tok(ans, add_special_tokens=False)["input_ids"]
+                out.append(Sample(ids, ans, False))
+            else:
+                ids = [self.think] * self.need + self.tok("answer \\boxed{ 3 * 5 + 7 } .", add_special_tokens=False)["input_ids"]
+                ids = ids[: params.max_new_tokens]
+                finished = len(ids) < params.max_new_tokens
+                text = self.tok.decode(ids)
+                out.append(Sample(ids + ([self.tok.eos_token_id] if finished else []), text, finished))
+        return out
+
+
+def test_scaling_sweep_with_a_fake_engine():
+    tok = build_tokenizer(100)
+    item = Item(prompt="use 3 5 7 to make 22 :", numbers=(3, 5, 7), target=22, id="x")
+    engine = BudgetEngine(tok, need=40, prompt_len=len(tok(item.prompt)["input_ids"]))
+    s = ScaleSettings(budgets=(16, 32, 64, 128), n=2)
+    pts = scaling_points(engine, tok, "countdown", [item, item], s, Scorer("countdown"), progress=False)
+    assert [p["budget"] for p in pts] == [16, 32, 64, 128]
+    assert [p["accuracy"] for p in pts] == [0.0, 0.0, 1.0, 1.0]  # answers right once the budget allows
+    assert [p["finished_rate"] for p in pts] == [0.0, 0.0, 1.0, 1.0]
+    assert engine.calls[0] == 128  # one long generation, reused for every budget
+    assert sum(c == 128 for c in engine.calls) == 1
+
+
+def test_scaling_with_extension_and_plot(tmp_path):
+    from t1.eval.scale import plot
+
+    tok = build_tokenizer(100)
+    item = Item(prompt="use 3 5 7 to make 22 :", numbers=(3, 5, 7), target=22, id="x")
+    engine = BudgetEngine(tok, need=10, prompt_len=len(tok(item.prompt)["input_ids"]))
+    s = ScaleSettings(budgets=(32, 64), n=1, extend="try", max_extensions=2)
+    pts = scaling_points(engine, tok, "countdown", [item], s, Scorer("countdown"), progress=False)
+    assert len(pts) == 2 and all(0 <= p["accuracy"] <= 1 for p in pts)
+    png = plot({"a": pts, "b": pts}, tmp_path / "s.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,33 @@
+import json
+
+from t1.cli import main
+from t1.eval.report import write_report
+from t1.eval.scale import plot
+
+
+def test_report_renders_a_run(tmp_path):
+    run = tmp_path / "run"
+    (run / "rl").mkdir(parents=True)
+    (run / "sft").mkdir()
+    (run / "eval" / "sft").mkdir(parents=True)
+    rl_rows = [{"step": i, "reward": 0.1 * i, "accuracy": 0.05 * i, "entropy": 1 / i, "kl": 0.01 * i,
+                "response_length": 50 - i, "penalty_truncated": 0.1, "penalty_repetitive": 0.0, "penalty_garbage": 0.0,
+                "time_sample": 1.0, "time_score": 0.1, "time_train": 2.0, "tokens_per_s": 1000.0} for i in range(1, 11)]
+    (run / "rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rl_rows))
+    (run / "sft" / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 3 / i}) + "\n" for i in range(1, 6)))
+    (run / "rl" / "rollouts.jsonl").write_text(json.dumps({
+        "step": 10, "prompt": "use 1 2 to make 3 :", "response": "try 1 + 2 = 3 <script>", "reward": 1.0,
+        "correct": True, "tokens": 8}) + "\n")
+    curves = {"sft": [{"budget": b, "accuracy": a, "stderr": 0.02} for b, a in ((16, 0.1), (64, 0.3))],
+              "rl": [{"budget": b, "accuracy": a, "stderr": 0.02} for b, a in ((16, 0.2), (64, 0.5))]}
+    (run / "eval" / "scaling.json").write_text(json.dumps({"curves": curves}))
+    plot(curves, run / "eval" / "scaling.png")
+    (run / "eval" / "sft" / "summary.json").write_text(json.dumps({"benchmarks": {"countdown": {
+        "problems": 500, "samples_per_problem": 1, "pass@1": 0.4, "pass@1_stderr": 0.02, "maj@1": 0.4,
+        "mean_tokens": 80, "truncated_rate": 0.1}}}))
+    page = write_report(run).read_text()
+    for section in ("Inference scaling", "SFT", "RL training", "Evaluation", "Sampled rollouts"):
+        assert f"<h2>{section}" in page
+    assert page.count("data:image/png;base64,") == 3
+    assert "&lt;script&gt;" in page and "<script>" not in page  # model output is escaped
+    assert main(["report", str(run)]) == 0
