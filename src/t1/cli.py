@@ -86,35 +86,29 @@ def cmd_countdown(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sft(args: argparse.Namespace) -> int:
-    from t1.sft import SFTConfig, train_sft
+def _stage(config_ref: str, runner_ref: str, resumable: bool = False):
+    """A config-driven stage command: load CONFIG + overrides into ``config_ref``'s class, call the runner."""
 
-    cfg, done = _load_config(SFTConfig, args)
-    if done:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        def obj(ref: str):
+            module, name = ref.rsplit(".", 1)
+            return getattr(importlib.import_module(module), name)
+
+        cfg, done = _load_config(obj(config_ref), args)
+        if done:
+            return 0
+        kwargs = {"resume": args.resume} if resumable else {}
+        obj(runner_ref)(cfg, progress=not args.quiet, **kwargs)
         return 0
-    train_sft(cfg, resume=args.resume, progress=not args.quiet)
-    return 0
+
+    return run
 
 
-def cmd_rl(args: argparse.Namespace) -> int:
-    from t1.rl.config import RLConfig
-    from t1.rl.trainer import train_rl
-
-    cfg, done = _load_config(RLConfig, args)
-    if done:
-        return 0
-    train_rl(cfg, resume=args.resume, progress=not args.quiet)
-    return 0
-
-
-def cmd_filter(args: argparse.Namespace) -> int:
-    from t1.rl.filter import FilterConfig, run_filter
-
-    cfg, done = _load_config(FilterConfig, args)
-    if done:
-        return 0
-    run_filter(cfg, progress=not args.quiet)
-    return 0
+cmd_sft = _stage("t1.sft.SFTConfig", "t1.sft.train_sft", resumable=True)
+cmd_rl = _stage("t1.rl.config.RLConfig", "t1.rl.trainer.train_rl", resumable=True)
+cmd_filter = _stage("t1.rl.filter.FilterConfig", "t1.rl.filter.run_filter")
 
 
 def _budgets(text: str) -> tuple[int, ...]:
@@ -284,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"t1 {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `t1 ... | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
