@@ -111,6 +111,15 @@ cmd_rl = _stage("t1.rl.config.RLConfig", "t1.rl.trainer.train_rl", resumable=Tru
 cmd_filter = _stage("t1.rl.filter.FilterConfig", "t1.rl.filter.run_filter")
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from t1.data.prepare import PrepareConfig, prepare
+
+    cfg, done = _load_config(PrepareConfig, args)
+    if not done:
+        prepare(cfg)
+    return 0
+
+
 def _budgets(text: str) -> tuple[int, ...]:
     try:
         out = tuple(int(x) for x in text.split(",") if x.strip())
@@ -223,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rl)
+
+    p = sub.add_parser("prepare", help="raw math sources -> gradable, de-duplicated, decontaminated RL prompts")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("filter", help="keep prompts whose pass rate under a model lies in an interval")
     _add_config_args(p)
