@@ -111,6 +111,15 @@ cmd_rl = _stage("t1.rl.config.RLConfig", "t1.rl.trainer.train_rl", resumable=Tru
 cmd_filter = _stage("t1.rl.filter.FilterConfig", "t1.rl.filter.run_filter")
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from t1.data.synth import SynthConfig, run_synth
+
+    cfg, done = _load_config(SynthConfig, args)
+    if not done:
+        run_synth(cfg, dry_run=args.dry_run, progress=not args.quiet)
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from t1.data.prepare import PrepareConfig, prepare
 
@@ -232,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rl)
+
+    p = sub.add_parser("synth", help="trial-and-error, self-verifying SFT data from teacher/critic/writer models")
+    _add_config_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the prompts for the first problem; call nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("prepare", help="raw math sources -> gradable, de-duplicated, decontaminated RL prompts")
     _add_config_args(p)

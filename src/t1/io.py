@@ -85,3 +85,11 @@ def require_fields(path: str | Path, line: Line, fields: Iterable[str]) -> None:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [line.data for line in iter_jsonl(path)]
+
+
+def fill(template: str, **values: str) -> str:
+    """Replace ``{name}`` for each given name and nothing else, so templates may contain literal braces
+    (``\\boxed{}``) — unlike ``str.format``."""
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", str(value))
+    return template

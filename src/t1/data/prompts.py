@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from t1.config import option, require
-from t1.io import DataError, iter_jsonl
+from t1.io import DataError, fill, iter_jsonl
 from t1.tasks.countdown import CountdownConfig, generate, heldout_keys
 from t1.tasks.scoring import CHOICE_TEMPLATE, MATH_TEMPLATE, Item, Task
 
@@ -65,7 +65,7 @@ def load_items(cfg: PromptDataConfig) -> list[Item]:
                     if name not in row:
                         raise DataError(f"{where}: missing field '{name}'")
                 problem = str(row[cfg.problem_field])
-                items.append(Item(prompt=template.format(problem=problem), answer=str(row[cfg.answer_field]),
+                items.append(Item(prompt=fill(template, problem=problem), answer=str(row[cfg.answer_field]),
                                   id=str(row.get("id", where)), problem=problem))
             if cfg.num_prompts and len(items) >= cfg.num_prompts:
                 return items

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from t1.data import DATA_DIR
 from t1.data.prompts import PromptDataConfig, load_items
-from t1.io import DataError
+from t1.io import DataError, fill
 from t1.tasks.countdown import CountdownConfig, heldout
 from t1.tasks.scoring import CHOICE_TEMPLATE, Item
 
@@ -43,7 +43,7 @@ def load_gpqa(path: str | Path, seed: int = 0) -> list[Item]:
             letters = "ABCD"
             body = row["Question"].strip() + "\n\n" + "\n".join(f"{letters[j]}) {options[o]}" for j, o in enumerate(order))
             gold = letters[order.index(0)]
-            items.append(Item(prompt=CHOICE_TEMPLATE.format(problem=body), answer=gold, id=f"gpqa-{i}", problem=body))
+            items.append(Item(prompt=fill(CHOICE_TEMPLATE, problem=body), answer=gold, id=f"gpqa-{i}", problem=body))
     if not items:
         raise DataError(f"{path}: no questions")
     return items

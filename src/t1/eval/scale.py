@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from t1.data.sft import prompt_ids
 from t1.eval.metrics import mean_stderr
+from t1.io import fill
 from t1.rollout import Sample, SamplingParams
 from t1.tasks.scoring import Item, Scorer
 
@@ -138,7 +139,7 @@ class Summarizer:
 
     def complete(self, pairs: list[tuple[Item, str]], cue: str, max_tokens: int) -> list[Sample]:
         cue_ids = self.tok(cue, add_special_tokens=False)["input_ids"]
-        prompts = [prompt_ids(self.tok, self.TEMPLATE.format(problem=it.problem or it.prompt, partial=partial)) + cue_ids
+        prompts = [prompt_ids(self.tok, fill(self.TEMPLATE, problem=it.problem or it.prompt, partial=partial)) + cue_ids
                    for it, partial in pairs]
         return self.engine.generate(prompts, list(range(len(prompts))), SamplingParams(0.0, 1.0, max_tokens))
 

@@ -15,7 +15,7 @@ from t1.tasks.choice import grade_choice
 
 Task = Literal["countdown", "math", "choice"]
 
-MATH_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+MATH_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
 CHOICE_TEMPLATE = ("{problem}\nThink step by step, then give your final answer on its own line as "
                    "'ANSWER: X' where X is one of the letters.")
 
