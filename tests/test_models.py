@@ -32,3 +32,22 @@ def test_t1_init_writes_model_and_config(tmp_path, capsys):
 def test_t1_init_bad_override_is_a_clear_error(capsys):
     assert main(["init", "model.layrs=2"]) == 2
     assert "did you mean 'model.layers'" in capsys.readouterr().err
+
+
+def test_hub_names_with_dots_reach_the_hub_and_missing_local_paths_are_clear(monkeypatch):
+    import pytest
+    import transformers
+
+    asked = []
+
+    def fake_from_pretrained(name, **kw):
+        asked.append(name)
+        raise OSError("stub: no hub here")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    with pytest.raises(OSError, match="stub"):
+        load("Qwen/Qwen2.5-7B")  # Path(...).suffix is ".5-7B": once mistaken for a missing local file
+    assert asked == ["Qwen/Qwen2.5-7B"]
+    with pytest.raises(FileNotFoundError, match="model path ./no/such/model does not exist"):
+        load("./no/such/model")
+    assert asked == ["Qwen/Qwen2.5-7B"]

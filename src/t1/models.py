@@ -122,8 +122,8 @@ def load(name_or_path: str | Path, dtype: str = "auto", device: str | None = Non
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = Path(name_or_path)
-    if not path.exists() and (str(name_or_path).startswith((".", "/")) or path.suffix):
+    # an explicit local path must exist; anything else ("Qwen/Qwen2.5-7B" — note the dot) may be a hub name
+    if str(name_or_path).startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists():
         raise FileNotFoundError(f"model path {name_or_path} does not exist")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype)
