@@ -107,3 +107,14 @@ def test_bad_configs_are_clear(tiny_model_dir, tmp_path):
         rl_cfg(tiny_model_dir, tmp_path, "rollout.samples_per_prompt=1")
     with pytest.raises(C.ConfigError, match="algo.aggregation: must be one of"):
         rl_cfg(tiny_model_dir, tmp_path, "algo.aggregation=sum")
+
+
+def test_several_updates_per_batch_use_the_clipped_ratio(tiny_model_dir, tmp_path):
+    """updates_per_batch > 1 keeps the sampling policy's log-probs; after the first update the ratio moves
+    off 1, so a large learning rate makes the PPO clip bind."""
+    history = train_rl(rl_cfg(tiny_model_dir, tmp_path / "ppo", "train.steps=3", "algo.updates_per_batch=3",
+                              "algo.clip=0.05", "train.optim.lr=0.05"), progress=False)
+    assert all(h["loss"] == h["loss"] and not h["skipped"] for h in history)  # finite, applied
+    assert max(h["clip_fraction"] for h in history) > 0.0
+    one = train_rl(rl_cfg(tiny_model_dir, tmp_path / "one", "train.steps=3", "train.optim.lr=0.05"), progress=False)
+    assert all(h["clip_fraction"] == 0.0 for h in one)  # one update per batch: ratio 1, nothing clipped

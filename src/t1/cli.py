@@ -86,8 +86,9 @@ def cmd_countdown(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage(config_ref: str, runner_ref: str, resumable: bool = False):
-    """A config-driven stage command: load CONFIG + overrides into ``config_ref``'s class, call the runner."""
+def _stage(config_ref: str, runner_ref: str, flags: tuple[str, ...] = ()):
+    """A config-driven stage command: load CONFIG + overrides into ``config_ref``'s class, call the runner
+    with ``progress`` and the named command-line ``flags`` (``resume``, ``dry_run``) as keyword arguments."""
 
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -99,25 +100,17 @@ def _stage(config_ref: str, runner_ref: str, resumable: bool = False):
         cfg, done = _load_config(obj(config_ref), args)
         if done:
             return 0
-        kwargs = {"resume": args.resume} if resumable else {}
+        kwargs = {flag: getattr(args, flag) for flag in flags}
         obj(runner_ref)(cfg, progress=not args.quiet, **kwargs)
         return 0
 
     return run
 
 
-cmd_sft = _stage("t1.sft.SFTConfig", "t1.sft.train_sft", resumable=True)
-cmd_rl = _stage("t1.rl.config.RLConfig", "t1.rl.trainer.train_rl", resumable=True)
+cmd_sft = _stage("t1.sft.SFTConfig", "t1.sft.train_sft", ("resume",))
+cmd_rl = _stage("t1.rl.config.RLConfig", "t1.rl.trainer.train_rl", ("resume",))
 cmd_filter = _stage("t1.rl.filter.FilterConfig", "t1.rl.filter.run_filter")
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    from t1.data.synth import SynthConfig, run_synth
-
-    cfg, done = _load_config(SynthConfig, args)
-    if not done:
-        run_synth(cfg, dry_run=args.dry_run, progress=not args.quiet)
-    return 0
+cmd_synth = _stage("t1.data.synth.SynthConfig", "t1.data.synth.run_synth", ("dry_run",))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -247,8 +247,7 @@ def demo_table(s: dict) -> str:
              f"{s['eval_problems']} held-out problems", "",
              f"{'model':14s}{'@' + str(b) + ' tokens':>14s}{'full budget':>14s}"]
     for lab, key in (("SFT (T&E)", "sft"), ("RL", "rl"), ("SFT (direct)", "direct_sft")):
-        acc = s[f"{key}_accuracy"] if key != "direct_sft" else s["direct_sft_accuracy"]
-        lines.append(f"{lab:14s}{100 * acc:13.1f}%{100 * s['full_budget_pass@1'][key]:13.1f}%")
+        lines.append(f"{lab:14s}{100 * s[key + '_accuracy']:13.1f}%{100 * s['full_budget_pass@1'][key]:13.1f}%")
     budgets = [p["budget"] for p in s["scaling"]["rl"]]
     lines += ["", "accuracy vs thinking budget", f"{'model':14s}" + "".join(f"{x:>8d}" for x in budgets)]
     for key, pts in s["scaling"].items():

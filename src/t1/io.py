@@ -77,12 +77,6 @@ def iter_jsonl(path: str | Path, *, skip_bad: bool = False, bad: list | None = N
                 bad.append((number, reason))
 
 
-def require_fields(path: str | Path, line: Line, fields: Iterable[str]) -> None:
-    for name in fields:
-        if name not in line.data:
-            raise DataError(f"{path}:{line.number}: missing field '{name}'")
-
-
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [line.data for line in iter_jsonl(path)]
 

@@ -13,15 +13,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from t1 import config as cfglib
 from t1.config import option, require
 from t1.data.prompts import PromptDataConfig, load_items
-from t1.data.sft import prompt_ids
 from t1.io import atomic_write_text
 from t1.models import load
-from t1.rollout import SamplingParams, make_engine
 from t1.runtime import quiet_libraries
 from t1.tasks.scoring import Scorer
 
@@ -49,26 +45,15 @@ class FilterConfig:
 
 
 def pass_rates(model, tok, items, cfg: FilterConfig, scorer: Scorer, progress: bool = True) -> list[float]:
-    from t1.rl.trainer import sample_seed
+    """Each prompt's share of ``cfg.samples`` responses that end by themselves with a correct answer."""
+    from t1.eval.evaluate import EvalSettings, sample_and_grade
 
-    engine = make_engine(cfg.engine, model, tok)
-    params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-    rates: list[float] = []
-    bar = tqdm(total=len(items), desc="filter", unit="prompt", file=sys.stderr, disable=not progress)
-    for start in range(0, len(items), cfg.prompts_per_batch):
-        chunk = list(range(start, min(len(items), start + cfg.prompts_per_batch)))
-        prompts = [prompt_ids(tok, items[i].prompt, cfg.data.use_chat_template) for i in chunk for _ in range(cfg.samples)]
-        seeds = [sample_seed(cfg.seed, 0, i, k) for i in chunk for k in range(cfg.samples)]
-        samples = engine.generate(prompts, seeds, params)
-        graded = scorer([s.text for s in samples], [items[i] for i in chunk for _ in range(cfg.samples)])
-        for j in range(len(chunk)):
-            group = range(j * cfg.samples, (j + 1) * cfg.samples)
-            rates.append(sum(graded[g].correct and samples[g].finished for g in group) / cfg.samples)
-        bar.update(len(chunk))
-        kept = sum(keep(r, cfg) for r in rates)
-        bar.set_postfix(kept=kept, mean_pass=f"{sum(rates) / len(rates):.3f}")
-    bar.close()
-    return rates
+    s = EvalSettings(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                     seed=cfg.seed, engine=cfg.engine, use_chat_template=cfg.data.use_chat_template,
+                     batch_problems=cfg.prompts_per_batch)
+    rows = sample_and_grade(model, tok, cfg.data.task, items, s, scorer, desc="filter", progress=progress)
+    n = cfg.samples
+    return [sum(r["correct"] for r in rows[i * n:(i + 1) * n]) / n for i in range(len(items))]
 
 
 def keep(rate: float, cfg: FilterConfig) -> bool:

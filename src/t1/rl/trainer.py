@@ -35,7 +35,8 @@ from t1.rl.select import select
 from t1.rollout import SamplingParams, make_engine
 from t1.runtime import (Metrics, Timer, checkpoint_dirs, load_checkpoint_state, lr_factor, make_accelerator,
                         make_optimizer, resolve_precision, rng_state, save_checkpoint, set_lr, set_rng_state)
-from t1.sft import epoch_order, micro_batches
+from t1.data.sft import Example
+from t1.sft import collate, epoch_order, micro_batches
 from t1.tasks.scoring import Scorer
 
 
@@ -55,17 +56,11 @@ class Batch:
     stats: dict
 
 
-def _pad(rows: list[list[int]], n_prompt: list[int], pad_id: int, device):
-    """Right-padded ids [B, T] and the response mask for positions 1..T-1 (token t predicted at t-1)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    resp = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (r, p) in enumerate(zip(rows, n_prompt)):
-        ids[i, : len(r)] = torch.tensor(r)
-        attn[i, : len(r)] = 1
-        resp[i, p: len(r)] = True
-    return ids.to(device), attn.to(device), resp[:, 1:].to(device)
+def _pad(batch: Batch, rows: list[int], pad_id: int, device):
+    """Right-padded ids [B, T] and the response mask for positions 1..T-1 (token t is predicted at t-1), via
+    SFT's collate: an RL sequence is an SFT example whose prompt carries no loss."""
+    ids, attn, resp = collate([Example(tuple(batch.ids[i]), batch.n_prompt[i]) for i in rows], pad_id, device)
+    return ids, attn, resp[:, 1:]
 
 
 class RLTrainer:
@@ -165,18 +160,20 @@ class RLTrainer:
     # ---------------------------------------------------------------------------------------- the update
 
     @torch.no_grad()
-    def _pass1(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Per sequence: KL d_i to the anchor, old log-probs (response tokens), entropy sum, token count."""
+    def _pass1(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor] | None, torch.Tensor, torch.Tensor]:
+        """Per sequence: KL d_i to the anchor, entropy sum, token count, and — only when one batch takes
+        several optimizer steps — the old log-probs of its response tokens. With one step, the old policy is
+        the current one and the loss uses the detached current log-probs (ratio 1, same gradient)."""
+        keep_old = self.cfg.algo.updates_per_batch > 1
         N = len(batch.ids)
         d = torch.zeros(N)
         ent = torch.zeros(N)
         ntok = torch.zeros(N)
-        old: list[torch.Tensor] = [torch.empty(0)] * N
+        old: list[torch.Tensor] | None = [torch.empty(0)] * N if keep_old else None
         lengths = [len(r) for r in batch.ids]
         for mb in micro_batches(list(range(N)), lengths, self.cfg.train.micro_batch_tokens, 1,
                                 self.cfg.train.bucket_ratio):
-            ids, attn, mask = _pad([batch.ids[i] for i in mb], [batch.n_prompt[i] for i in mb],
-                                   self.tok.pad_token_id, self.acc.device)
+            ids, attn, mask = _pad(batch, mb, self.tok.pad_token_id, self.acc.device)
             with self.acc.autocast():
                 logits = self.raw(input_ids=ids, attention_mask=attn).logits[:, :-1]
                 logp = algo.gather_logp(logits, ids[:, 1:])
@@ -187,8 +184,9 @@ class RLTrainer:
                     d[mb] = algo.sequence_kl(logp, ref, mask, self.cfg.algo.kl_clamp).float().cpu()
             ent[mb] = (h * mask).sum(-1).float().cpu()
             ntok[mb] = mask.sum(-1).float().cpu()
-            for j, i in enumerate(mb):
-                old[i] = logp[j][mask[j]].float().cpu()
+            if keep_old:
+                for j, i in enumerate(mb):
+                    old[i] = logp[j][mask[j]].float().cpu()
         return d, old, ent, ntok
 
     def update(self, step: int, batch: Batch) -> dict:
@@ -210,15 +208,17 @@ class RLTrainer:
             for _ in range(cfg.algo.updates_per_batch):
                 for j, mb in enumerate(mbs):
                     rows = mb or [0]
-                    ids, attn, mask = _pad([batch.ids[i] for i in rows], [batch.n_prompt[i] for i in rows],
-                                           self.tok.pad_token_id, acc.device)
+                    ids, attn, mask = _pad(batch, rows, self.tok.pad_token_id, acc.device)
                     sync = acc.no_sync(self.model) if j < len(mbs) - 1 else contextlib.nullcontext()
                     with sync, acc.autocast():
                         logits = self.model(input_ids=ids, attention_mask=attn).logits[:, :-1]
                         logp = algo.gather_logp(logits, ids[:, 1:])
-                        old_lp = torch.zeros_like(logp)
-                        for r, i in enumerate(rows):
-                            old_lp[r][mask[r]] = old[i].to(logp.device)
+                        if old is None:
+                            old_lp = logp.detach()
+                        else:
+                            old_lp = torch.zeros_like(logp)
+                            for r, i in enumerate(rows):
+                                old_lp[r][mask[r]] = old[i].to(logp.device)
                         h = algo.token_entropy(logits) if cfg.algo.entropy_coef else None
                         loss, st = algo.policy_loss(
                             logp, old_lp, adv[rows].to(logp.device), mask, cfg.algo.aggregation, cfg.algo.clip,

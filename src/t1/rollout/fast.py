@@ -159,7 +159,6 @@ class FastEngine:
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         w = _Weights(self.model, self._dtype())
-        out: list[Sample] = []
         # longest prompts first, so a chunk's left padding stays small
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: dict[int, Sample] = {}
@@ -167,8 +166,7 @@ class FastEngine:
             chunk = order[start: start + self.max_batch]
             for i, s in zip(chunk, self._run(w, [prompts[i] for i in chunk], [seeds[i] for i in chunk], params)):
                 results[i] = s
-        out = [results[i] for i in range(len(prompts))]
-        return out
+        return [results[i] for i in range(len(prompts))]
 
     def _forward(self, w: _Weights, x: torch.Tensor, pos: torch.Tensor, cache_k, cache_v, t0: int,
                  mask: torch.Tensor) -> torch.Tensor:
