@@ -67,3 +67,20 @@ def test_bf16_engine_and_generate_engine_run():
         out = engine.generate(p, [1, 2, 3], SamplingParams(1.0, 1.0, 16))
         assert len(out) == 3 and all(0 < len(s.token_ids) <= 16 for s in out)
         assert all(isinstance(s.text, str) and s.finished == (s.token_ids[-1] == tok.eos_token_id) for s in out)
+
+
+def test_fused_weights_are_rebuilt_after_an_optimizer_step_only():
+    model, tok = _model()
+    engine = FastEngine(model, tok, dtype="float32")
+    first = engine.weights()
+    assert engine.weights() is first  # nothing changed: no re-fusing
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    opt.step()
+    second = engine.weights()
+    assert second is not first
+    torch.testing.assert_close(second.layers[0]["gu"], torch.cat([model.model.layers[0].mlp.gate_proj.weight,
+                                                                  model.model.layers[0].mlp.up_proj.weight]))
+    with torch.no_grad():
+        model.lm_head.weight.copy_(torch.zeros_like(model.lm_head.weight))  # e.g. loading a checkpoint
+    assert engine.weights() is not second
