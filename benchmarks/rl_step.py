@@ -34,6 +34,8 @@ def run_t1(model_dir: Path, out: Path, args) -> tuple[float, float]:
         "train.optim.lr=1e-5", "train.save_every=1000000", "train.rollouts_every=0"])
     history = train_rl(cfg, progress=False)[1:]
     tokens = sum(h["response_length"] * args.prompts * args.samples for h in history)
+    split = {k: sum(h[f"time_{k}"] for h in history) / len(history) for k in ("sample", "score", "train")}
+    print(f"t1 per step: sample {split['sample']:.3f}s, score {split['score']:.3f}s, train {split['train']:.3f}s")
     return tokens, sum(h["time_step"] for h in history)
 
 

@@ -132,6 +132,21 @@ def load(name_or_path: str | Path, dtype: str = "auto", device: str | None = Non
     return model, load_tokenizer(name_or_path)
 
 
+def set_attention(model, choice: str, max_len: int) -> str:
+    """Set the attention kernel of a transformers model for training passes; returns the one chosen.
+
+    "auto": ``sdpa`` on a GPU; on a CPU ``eager`` (plain batched matmuls) when no sequence is longer than 512
+    tokens — measured 15–25 % faster forward+backward than ``sdpa`` at 100–300 tokens on a 2-core CPU, but 2×
+    slower at 1000 tokens, where materialising the T×T scores costs more than it saves — else ``sdpa``.
+    """
+    import torch
+
+    if choice == "auto":
+        choice = "sdpa" if torch.cuda.is_available() or max_len > 512 else "eager"
+    model.set_attn_implementation(choice)
+    return choice
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

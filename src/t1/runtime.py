@@ -93,6 +93,36 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the kernel.
+
+    PyTorch's CPU tensors come from malloc. By default glibc serves blocks above a (dynamic) threshold with
+    fresh ``mmap`` pages and returns them on free, and trims the heap top, so every training step and every
+    sampling call page-faults its activations and caches in again — measured here as the same RL update
+    taking 0.6 s or 1.4 s depending on what the kernel had to zero. Raising the mmap threshold to its maximum
+    (32 MiB) and the trim threshold to "never" makes a process keep its peak like the CUDA caching allocator
+    does. Process-wide, idempotent, Linux/glibc only (elsewhere a no-op); returns whether it applied."""
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 62) == 1
+    except (OSError, AttributeError):  # not glibc (musl, …)
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok
+
+
 def quiet_libraries() -> None:
     """Our own progress bars and summaries replace transformers' per-file bars and advisory warnings."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -110,6 +140,8 @@ def make_accelerator(precision: str):
     from accelerate.state import AcceleratorState
 
     quiet_libraries()
+    if not torch.cuda.is_available():
+        keep_freed_memory()
     AcceleratorState._reset_state()
     cpu = not torch.cuda.is_available()
     return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=cpu)

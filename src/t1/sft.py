@@ -29,7 +29,8 @@ from tqdm import tqdm
 from t1 import config as cfglib
 from t1.config import ConfigError, option, require
 from t1.data.sft import Example, SFTDataConfig, load_examples, source_description
-from t1.models import ModelConfig, build_model, build_tokenizer, count_parameters, load
+from t1.fastlm import logits_fn
+from t1.models import ModelConfig, build_model, build_tokenizer, count_parameters, load, set_attention
 from t1.runtime import (Metrics, OptimConfig, checkpoint_dirs, load_checkpoint_state, lr_factor,
                         make_accelerator, make_optimizer, resolve_precision, rng_state, save_checkpoint, set_lr, set_rng_state)
 
@@ -47,6 +48,11 @@ class SFTTrainConfig:
         0.8, "start a new micro-batch when an example is shorter than this × the longest in it (less padding)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option(
         "auto", "autocast precision: auto = bf16 where the hardware has it, else fp32")
+    fast_forward: bool = option(True, "on one process, run Llama-family models through t1's own forward pass "
+                                      "(fewer element-wise passes; same function, tested)")
+    attention: Literal["auto", "eager", "sdpa", "flash_attention_2"] = option(
+        "auto", "attention kernel for training passes: auto = sdpa on GPUs; on CPUs eager up to 512 tokens "
+                "(faster for short sequences), sdpa above")
     seed: int = option(0, "data order and initialisation seed")
     log_every: int = option(10, "optimizer steps between metric rows")
     save_every: int = option(0, "optimizer steps between checkpoints (0 = only at the end)")
@@ -118,9 +124,10 @@ def collate(examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor,
     return ids.to(device), attn.to(device), loss.to(device)
 
 
-def token_nll_sum(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Sum over response tokens of −log p(token | prefix); only the selected rows of logits go to fp32."""
-    logits = model(input_ids=ids, attention_mask=attn).logits  # [B, T, V]
+def token_nll_sum(forward, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Sum over response tokens of −log p(token | prefix); only the selected rows of logits go to fp32.
+    ``forward``: (ids, attention_mask) -> logits, see :func:`t1.fastlm.logits_fn`."""
+    logits = forward(ids, attn)  # [B, T, V]
     sel = loss_mask[:, 1:]  # token t is predicted at position t-1
     return F.cross_entropy(logits[:, :-1][sel].float(), ids[:, 1:][sel], reduction="sum")
 
@@ -167,12 +174,14 @@ def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SF
         model = build_model(cfg.tiny, tokenizer)
     examples, stats = load_examples(cfg.data, tokenizer)
     lengths = [len(e.ids) for e in examples]
+    attention = set_attention(model, cfg.train.attention, max(lengths, default=0))
     steps_per_epoch = math.ceil(len(examples) / cfg.train.batch_size)
     total = math.ceil(cfg.train.epochs * steps_per_epoch)  # the schedule's length
     stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
 
     optimizer = make_optimizer(model, cfg.train.optim)
     model, optimizer = acc.prepare(model, optimizer)
+    forward = logits_fn(model, acc.unwrap_model(model), cfg.train.fast_forward)
     start = 0
     if ckpt is not None:
         state = load_checkpoint_state(ckpt)
@@ -184,7 +193,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SF
         cfglib.save(cfg, out / "config.yaml")
         print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters | {source_description(cfg.data)} | "
               f"{stats.text()} | {stop} of {total} steps × {cfg.train.batch_size} examples | {world} process(es) | "
-              f"precision {precision}" + (f" | resuming at step {start}" if start else ""), file=sys.stderr)
+              f"precision {precision} | attention {attention}" + (f" | resuming at step {start}" if start else ""), file=sys.stderr)
     metrics = Metrics(out / "metrics.jsonl", resume_step=start if ckpt is not None else None) if main else None
 
     bar = tqdm(total=stop, initial=start, desc="sft", unit="step", disable=not (main and progress),
@@ -209,7 +218,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SF
             dummy = not mb  # an empty share still joins the gradient all-reduce, with zero weight
             ids, attn, mask = collate([examples[i] for i in (mb or batch[:1])], tokenizer.pad_token_id, acc.device)
             with sync, acc.autocast():
-                nll = token_nll_sum(model, ids, attn, mask)
+                nll = token_nll_sum(forward, ids, attn, mask)
                 loss = nll * (0.0 if dummy else world / global_loss_tokens)
                 acc.backward(loss)
             if not dummy:

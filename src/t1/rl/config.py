@@ -96,7 +96,15 @@ class RLTrainConfig:
     micro_batch_tokens: int = option(16384, "padded tokens per forward/backward on one process")
     bucket_ratio: float = option(0.8, "start a new micro-batch when a sequence is shorter than this × the "
                                       "longest in it (less padding)")
+    fused_update: bool = option(True, "when the whole batch fits in micro_batch_tokens (and one optimizer step "
+                                      "per batch, no subset selection, not FSDP/DeepSpeed): keep the policy's "
+                                      "graphs until the KL is known and run one backward — one forward fewer")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "autocast precision for training passes")
+    fast_forward: bool = option(True, "on one process, run Llama-family models through t1's own forward pass "
+                                      "(fewer element-wise passes; same function, tested)")
+    attention: Literal["auto", "eager", "sdpa", "flash_attention_2"] = option(
+        "auto", "attention kernel for training passes: auto = sdpa on GPUs; on CPUs eager up to 512 tokens "
+                "(faster for short sequences), sdpa above")
     seed: int = option(0, "sampling and data-order seed")
     log_every: int = option(1, "steps between metric rows")
     save_every: int = option(50, "steps between checkpoints (and always at the end)")

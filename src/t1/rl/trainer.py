@@ -2,10 +2,11 @@
 accelerate; it holds no algorithm of its own.
 
 One step: take P prompts (each process its share), sample K responses each (the engine), score them (task
-reward, then the −1 penalties), compute the policy's and the anchor's log-probs without gradients (pass 1),
-shape rewards with the group-centred KL and take RLOO advantages, optionally select a subset, then run the
-clipped policy-gradient loss with the entropy bonus over micro-batches (pass 2) and step the optimizer;
-finally move the anchor. Losses are normalised by global counts, so any number of processes gives the same
+reward, then the −1 penalties), get the policy's and the anchor's log-probs, shape rewards with the
+group-centred KL and take RLOO advantages, optionally select a subset, run the clipped policy-gradient loss
+with the entropy bonus and step the optimizer; finally move the anchor. The update runs fused (policy
+forward with gradients kept until the KL is known, one backward) when the batch fits in one micro-batch's
+budget, else in two passes (no-gradient pass for the KL, then gradient micro-batches). Losses are normalised by global counts, so any number of processes gives the same
 update as one (tested).
 """
 
@@ -26,7 +27,8 @@ from t1 import config as cfglib
 from t1.config import ConfigError
 from t1.data.prompts import load_items
 from t1.data.sft import prompt_ids
-from t1.models import count_parameters, load
+from t1.fastlm import logits_fn, prepare
+from t1.models import count_parameters, load, set_attention
 from t1.rl import algo
 from t1.rl.anchor import Anchor
 from t1.rl.config import RLConfig
@@ -84,6 +86,8 @@ class RLTrainer:
         model, self.tok = load(ckpt or cfg.model, dtype="float32")
         self.items = load_items(cfg.data)
         self.prompt_cache: dict[int, list[int]] = {}
+        longest = 0 if torch.cuda.is_available() else max(len(self._prompt(i)) for i in range(len(self.items)))
+        self.attention = set_attention(model, cfg.train.attention, longest + cfg.rollout.max_new_tokens)
         self.anchor = Anchor(model, cfg.anchor.mode if cfg.algo.kl_beta > 0 else "none",
                              cfg.anchor.ema_decay, cfg.anchor.reset_every)
         optimizer = make_optimizer(model, cfg.train.optim)
@@ -98,6 +102,10 @@ class RLTrainer:
             set_rng_state(state["rng"])
             self.start = state["step"]
         self.raw = acc.unwrap_model(self.model)
+        self.policy_logits = logits_fn(self.model, self.raw, cfg.train.fast_forward)  # with gradients
+        self.raw_logits = logits_fn(self.raw, self.raw, cfg.train.fast_forward)  # no-gradient pass 1
+        self.anchor_logits = (logits_fn(self.anchor.model, self.anchor.model, cfg.train.fast_forward)
+                              if self.anchor.model is not None else None)
         engine_kwargs = {}
         if cfg.rollout.engine == "fast":
             engine_kwargs = {"max_batch": cfg.rollout.max_batch, "dtype": cfg.rollout.dtype}
@@ -171,16 +179,18 @@ class RLTrainer:
         ntok = torch.zeros(N)
         old: list[torch.Tensor] | None = [torch.empty(0)] * N if keep_old else None
         lengths = [len(r) for r in batch.ids]
+        with self.acc.autocast():  # weights rearranged once for all micro-batches (no gradients here)
+            prep = prepare(self.raw, self.raw, self.cfg.train.fast_forward)
+            ref_prep = self._anchor_prepared()
         for mb in micro_batches(list(range(N)), lengths, self.cfg.train.micro_batch_tokens, 1,
                                 self.cfg.train.bucket_ratio):
             ids, attn, mask = _pad(batch, mb, self.tok.pad_token_id, self.acc.device)
             with self.acc.autocast():
-                logits = self.raw(input_ids=ids, attention_mask=attn).logits[:, :-1]
+                logits = self.raw_logits(ids, attn, prep)[:, :-1]
                 logp = algo.gather_logp(logits, ids[:, 1:])
                 h = algo.token_entropy(logits)
                 if self.anchor.model is not None:
-                    ref = algo.gather_logp(self.anchor.model(input_ids=ids, attention_mask=attn).logits[:, :-1],
-                                           ids[:, 1:])
+                    ref = algo.gather_logp(self.anchor_logits(ids, attn, ref_prep)[:, :-1], ids[:, 1:])
                     d[mb] = algo.sequence_kl(logp, ref, mask, self.cfg.algo.kl_clamp).float().cpu()
             ent[mb] = (h * mask).sum(-1).float().cpu()
             ntok[mb] = mask.sum(-1).float().cpu()
@@ -189,60 +199,156 @@ class RLTrainer:
                     old[i] = logp[j][mask[j]].float().cpu()
         return d, old, ent, ntok
 
+    @torch.no_grad()
+    def _anchor_prepared(self):
+        if self.anchor.model is None:
+            return None
+        return prepare(self.anchor.model, self.anchor.model, self.cfg.train.fast_forward)
+
+    def _fusable(self, lengths: list[int]) -> bool:
+        """Whether this step can run as one forward with gradients per micro-batch and a single backward (see
+        ``_update_fused``): one optimizer step per batch, no subset selection, one process or plain DDP (not
+        FSDP / DeepSpeed), and the whole batch within one micro-batch's token budget, so keeping every graph
+        until the backward needs no more memory than one micro-batch. All processes must agree."""
+        from accelerate.utils import DistributedType
+
+        cfg = self.cfg
+        ok = (cfg.train.fused_update and cfg.algo.updates_per_batch == 1 and not cfg.algo.select.drop_uniform_groups
+              and not cfg.algo.select.max_per_group and self.acc.distributed_type not in
+              (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM))
+        if ok:
+            mbs = micro_batches(list(range(len(lengths))), lengths, cfg.train.micro_batch_tokens, 1,
+                                cfg.train.bucket_ratio)
+            ok = sum(len(mb) * max(lengths[i] for i in mb) for mb in mbs) <= cfg.train.micro_batch_tokens
+        if self.world > 1:
+            ok = bool(self.acc.reduce(torch.tensor(float(ok), device=self.acc.device), "sum") == self.world)
+        return ok
+
     def update(self, step: int, batch: Batch) -> dict:
-        cfg, acc, K = self.cfg, self.acc, self.cfg.rollout.samples_per_prompt
         with self.timer("train"):
-            d, old, ent, ntok = self._pass1(batch)
-            shaped = algo.shape(batch.reward, algo.center_in_group(d, K), cfg.algo.kl_beta)
-            adv = algo.rloo(shaped, K)
-            keep = select(batch.reward, adv, K, cfg.algo.select)
-            counts = acc.reduce(torch.tensor([float(len(keep)), float(ntok[keep].sum())], device=acc.device), "sum")
-            n_seqs, n_tokens = float(counts[0]), float(counts[1])
-            lr = cfg.train.optim.lr * lr_factor(step, cfg.train.steps, cfg.train.optim)
-            set_lr(self.optimizer, lr)
             lengths = [len(r) for r in batch.ids]
-            mbs = micro_batches(keep, lengths, cfg.train.micro_batch_tokens, 1, cfg.train.bucket_ratio)
-            n_mb = int(acc.reduce(torch.tensor(float(len(mbs)), device=acc.device), "max")) if self.world > 1 else len(mbs)
-            mbs += [[]] * (n_mb - len(mbs))  # every process joins every gradient all-reduce
-            loss_sum, clip_sum, grad_norm, skipped = 0.0, 0.0, float("nan"), False
-            for _ in range(cfg.algo.updates_per_batch):
-                for j, mb in enumerate(mbs):
-                    rows = mb or [0]
-                    ids, attn, mask = _pad(batch, rows, self.tok.pad_token_id, acc.device)
-                    sync = acc.no_sync(self.model) if j < len(mbs) - 1 else contextlib.nullcontext()
-                    with sync, acc.autocast():
-                        logits = self.model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-                        logp = algo.gather_logp(logits, ids[:, 1:])
-                        if old is None:
-                            old_lp = logp.detach()
-                        else:
-                            old_lp = torch.zeros_like(logp)
-                            for r, i in enumerate(rows):
-                                old_lp[r][mask[r]] = old[i].to(logp.device)
-                        h = algo.token_entropy(logits) if cfg.algo.entropy_coef else None
-                        loss, st = algo.policy_loss(
-                            logp, old_lp, adv[rows].to(logp.device), mask, cfg.algo.aggregation, cfg.algo.clip,
-                            h, cfg.algo.entropy_coef, n_seqs=n_seqs, n_tokens=n_tokens)
-                        loss = loss * (0.0 if not mb else self.world)
-                        acc.backward(loss)
-                    if mb:
-                        loss_sum += loss.item() / self.world
-                        clip_sum += float(st["clip_fraction"]) * len(mb)
-                clip = cfg.train.optim.grad_clip
-                grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf")))
-                if not math.isfinite(grad_norm) or not math.isfinite(loss_sum):
-                    skipped = True
-                    self.optimizer.zero_grad(set_to_none=True)
-                    break
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            if not skipped:
+            out = self._update_fused(step, batch, lengths) if self._fusable(lengths) else \
+                self._update_two_pass(step, batch, lengths)
+            if not out["skipped"]:
                 self.anchor.update(self.raw, step + 1)
-            if self.world > 1:
-                loss_sum, clip_sum = acc.reduce(torch.tensor([loss_sum, clip_sum], device=acc.device), "sum").tolist()
+        return out
+
+    def _shape(self, batch: Batch, d: torch.Tensor, ntok: torch.Tensor):
+        """Rewards → KL-shaped rewards → RLOO advantages → selection; global counts for the loss."""
+        cfg, K = self.cfg, self.cfg.rollout.samples_per_prompt
+        shaped = algo.shape(batch.reward, algo.center_in_group(d, K), cfg.algo.kl_beta)
+        adv = algo.rloo(shaped, K)
+        keep = select(batch.reward, adv, K, cfg.algo.select)
+        counts = self.acc.reduce(torch.tensor([float(len(keep)), float(ntok[keep].sum())], device=self.acc.device), "sum")
+        return adv, keep, float(counts[0]), float(counts[1])
+
+    def _optimizer_step(self, loss_sum: float) -> tuple[float, bool]:
+        """Clip, then step unless the loss or the gradient is not finite. Returns (grad norm, skipped)."""
+        clip = self.cfg.train.optim.grad_clip
+        grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf")))
+        skipped = not math.isfinite(grad_norm) or not math.isfinite(loss_sum)
+        if not skipped:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, skipped
+
+    def _result(self, loss_sum, clip_sum, grad_norm, lr, skipped, d, ent, ntok, keep, n_seqs) -> dict:
+        cfg = self.cfg
+        if self.world > 1:
+            loss_sum, clip_sum = self.acc.reduce(torch.tensor([loss_sum, clip_sum], device=self.acc.device), "sum").tolist()
         return {"loss": loss_sum / cfg.algo.updates_per_batch, "grad_norm": grad_norm, "lr": lr, "skipped": skipped,
                 "kl": d.sum(), "entropy": ent.sum(), "tokens": ntok.sum(), "selected": torch.tensor(float(len(keep))),
                 "clip_fraction": clip_sum / max(1.0, n_seqs * cfg.algo.updates_per_batch)}
+
+    def _set_lr(self, step: int) -> float:
+        lr = self.cfg.train.optim.lr * lr_factor(step, self.cfg.train.steps, self.cfg.train.optim)
+        set_lr(self.optimizer, lr)
+        return lr
+
+    def _update_fused(self, step: int, batch: Batch, lengths: list[int]) -> dict:
+        """Two forwards (policy with gradients, anchor) and one backward per step — the minimum. The policy's
+        graphs stay alive until the whole batch's KL to the anchor is known, then every micro-batch's loss
+        goes into a single backward (under DDP the last micro-batch's forward arms the gradient all-reduce,
+        and one backward fires each parameter's hook once). The ratio is exactly 1 (old = detached current),
+        as in the two-pass path with one optimizer step per batch."""
+        cfg, acc = self.cfg, self.acc
+        N = len(batch.ids)
+        d, ent, ntok = torch.zeros(N), torch.zeros(N), torch.zeros(N)
+        mbs = micro_batches(list(range(N)), lengths, cfg.train.micro_batch_tokens, 1, cfg.train.bucket_ratio)
+        kept = []
+        with acc.autocast():  # one graph for the rearranged weights, shared by every micro-batch
+            prep = prepare(self.model, self.raw, cfg.train.fast_forward)
+            ref_prep = self._anchor_prepared()
+        for j, mb in enumerate(mbs):
+            ids, attn, mask = _pad(batch, mb, self.tok.pad_token_id, acc.device)
+            sync = acc.no_sync(self.model) if j < len(mbs) - 1 else contextlib.nullcontext()
+            with sync, acc.autocast():
+                logits = self.policy_logits(ids, attn, prep)[:, :-1]
+                logp = algo.gather_logp(logits, ids[:, 1:])
+                with torch.set_grad_enabled(bool(cfg.algo.entropy_coef)):
+                    h = algo.token_entropy(logits)
+                if self.anchor.model is not None:
+                    with torch.no_grad():
+                        ref = algo.gather_logp(self.anchor_logits(ids, attn, ref_prep)[:, :-1],
+                                               ids[:, 1:])
+                    d[mb] = algo.sequence_kl(logp.detach(), ref, mask, cfg.algo.kl_clamp).float().cpu()
+            ent[mb] = (h.detach() * mask).sum(-1).float().cpu()
+            ntok[mb] = mask.sum(-1).float().cpu()
+            kept.append((mb, logp, h if cfg.algo.entropy_coef else None, mask))
+        adv, keep, n_seqs, n_tokens = self._shape(batch, d, ntok)
+        lr = self._set_lr(step)
+        total, loss_sum, clip_sum = None, 0.0, 0.0
+        for mb, logp, h, mask in kept:
+            loss, st = algo.policy_loss(logp, logp.detach(), adv[mb].to(logp.device), mask, cfg.algo.aggregation,
+                                        cfg.algo.clip, h, cfg.algo.entropy_coef, n_seqs=n_seqs, n_tokens=n_tokens)
+            loss = loss * self.world
+            total = loss if total is None else total + loss
+            loss_sum += loss.item() / self.world
+            clip_sum += float(st["clip_fraction"]) * len(mb)
+        acc.backward(total)
+        del kept, total, prep
+        grad_norm, skipped = self._optimizer_step(loss_sum)
+        return self._result(loss_sum, clip_sum, grad_norm, lr, skipped, d, ent, ntok, keep, n_seqs)
+
+    def _update_two_pass(self, step: int, batch: Batch, lengths: list[int]) -> dict:
+        """Pass 1 without gradients (policy and anchor log-probs → KL, entropy), then pass 2 with gradients
+        over the selected responses, one backward per micro-batch: bounded memory, any number of optimizer
+        steps per batch (PPO-clipped), subset selection, any accelerate backend."""
+        cfg, acc = self.cfg, self.acc
+        d, old, ent, ntok = self._pass1(batch)
+        adv, keep, n_seqs, n_tokens = self._shape(batch, d, ntok)
+        lr = self._set_lr(step)
+        mbs = micro_batches(keep, lengths, cfg.train.micro_batch_tokens, 1, cfg.train.bucket_ratio)
+        n_mb = int(acc.reduce(torch.tensor(float(len(mbs)), device=acc.device), "max")) if self.world > 1 else len(mbs)
+        mbs += [[]] * (n_mb - len(mbs))  # every process joins every gradient all-reduce
+        loss_sum, clip_sum, grad_norm, skipped = 0.0, 0.0, float("nan"), False
+        for _ in range(cfg.algo.updates_per_batch):
+            for j, mb in enumerate(mbs):
+                rows = mb or [0]
+                ids, attn, mask = _pad(batch, rows, self.tok.pad_token_id, acc.device)
+                sync = acc.no_sync(self.model) if j < len(mbs) - 1 else contextlib.nullcontext()
+                with sync, acc.autocast():
+                    logits = self.policy_logits(ids, attn)[:, :-1]
+                    logp = algo.gather_logp(logits, ids[:, 1:])
+                    if old is None:
+                        old_lp = logp.detach()
+                    else:
+                        old_lp = torch.zeros_like(logp)
+                        for r, i in enumerate(rows):
+                            old_lp[r][mask[r]] = old[i].to(logp.device)
+                    h = algo.token_entropy(logits) if cfg.algo.entropy_coef else None
+                    loss, st = algo.policy_loss(
+                        logp, old_lp, adv[rows].to(logp.device), mask, cfg.algo.aggregation, cfg.algo.clip,
+                        h, cfg.algo.entropy_coef, n_seqs=n_seqs, n_tokens=n_tokens)
+                    loss = loss * (0.0 if not mb else self.world)
+                    acc.backward(loss)
+                if mb:
+                    loss_sum += loss.item() / self.world
+                    clip_sum += float(st["clip_fraction"]) * len(mb)
+            grad_norm, skipped = self._optimizer_step(loss_sum)
+            if skipped:
+                break
+        return self._result(loss_sum, clip_sum, grad_norm, lr, skipped, d, ent, ntok, keep, n_seqs)
 
     # -------------------------------------------------------------------------------------------- loop
 
@@ -267,7 +373,7 @@ class RLTrainer:
             print(f"rl: {count_parameters(self.raw) / 1e6:.2f}M parameters | {len(self.items)} prompts ({cfg.data.task}) | "
                   f"{cfg.train.steps} steps × {cfg.rollout.prompts_per_step} prompts × {cfg.rollout.samples_per_prompt} "
                   f"samples | engine {type(self.engine).__name__} | anchor {self.anchor.mode} | {self.world} process(es) | "
-                  f"precision {self.precision}" + (f" | resuming at step {self.start}" if self.start else ""), file=sys.stderr)
+                  f"precision {self.precision} | attention {self.attention}" + (f" | resuming at step {self.start}" if self.start else ""), file=sys.stderr)
         bar = tqdm(total=cfg.train.steps, initial=self.start, desc="rl", unit="step", file=sys.stderr,
                    disable=not (main and self.progress), dynamic_ncols=True)
         history, bad_streak = [], 0

@@ -1,0 +1,68 @@
+"""t1's own training forward computes the same function as transformers' — logits and gradients."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from t1.fastlm import forward_logits, logits_fn, supports
+from t1.models import ModelConfig, build_model, build_tokenizer
+
+
+def _qwen2_with_biases():
+    cfg = Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    torch.manual_seed(1)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def _llama_mlp_bias():
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=4, max_position_embeddings=64, attention_bias=True, mlp_bias=True,
+                      rope_theta=500.0)
+    torch.manual_seed(2)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # non-zero biases, so that a dropped bias would show
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("make", [
+    lambda: build_model(ModelConfig(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128), build_tokenizer(100)),
+    _qwen2_with_biases, _llama_mlp_bias])
+def test_logits_and_gradients_match_transformers(make):
+    model = make()
+    assert supports(model)
+    model.set_attn_implementation("eager")
+    torch.manual_seed(0)
+    ids = torch.randint(3, 50, (3, 17))
+    attn = torch.ones_like(ids)
+    attn[0, 9:] = 0  # right padding, as the trainers collate
+    attn[2, 14:] = 0
+    real = attn.bool()
+    ref = model(input_ids=ids, attention_mask=attn).logits
+    got = forward_logits(model, ids, attn)
+    torch.testing.assert_close(got[real], ref[real], atol=2e-5, rtol=1e-5)
+    # gradients of a loss over real positions, for every parameter
+    grads = []
+    for fn in (lambda: model(input_ids=ids, attention_mask=attn).logits, lambda: forward_logits(model, ids, attn)):
+        model.zero_grad()
+        torch.log_softmax(fn()[real], -1)[:, 5].sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=2e-5, rtol=1e-4, msg=n)
+
+
+def test_logits_fn_falls_back_for_wrapped_or_unsupported_models():
+    model = build_model(ModelConfig(hidden=32, layers=1, heads=2, kv_heads=2, ffn=64), build_tokenizer(20))
+    ids = torch.randint(3, 20, (2, 6))
+    attn = torch.ones_like(ids)
+    wrapper = torch.nn.Module()  # stands for a DDP wrapper: not the raw model, so its own forward is used
+    calls = []
+    wrapper.forward = lambda **kw: calls.append(kw) or model(**kw)
+    logits_fn(wrapper, model)(ids, attn)
+    assert len(calls) == 1
+    model.config.attention_dropout = 0.1  # a training-time op t1's pass does not implement
+    assert not supports(model)
