@@ -1,7 +1,7 @@
 """RL step throughput: `t1 rl` vs TRL's GRPOTrainer at the same settings, measured in one run.
 
     .venv/bin/pip install trl        # not a dependency of t1; only this script needs it
-    .venv/bin/python benchmarks/rl_step.py [--steps 6] [--prompts 8] [--samples 8] [--new-tokens 128]
+    .venv/bin/python benchmarks/rl_step.py [--steps 6] [--prompts 8] [--samples 8] [--new-tokens 128] [--trl-attention sdpa|eager]
 
 Both train the same ~4M-parameter model files (a Llama: the Qwen2 shape without biases; transformers 5
 re-tokenizes any qwen2 checkpoint with its own tokenizer) on the same Countdown prompts with K samples per
@@ -66,7 +66,8 @@ def run_trl(model_dir: Path, out: Path, args) -> tuple[float, float]:
         max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=True,
         disable_tqdm=True, gradient_accumulation_steps=1, num_iterations=1, seed=0,
     )
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=countdown_reward,
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=args.trl_attention)
+    trainer = GRPOTrainer(model=model, reward_funcs=countdown_reward,
                           args=cfg, train_dataset=data, processing_class=tok, callbacks=[StepTimer()])
     trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
@@ -80,6 +81,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--trl-attention", default="sdpa", choices=["sdpa", "eager"],
+                    help="TRL's attention kernel (transformers' default is sdpa; t1 picks eager on CPUs for short "
+                         "sequences, so 'eager' gives TRL the same choice)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tok = build_tokenizer(100)
@@ -88,6 +92,7 @@ def main() -> None:
         trl_tokens, trl_s = run_trl(model_dir, Path(tmp) / "trl", args)
         t1_tokens, t1_s = run_t1(model_dir, Path(tmp) / "t1", args)
     print(f"RL steps: {args.prompts} prompts x {args.samples} samples x {args.new_tokens} tokens, beta 0.04, bf16, "
+          f"TRL attention {args.trl_attention}, "
           f"{args.steps - 1} timed steps, {torch.get_num_threads()} threads")
     print(f"{'trainer':22s} {'completion tokens':>18s} {'seconds':>8s} {'tokens/s':>9s}")
     print(f"{'TRL GRPOTrainer':22s} {trl_tokens:18,.0f} {trl_s:8.2f} {trl_tokens / trl_s:9,.0f}")

@@ -84,3 +84,18 @@ def test_fused_weights_are_rebuilt_after_an_optimizer_step_only():
     with torch.no_grad():
         model.lm_head.weight.copy_(torch.zeros_like(model.lm_head.weight))  # e.g. loading a checkpoint
     assert engine.weights() is not second
+
+
+def test_every_sample_is_the_same_in_a_batch_as_alone():
+    """Rows finish at different steps, so the batch is compacted several times (live rows move into the
+    holes); every sample must still equal the one its prompt and seed give alone, and run to its own end."""
+    model, tok = _model()
+    engine = FastEngine(model, tok, dtype="float32", compact_at=0.1)
+    texts = ["use 1 2 3 to make 6 :", "use 4 to make 4 :", "use 9 8 to make 72 :", "use 5 5 to make 1 :"]
+    prompts = [tok(t)["input_ids"] for t in texts] * 4
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=48)
+    big = engine.generate(prompts, list(range(16)), params)
+    assert len({len(s.token_ids) for s in big}) > 3  # rows really end at different steps
+    for i, (p, s) in enumerate(zip(prompts, big)):
+        alone = engine.generate([p], [i], params)[0]
+        assert s.token_ids == alone.token_ids and s.finished == alone.finished, i
