@@ -121,3 +121,49 @@ def test_scaling_with_extension_and_plot(tmp_path):
     assert len(pts) == 2 and all(0 <= p["accuracy"] <= 1 for p in pts)
     png = plot({"a": pts, "b": pts}, tmp_path / "s.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+class AnsweredEngine:
+    """A fake engine whose long sample states the right answer early, then keeps 'checking' past every
+    budget. After the answer cue it answers wrongly; asked to continue a prefix cut inside its own
+    ``\\boxed{``, it finishes that answer."""
+
+    def __init__(self, tok, prompt_len: int):
+        self.tok, self.prompt_len = tok, prompt_len
+        ids = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+        self.cue = ids("answer \\boxed{")
+        self.long = ids("try") * 5 + ids("answer \\boxed{ 3 * 5 + 7 } .") + ids("check") * 200
+        self.requests = []
+
+    def generate(self, prompts, seeds, params):
+        out = []
+        for p in prompts:
+            if len(p) == self.prompt_len:
+                ids = self.long[: params.max_new_tokens]
+                out.append(Sample(ids, self.tok.decode(ids), False))
+                continue
+            self.requests.append(p[self.prompt_len:])
+            text = "3 + 5 + 7 }" if p[-len(self.cue):] == self.cue else "+ 7 } ."
+            out.append(Sample(self.tok(text, add_special_tokens=False)["input_ids"], text, False))
+        return out
+
+
+def test_truncated_samples_that_already_answered_are_graded_on_that_answer():
+    tok = build_tokenizer(100)
+    item = Item(prompt="use 3 5 7 to make 22 :", numbers=(3, 5, 7), target=22, id="x")
+    prompt_len = len(tok(item.prompt)["input_ids"])
+    engine = AnsweredEngine(tok, prompt_len)
+    inside_box = engine.long.index(engine.cue[-1]) + 4  # cut after "\boxed{ 3 * 5"
+    answered = engine.long.index(tok("}", add_special_tokens=False)["input_ids"][0]) + 2
+    budgets = (4, inside_box, answered, 64)
+    pts = scaling_points(engine, tok, "countdown", [item], ScaleSettings(budgets=budgets), Scorer("countdown"),
+                         progress=False)
+    # 4 tokens: no answer yet, the cue is appended and the (wrong) forced answer graded; inside the box: the
+    # model finishes its own answer, no cue; once answered: the prefix is graded, nothing is generated
+    assert [p["accuracy"] for p in pts] == [0.0, 1.0, 1.0, 1.0]
+    assert engine.requests == [engine.long[:4] + engine.cue, engine.long[:inside_box]]
+    forced = AnsweredEngine(tok, prompt_len)
+    pts = scaling_points(forced, tok, "countdown", [item], ScaleSettings(budgets=budgets, force_answer=True),
+                         Scorer("countdown"), progress=False)
+    assert [p["accuracy"] for p in pts] == [0.0, 0.0, 0.0, 0.0]  # always forcing: the wrong second answer wins
+    assert all(r[-len(forced.cue):] == forced.cue for r in forced.requests) and len(forced.requests) == 4

@@ -149,7 +149,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     models = [(labels[i] if i < len(labels) else f"model{i + 1}", path) for i, path in enumerate(args.model)]
     s = ScaleSettings(budgets=_budgets(args.budgets), n=args.n, temperature=args.temperature, top_p=args.top_p,
                       seed=args.seed, answer_tokens=args.answer_tokens, cue=args.cue, extend=args.extend,
-                      max_extensions=args.max_extensions)
+                      max_extensions=args.max_extensions, force_answer=args.force_answer)
     run_scale(models, args.bench, args.out, s, args.summarizer, args.engine, args.limit, args.gpqa_csv,
               args.data_dir, progress=not args.quiet)
     return 0
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-tokens", type=int, default=24, help="tokens allowed after the answer cue")
     p.add_argument("--cue", default=None, help="answer cue appended to truncated thinking (default per task)")
     p.add_argument("--summarizer", default=None, help="a model that turns truncated thinking into an answer")
+    p.add_argument("--force-answer", action="store_true",
+                   help="force an answer after every truncated sample, even one that already states an answer")
     p.add_argument("--extend", default=None, help="s1 budget forcing: replace an early stop by this word")
     p.add_argument("--max-extensions", type=int, default=0)
     p.add_argument("--out", default="runs/scale", help="output directory")

@@ -50,7 +50,7 @@ class DemoConfig:
     filter_samples: int = option(6, "samples per candidate prompt")
     filter_max_pass: float = option(0.75, "keep prompts with pass rate in (0, max] at the RL budget (paper: 0.3)")
     rl_budget: int = option(128, "RL generation budget (tokens); also where RL is compared with SFT")
-    rl_steps: int = option(40, "RL steps")
+    rl_steps: int = option(55, "RL steps")
     rl_prompts: int = option(64, "RL prompts per step")
     rl_samples: int = option(8, "RL samples per prompt")
     rl_temperature: float = option(1.0, "RL sampling temperature")
@@ -58,7 +58,9 @@ class DemoConfig:
     rl_beta: float = option(1e-3, "KL weight β")
     rl_entropy: float = option(1e-3, "entropy bonus α")
     eval_problems: int = option(500, "held-out problems")
-    budgets: tuple[int, ...] = option((16, 32, 64, 128, 256), "thinking budgets for the scaling sweep")
+    budgets: tuple[int, ...] = option(
+        (24, 48, 96, 128, 256), "thinking budgets for the scaling sweep (from ~one attempt up; below that a forced "
+        "answer completes a half-written first attempt — see BENCHMARKS.md)")
     seed: int = option(0, "seed")
 
 

@@ -5,6 +5,13 @@ b tokens — exact, not an approximation: the engine seeds every token's draw by
 generation capped at b reproduces that prefix. A sample that ended by itself within b tokens is graded as
 is; a truncated one is completed into an answer either by appending an answer cue and letting the same
 model write up to ``answer_tokens`` more (greedy), or by handing the partial thinking to a summariser model.
+A truncated sample whose kept prefix already states a complete final answer (the task's extractor finds
+one) is graded on that answer — the cut removed only what came after it (for T1 traces, the self-check).
+Forcing a second answer there measured as an artefact: on the demo's RL model at 32 tokens, 95 prefixes
+held a correct answer, and forcing replaced most of them by a malformed second one (26 graded correct),
+which made accuracy dip at that budget. Likewise a prefix cut inside its own ``\boxed{`` goes on writing
+that answer instead of getting a second cue. ``force_answer=True`` (``--force-answer``) restores
+always-forcing.
 
 With ``extend`` (s1's budget forcing), a sample that ends before its budget has its end-of-sequence replaced
 by the cue word ("Wait") up to ``max_extensions`` times, so it thinks longer; prefixes are then no longer
@@ -41,10 +48,32 @@ class ScaleSettings:
     extend: str | None = None
     max_extensions: int = 0
     use_chat_template: bool = True
+    force_answer: bool = False  # force an answer even when the truncated prefix already states one
 
 
 def _decode(tok, ids: list[int]) -> str:
     return tok.decode(ids, skip_special_tokens=True)
+
+
+def _overlap(toks: list[int], cue_ids: list[int]) -> int:
+    """The length of the longest end of ``toks`` that is a beginning of ``cue_ids``."""
+    for k in range(min(len(toks), len(cue_ids) - 1), 0, -1):
+        if toks[-k:] == cue_ids[:k]:
+            return k
+    return 0
+
+
+def _open_box(text: str) -> bool:
+    """Whether ``text`` ends inside an unclosed ``\boxed{…}`` (its last one)."""
+    i = text.rfind("\\boxed{")
+    if i < 0:
+        return False
+    depth = 0
+    for ch in text[i + len("\\boxed"):]:
+        depth += (ch == "{") - (ch == "}")
+        if depth == 0:
+            return False
+    return True
 
 
 def _word_level(tok) -> bool:
@@ -107,14 +136,26 @@ def scaling_points(engine, tok, task: str, items: list[Item], s: ScaleSettings, 
             else:
                 texts.append(None)
                 need.append((j, toks))
+        if need and not s.force_answer:  # prefixes that already state an answer are graded as they are
+            prefixes = [_decode(tok, toks) for _, toks in need]
+            answered = [g.extracted is not None for g in scorer(prefixes, [its[j] for j, _ in need])]
+            for (j, _), text, done in zip(need, prefixes, answered):
+                if done:
+                    texts[j] = text
+            need = [n for n, done in zip(need, answered) if not done]
         if need:
             if summarizer is None:
-                reqs = [base[j] + toks + cue_ids for j, toks in need]
+                # a prefix cut inside its own \boxed{…} finishes writing that answer; the others get the cue
+                # and one that stopped part-way through writing the cue itself gets only the rest of it
+                opened = [not s.force_answer and _open_box(_decode(tok, toks)) for _, toks in need]
+                rest = [[] if o else cue_ids[_overlap(toks, cue_ids):] for (_, toks), o in zip(need, opened)]
+                reqs = [base[j] + toks + r for (j, toks), r in zip(need, rest)]
                 outs = engine.generate(reqs, [seeds[j] for j, _ in need], SamplingParams(0.0, 1.0, s.answer_tokens))
             else:
                 outs = summarizer.complete([(its[j], _decode(tok, toks)) for j, toks in need], cue, s.answer_tokens)
-            for (j, toks), o in zip(need, outs):
-                texts[j] = sep.join(p for p in (_decode(tok, toks), cue, o.text) if p)
+                rest = [cue_ids] * len(need)
+            for (j, toks), o, r in zip(need, outs, rest):
+                texts[j] = sep.join(p for p in (_decode(tok, toks), _decode(tok, r), o.text) if p)
         grades = scorer(texts, its)
         per_problem = [sum(g.correct for g in grades[i * s.n:(i + 1) * s.n]) / s.n for i in range(len(items))]
         acc, se = mean_stderr(per_problem)
