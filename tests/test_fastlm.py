@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from t1.fastlm import forward_logits, logits_fn, supports
+from t1.fastlm import Forward, forward_logits, supports
 from t1.models import ModelConfig, build_model, build_tokenizer
 
 
@@ -55,14 +55,41 @@ def test_logits_and_gradients_match_transformers(make):
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=2e-5, rtol=1e-4, msg=n)
 
 
-def test_logits_fn_falls_back_for_wrapped_or_unsupported_models():
+def test_forward_falls_back_for_wrapped_or_unsupported_models():
     model = build_model(ModelConfig(hidden=32, layers=1, heads=2, kv_heads=2, ffn=64), build_tokenizer(20))
     ids = torch.randint(3, 20, (2, 6))
     attn = torch.ones_like(ids)
     wrapper = torch.nn.Module()  # stands for a DDP wrapper: not the raw model, so its own forward is used
     calls = []
     wrapper.forward = lambda **kw: calls.append(kw) or model(**kw)
-    logits_fn(wrapper, model)(ids, attn)
-    assert len(calls) == 1
+    forward = Forward(wrapper, model)
+    forward(ids, attn)
+    assert len(calls) == 1 and forward.prepare() is None
     model.config.attention_dropout = 0.1  # a training-time op t1's pass does not implement
     assert not supports(model)
+
+
+class _Ids:
+    """The least a sampler needs from a tokenizer."""
+
+    eos_token_id, pad_token_id = 1, 0
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+@pytest.mark.parametrize("make", [_qwen2_with_biases, _llama_mlp_bias])
+def test_fast_sampler_shares_the_rearrangement_biases_included(make):
+    """The sampler builds on the same rearranged weights; its log-probs equal transformers' for models with
+    q/k/v biases (Qwen2) and with o_proj and MLP biases (Llama attention_bias / mlp_bias)."""
+    from t1.rollout import SamplingParams
+    from t1.rollout.fast import FastEngine
+
+    model = make()
+    prompt = [5, 6, 7, 8]
+    samples = FastEngine(model, _Ids(), dtype="float32").generate([prompt, prompt[:2]], [3, 4],
+                                                                  SamplingParams(1.0, 1.0, 12))
+    for p, s in zip([prompt, prompt[:2]], samples):
+        lp = torch.log_softmax(model(torch.tensor([p + s.token_ids])).logits[0].float(), -1)[len(p) - 1: -1]
+        ref = lp.gather(-1, torch.tensor(s.token_ids)[:, None]).squeeze(-1)
+        torch.testing.assert_close(torch.tensor(s.logprobs), ref, atol=5e-5, rtol=1e-5)

@@ -12,6 +12,7 @@ computes the same function with about half the activation passes:
   complex multiply on q and k together (q·k is unchanged: both sides get the same permutation);
 - the fused ``rms_norm`` kernel; attention as ``baddbmm`` with an additive causal/padding bias.
 
+The fast sampler (:mod:`t1.rollout.fast`) starts from the same rearranged weights (:class:`Prepared`).
 It reads the parameters on every call (nothing to keep in sync), matches transformers' logits to 1e-5 in
 fp32 (tested), and is used only where nothing wraps the forward: a single process. Under DDP / FSDP /
 DeepSpeed the trainers call the wrapped model, whose forward arms the gradient all-reduce.
@@ -22,29 +23,56 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from t1.rollout.fast import supports as _family
+from t1.config import option
+
+_FAMILY = {"llama", "qwen2", "mistral"}
+
+
+def fast_forward_option():
+    """The ``train.fast_forward`` field of `t1 sft` and `t1 rl`."""
+    return option(True, "on one process, run Llama-family models through t1's own forward pass (fewer "
+                        "element-wise passes; same function, tested)")
+
+
+def llama_family(model) -> bool:
+    """Llama-family shapes this module and the fast sampler compute: default RoPE, SiLU MLP, no sliding window
+    (biases on any projection are fine)."""
+    cfg = model.config
+    rope = getattr(cfg, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    return (cfg.model_type in _FAMILY and rope_type in (None, "default")
+            and getattr(cfg, "hidden_act", "silu") == "silu" and not getattr(cfg, "sliding_window", None))
 
 
 def supports(model) -> bool:
-    """Llama-family shapes the sampler also handles, without attention dropout (a training-time op we skip)."""
-    return _family(model) and not getattr(model.config, "attention_dropout", 0.0)
+    """For training: the family above, without attention dropout (a training-time op this pass skips)."""
+    return llama_family(model) and not getattr(model.config, "attention_dropout", 0.0)
 
 
-def logits_fn(model, raw=None, fast: bool = True):
-    """A callable (input_ids, attention_mask) -> logits [B, T, V]: this module's pass on ``raw``'s parameters
+class Forward:
+    """(input_ids, attention_mask[, prepared]) -> logits [B, T, V]: this module's pass on ``raw``'s parameters
     when ``fast``, the architecture is supported and nothing wraps the model (``model is raw``: one process),
-    else the (possibly wrapped) model's own forward."""
-    raw = model if raw is None else raw
-    if fast and model is raw and supports(raw):
-        return lambda ids, attn, prepared=None: forward_logits(raw, ids, attn, prepared)
-    return lambda ids, attn, prepared=None: model(input_ids=ids, attention_mask=attn).logits
+    else the (possibly wrapped) model's own forward. ``prepare()`` gives the weights to reuse across several
+    calls (see :class:`Prepared`), or None where the model's own forward is used; call it under the autocast
+    the passes will run in."""
+
+    def __init__(self, model, raw=None, fast: bool = True):
+        self.model, self.raw = model, (model if raw is None else raw)
+        self.fast = fast and model is self.raw and supports(self.raw)
+
+    def prepare(self) -> Prepared | None:
+        return Prepared(self.raw) if self.fast else None
+
+    def __call__(self, ids: torch.Tensor, attn: torch.Tensor, prepared: Prepared | None = None) -> torch.Tensor:
+        if self.fast:
+            return forward_logits(self.raw, ids, attn, prepared)
+        return self.model(input_ids=ids, attention_mask=attn).logits
 
 
-def prepare(model, raw=None, fast: bool = True) -> Prepared | None:
-    """Weights for several :func:`forward_logits` calls (see :class:`Prepared`); None where ``logits_fn``
-    would fall back to the model's own forward. Call under the autocast the passes will run in."""
-    raw = model if raw is None else raw
-    return Prepared(raw) if fast and model is raw and supports(raw) else None
+def rope_table(inv_freq: torch.Tensor, n: int) -> torch.Tensor:
+    """cos + i·sin of position × frequency for positions 0..n-1: [n, head_dim/2] complex64."""
+    angles = torch.arange(n, device=inv_freq.device, dtype=torch.float32)[:, None] * inv_freq
+    return torch.polar(torch.ones_like(angles), angles)
 
 
 def _pair_order(hd: int, device) -> torch.Tensor:
@@ -65,20 +93,24 @@ def _cat(*ts):
 
 
 class Prepared:
-    """The weights rearranged for :func:`forward_logits`, built from the parameters by differentiable ops
+    """The weights rearranged for :func:`forward_logits` (and, cast to its dtype, for the fast sampler in
+    :mod:`t1.rollout.fast`), built from the parameters by differentiable ops
     (concatenation, row permutation, scaling, and the cast to the autocast dtype when autocast is on), so
     gradients reach the original parameters. Build once and reuse across the micro-batches of one step when
     all their losses go into a single backward, or for passes without gradients; otherwise let
     ``forward_logits`` build its own per call (a backward frees the graph it walks)."""
 
-    def __init__(self, model):
+    def __init__(self, model, dtype: torch.dtype | None = None):
+        """``dtype``: what the matrices are cast to; None = the autocast dtype when autocast is on, else none."""
         cfg, core = model.config, model.model
         self.nq = nq = cfg.num_attention_heads
         self.nkv = nkv = getattr(cfg, "num_key_value_heads", None) or nq
         self.hd = hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nq
         self.eps = cfg.rms_norm_eps
         device = core.embed_tokens.weight.device
-        dt = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        dt = dtype
+        if dt is None and torch.is_autocast_enabled(device.type):
+            dt = torch.get_autocast_dtype(device.type)
 
         def cast(t):
             return t if t is None or dt is None else t.to(dt)
@@ -117,8 +149,7 @@ def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
 
     h = F.embedding(input_ids, w.embed)
     H = h.shape[-1]
-    angles = torch.arange(T, device=device, dtype=torch.float32)[:, None] * w.inv_freq
-    rot = torch.polar(torch.ones_like(angles), angles)[:, None]  # [T, 1, hd/2]
+    rot = rope_table(w.inv_freq, T)[:, None]  # [T, 1, hd/2]
     causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     allowed = causal[None] if attention_mask is None else causal[None] & attention_mask.bool()[:, None, :]
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)[None]  # a pad query sees itself: no NaN

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from t1.config import option, require
 from t1.tasks.countdown import CountdownConfig
@@ -130,6 +131,15 @@ def load(name_or_path: str | Path, dtype: str = "auto", device: str | None = Non
     if device is not None:
         model.to(device)
     return model, load_tokenizer(name_or_path)
+
+
+Attention = Literal["auto", "eager", "sdpa", "flash_attention_2"]
+
+
+def attention_option():
+    """The ``train.attention`` field of `t1 sft` and `t1 rl` (see :func:`set_attention`)."""
+    return option("auto", "attention kernel for training passes: auto = sdpa on GPUs; on CPUs eager up to 512 "
+                          "tokens (faster for short sequences), sdpa above")
 
 
 def set_attention(model, choice: str, max_len: int) -> str:

@@ -29,8 +29,9 @@ from tqdm import tqdm
 from t1 import config as cfglib
 from t1.config import ConfigError, option, require
 from t1.data.sft import Example, SFTDataConfig, load_examples, source_description
-from t1.fastlm import logits_fn
-from t1.models import ModelConfig, build_model, build_tokenizer, count_parameters, load, set_attention
+from t1.fastlm import Forward, fast_forward_option
+from t1.models import (Attention, ModelConfig, attention_option, build_model, build_tokenizer, count_parameters, load,
+                       set_attention)
 from t1.runtime import (Metrics, OptimConfig, checkpoint_dirs, load_checkpoint_state, lr_factor,
                         make_accelerator, make_optimizer, resolve_precision, rng_state, save_checkpoint, set_lr, set_rng_state)
 
@@ -48,11 +49,8 @@ class SFTTrainConfig:
         0.8, "start a new micro-batch when an example is shorter than this × the longest in it (less padding)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option(
         "auto", "autocast precision: auto = bf16 where the hardware has it, else fp32")
-    fast_forward: bool = option(True, "on one process, run Llama-family models through t1's own forward pass "
-                                      "(fewer element-wise passes; same function, tested)")
-    attention: Literal["auto", "eager", "sdpa", "flash_attention_2"] = option(
-        "auto", "attention kernel for training passes: auto = sdpa on GPUs; on CPUs eager up to 512 tokens "
-                "(faster for short sequences), sdpa above")
+    fast_forward: bool = fast_forward_option()
+    attention: Attention = attention_option()
     seed: int = option(0, "data order and initialisation seed")
     log_every: int = option(10, "optimizer steps between metric rows")
     save_every: int = option(0, "optimizer steps between checkpoints (0 = only at the end)")
@@ -126,7 +124,7 @@ def collate(examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor,
 
 def token_nll_sum(forward, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Sum over response tokens of −log p(token | prefix); only the selected rows of logits go to fp32.
-    ``forward``: (ids, attention_mask) -> logits, see :func:`t1.fastlm.logits_fn`."""
+    ``forward``: (ids, attention_mask) -> logits, see :class:`t1.fastlm.Forward`."""
     logits = forward(ids, attn)  # [B, T, V]
     sel = loss_mask[:, 1:]  # token t is predicted at position t-1
     return F.cross_entropy(logits[:, :-1][sel].float(), ids[:, 1:][sel], reduction="sum")
@@ -181,7 +179,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SF
 
     optimizer = make_optimizer(model, cfg.train.optim)
     model, optimizer = acc.prepare(model, optimizer)
-    forward = logits_fn(model, acc.unwrap_model(model), cfg.train.fast_forward)
+    forward = Forward(model, acc.unwrap_model(model), cfg.train.fast_forward)
     start = 0
     if ckpt is not None:
         state = load_checkpoint_state(ckpt)

@@ -136,13 +136,13 @@ def scaling_points(engine, tok, task: str, items: list[Item], s: ScaleSettings, 
             else:
                 texts.append(None)
                 need.append((j, toks))
+        grades = [None] * len(samples)
         if need and not s.force_answer:  # prefixes that already state an answer are graded as they are
             prefixes = [_decode(tok, toks) for _, toks in need]
-            answered = [g.extracted is not None for g in scorer(prefixes, [its[j] for j, _ in need])]
-            for (j, _), text, done in zip(need, prefixes, answered):
-                if done:
-                    texts[j] = text
-            need = [n for n, done in zip(need, answered) if not done]
+            for (j, _), text, g in zip(need, prefixes, scorer(prefixes, [its[j] for j, _ in need])):
+                if g.extracted is not None:
+                    texts[j], grades[j] = text, g
+            need = [(j, toks) for j, toks in need if grades[j] is None]
         if need:
             if summarizer is None:
                 # a prefix cut inside its own \boxed{…} finishes writing that answer; the others get the cue
@@ -156,7 +156,9 @@ def scaling_points(engine, tok, task: str, items: list[Item], s: ScaleSettings, 
                 rest = [cue_ids] * len(need)
             for (j, toks), o, r in zip(need, outs, rest):
                 texts[j] = sep.join(p for p in (_decode(tok, toks), _decode(tok, r), o.text) if p)
-        grades = scorer(texts, its)
+        todo = [j for j, g in enumerate(grades) if g is None]
+        for j, g in zip(todo, scorer([texts[j] for j in todo], [its[j] for j in todo])):
+            grades[j] = g
         per_problem = [sum(g.correct for g in grades[i * s.n:(i + 1) * s.n]) / s.n for i in range(len(items))]
         acc, se = mean_stderr(per_problem)
         points.append({"budget": b, "accuracy": acc, "stderr": se,

@@ -8,6 +8,8 @@ from typing import Literal
 
 from t1.config import option, require
 from t1.data.prompts import PromptDataConfig
+from t1.fastlm import fast_forward_option
+from t1.models import Attention, attention_option
 from t1.rl.penalties import PenaltyConfig
 from t1.runtime import OptimConfig
 
@@ -100,11 +102,8 @@ class RLTrainConfig:
                                       "per batch, no subset selection, not FSDP/DeepSpeed): keep the policy's "
                                       "graphs until the KL is known and run one backward — one forward fewer")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "autocast precision for training passes")
-    fast_forward: bool = option(True, "on one process, run Llama-family models through t1's own forward pass "
-                                      "(fewer element-wise passes; same function, tested)")
-    attention: Literal["auto", "eager", "sdpa", "flash_attention_2"] = option(
-        "auto", "attention kernel for training passes: auto = sdpa on GPUs; on CPUs eager up to 512 tokens "
-                "(faster for short sequences), sdpa above")
+    fast_forward: bool = fast_forward_option()
+    attention: Attention = attention_option()
     seed: int = option(0, "sampling and data-order seed")
     log_every: int = option(1, "steps between metric rows")
     save_every: int = option(50, "steps between checkpoints (and always at the end)")

@@ -27,7 +27,7 @@ from t1 import config as cfglib
 from t1.config import ConfigError
 from t1.data.prompts import load_items
 from t1.data.sft import prompt_ids
-from t1.fastlm import logits_fn, prepare
+from t1.fastlm import Forward
 from t1.models import count_parameters, load, set_attention
 from t1.rl import algo
 from t1.rl.anchor import Anchor
@@ -102,9 +102,9 @@ class RLTrainer:
             set_rng_state(state["rng"])
             self.start = state["step"]
         self.raw = acc.unwrap_model(self.model)
-        self.policy_logits = logits_fn(self.model, self.raw, cfg.train.fast_forward)  # with gradients
-        self.raw_logits = logits_fn(self.raw, self.raw, cfg.train.fast_forward)  # no-gradient pass 1
-        self.anchor_logits = (logits_fn(self.anchor.model, self.anchor.model, cfg.train.fast_forward)
+        self.policy_logits = Forward(self.model, self.raw, cfg.train.fast_forward)  # with gradients
+        self.raw_logits = Forward(self.raw, self.raw, cfg.train.fast_forward)  # no-gradient pass 1
+        self.anchor_logits = (Forward(self.anchor.model, fast=cfg.train.fast_forward)
                               if self.anchor.model is not None else None)
         engine_kwargs = {}
         if cfg.rollout.engine == "fast":
@@ -180,7 +180,7 @@ class RLTrainer:
         old: list[torch.Tensor] | None = [torch.empty(0)] * N if keep_old else None
         lengths = [len(r) for r in batch.ids]
         with self.acc.autocast():  # weights rearranged once for all micro-batches (no gradients here)
-            prep = prepare(self.raw, self.raw, self.cfg.train.fast_forward)
+            prep = self.raw_logits.prepare()
             ref_prep = self._anchor_prepared()
         for mb in micro_batches(list(range(N)), lengths, self.cfg.train.micro_batch_tokens, 1,
                                 self.cfg.train.bucket_ratio):
@@ -203,31 +203,34 @@ class RLTrainer:
     def _anchor_prepared(self):
         if self.anchor.model is None:
             return None
-        return prepare(self.anchor.model, self.anchor.model, self.cfg.train.fast_forward)
+        return self.anchor_logits.prepare()
 
-    def _fusable(self, lengths: list[int]) -> bool:
-        """Whether this step can run as one forward with gradients per micro-batch and a single backward (see
-        ``_update_fused``): one optimizer step per batch, no subset selection, one process or plain DDP (not
+    def _fused_micro_batches(self, lengths: list[int]) -> list[list[int]] | None:
+        """The micro-batches for a fused step (see ``_update_fused``), or None when the step must take two
+        passes: fused needs one optimizer step per batch, no subset selection, one process or plain DDP (not
         FSDP / DeepSpeed), and the whole batch within one micro-batch's token budget, so keeping every graph
         until the backward needs no more memory than one micro-batch. All processes must agree."""
         from accelerate.utils import DistributedType
 
         cfg = self.cfg
-        ok = (cfg.train.fused_update and cfg.algo.updates_per_batch == 1 and not cfg.algo.select.drop_uniform_groups
-              and not cfg.algo.select.max_per_group and self.acc.distributed_type not in
-              (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM))
-        if ok:
+        mbs = None
+        if (cfg.train.fused_update and cfg.algo.updates_per_batch == 1 and not cfg.algo.select.drop_uniform_groups
+                and not cfg.algo.select.max_per_group and self.acc.distributed_type not in
+                (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)):
             mbs = micro_batches(list(range(len(lengths))), lengths, cfg.train.micro_batch_tokens, 1,
                                 cfg.train.bucket_ratio)
-            ok = sum(len(mb) * max(lengths[i] for i in mb) for mb in mbs) <= cfg.train.micro_batch_tokens
+            if sum(len(mb) * max(lengths[i] for i in mb) for mb in mbs) > cfg.train.micro_batch_tokens:
+                mbs = None
         if self.world > 1:
-            ok = bool(self.acc.reduce(torch.tensor(float(ok), device=self.acc.device), "sum") == self.world)
-        return ok
+            agree = self.acc.reduce(torch.tensor(float(mbs is not None), device=self.acc.device), "sum")
+            mbs = mbs if bool(agree == self.world) else None
+        return mbs
 
     def update(self, step: int, batch: Batch) -> dict:
         with self.timer("train"):
             lengths = [len(r) for r in batch.ids]
-            out = self._update_fused(step, batch, lengths) if self._fusable(lengths) else \
+            mbs = self._fused_micro_batches(lengths)
+            out = self._update_fused(step, batch, mbs) if mbs is not None else \
                 self._update_two_pass(step, batch, lengths)
             if not out["skipped"]:
                 self.anchor.update(self.raw, step + 1)
@@ -265,7 +268,7 @@ class RLTrainer:
         set_lr(self.optimizer, lr)
         return lr
 
-    def _update_fused(self, step: int, batch: Batch, lengths: list[int]) -> dict:
+    def _update_fused(self, step: int, batch: Batch, mbs: list[list[int]]) -> dict:
         """Two forwards (policy with gradients, anchor) and one backward per step — the minimum. The policy's
         graphs stay alive until the whole batch's KL to the anchor is known, then every micro-batch's loss
         goes into a single backward (under DDP the last micro-batch's forward arms the gradient all-reduce,
@@ -274,10 +277,9 @@ class RLTrainer:
         cfg, acc = self.cfg, self.acc
         N = len(batch.ids)
         d, ent, ntok = torch.zeros(N), torch.zeros(N), torch.zeros(N)
-        mbs = micro_batches(list(range(N)), lengths, cfg.train.micro_batch_tokens, 1, cfg.train.bucket_ratio)
         kept = []
         with acc.autocast():  # one graph for the rearranged weights, shared by every micro-batch
-            prep = prepare(self.model, self.raw, cfg.train.fast_forward)
+            prep = self.policy_logits.prepare()
             ref_prep = self._anchor_prepared()
         for j, mb in enumerate(mbs):
             ids, attn, mask = _pad(batch, mb, self.tok.pad_token_id, acc.device)

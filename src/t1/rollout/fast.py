@@ -20,17 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from t1.fastlm import Prepared, rope_table
+from t1.fastlm import llama_family as supports  # noqa: F401  (the engine computes exactly this family)
 from t1.rollout import Sample, SamplingParams
-
-_SUPPORTED = {"llama", "qwen2", "mistral"}
-
-
-def supports(model) -> bool:
-    cfg = model.config
-    rope = getattr(cfg, "rope_scaling", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-    return (cfg.model_type in _SUPPORTED and rope_type in (None, "default")
-            and getattr(cfg, "hidden_act", "silu") == "silu" and not getattr(cfg, "sliding_window", None))
 
 
 # -------------------------------------------------------------------------------------------- random
@@ -95,49 +87,26 @@ class _Weights:
     """
 
     def __init__(self, model, dtype):
-        cfg = model.config
-        core = model.model
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
-        self.head_dim = hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        self.eps = cfg.rms_norm_eps
+        p = Prepared(model, dtype)  # the same rearrangement as t1's training forward
+        self.n_heads, self.n_kv, self.head_dim, self.eps, self.inv_freq = p.nq, p.nkv, p.hd, p.eps, p.inv_freq
         self.dtype = dtype
-        self.embed = core.embed_tokens.weight.to(dtype)
-        self.norm = core.norm.weight.to(dtype)
-        self.lm_head = model.get_output_embeddings().weight.to(dtype)
-        pair = torch.stack([torch.arange(hd // 2), torch.arange(hd // 2) + hd // 2], dim=1).flatten()
-        scale = hd ** -0.5
-
-        def heads(t: torch.Tensor | None, n: int, s: float = 1.0) -> torch.Tensor | None:
-            if t is None:
-                return None
-            return (t.view(n, hd, *t.shape[1:])[:, pair] * s).reshape(t.shape)
-
-        self.layers = []
-        for layer in core.layers:
-            a, m = layer.self_attn, layer.mlp
-            qkv_w = torch.cat([heads(a.q_proj.weight, self.n_heads, scale), heads(a.k_proj.weight, self.n_kv),
-                               a.v_proj.weight]).to(dtype)
-            qkv_b = (torch.cat([heads(a.q_proj.bias, self.n_heads, scale), heads(a.k_proj.bias, self.n_kv),
-                                a.v_proj.bias]).to(dtype) if a.q_proj.bias is not None else None)
-            self.layers.append({
-                "ln1": layer.input_layernorm.weight.to(dtype), "qkv_w": qkv_w, "qkv_b": qkv_b,
-                "o_t": a.o_proj.weight.to(dtype).t(), "ln2": layer.post_attention_layernorm.weight.to(dtype),
-                "gu": torch.cat([m.gate_proj.weight, m.up_proj.weight]).to(dtype),
-                "down_t": m.down_proj.weight.to(dtype).t(),
-            })
-        theta = getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 1e4)
-        self.inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, device=self.embed.device,
-                                                      dtype=torch.float32) / hd))
+        self.embed = p.embed.to(dtype)
+        self.norm = p.norm.to(dtype)
+        self.lm_head, self.lm_head_b = p.lm_head, p.lm_head_b
+        self.layers = [{"ln1": ln1.to(dtype), "qkv_w": qkv_w, "qkv_b": qkv_b, "o_t": o_w.t(), "o_b": o_b,
+                        "ln2": ln2.to(dtype), "gu": gu_w, "gu_b": gu_b, "down_t": down_w.t(), "down_b": down_b}
+                       for ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b in p.layers]
 
     @staticmethod
     def key(model, dtype) -> tuple:
         return (dtype,) + tuple((p.data_ptr(), p._version) for p in model.parameters())
 
     def rope_table(self, n: int) -> torch.Tensor:
-        """cos + i·sin of position × frequency for positions 0..n-1: [n, head_dim/2] complex64."""
-        freqs = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)[:, None] * self.inv_freq
-        return torch.polar(torch.ones_like(freqs), freqs)
+        return rope_table(self.inv_freq, n)
+
+
+def _plus(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x if bias is None else x + bias
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -187,6 +156,7 @@ class FastEngine:
             return next(self.model.parameters()).dtype
         return getattr(torch, self.dtype)
 
+    @torch.no_grad()
     def weights(self) -> _Weights:
         """The rearranged weights, rebuilt only when a parameter changed since the last call."""
         dtype = self._dtype()
@@ -245,11 +215,12 @@ class FastEngine:
             ck[:, :, :, t0: t0 + S] = qk[:, :, nq:].permute(0, 2, 3, 1)
             cv[:, :, t0: t0 + S] = qkv[..., (nq + nkv) * hd:].unflatten(-1, (nkv, hd)).transpose(1, 2)
             att = _attention(qk[:, :, :nq], ck[..., : t0 + S], cv[:, :, : t0 + S], bias)
-            h = torch.addmm(h.view(B * S, H), att.view(B * S, nq * hd).to(h.dtype), L["o_t"]).view(B, S, H)
-            gate, up = F.linear(_rms(h, L["ln2"], w.eps), L["gu"]).chunk(2, dim=-1)
+            h = torch.addmm(_plus(h.view(B * S, H), L["o_b"]), att.view(B * S, nq * hd).to(h.dtype),
+                            L["o_t"]).view(B, S, H)
+            gate, up = F.linear(_rms(h, L["ln2"], w.eps), L["gu"], L["gu_b"]).chunk(2, dim=-1)
             act = F.silu(gate).mul_(up)
-            h = torch.addmm(h.view(B * S, H), act.view(B * S, -1), L["down_t"]).view(B, S, H)
-        return F.linear(_rms(h[:, -1], w.norm, w.eps), w.lm_head)
+            h = torch.addmm(_plus(h.view(B * S, H), L["down_b"]), act.view(B * S, -1), L["down_t"]).view(B, S, H)
+        return F.linear(_rms(h[:, -1], w.norm, w.eps), w.lm_head, w.lm_head_b)
 
     def _run(self, w: _Weights, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Sample]:
         device = w.embed.device
