@@ -6,7 +6,8 @@ settings, measured in one run; and the engine's FLOP rate as a fraction of this 
 Model: a ~4M-parameter Llama (hidden 256, 4 layers, FFN 1024; the Qwen2 shape without biases) with random
 weights. Both sides sample at temperature 1.0, top_p 1.0, from the same prompts. `generate` runs the fp32
 model as given and, for a second row, a bf16 copy; the fast engine picks bf16 weights where the CPU has fast
-bf16 (its "auto"), and also runs in fp32 for comparison.
+bf16 (its "auto"), and also runs in fp32 for comparison, and without its C decode-attention kernel (what
+it falls back to where no C compiler is found).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from t1.models import ModelConfig, build_model, build_tokenizer, count_parameters
 from t1.rollout import SamplingParams
+from t1.rollout import kernel
 from t1.rollout.fast import FastEngine
 from t1.rollout.hf_generate import GenerateEngine
 from t1.tasks.countdown import CountdownConfig, generate
@@ -31,6 +33,12 @@ def matmul_peak(dtype, n=2048, reps=10) -> float:
     for _ in range(reps):
         a @ b
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def no_kernel(engine: FastEngine) -> FastEngine:
+    """The engine as it runs without a C compiler: batched-matmul attention over an fp32 cache."""
+    engine._kernel = False
+    return engine
 
 
 def timed_interleaved(engines, prompts, seeds, params, repeat):
@@ -68,6 +76,7 @@ def main() -> None:
         ("model.generate, bf16 model", GenerateEngine(bf16_model, tok)),
         ("t1 fast engine, fp32", FastEngine(model, tok, dtype="float32")),
         ("t1 fast engine, auto (bf16)", FastEngine(model, tok, dtype="auto")),
+        ("t1 fast, auto (bf16), no kernel", no_kernel(FastEngine(model, tok, dtype="auto"))),
     ]
     timings = timed_interleaved([engine for _, engine in rows], prompts, seeds, params, args.repeat)
     results = [(name, tokens, secs) for (name, _), (tokens, secs) in zip(rows, timings)]
@@ -75,6 +84,7 @@ def main() -> None:
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"sampling: {args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens, "
           f"{count_parameters(model) / 1e6:.1f}M-parameter Llama, {torch.get_num_threads()} threads, best of {args.repeat}")
+    print(f"decode-attention kernel: {'built' if kernel.load() else 'unavailable (fallback rows only)'}")
     print(f"measured matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
     base = results[0][1] / results[0][2]
     print(f"{'engine':32s} {'tokens':>7s} {'seconds':>8s} {'tokens/s':>9s} {'vs generate fp32':>17s} {'% of peak':>9s}")

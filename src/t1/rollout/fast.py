@@ -2,13 +2,18 @@
 
 Why our own decode loop: on small and mid-size models ``model.generate`` spends most of each step outside
 the matrix products (building masks and caches, logits processors, stopping criteria, module dispatch).
-This loop runs ~20 tensor ops per layer and step: a static fp32 KV cache kept between calls on the CPU
+This loop runs ~20 tensor ops per layer and step: a static KV cache kept between calls on the CPU
 (fresh multi-megabyte buffers cost page faults every call), q/k/v and gate/up fused, the attention scale
 folded into q, RoPE as one complex multiply on q and k together (head rows permuted to interleaved pairs at
 fusion time), residual adds folded into ``addmm``, every random number of a chunk drawn up front, and
 finished rows swapped out of the batch so they stop costing compute. The rearranged weights are cached
 until a parameter changes (its in-place version counter moves), and the logits match transformers' (tested
 to 1e-5 in fp32).
+
+Attention while decoding on the CPU runs in a small C kernel (:mod:`t1.rollout.kernel`, compiled at first
+use) that reads the cache once and widens bf16 in registers, so with bf16 weights the cache is bf16 — half
+the bytes that each step must stream. Without a C compiler it falls back to batched matmuls over an fp32
+cache (on GPUs too).
 
 Sampling is *batch-invariant*: each row draws its uniform numbers from a counter-based hash of (its seed,
 the step), and samples by inverse CDF over the temperature-scaled, top-p-truncated distribution. A sample
@@ -23,6 +28,7 @@ import torch.nn.functional as F
 from t1.fastlm import Prepared, rope_table
 from t1.fastlm import llama_family as supports  # noqa: F401  (the engine computes exactly this family)
 from t1.rollout import Sample, SamplingParams
+from t1.rollout import kernel as _kernel
 
 
 # -------------------------------------------------------------------------------------------- random
@@ -114,16 +120,17 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Softmax attention in fp32; grouped-query heads share their k/v without copying them.
-    q [B, S, Hq, D] fp32 (already scaled), k [B, Hkv, D, T] (keys stored transposed) and v [B, Hkv, T, D]
-    fp32 cache slices, bias [B, 1, S, T] additive (0 or -inf) or None -> [B, S, Hq*D] fp32. Measured on CPU
-    for one-token decoding: fp32 batched matmuls are ~2× faster than bf16 ones and ~3-6× faster than
-    ``scaled_dot_product_attention``; keys stored as [D, T] make q·K a plain mat-vec (~20 % faster)."""
+    """Softmax attention in fp32 by batched matmuls (prefill; decoding where the kernel is not used);
+    grouped-query heads share their k/v without copying them. q [B, S, Hq, D] fp32 (already scaled), k and v
+    [B, Hkv, T, D] cache slices (fp32, or bf16: then widened here), bias [B, 1, S, T] additive (0 or -inf) or
+    None -> [B, S, Hq*D] fp32. Measured on CPU for one-token decoding: fp32 batched matmuls are ~2× faster
+    than bf16 ones and ~3-6× faster than ``scaled_dot_product_attention``."""
     B, S, Hq, D = q.shape
     Hkv, T = v.shape[1], v.shape[2]
     g = Hq // Hkv
+    k, v = k.float(), v.float()
     qg = q.view(B, S, Hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B * Hkv, g * S, D)
-    scores = torch.bmm(qg, k.flatten(0, 1))  # [B*Hkv, g*S, T]
+    scores = torch.bmm(qg, k.flatten(0, 1).transpose(1, 2))  # [B*Hkv, g*S, T]
     if bias is not None:
         scores.view(B, Hkv * g, S, T).add_(bias)
     probs = torch.softmax(scores, dim=-1)
@@ -143,6 +150,7 @@ class FastEngine:
         self.dtype = dtype
         self._cached: tuple[tuple, _Weights] | None = None
         self._kv_buffer: torch.Tensor | None = None
+        self._kernel = None  # the decode-attention kernel, loaded at the first CPU call
 
     def _dtype(self) -> torch.dtype:
         """"auto": bf16 where the hardware has fast bf16 (the sampler's logits then differ from the fp32
@@ -166,21 +174,22 @@ class FastEngine:
             self._cached = (key, _Weights(self.model, dtype))
         return self._cached[1]
 
-    def _kv_cache(self, shape: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """K cache [layers, B, kv_heads, head_dim, slots] (transposed) and V cache [layers, B, kv_heads, slots,
-        head_dim], fp32 (see ``_attention``), from ``shape`` = (layers, B, kv_heads, slots, head_dim). Every slot
-        is written before it is read, so they start uninitialised. On the CPU one buffer is kept between calls:
-        fresh multi-megabyte allocations there cost more in page faults than a whole decode step."""
-        L, B, H, T, D = shape
-        n = L * B * H * T * D
+    def _kv_cache(self, shape: tuple, dtype: torch.dtype, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V caches [layers, B, kv_heads, slots, head_dim] from ``shape``. Every slot is written before it
+        is read, so they start uninitialised. On the CPU one buffer is kept between calls: fresh multi-megabyte
+        allocations there cost more in page faults than a whole decode step."""
+        n = 1
+        for d in shape:
+            n *= d
         if device.type != "cpu":
-            buf = torch.empty(2 * n, dtype=torch.float32, device=device)
+            buf = torch.empty(2 * n, dtype=dtype, device=device)
         else:
-            if self._kv_buffer is None or self._kv_buffer.numel() < 2 * n:
+            if self._kv_buffer is None or self._kv_buffer.dtype != dtype or self._kv_buffer.numel() < 2 * n:
                 self._kv_buffer = None
-                self._kv_buffer = torch.empty(2 * n, dtype=torch.float32)
+                self._kv_buffer = torch.empty(2 * n, dtype=dtype)
             buf = self._kv_buffer
-        return buf[:n].view(L, B, H, D, T), buf[n: 2 * n].view(shape)
+        return buf[:n].view(shape), buf[n: 2 * n].view(shape)
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Sample]:
@@ -198,10 +207,10 @@ class FastEngine:
 
     @staticmethod
     def _forward(w: _Weights, x: torch.Tensor, rot: torch.Tensor, cache_k, cache_v, t0: int,
-                 bias: torch.Tensor | None) -> torch.Tensor:
+                 bias: torch.Tensor | None, lib=None) -> torch.Tensor:
         """x: [B, S] token ids at cache slots t0..t0+S-1; rot: [B, S, 1, head_dim/2] complex rotations of
-        their positions; bias: [B, 1, S, t0+S] additive attention mask or None. Writes k/v into the caches.
-        Returns last-position logits [B, V]."""
+        their positions; bias: [B, 1, S, t0+S] additive attention mask or None; lib: the decode-attention
+        kernel, used when S == 1. Writes k/v into the caches. Returns last-position logits [B, V]."""
         B, S = x.shape
         h = F.embedding(x, w.embed)
         H = h.shape[-1]
@@ -212,9 +221,13 @@ class FastEngine:
             qk = torch.view_as_complex(qkv[..., : (nq + nkv) * hd].unflatten(-1, (nq + nkv, hd // 2, 2)))
             qk = torch.view_as_real(qk * rot).flatten(-2)  # RoPE on q and k at once: [B, S, nq + nkv, hd]
             ck, cv = cache_k[li], cache_v[li]
-            ck[:, :, :, t0: t0 + S] = qk[:, :, nq:].permute(0, 2, 3, 1)
+            ck[:, :, t0: t0 + S] = qk[:, :, nq:].transpose(1, 2)
             cv[:, :, t0: t0 + S] = qkv[..., (nq + nkv) * hd:].unflatten(-1, (nkv, hd)).transpose(1, 2)
-            att = _attention(qk[:, :, :nq], ck[..., : t0 + S], cv[:, :, : t0 + S], bias)
+            if lib is not None and S == 1:
+                att = _kernel.attention(lib, qk[:, 0, :nq], ck[:, :, : t0 + 1], cv[:, :, : t0 + 1],
+                                        None if bias is None else bias[:, 0, 0])
+            else:
+                att = _attention(qk[:, :, :nq], ck[:, :, : t0 + S], cv[:, :, : t0 + S], bias)
             h = torch.addmm(_plus(h.view(B * S, H), L["o_b"]), att.view(B * S, nq * hd).to(h.dtype),
                             L["o_t"]).view(B, S, H)
             gate, up = F.linear(_rms(h, L["ln2"], w.eps), L["gu"], L["gu_b"]).chunk(2, dim=-1)
@@ -232,7 +245,14 @@ class FastEngine:
             real[r, : P - len(p)] = False
         ids, real = ids.to(device), real.to(device)
         pad_count = (~real[:, :P]).sum(-1)  # [B]
-        cache_k, cache_v = self._kv_cache((len(w.layers), B, w.n_kv, P + T, w.head_dim), device)
+        lib = None
+        if device.type == "cpu":
+            if self._kernel is None:
+                self._kernel = _kernel.load() or False
+            lib = self._kernel or None
+        # bf16 weights give bf16 keys and values anyway; only the kernel reads a bf16 cache fast
+        kv_dtype = torch.bfloat16 if lib is not None and w.dtype == torch.bfloat16 else torch.float32
+        cache_k, cache_v = self._kv_cache((len(w.layers), B, w.n_kv, P + T, w.head_dim), kv_dtype, device)
         u = uniform(torch.tensor(seeds, dtype=torch.long, device=device)[:, None],
                     torch.arange(T, device=device)[None])  # [B, T]: every random number this chunk will use
         table = w.rope_table(P + T)[:, None]  # [P + T, 1, head_dim/2]
@@ -277,12 +297,13 @@ class FastEngine:
                     x[holes] = x[movers]
                 rows, tok, pad_count, u, tokens, logps = (x[:n_alive] for x in per_row[:6])
                 pad_bias = pad_bias[:n_alive] if pad_bias is not None else None
-                cache_k[:, holes, ..., :slot] = cache_k[:, movers, ..., :slot]
+                cache_k[:, holes, :, :slot] = cache_k[:, movers, :, :slot]
                 cache_v[:, holes, :, :slot] = cache_v[:, movers, :, :slot]
                 cache_k, cache_v = cache_k[:, :n_alive], cache_v[:, :n_alive]
                 alive = torch.ones(n_alive, dtype=torch.bool, device=device)  # the prefix is now all live rows
             bias = pad_bias[:, None, None, : slot + 1] if pad_bias is not None else None
-            logits = self._forward(w, tok[:, None], table[slot - pad_count][:, None], cache_k, cache_v, slot, bias)
+            logits = self._forward(w, tok[:, None], table[slot - pad_count][:, None], cache_k, cache_v, slot, bias,
+                                   lib)
         out_tokens[rows, :steps] = tokens[:, :steps]
         out_logps[rows, :steps] = logps[:, :steps]
 

@@ -1,0 +1,117 @@
+"""The sampler's C decode-attention kernel (t1/rollout/kernel.py): equal to softmax attention in torch, for
+both cache dtypes, grouped-query heads, head sizes with and without a specialised loop, strided cache slices
+and padding masks; a clear error on bad slices; a clean fallback when it cannot be built."""
+
+import logging
+
+import pytest
+import torch
+
+from t1.models import ModelConfig, build_model, build_tokenizer
+from t1.rollout import SamplingParams
+from t1.rollout import kernel
+from t1.rollout.fast import FastEngine
+
+needs_cc = pytest.mark.skipif(kernel._compiler() is None, reason="no C compiler on this machine")
+
+
+def reference(q, k, v, bias):
+    """q [B, Hq, D]; k, v [B, Hkv, T, D]; bias [B, T] or None -> [B, Hq * D], all in fp64."""
+    B, Hq, D = q.shape
+    g = Hq // k.shape[1]
+    k, v = k.double().repeat_interleave(g, dim=1), v.double().repeat_interleave(g, dim=1)
+    scores = torch.einsum("bhd,bhtd->bht", q.double(), k)
+    if bias is not None:
+        scores = scores + bias.double()[:, None]
+    return torch.einsum("bht,bhtd->bhd", scores.softmax(-1), v).reshape(B, Hq * D)
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("D,Hq,Hkv", [(64, 4, 4), (128, 4, 2), (48, 6, 3)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_kernel_matches_softmax_attention(dtype, D, Hq, Hkv, masked):
+    lib = kernel.load()
+    assert lib is not None
+    gen = torch.Generator().manual_seed(D + Hq)
+    B, slots, T = 5, 40, 29
+    # slices of a bigger cache, as the sampler passes them: 7 rows allocated, 40 slots, 29 in use
+    cache_k = torch.randn(7, Hkv, slots, D, generator=gen).to(dtype)
+    cache_v = torch.randn(7, Hkv, slots, D, generator=gen).to(dtype)
+    k, v = cache_k[:B, :, :T], cache_v[:B, :, :T]
+    q = torch.randn(B, Hq, D, generator=gen) * D ** -0.5
+    bias = None
+    if masked:  # left padding of 0..4 slots per row
+        bias = torch.zeros(B, slots)
+        for row in range(B):
+            bias[row, :row] = float("-inf")
+    out = kernel.attention(lib, q, k, v, bias)
+    assert out.shape == (B, Hq * D) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), reference(q, k, v, None if bias is None else bias[:, :T]),
+                               atol=2e-5, rtol=1e-5)
+
+
+@needs_cc
+def test_kernel_rejects_mismatched_cache_slices():
+    lib = kernel.load()
+    q = torch.randn(2, 4, 64)
+    k = torch.randn(2, 4, 10, 64)
+    with pytest.raises(ValueError, match="bad cache slices"):
+        kernel.attention(lib, q, k, torch.randn(2, 4, 10, 64).bfloat16(), None)  # dtypes differ
+    with pytest.raises(ValueError, match="bad cache slices"):
+        kernel.attention(lib, q, k.transpose(-1, -2), k.transpose(-1, -2), None)  # head dim not contiguous
+    with pytest.raises(ValueError, match="bad cache slices"):
+        kernel.attention(lib, torch.randn(2, 3, 64), k, k, None)  # 3 query heads over 4 kv heads
+
+
+def test_load_falls_back_without_a_working_compiler(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("T1_CACHE_DIR", str(tmp_path))
+    kernel.load.cache_clear()
+    try:
+        monkeypatch.setenv("T1_KERNELS", "0")
+        assert kernel.load() is None
+        kernel.load.cache_clear()
+        monkeypatch.delenv("T1_KERNELS")
+        monkeypatch.setenv("CC", "false")  # a "compiler" that fails every build
+        with caplog.at_level(logging.WARNING, logger="t1.rollout.kernel"):
+            assert kernel.load() is None
+        assert "could not build the decode-attention kernel" in caplog.text
+        assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.tmp"))  # nothing half-written
+    finally:
+        kernel.load.cache_clear()
+
+
+@needs_cc
+def test_kernel_builds_into_the_cache_dir_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("T1_CACHE_DIR", str(tmp_path))
+    kernel.load.cache_clear()
+    try:
+        assert kernel.load() is not None
+        built = list((tmp_path / "kernels").glob("decode_attention-*.so"))
+        assert len(built) == 1
+        stamp = built[0].stat().st_mtime_ns
+        kernel.load.cache_clear()
+        assert kernel.load() is not None  # a second process reuses the build
+        assert built[0].stat().st_mtime_ns == stamp
+    finally:
+        kernel.load.cache_clear()
+
+
+@needs_cc
+def test_sampler_with_kernel_equals_sampler_without():
+    """fp32 weights: the kernel changes only summation order, so samples and log-probs agree with the
+    batched-matmul path (prompts of different lengths, so the padding mask is exercised)."""
+    tok = build_tokenizer(100)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128), tok).eval()
+    prompts = [tok(p)["input_ids"] for p in ("use 1 2 3 to make 6 :", "use 10 20 to make 30 :", "9 :")] * 3
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=24)
+    with_kernel = FastEngine(model, tok, dtype="float32")
+    without = FastEngine(model, tok, dtype="float32")
+    without._kernel = False
+    a = with_kernel.generate(prompts, list(range(9)), params)
+    b = without.generate(prompts, list(range(9)), params)
+    assert with_kernel._kernel  # the kernel really ran
+    for x, y in zip(a, b):
+        assert x.token_ids == y.token_ids
+        torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=0)
