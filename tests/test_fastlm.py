@@ -4,8 +4,17 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from t1.fastlm import Forward, forward_logits, supports
+from t1.fastlm import Forward, Packed, Prepared, forward_logits, packed_logits, supports
 from t1.models import ModelConfig, build_model, build_tokenizer
+
+
+def _uneven_norms(model):
+    """RMSNorm weights away from their initial ones (t1 folds them into the next matrix)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
 
 
 def _qwen2_with_biases():
@@ -32,11 +41,12 @@ def _llama_mlp_bias():
     lambda: build_model(ModelConfig(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128), build_tokenizer(100)),
     _qwen2_with_biases, _llama_mlp_bias])
 def test_logits_and_gradients_match_transformers(make):
-    model = make()
+    model = _uneven_norms(make())
     assert supports(model)
     model.set_attn_implementation("eager")
     torch.manual_seed(0)
     ids = torch.randint(3, 50, (3, 17))
+    ids[1, 4] = model.config.pad_token_id or 0  # a sampled pad token: its embedding row gets no gradient
     attn = torch.ones_like(ids)
     attn[0, 9:] = 0  # right padding, as the trainers collate
     attn[2, 14:] = 0
@@ -93,3 +103,51 @@ def test_fast_sampler_shares_the_rearrangement_biases_included(make):
         lp = torch.log_softmax(model(torch.tensor([p + s.token_ids])).logits[0].float(), -1)[len(p) - 1: -1]
         ref = lp.gather(-1, torch.tensor(s.token_ids)[:, None]).squeeze(-1)
         torch.testing.assert_close(torch.tensor(s.logprobs), ref, atol=5e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: build_model(ModelConfig(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128), build_tokenizer(100)),
+    _qwen2_with_biases])
+@pytest.mark.parametrize("ratio", [0.0, 0.7, 1.0])  # one attention group, a few, one per distinct length
+def test_packed_logits_and_gradients_match_transformers(make, ratio):
+    """Sequences of different lengths laid end to end (no padding): the logits at every real position, and
+    every parameter's gradient, equal transformers' on the right-padded batch."""
+    model = _uneven_norms(make())
+    model.set_attn_implementation("eager")
+    gen = torch.Generator().manual_seed(0)
+    lengths = [9, 17, 3, 14, 17, 1, 12]
+    seqs = [torch.randint(3, 50, (n,), generator=gen).tolist() for n in lengths]
+    seqs[1][5] = model.config.pad_token_id or 0  # a sampled pad token: its embedding row gets no gradient
+    ids = torch.zeros(len(seqs), max(lengths), dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s)
+        attn[r, : len(s)] = 1
+    real = attn.bool()
+    packed = Packed(seqs, "cpu", ratio=ratio)
+    assert len(packed.groups) == {0.0: 1, 0.7: 4, 1.0: 6}[ratio]
+    flat = torch.cat([torch.arange(packed.offsets[r], packed.offsets[r] + n) for r, n in enumerate(lengths)])
+    select = flat[::3]  # logits at chosen positions only, as the RL trainer asks for response positions
+
+    def ref():
+        return model(input_ids=ids, attention_mask=attn).logits[real][::3]
+
+    def got():
+        return packed_logits(Prepared(model), packed, select)
+
+    torch.testing.assert_close(got(), ref(), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(packed_logits(Prepared(model), packed)[flat], model(input_ids=ids, attention_mask=attn)
+                               .logits[real], atol=2e-5, rtol=1e-5)
+    grads = []
+    for fn in (ref, got):
+        model.zero_grad()
+        torch.log_softmax(fn(), -1)[:, 5].sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=2e-5, rtol=1e-4, msg=n)
+
+
+def test_packed_rejects_empty_input():
+    with pytest.raises(ValueError, match="no empty"):
+        Packed([[1, 2], []], "cpu")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from t1 import config as C
 from t1.rl import algo
 from t1.rl.config import RLConfig
-from t1.rl.trainer import train_rl
+from t1.rl.trainer import RLTrainer, train_rl
 
 
 def rl_args(model_dir, out, *extra):
@@ -121,3 +121,35 @@ def test_several_updates_per_batch_use_the_clipped_ratio(tiny_model_dir, tmp_pat
     assert max(h["clip_fraction"] for h in history) > 0.0
     one = train_rl(rl_cfg(tiny_model_dir, tmp_path / "one", "train.steps=3", "train.optim.lr=0.05"), progress=False)
     assert all(h["clip_fraction"] == 0.0 for h in one)  # one update per batch: ratio 1, nothing clipped
+
+
+def test_packed_update_equals_padded_update(tiny_model_dir, tmp_path):
+    """The fused update on one process runs the whole batch unpadded through t1's forward (fastlm.Packed);
+    it must give the gradients, KL, entropy and loss of the padded micro-batch path through transformers."""
+    cfg = rl_cfg(tiny_model_dir, tmp_path / "run", "train.steps=1", "train.precision=fp32", "algo.kl_beta=0.05",
+                 "algo.entropy_coef=0.01", "rollout.max_new_tokens=12", "train.micro_batch_tokens=4096")
+    tr = RLTrainer(cfg, progress=False)
+    batch, _ = tr.rollout(0)
+    assert len({len(ids) for ids in batch.ids}) > 1  # sequences of different lengths: padding matters
+    with torch.no_grad():  # an anchor away from the policy, so the KL term is not zero
+        for p in tr.anchor.model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    grads = {}
+
+    def capture(loss_sum):
+        grads[len(grads)] = {n: p.grad.clone() for n, p in tr.raw.named_parameters()}
+        tr.optimizer.zero_grad(set_to_none=True)
+        return 0.0, True  # "skipped": the weights stay as they are for the second pass
+
+    tr._optimizer_step = capture
+    mbs = tr._fused_micro_batches([len(ids) for ids in batch.ids])
+    assert mbs is not None and len(mbs) > 1
+    packed = tr._update_fused(0, batch, mbs)
+    tr.policy_logits.fast = False  # transformers' forward on padded micro-batches
+    padded = tr._update_fused(0, batch, mbs)
+    assert float(packed["kl"]) != 0
+    for key in ("kl", "entropy", "tokens", "loss"):
+        torch.testing.assert_close(torch.as_tensor(packed[key]), torch.as_tensor(padded[key]), rtol=1e-5, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)

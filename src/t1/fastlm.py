@@ -93,12 +93,16 @@ def _cat(*ts):
 
 
 class Prepared:
-    """The weights rearranged for :func:`forward_logits` (and, cast to its dtype, for the fast sampler in
-    :mod:`t1.rollout.fast`), built from the parameters by differentiable ops
-    (concatenation, row permutation, scaling, and the cast to the autocast dtype when autocast is on), so
-    gradients reach the original parameters. Build once and reuse across the micro-batches of one step when
-    all their losses go into a single backward, or for passes without gradients; otherwise let
-    ``forward_logits`` build its own per call (a backward frees the graph it walks)."""
+    """The weights rearranged for :func:`forward_logits` / :func:`packed_logits` (and, cast to its dtype, for the
+    fast sampler in :mod:`t1.rollout.fast`), built from the parameters by differentiable ops (concatenation,
+    row permutation, scaling, and the cast to the autocast dtype when autocast is on), so gradients reach the
+    original parameters. Each RMSNorm's weight is folded into the columns of the matrix that reads its output
+    (W·diag(g)), so the passes normalise without a weight: one activation-sized multiply fewer per norm
+    forward and two backward, for a weight-sized one. Build once and reuse across the micro-batches of one
+    step when all their losses go into a single backward, or for passes without gradients; otherwise let
+    ``forward_logits`` build its own per call (a backward frees the graph it walks).
+
+    ``layers``: per layer (qkv_w, qkv_b, o_w, o_b, gu_w, gu_b, down_w, down_b); biases may be None."""
 
     def __init__(self, model, dtype: torch.dtype | None = None):
         """``dtype``: what the matrices are cast to; None = the autocast dtype when autocast is on, else none."""
@@ -111,30 +115,79 @@ class Prepared:
         dt = dtype
         if dt is None and torch.is_autocast_enabled(device.type):
             dt = torch.get_autocast_dtype(device.type)
+        self.dtype = dt or core.embed_tokens.weight.dtype  # what the matrix products run in
 
         def cast(t):
             return t if t is None or dt is None else t.to(dt)
 
         order, scale = _pair_order(hd, device), hd ** -0.5
         self.embed = core.embed_tokens.weight
+        self.padding_idx = core.embed_tokens.padding_idx  # its row gets no gradient from lookups, as in torch
         self.inv_freq = core.rotary_emb.inv_freq.to(device=device, dtype=torch.float32)
         self.layers = []
         for layer in core.layers:
             a, m = layer.self_attn, layer.mlp
+            ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+            qkv = torch.cat([_heads(a.q_proj.weight, nq, hd, order, scale), _heads(a.k_proj.weight, nkv, hd, order),
+                             a.v_proj.weight])
             self.layers.append((
-                layer.input_layernorm.weight,
-                cast(torch.cat([_heads(a.q_proj.weight, nq, hd, order, scale), _heads(a.k_proj.weight, nkv, hd, order),
-                                a.v_proj.weight])),
+                cast(qkv * ln1),
                 cast(_cat(_heads(a.q_proj.bias, nq, hd, order, scale), _heads(a.k_proj.bias, nkv, hd, order),
                           a.v_proj.bias)),
                 cast(a.o_proj.weight), cast(a.o_proj.bias),
-                layer.post_attention_layernorm.weight,
-                cast(torch.cat([m.gate_proj.weight, m.up_proj.weight])), cast(_cat(m.gate_proj.bias, m.up_proj.bias)),
+                cast(torch.cat([m.gate_proj.weight, m.up_proj.weight]) * ln2),
+                cast(_cat(m.gate_proj.bias, m.up_proj.bias)),
                 cast(m.down_proj.weight), cast(m.down_proj.bias),
             ))
-        self.norm = core.norm.weight
         head = model.get_output_embeddings()
-        self.lm_head, self.lm_head_b = cast(head.weight), cast(getattr(head, "bias", None))
+        self.lm_head, self.lm_head_b = cast(head.weight * core.norm.weight), cast(getattr(head, "bias", None))
+
+
+def _rms(h: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without its weight (folded into the next matrix, see :class:`Prepared`)."""
+    return F.rms_norm(h, (h.shape[-1],), None, eps)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, g: int) -> torch.Tensor:
+    """Causal softmax attention over padded sequences, softmax in fp32. q [B, T, nq, hd], k and v
+    [B, T, nkv, hd], bias [B·nq, T, T] additive, all in the matrix dtype -> [B, T, nq·hd]."""
+    B, T, nq, hd = q.shape
+    nkv = k.shape[2]
+    q = q.transpose(1, 2).reshape(B * nq, T, hd)
+    k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, nkv, T, hd]
+    if g > 1:  # grouped-query attention: each k/v head serves g query heads
+        k = k[:, :, None].expand(B, nkv, g, T, hd)
+        v = v[:, :, None].expand(B, nkv, g, T, hd)
+    k = k.reshape(B * nq, T, hd)
+    v = v.reshape(B * nq, T, hd)
+    probs = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2)), dim=-1, dtype=torch.float32)
+    att = torch.bmm(probs.to(v.dtype), v)
+    return att.view(B, nq, T, hd).transpose(1, 2).reshape(B, T, nq * hd)
+
+
+def _mask_bias(allowed: torch.Tensor, nq: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T, T] allowed-pairs mask -> [B·nq, T, T] additive bias; a pad query may see itself (no NaN)."""
+    B, T, _ = allowed.shape
+    allowed = allowed | torch.eye(T, dtype=torch.bool, device=allowed.device)[None]
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+    return bias[:, None].expand(B, nq, T, T).reshape(B * nq, T, T)
+
+
+def _layers(w: Prepared, h: torch.Tensor, rot: torch.Tensor, attend) -> torch.Tensor:
+    """The decoder layers on hidden states h [..., H] (any leading shape; the residual stream stays in h's
+    dtype), RoPE rotations ``rot`` broadcastable to [..., heads, hd/2], and ``attend(qk, v)`` (q and k heads
+    together [..., nq + nkv, hd], v [..., nkv, hd], in the matrix dtype -> [..., nq·hd]). Splits rather than
+    slices, so the backward concatenates gradients instead of zero-filling a buffer per slice."""
+    nq, nkv, hd = w.nq, w.nkv, w.hd
+    for qkv_w, qkv_b, o_w, o_b, gu_w, gu_b, down_w, down_b in w.layers:
+        qkv = F.linear(_rms(h, w.eps).to(w.dtype), qkv_w, qkv_b)
+        qk, v = qkv.split([(nq + nkv) * hd, nkv * hd], dim=-1)
+        qk = torch.view_as_complex(qk.float().unflatten(-1, (nq + nkv, hd // 2, 2)))
+        qk = torch.view_as_real(qk * rot).flatten(-2).to(w.dtype)  # RoPE on q and k at once, in fp32
+        h = h + F.linear(attend(qk, v.unflatten(-1, (nkv, hd))), o_w, o_b)
+        gate, up = F.linear(_rms(h, w.eps).to(w.dtype), gu_w, gu_b).chunk(2, dim=-1)
+        h = h + F.linear(F.silu(gate) * up, down_w, down_b)
+    return h
 
 
 def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -143,36 +196,91 @@ def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     0..T-1 for every row; pad keys masked). Runs under whatever autocast the caller set."""
     w = prepared if prepared is not None else Prepared(model)
     B, T = input_ids.shape
-    nq, nkv, hd = w.nq, w.nkv, w.hd
-    g = nq // nkv
     device = input_ids.device
-
-    h = F.embedding(input_ids, w.embed)
-    H = h.shape[-1]
-    rot = rope_table(w.inv_freq, T)[:, None]  # [T, 1, hd/2]
     causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     allowed = causal[None] if attention_mask is None else causal[None] & attention_mask.bool()[:, None, :]
-    allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)[None]  # a pad query sees itself: no NaN
-    bias = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, float("-inf"))  # [B, T, T]
-    bias = bias[:, None].expand(B, nq, T, T).reshape(B * nq, T, T)
+    bias = _mask_bias(allowed.expand(B, T, T), w.nq, w.dtype)
+    rot = rope_table(w.inv_freq, T)[:, None]  # [T, 1, hd/2]
+    nq, g = w.nq, w.nq // w.nkv
 
-    for ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b in w.layers:
-        x = F.rms_norm(h, (H,), ln1, w.eps)
-        qkv = F.linear(x, qkv_w, qkv_b).float()
-        qk = torch.view_as_complex(qkv[..., : (nq + nkv) * hd].unflatten(-1, (nq + nkv, hd // 2, 2)))
-        qk = torch.view_as_real(qk * rot).flatten(-2)  # RoPE on q and k at once: [B, T, nq + nkv, hd]
-        q = qk[:, :, :nq].transpose(1, 2).reshape(B * nq, T, hd)
-        k = qk[:, :, nq:].transpose(1, 2)  # [B, nkv, T, hd]
-        v = qkv[..., (nq + nkv) * hd:].unflatten(-1, (nkv, hd)).transpose(1, 2)
-        if g > 1:  # grouped-query attention: each k/v head serves g query heads
-            k = k[:, :, None].expand(B, nkv, g, T, hd)
-            v = v[:, :, None].expand(B, nkv, g, T, hd)
-        k = k.reshape(B * nq, T, hd)
-        v = v.reshape(B * nq, T, hd)
-        probs = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2)).float(), dim=-1)
-        att = torch.bmm(probs.to(v.dtype) if torch.is_autocast_enabled() else probs, v)
-        att = att.view(B, nq, T, hd).transpose(1, 2).reshape(B, T, nq * hd)
-        h = h + F.linear(att, o_w, o_b)
-        gate, up = F.linear(F.rms_norm(h, (H,), ln2, w.eps), gu_w, gu_b).chunk(2, dim=-1)
-        h = h + F.linear(F.silu(gate) * up, down_w, down_b)
-    return F.linear(F.rms_norm(h, (H,), w.norm, w.eps), w.lm_head, w.lm_head_b)
+    def attend(qk, v):
+        q, k = qk.split([nq, qk.shape[-2] - nq], dim=-2)
+        return _attend(q, k, v, bias, g)
+
+    h = _layers(w, F.embedding(input_ids, w.embed, w.padding_idx), rot, attend)
+    return F.linear(_rms(h, w.eps).to(w.dtype), w.lm_head, w.lm_head_b)
+
+
+class Packed:
+    """Sequences laid end to end without padding ("remove padding"), for :func:`packed_logits`: the per-token
+    work (norms, projections, MLP — nearly all the FLOPs) runs on real tokens only and in one large matrix
+    product per weight, and attention runs per group of similar-length sequences, padded within its group.
+
+    ``seqs`` in any order; they are laid out longest first. ``offsets[i]`` is where sequence i (in the given
+    order) starts in the flat layout, so token t of sequence i is flat position ``offsets[i] + t``. A group
+    closes when the next sequence is shorter than ``ratio`` × the group's longest, which bounds the padding
+    that attention computes.
+    """
+
+    def __init__(self, seqs: list[list[int]], device, ratio: float = 0.7):
+        order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))
+        lengths = [len(seqs[i]) for i in order]
+        if not lengths or min(lengths) < 1:
+            raise ValueError("Packed needs at least one sequence and no empty ones")
+        self.n = sum(lengths)
+        self.offsets = [0] * len(seqs)
+        flat_ids, positions, start = [], [], 0
+        for i, n in zip(order, lengths):
+            self.offsets[i] = start
+            flat_ids.extend(seqs[i])
+            positions.extend(range(n))
+            start += n
+        self.ids = torch.tensor(flat_ids, dtype=torch.long, device=device)
+        self.positions = torch.tensor(positions, dtype=torch.long, device=device)
+        self.max_len = lengths[0]
+        # groups of consecutive sequences, each padded to its longest: (allowed-pairs mask [b, T, T], b, T);
+        # one gather index for all groups (flat token of each padded slot; padding reads its row's first token,
+        # masked as a key, dropped as a query) and one scatter index back (padded slot of each flat token)
+        self.groups, gather, back = [], [], []
+        first, start, slot = 0, 0, 0
+        for j in range(1, len(lengths) + 1):
+            if j < len(lengths) and lengths[j] >= ratio * lengths[first]:
+                continue
+            lens = lengths[first:j]
+            T = lens[0]
+            valid = torch.zeros(len(lens), T, dtype=torch.bool)
+            for r, n in enumerate(lens):
+                gather.extend(range(start, start + n))
+                gather.extend([start] * (T - n))
+                back.extend(range(slot, slot + n))
+                valid[r, :n] = True
+                start, slot = start + n, slot + T
+            allowed = torch.ones(T, T, dtype=torch.bool).tril()[None] & valid[:, None, :]
+            self.groups.append((allowed.to(device), len(lens), T))
+            first = j
+        self.gather = torch.tensor(gather, dtype=torch.long, device=device)
+        self.back = torch.tensor(back, dtype=torch.long, device=device)
+
+
+def packed_logits(w: Prepared, packed: Packed, select: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [n, V] at every flat position of ``packed`` (or only at the flat positions ``select``) — the same
+    function as :func:`forward_logits` on the padded batch, over weights ``w`` (a :class:`Prepared`).
+    Runs under whatever autocast the caller set."""
+    nq, nkv, hd = w.nq, w.nkv, w.hd
+    g = nq // nkv
+    groups = [(_mask_bias(allowed, nq, w.dtype), b, T) for allowed, b, T in packed.groups]
+    sizes = [b * T for _, b, T in groups]
+
+    def attend(qk, v):  # [n, nq + nkv, hd], [n, nkv, hd] -> [n, nq·hd]
+        out = []
+        for qk_g, v_g, (bias, b, T) in zip(qk.index_select(0, packed.gather).split(sizes),
+                                          v.index_select(0, packed.gather).split(sizes), groups):
+            q_g, k_g = qk_g.view(b, T, nq + nkv, hd).split([nq, nkv], dim=2)
+            out.append(_attend(q_g, k_g, v_g.view(b, T, nkv, hd), bias, g).view(b * T, nq * hd))
+        return (out[0] if len(out) == 1 else torch.cat(out)).index_select(0, packed.back)
+
+    rot = rope_table(w.inv_freq, packed.max_len)[packed.positions][:, None]  # [n, 1, hd/2]
+    h = _layers(w, F.embedding(packed.ids, w.embed, w.padding_idx), rot, attend)
+    if select is not None:
+        h = h.index_select(0, select)
+    return F.linear(_rms(h, w.eps).to(w.dtype), w.lm_head, w.lm_head_b)

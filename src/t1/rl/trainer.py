@@ -27,7 +27,7 @@ from t1 import config as cfglib
 from t1.config import ConfigError
 from t1.data.prompts import load_items
 from t1.data.sft import prompt_ids
-from t1.fastlm import Forward
+from t1.fastlm import Forward, Packed, packed_logits
 from t1.models import count_parameters, load, set_attention
 from t1.rl import algo
 from t1.rl.anchor import Anchor
@@ -63,6 +63,32 @@ def _pad(batch: Batch, rows: list[int], pad_id: int, device):
     SFT's collate: an RL sequence is an SFT example whose prompt carries no loss."""
     ids, attn, resp = collate([Example(tuple(batch.ids[i]), batch.n_prompt[i]) for i in rows], pad_id, device)
     return ids, attn, resp[:, 1:]
+
+
+class _PackedRows:
+    """Rows of a batch laid end to end for :func:`t1.fastlm.packed_logits` (no padding), with the flat positions
+    whose next token is a response token (``select``), those tokens (``targets``), and ``spread`` to put
+    per-position values into the right-padded [rows, T-1] layout that ``_pad``'s mask and the loss use."""
+
+    def __init__(self, batch: Batch, rows: list[int], device):
+        seqs = [batch.ids[i] for i in rows]
+        self.packed = Packed(seqs, device)
+        sel, dest_r, dest_c = [], [], []
+        for r, (i, seq) in enumerate(zip(rows, seqs)):
+            cols = range(batch.n_prompt[i] - 1, len(seq) - 1)  # position t predicts token t + 1
+            sel.extend(self.packed.offsets[r] + t for t in cols)
+            dest_r.extend([r] * len(cols))
+            dest_c.extend(cols)
+        self.select = torch.tensor(sel, dtype=torch.long, device=device)
+        self.targets = self.packed.ids[self.select + 1]
+        self.dest = (torch.tensor(dest_r, dtype=torch.long, device=device),
+                     torch.tensor(dest_c, dtype=torch.long, device=device))
+        self.shape = (len(rows), max(len(s) for s in seqs) - 1)
+        self.mask = torch.zeros(self.shape, dtype=torch.bool, device=device).index_put_(
+            self.dest, torch.ones(len(sel), dtype=torch.bool, device=device))
+
+    def spread(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self.shape, dtype=values.dtype, device=values.device).index_put(self.dest, values)
 
 
 class RLTrainer:
@@ -281,18 +307,33 @@ class RLTrainer:
         with acc.autocast():  # one graph for the rearranged weights, shared by every micro-batch
             prep = self.policy_logits.prepare()
             ref_prep = self._anchor_prepared()
+        # t1's own forward on one process: the whole batch in one pass with no padding (see fastlm.Packed)
+        packed = self.policy_logits.fast and (self.anchor.model is None or self.anchor_logits.fast)
+        if packed:
+            mbs = [list(range(N))]
         for j, mb in enumerate(mbs):
-            ids, attn, mask = _pad(batch, mb, self.tok.pad_token_id, acc.device)
             sync = acc.no_sync(self.model) if j < len(mbs) - 1 else contextlib.nullcontext()
             with sync, acc.autocast():
-                logits = self.policy_logits(ids, attn, prep)[:, :-1]
-                logp = algo.gather_logp(logits, ids[:, 1:])
-                with torch.set_grad_enabled(bool(cfg.algo.entropy_coef)):
-                    h = algo.token_entropy(logits)
+                if packed:
+                    rows = _PackedRows(batch, mb, acc.device)
+                    mask = rows.mask
+                    logits = packed_logits(prep, rows.packed, rows.select)
+                    logp = rows.spread(algo.gather_logp(logits, rows.targets))
+                    with torch.set_grad_enabled(bool(cfg.algo.entropy_coef)):
+                        h = rows.spread(algo.token_entropy(logits))
+                else:
+                    ids, attn, mask = _pad(batch, mb, self.tok.pad_token_id, acc.device)
+                    logits = self.policy_logits(ids, attn, prep)[:, :-1]
+                    logp = algo.gather_logp(logits, ids[:, 1:])
+                    with torch.set_grad_enabled(bool(cfg.algo.entropy_coef)):
+                        h = algo.token_entropy(logits)
                 if self.anchor.model is not None:
                     with torch.no_grad():
-                        ref = algo.gather_logp(self.anchor_logits(ids, attn, ref_prep)[:, :-1],
-                                               ids[:, 1:])
+                        if packed:
+                            ref = rows.spread(algo.gather_logp(packed_logits(ref_prep, rows.packed, rows.select),
+                                                               rows.targets))
+                        else:
+                            ref = algo.gather_logp(self.anchor_logits(ids, attn, ref_prep)[:, :-1], ids[:, 1:])
                     d[mb] = algo.sequence_kl(logp.detach(), ref, mask, cfg.algo.kl_clamp).float().cpu()
             ent[mb] = (h.detach() * mask).sum(-1).float().cpu()
             ntok[mb] = mask.sum(-1).float().cpu()

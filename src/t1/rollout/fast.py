@@ -82,7 +82,7 @@ def sample_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float, top
 class _Weights:
     """The decode loop's copy of the transformers model's parameters, rearranged once for speed:
 
-    - q/k/v and gate/up concatenated (one matmul each);
+    - q/k/v and gate/up concatenated (one matmul each), each RMSNorm's weight folded into the next matrix;
     - q scaled by 1/sqrt(head_dim), so attention needs no separate scaling;
     - the rows of each q and k head permuted from the "rotate half" layout to interleaved pairs, so RoPE is a
       single complex multiply (q·k is unchanged: both sides get the same permutation);
@@ -97,11 +97,10 @@ class _Weights:
         self.n_heads, self.n_kv, self.head_dim, self.eps, self.inv_freq = p.nq, p.nkv, p.hd, p.eps, p.inv_freq
         self.dtype = dtype
         self.embed = p.embed.to(dtype)
-        self.norm = p.norm.to(dtype)
         self.lm_head, self.lm_head_b = p.lm_head, p.lm_head_b
-        self.layers = [{"ln1": ln1.to(dtype), "qkv_w": qkv_w, "qkv_b": qkv_b, "o_t": o_w.t(), "o_b": o_b,
-                        "ln2": ln2.to(dtype), "gu": gu_w, "gu_b": gu_b, "down_t": down_w.t(), "down_b": down_b}
-                       for ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b in p.layers]
+        self.layers = [{"qkv_w": qkv_w, "qkv_b": qkv_b, "o_t": o_w.t(), "o_b": o_b,
+                        "gu": gu_w, "gu_b": gu_b, "down_t": down_w.t(), "down_b": down_b}
+                       for qkv_w, qkv_b, o_w, o_b, gu_w, gu_b, down_w, down_b in p.layers]
 
     @staticmethod
     def key(model, dtype) -> tuple:
@@ -115,8 +114,8 @@ def _plus(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x if bias is None else x + bias
 
 
-def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.rms_norm(x, (x.shape[-1],), w, eps)
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), None, eps)  # the weight is folded into the next matrix
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -216,7 +215,7 @@ class FastEngine:
         H = h.shape[-1]
         nq, nkv, hd = w.n_heads, w.n_kv, w.head_dim
         for li, L in enumerate(w.layers):
-            a = _rms(h, L["ln1"], w.eps)
+            a = _rms(h, w.eps)
             qkv = F.linear(a, L["qkv_w"], L["qkv_b"]).float()
             qk = torch.view_as_complex(qkv[..., : (nq + nkv) * hd].unflatten(-1, (nq + nkv, hd // 2, 2)))
             qk = torch.view_as_real(qk * rot).flatten(-2)  # RoPE on q and k at once: [B, S, nq + nkv, hd]
@@ -230,10 +229,10 @@ class FastEngine:
                 att = _attention(qk[:, :, :nq], ck[:, :, : t0 + S], cv[:, :, : t0 + S], bias)
             h = torch.addmm(_plus(h.view(B * S, H), L["o_b"]), att.view(B * S, nq * hd).to(h.dtype),
                             L["o_t"]).view(B, S, H)
-            gate, up = F.linear(_rms(h, L["ln2"], w.eps), L["gu"], L["gu_b"]).chunk(2, dim=-1)
+            gate, up = F.linear(_rms(h, w.eps), L["gu"], L["gu_b"]).chunk(2, dim=-1)
             act = F.silu(gate).mul_(up)
             h = torch.addmm(_plus(h.view(B * S, H), L["down_b"]), act.view(B * S, -1), L["down_t"]).view(B, S, H)
-        return F.linear(_rms(h[:, -1], w.norm, w.eps), w.lm_head, w.lm_head_b)
+        return F.linear(_rms(h[:, -1], w.eps), w.lm_head, w.lm_head_b)
 
     def _run(self, w: _Weights, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Sample]:
         device = w.embed.device
