@@ -20,6 +20,14 @@ static inline float widen_bf16(const uint16_t *p) {
   return c.f;
 }
 
+#ifndef PF
+#define PF 16
+#endif
+/* Ask for a row PF rows ahead: the rows of one (row, head) pair are contiguous, but without this the
+   hardware prefetcher runs into the unused slots past T and the loops wait on memory (in a real decode step
+   the cache does not fit in L3). */
+#define PREFETCH(ptr, bytes) \
+  for (int o_ = 0; o_ < (bytes); o_ += 64) __builtin_prefetch((const char *)(ptr) + o_, 0, 0);
 #define PARALLEL _Pragma("omp parallel for schedule(static) num_threads(nt)")
 
 /* scores[p, t] = q[p, :] . K[b, h / g, t, :] */
@@ -33,6 +41,7 @@ static inline float widen_bf16(const uint16_t *p) {
     float *restrict sp = s + (long)p * T;                                       \
     for (int t = 0; t < T; t++) {                                               \
       const ELEM *restrict kt = kp + t * st;                                    \
+      PREFETCH(kt + PF * st, DD * (int)sizeof(ELEM));                            \
       float acc = 0.f;                                                          \
       for (int d = 0; d < DD; d++) acc += qv[d] * WIDEN(kt + d);                \
       sp[t] = acc;                                                              \
@@ -50,6 +59,7 @@ static inline float widen_bf16(const uint16_t *p) {
     for (int d = 0; d < DD; d++) acc[d] = 0.f;                                  \
     for (int t = 0; t < T; t++) {                                               \
       const ELEM *restrict vt = vp + t * st;                                    \
+      PREFETCH(vt + PF * st, DD * (int)sizeof(ELEM));                            \
       const float w = pp[t];                                                    \
       for (int d = 0; d < DD; d++) acc[d] += w * WIDEN(vt + d);                 \
     }                                                                           \
