@@ -126,7 +126,7 @@ def test_packed_logits_and_gradients_match_transformers(make, ratio):
     real = attn.bool()
     packed = Packed(seqs, "cpu", ratio=ratio)
     assert len(packed.groups) == {0.0: 1, 0.7: 4, 1.0: 6}[ratio]
-    flat = torch.cat([torch.arange(packed.offsets[r], packed.offsets[r] + n) for r, n in enumerate(lengths)])
+    flat = torch.tensor([f for idx in packed.index for f in idx])
     select = flat[::3]  # logits at chosen positions only, as the RL trainer asks for response positions
 
     def ref():
@@ -151,3 +151,42 @@ def test_packed_logits_and_gradients_match_transformers(make, ratio):
 def test_packed_rejects_empty_input():
     with pytest.raises(ValueError, match="no empty"):
         Packed([[1, 2], []], "cpu")
+
+
+def test_packed_shared_prefixes_compute_the_same_function():
+    """K samples of two prompts: each prompt's tokens are laid out once (fewer flat tokens), and the logits
+    at every position of every sequence, and every gradient, equal transformers' on the padded batch."""
+    model = _uneven_norms(_qwen2_with_biases())
+    model.set_attn_implementation("eager")
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 50, (n,), generator=gen).tolist() for n in (6, 4)]
+    seqs, prefixes = [], []
+    for k, n_resp in enumerate([5, 1, 9, 3, 7, 2]):  # samples alternate between the prompts
+        p = prompts[k % 2]
+        seqs.append(p + torch.randint(3, 50, (n_resp,), generator=gen).tolist())
+        prefixes.append(len(p))
+    packed = Packed(seqs, "cpu", prefixes=prefixes)
+    assert packed.n == sum(len(s) for s in seqs) - 2 * 6 - 2 * 4  # each prompt once instead of three times
+    assert packed.flat(0, 2) == packed.flat(2, 2) == packed.flat(4, 2) != packed.flat(1, 2)
+    ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s)
+        attn[r, : len(s)] = 1
+    real = attn.bool()
+    flat = torch.tensor([f for idx in packed.index for f in idx])  # every token of every sequence, in order
+
+    def ref():
+        return model(input_ids=ids, attention_mask=attn).logits[real]
+
+    def got():
+        return packed_logits(Prepared(model), packed, flat)
+
+    torch.testing.assert_close(got(), ref(), atol=2e-5, rtol=1e-5)
+    grads = []
+    for fn in (ref, got):
+        model.zero_grad()
+        torch.log_softmax(fn(), -1)[:, 7].sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=2e-5, rtol=1e-4, msg=n)

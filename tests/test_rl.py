@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from t1 import config as C
 from t1.rl import algo
 from t1.rl.config import RLConfig
-from t1.rl.trainer import RLTrainer, train_rl
+from t1.rl.trainer import RLTrainer, _PackedRows, train_rl
 
 
 def rl_args(model_dir, out, *extra):
@@ -131,6 +131,9 @@ def test_packed_update_equals_padded_update(tiny_model_dir, tmp_path):
     tr = RLTrainer(cfg, progress=False)
     batch, _ = tr.rollout(0)
     assert len({len(ids) for ids in batch.ids}) > 1  # sequences of different lengths: padding matters
+    packed = _PackedRows(batch, list(range(len(batch.ids))), "cpu").packed
+    # each prompt's tokens laid out once for its 8 samples
+    assert packed.n == sum(map(len, batch.ids)) - sum(7 * batch.n_prompt[8 * g] for g in range(8))
     with torch.no_grad():  # an anchor away from the policy, so the KL term is not zero
         for p in tr.anchor.model.parameters():
             p.add_(torch.randn_like(p) * 0.02)

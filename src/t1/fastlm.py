@@ -216,50 +216,71 @@ class Packed:
     work (norms, projections, MLP — nearly all the FLOPs) runs on real tokens only and in one large matrix
     product per weight, and attention runs per group of similar-length sequences, padded within its group.
 
-    ``seqs`` in any order; they are laid out longest first. ``offsets[i]`` is where sequence i (in the given
-    order) starts in the flat layout, so token t of sequence i is flat position ``offsets[i] + t``. A group
-    closes when the next sequence is shorter than ``ratio`` × the group's longest, which bounds the padding
-    that attention computes.
+    Shared prefixes: with ``prefixes[i]`` = n, the first n tokens of sequence i are laid out once for all the
+    sequences that start with the same n tokens (the K samples of one prompt, in RL), and those sequences'
+    later tokens attend to that one copy. Under causal attention a prefix's hidden states do not depend on
+    what follows it, so this computes exactly the same function, with the prompt's share of the work done
+    once per prompt instead of once per sample; gradients from every sample reach the shared copy.
+
+    ``seqs`` in any order; they are laid out longest first. ``index[i]`` lists the flat position of each token
+    of sequence i (``flat(i, t)`` one of them). A group closes when the next sequence is shorter than ``ratio``
+    × the group's longest, which bounds the padding that attention computes.
     """
 
-    def __init__(self, seqs: list[list[int]], device, ratio: float = 0.7):
+    def __init__(self, seqs: list[list[int]], device, ratio: float = 0.7, prefixes: list[int] | None = None):
         order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))
         lengths = [len(seqs[i]) for i in order]
         if not lengths or min(lengths) < 1:
             raise ValueError("Packed needs at least one sequence and no empty ones")
-        self.n = sum(lengths)
-        self.offsets = [0] * len(seqs)
-        flat_ids, positions, start = [], [], 0
-        for i, n in zip(order, lengths):
-            self.offsets[i] = start
-            flat_ids.extend(seqs[i])
-            positions.extend(range(n))
-            start += n
+        self.index: list[list[int]] = [[] for _ in seqs]
+        shared: dict[tuple, list[int]] = {}  # prefix tokens -> their flat positions
+        flat_ids: list[int] = []
+        positions: list[int] = []
+        for i in order:
+            seq, n_pre = seqs[i], (prefixes[i] if prefixes is not None else 0)
+            head = shared.get(tuple(seq[:n_pre])) if n_pre else None
+            own_from = n_pre if head is not None else 0
+            own = list(range(len(flat_ids), len(flat_ids) + len(seq) - own_from))
+            flat_ids.extend(seq[own_from:])
+            positions.extend(range(own_from, len(seq)))
+            self.index[i] = (head if head is not None else []) + own
+            if n_pre and head is None:
+                shared[tuple(seq[:n_pre])] = own[:n_pre]
+        self.n = len(flat_ids)
         self.ids = torch.tensor(flat_ids, dtype=torch.long, device=device)
         self.positions = torch.tensor(positions, dtype=torch.long, device=device)
         self.max_len = lengths[0]
         # groups of consecutive sequences, each padded to its longest: (allowed-pairs mask [b, T, T], b, T);
         # one gather index for all groups (flat token of each padded slot; padding reads its row's first token,
-        # masked as a key, dropped as a query) and one scatter index back (padded slot of each flat token)
-        self.groups, gather, back = [], [], []
-        first, start, slot = 0, 0, 0
+        # masked as a key, dropped as a query) and one scatter index back (the padded slot whose output each
+        # flat token takes: the first row that holds it)
+        self.groups, gather = [], []
+        back = [-1] * self.n
+        first, slot = 0, 0
         for j in range(1, len(lengths) + 1):
             if j < len(lengths) and lengths[j] >= ratio * lengths[first]:
                 continue
-            lens = lengths[first:j]
-            T = lens[0]
-            valid = torch.zeros(len(lens), T, dtype=torch.bool)
-            for r, n in enumerate(lens):
-                gather.extend(range(start, start + n))
-                gather.extend([start] * (T - n))
-                back.extend(range(slot, slot + n))
-                valid[r, :n] = True
-                start, slot = start + n, slot + T
+            rows = order[first:j]
+            T = lengths[first]
+            valid = torch.zeros(len(rows), T, dtype=torch.bool)
+            for r, i in enumerate(rows):
+                idx = self.index[i]
+                gather.extend(idx)
+                gather.extend([idx[0]] * (T - len(idx)))
+                for t, f in enumerate(idx):
+                    if back[f] < 0:
+                        back[f] = slot + t
+                valid[r, : len(idx)] = True
+                slot += T
             allowed = torch.ones(T, T, dtype=torch.bool).tril()[None] & valid[:, None, :]
-            self.groups.append((allowed.to(device), len(lens), T))
+            self.groups.append((allowed.to(device), len(rows), T))
             first = j
         self.gather = torch.tensor(gather, dtype=torch.long, device=device)
         self.back = torch.tensor(back, dtype=torch.long, device=device)
+
+    def flat(self, i: int, t: int) -> int:
+        """The flat position of token t of sequence i."""
+        return self.index[i][t]
 
 
 def packed_logits(w: Prepared, packed: Packed, select: torch.Tensor | None = None) -> torch.Tensor:

@@ -66,21 +66,23 @@ def _pad(batch: Batch, rows: list[int], pad_id: int, device):
 
 
 class _PackedRows:
-    """Rows of a batch laid end to end for :func:`t1.fastlm.packed_logits` (no padding), with the flat positions
-    whose next token is a response token (``select``), those tokens (``targets``), and ``spread`` to put
-    per-position values into the right-padded [rows, T-1] layout that ``_pad``'s mask and the loss use."""
+    """Rows of a batch laid end to end for :func:`t1.fastlm.packed_logits` (no padding; each prompt's tokens
+    once for its K samples), with the flat positions whose next token is a response token (``select``),
+    those tokens (``targets``), and ``spread`` to put per-position values into the right-padded [rows, T-1]
+    layout that ``_pad``'s mask and the loss use."""
 
     def __init__(self, batch: Batch, rows: list[int], device):
         seqs = [batch.ids[i] for i in rows]
-        self.packed = Packed(seqs, device)
-        sel, dest_r, dest_c = [], [], []
+        self.packed = Packed(seqs, device, prefixes=[batch.n_prompt[i] for i in rows])
+        sel, targets, dest_r, dest_c = [], [], [], []
         for r, (i, seq) in enumerate(zip(rows, seqs)):
             cols = range(batch.n_prompt[i] - 1, len(seq) - 1)  # position t predicts token t + 1
-            sel.extend(self.packed.offsets[r] + t for t in cols)
+            sel.extend(self.packed.index[r][t] for t in cols)
+            targets.extend(seq[t + 1] for t in cols)
             dest_r.extend([r] * len(cols))
             dest_c.extend(cols)
         self.select = torch.tensor(sel, dtype=torch.long, device=device)
-        self.targets = self.packed.ids[self.select + 1]
+        self.targets = torch.tensor(targets, dtype=torch.long, device=device)
         self.dest = (torch.tensor(dest_r, dtype=torch.long, device=device),
                      torch.tensor(dest_c, dtype=torch.long, device=device))
         self.shape = (len(rows), max(len(s) for s in seqs) - 1)
