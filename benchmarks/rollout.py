@@ -35,12 +35,6 @@ def matmul_peak(dtype, n=2048, reps=10) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
-def no_kernel(engine: FastEngine) -> FastEngine:
-    """The engine as it runs without a C compiler: batched-matmul attention over an fp32 cache."""
-    engine._kernel = False
-    return engine
-
-
 def timed_interleaved(engines, prompts, seeds, params, repeat):
     """Best-of-``repeat`` wall time per engine, running the engines in turn within each round so that load
     from elsewhere on the machine hits all of them alike. Returns [(tokens, seconds)] in engine order."""
@@ -76,7 +70,7 @@ def main() -> None:
         ("model.generate, bf16 model", GenerateEngine(bf16_model, tok)),
         ("t1 fast engine, fp32", FastEngine(model, tok, dtype="float32")),
         ("t1 fast engine, auto (bf16)", FastEngine(model, tok, dtype="auto")),
-        ("t1 fast, auto (bf16), no kernel", no_kernel(FastEngine(model, tok, dtype="auto"))),
+        ("t1 fast, auto (bf16), no kernel", FastEngine(model, tok, dtype="auto", kernel=False)),
     ]
     timings = timed_interleaved([engine for _, engine in rows], prompts, seeds, params, args.repeat)
     results = [(name, tokens, secs) for (name, _), (tokens, secs) in zip(rows, timings)]

@@ -98,7 +98,7 @@ def test_kernel_builds_into_the_cache_dir_once(monkeypatch, tmp_path):
 
 
 @needs_cc
-def test_sampler_with_kernel_equals_sampler_without():
+def test_sampler_with_kernel_equals_sampler_without(monkeypatch):
     """fp32 weights: the kernel changes only summation order, so samples and log-probs agree with the
     batched-matmul path (prompts of different lengths, so the padding mask is exercised)."""
     tok = build_tokenizer(100)
@@ -106,12 +106,13 @@ def test_sampler_with_kernel_equals_sampler_without():
     model = build_model(ModelConfig(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128), tok).eval()
     prompts = [tok(p)["input_ids"] for p in ("use 1 2 3 to make 6 :", "use 10 20 to make 30 :", "9 :")] * 3
     params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=24)
-    with_kernel = FastEngine(model, tok, dtype="float32")
-    without = FastEngine(model, tok, dtype="float32")
-    without._kernel = False
-    a = with_kernel.generate(prompts, list(range(9)), params)
-    b = without.generate(prompts, list(range(9)), params)
-    assert with_kernel._kernel  # the kernel really ran
+    calls = []
+    real = kernel.attention
+    monkeypatch.setattr(kernel, "attention", lambda *args: calls.append(1) or real(*args))
+    a = FastEngine(model, tok, dtype="float32").generate(prompts, list(range(9)), params)
+    n_with = len(calls)
+    b = FastEngine(model, tok, dtype="float32", kernel=False).generate(prompts, list(range(9)), params)
+    assert n_with > 0 and len(calls) == n_with  # the kernel ran in the first engine only
     for x, y in zip(a, b):
         assert x.token_ids == y.token_ids
         torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=0)

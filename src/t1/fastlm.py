@@ -143,7 +143,7 @@ class Prepared:
         self.lm_head, self.lm_head_b = cast(head.weight * core.norm.weight), cast(getattr(head, "bias", None))
 
 
-def _rms(h: torch.Tensor, eps: float) -> torch.Tensor:
+def unit_rms_norm(h: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm without its weight (folded into the next matrix, see :class:`Prepared`)."""
     return F.rms_norm(h, (h.shape[-1],), None, eps)
 
@@ -180,12 +180,12 @@ def _layers(w: Prepared, h: torch.Tensor, rot: torch.Tensor, attend) -> torch.Te
     slices, so the backward concatenates gradients instead of zero-filling a buffer per slice."""
     nq, nkv, hd = w.nq, w.nkv, w.hd
     for qkv_w, qkv_b, o_w, o_b, gu_w, gu_b, down_w, down_b in w.layers:
-        qkv = F.linear(_rms(h, w.eps).to(w.dtype), qkv_w, qkv_b)
+        qkv = F.linear(unit_rms_norm(h, w.eps).to(w.dtype), qkv_w, qkv_b)
         qk, v = qkv.split([(nq + nkv) * hd, nkv * hd], dim=-1)
         qk = torch.view_as_complex(qk.float().unflatten(-1, (nq + nkv, hd // 2, 2)))
         qk = torch.view_as_real(qk * rot).flatten(-2).to(w.dtype)  # RoPE on q and k at once, in fp32
         h = h + F.linear(attend(qk, v.unflatten(-1, (nkv, hd))), o_w, o_b)
-        gate, up = F.linear(_rms(h, w.eps).to(w.dtype), gu_w, gu_b).chunk(2, dim=-1)
+        gate, up = F.linear(unit_rms_norm(h, w.eps).to(w.dtype), gu_w, gu_b).chunk(2, dim=-1)
         h = h + F.linear(F.silu(gate) * up, down_w, down_b)
     return h
 
@@ -208,7 +208,7 @@ def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
         return _attend(q, k, v, bias, g)
 
     h = _layers(w, F.embedding(input_ids, w.embed, w.padding_idx), rot, attend)
-    return F.linear(_rms(h, w.eps).to(w.dtype), w.lm_head, w.lm_head_b)
+    return F.linear(unit_rms_norm(h, w.eps).to(w.dtype), w.lm_head, w.lm_head_b)
 
 
 class Packed:
@@ -304,4 +304,4 @@ def packed_logits(w: Prepared, packed: Packed, select: torch.Tensor | None = Non
     h = _layers(w, F.embedding(packed.ids, w.embed, w.padding_idx), rot, attend)
     if select is not None:
         h = h.index_select(0, select)
-    return F.linear(_rms(h, w.eps).to(w.dtype), w.lm_head, w.lm_head_b)
+    return F.linear(unit_rms_norm(h, w.eps).to(w.dtype), w.lm_head, w.lm_head_b)

@@ -22,10 +22,13 @@ therefore depends on its prompt and seed alone, which lets N processes reproduce
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from t1.fastlm import Prepared, rope_table
+from t1.fastlm import unit_rms_norm as _rms  # norm weights are folded into the next matrix
 from t1.fastlm import llama_family as supports  # noqa: F401  (the engine computes exactly this family)
 from t1.rollout import Sample, SamplingParams
 from t1.rollout import kernel as _kernel
@@ -114,10 +117,6 @@ def _plus(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x if bias is None else x + bias
 
 
-def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.rms_norm(x, (x.shape[-1],), None, eps)  # the weight is folded into the next matrix
-
-
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Softmax attention in fp32 by batched matmuls (prefill; decoding where the kernel is not used);
     grouped-query heads share their k/v without copying them. q [B, S, Hq, D] fp32 (already scaled), k and v
@@ -140,7 +139,10 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Te
 class FastEngine:
     """Batched sampling with a static KV cache; see the module doc."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 512, dtype: str = "auto", compact_at: float = 0.05):
+    def __init__(self, model, tokenizer, max_batch: int = 512, dtype: str = "auto", compact_at: float = 0.05,
+                 kernel: bool = True):
+        """``kernel``: decode attention on the CPU through :mod:`t1.rollout.kernel` where it can be built (False:
+        batched matmuls over an fp32 cache, as without a C compiler)."""
         self.model, self.tokenizer = model, tokenizer
         self.max_batch = max_batch
         self.compact_at = compact_at
@@ -149,7 +151,7 @@ class FastEngine:
         self.dtype = dtype
         self._cached: tuple[tuple, _Weights] | None = None
         self._kv_buffer: torch.Tensor | None = None
-        self._kernel = None  # the decode-attention kernel, loaded at the first CPU call
+        self.kernel = kernel
 
     def _dtype(self) -> torch.dtype:
         """"auto": bf16 where the hardware has fast bf16 (the sampler's logits then differ from the fp32
@@ -178,9 +180,7 @@ class FastEngine:
         """K and V caches [layers, B, kv_heads, slots, head_dim] from ``shape``. Every slot is written before it
         is read, so they start uninitialised. On the CPU one buffer is kept between calls: fresh multi-megabyte
         allocations there cost more in page faults than a whole decode step."""
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         if device.type != "cpu":
             buf = torch.empty(2 * n, dtype=dtype, device=device)
         else:
@@ -244,11 +244,7 @@ class FastEngine:
             real[r, : P - len(p)] = False
         ids, real = ids.to(device), real.to(device)
         pad_count = (~real[:, :P]).sum(-1)  # [B]
-        lib = None
-        if device.type == "cpu":
-            if self._kernel is None:
-                self._kernel = _kernel.load() or False
-            lib = self._kernel or None
+        lib = _kernel.load() if self.kernel and device.type == "cpu" else None  # built once per process
         # bf16 weights give bf16 keys and values anyway; only the kernel reads a bf16 cache fast
         kv_dtype = torch.bfloat16 if lib is not None and w.dtype == torch.bfloat16 else torch.float32
         cache_k, cache_v = self._kv_cache((len(w.layers), B, w.n_kv, P + T, w.head_dim), kv_dtype, device)

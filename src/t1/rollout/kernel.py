@@ -99,9 +99,9 @@ def load() -> ctypes.CDLL | None:
         log.info("C compiler %s unusable (%s): the sampler uses batched matmuls for attention", cc, err)
         return None
     errors = []
+    build_id = [SOURCE.read_text(), *_BASE, cc, version, _cpu_id(), platform.machine()]
     for flags in _ATTEMPTS:
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), *_BASE, *flags, cc, version, _cpu_id(),
-                                        platform.machine()]).encode()).hexdigest()[:16]
+        key = hashlib.sha256("\0".join([*build_id, *flags]).encode()).hexdigest()[:16]
         path = cache_dir() / "kernels" / f"decode_attention-{key}.so"
         if not path.exists():
             error = _build(cc, flags, path)
