@@ -103,8 +103,9 @@ def keep_freed_memory() -> bool:
     fresh ``mmap`` pages and returns them on free, and trims the heap top, so every training step and every
     sampling call page-faults its activations and caches in again — measured here as the same RL update
     taking 0.6 s or 1.4 s depending on what the kernel had to zero. Raising the mmap threshold to its maximum
-    (32 MiB) and the trim threshold to "never" makes a process keep its peak like the CUDA caching allocator
-    does. Process-wide, idempotent, Linux/glibc only (elsewhere a no-op); returns whether it applied."""
+    (32 MiB) and the trim threshold to its maximum (``mallopt`` takes a C ``int``: 2 GiB - 1, i.e. "never" for
+    any heap top this tool leaves free) makes a process keep its peak like the CUDA caching allocator does.
+    Process-wide, idempotent, Linux/glibc only (elsewhere a no-op); returns whether it applied."""
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED:
         return True
@@ -116,7 +117,9 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 62) == 1
+        # ctypes passes Python ints as C int and silently truncates: 1 << 62 would arrive as 0 ("trim always")
+        ok = (libc.mallopt(ctypes.c_int(m_mmap_threshold), ctypes.c_int(32 << 20)) == 1
+              and libc.mallopt(ctypes.c_int(m_trim_threshold), ctypes.c_int(2**31 - 1)) == 1)
     except (OSError, AttributeError):  # not glibc (musl, …)
         return False
     _ALLOCATOR_TUNED = ok
