@@ -18,9 +18,9 @@ import time
 
 import torch
 
+from t1.kernels import build as kernel
 from t1.models import ModelConfig, build_model, build_tokenizer, count_parameters
 from t1.rollout import SamplingParams
-from t1.rollout import kernel
 from t1.rollout.fast import FastEngine
 from t1.rollout.hf_generate import GenerateEngine
 from t1.tasks.countdown import CountdownConfig, generate

@@ -1,15 +1,17 @@
-"""The sampler's C decode-attention kernel (t1/rollout/kernel.py): equal to softmax attention in torch, for
-both cache dtypes, grouped-query heads, head sizes with and without a specialised loop, strided cache slices
-and padding masks; a clear error on bad slices; a clean fallback when it cannot be built."""
+"""The sampler's C decode-attention kernel (t1/kernels/decode_attention.c, built by t1/kernels/build.py):
+equal to softmax attention in torch, for both cache dtypes, grouped-query heads, head sizes with and without a
+specialised loop, strided cache slices and padding masks; a clear error on bad slices; a clean fallback when
+the kernels cannot be built."""
 
 import logging
 
 import pytest
 import torch
 
+from t1.kernels import build as kernel
+from t1.kernels import ops
 from t1.models import ModelConfig, build_model, build_tokenizer
 from t1.rollout import SamplingParams
-from t1.rollout import kernel
 from t1.rollout.fast import FastEngine
 
 needs_cc = pytest.mark.skipif(kernel._compiler() is None, reason="no C compiler on this machine")
@@ -45,7 +47,7 @@ def test_kernel_matches_softmax_attention(dtype, D, Hq, Hkv, masked):
         bias = torch.zeros(B, slots)
         for row in range(B):
             bias[row, :row] = float("-inf")
-    out = kernel.attention(lib, q, k, v, bias)
+    out = ops.decode_attention(lib, q, k, v, bias)
     assert out.shape == (B, Hq * D) and out.dtype == torch.float32
     torch.testing.assert_close(out.double(), reference(q, k, v, None if bias is None else bias[:, :T]),
                                atol=2e-5, rtol=1e-5)
@@ -57,11 +59,11 @@ def test_kernel_rejects_mismatched_cache_slices():
     q = torch.randn(2, 4, 64)
     k = torch.randn(2, 4, 10, 64)
     with pytest.raises(ValueError, match="bad cache slices"):
-        kernel.attention(lib, q, k, torch.randn(2, 4, 10, 64).bfloat16(), None)  # dtypes differ
+        ops.decode_attention(lib, q, k, torch.randn(2, 4, 10, 64).bfloat16(), None)  # dtypes differ
     with pytest.raises(ValueError, match="bad cache slices"):
-        kernel.attention(lib, q, k.transpose(-1, -2), k.transpose(-1, -2), None)  # head dim not contiguous
+        ops.decode_attention(lib, q, k.transpose(-1, -2), k.transpose(-1, -2), None)  # head dim not contiguous
     with pytest.raises(ValueError, match="bad cache slices"):
-        kernel.attention(lib, torch.randn(2, 3, 64), k, k, None)  # 3 query heads over 4 kv heads
+        ops.decode_attention(lib, torch.randn(2, 3, 64), k, k, None)  # 3 query heads over 4 kv heads
 
 
 def test_load_falls_back_without_a_working_compiler(monkeypatch, tmp_path, caplog):
@@ -73,9 +75,9 @@ def test_load_falls_back_without_a_working_compiler(monkeypatch, tmp_path, caplo
         kernel.load.cache_clear()
         monkeypatch.delenv("T1_KERNELS")
         monkeypatch.setenv("CC", "false")  # a "compiler" that fails every build
-        with caplog.at_level(logging.WARNING, logger="t1.rollout.kernel"):
+        with caplog.at_level(logging.WARNING, logger="t1.kernels.build"):
             assert kernel.load() is None
-        assert "could not build the decode-attention kernel" in caplog.text
+        assert "could not build t1's C kernels" in caplog.text
         assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.tmp"))  # nothing half-written
     finally:
         kernel.load.cache_clear()
@@ -87,7 +89,7 @@ def test_kernel_builds_into_the_cache_dir_once(monkeypatch, tmp_path):
     kernel.load.cache_clear()
     try:
         assert kernel.load() is not None
-        built = list((tmp_path / "kernels").glob("decode_attention-*.so"))
+        built = list((tmp_path / "kernels").glob("t1_kernels-*.so"))
         assert len(built) == 1
         stamp = built[0].stat().st_mtime_ns
         kernel.load.cache_clear()
@@ -107,8 +109,8 @@ def test_sampler_with_kernel_equals_sampler_without(monkeypatch):
     prompts = [tok(p)["input_ids"] for p in ("use 1 2 3 to make 6 :", "use 10 20 to make 30 :", "9 :")] * 3
     params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=24)
     calls = []
-    real = kernel.attention
-    monkeypatch.setattr(kernel, "attention", lambda *args: calls.append(1) or real(*args))
+    real = ops.decode_attention
+    monkeypatch.setattr(ops, "decode_attention", lambda *args: calls.append(1) or real(*args))
     a = FastEngine(model, tok, dtype="float32").generate(prompts, list(range(9)), params)
     n_with = len(calls)
     b = FastEngine(model, tok, dtype="float32", kernel=False).generate(prompts, list(range(9)), params)

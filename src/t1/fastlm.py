@@ -10,7 +10,9 @@ computes the same function with about half the activation passes:
   matrix product each; gradients flow back through the concatenation to the original parameters;
 - the attention scale folded into q's weights and q/k head rows permuted to interleaved pairs, so RoPE is one
   complex multiply on q and k together (q·k is unchanged: both sides get the same permutation);
-- the fused ``rms_norm`` kernel; attention as ``baddbmm`` with an additive causal/padding bias.
+- the fused ``rms_norm`` kernel; attention as ``baddbmm`` with an additive causal/padding bias;
+- in bf16 on CPUs, SwiGLU and RoPE (forward and backward) and the RMSNorm backward in one pass each
+  (:mod:`t1.kernels`).
 
 The fast sampler (:mod:`t1.rollout.fast`) starts from the same rearranged weights (:class:`Prepared`).
 It reads the parameters on every call (nothing to keep in sync), matches transformers' logits to 1e-5 in
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from t1.config import option
+from t1.kernels import ops
 
 _FAMILY = {"llama", "qwen2", "mistral"}
 
@@ -180,13 +183,11 @@ def _layers(w: Prepared, h: torch.Tensor, rot: torch.Tensor, attend) -> torch.Te
     slices, so the backward concatenates gradients instead of zero-filling a buffer per slice."""
     nq, nkv, hd = w.nq, w.nkv, w.hd
     for qkv_w, qkv_b, o_w, o_b, gu_w, gu_b, down_w, down_b in w.layers:
-        qkv = F.linear(unit_rms_norm(h, w.eps).to(w.dtype), qkv_w, qkv_b)
+        qkv = F.linear(ops.rms_norm_to(h, w.eps, w.dtype), qkv_w, qkv_b)
         qk, v = qkv.split([(nq + nkv) * hd, nkv * hd], dim=-1)
-        qk = torch.view_as_complex(qk.float().unflatten(-1, (nq + nkv, hd // 2, 2)))
-        qk = torch.view_as_real(qk * rot).flatten(-2).to(w.dtype)  # RoPE on q and k at once, in fp32
+        qk = ops.rope(qk.unflatten(-1, (nq + nkv, hd)), rot, w.dtype)  # q and k at once, in fp32
         h = h + F.linear(attend(qk, v.unflatten(-1, (nkv, hd))), o_w, o_b)
-        gate, up = F.linear(unit_rms_norm(h, w.eps).to(w.dtype), gu_w, gu_b).chunk(2, dim=-1)
-        h = h + F.linear(F.silu(gate) * up, down_w, down_b)
+        h = h + F.linear(ops.swiglu(F.linear(ops.rms_norm_to(h, w.eps, w.dtype), gu_w, gu_b)), down_w, down_b)
     return h
 
 
@@ -208,7 +209,7 @@ def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
         return _attend(q, k, v, bias, g)
 
     h = _layers(w, F.embedding(input_ids, w.embed, w.padding_idx), rot, attend)
-    return F.linear(unit_rms_norm(h, w.eps).to(w.dtype), w.lm_head, w.lm_head_b)
+    return F.linear(ops.rms_norm_to(h, w.eps, w.dtype), w.lm_head, w.lm_head_b)
 
 
 class Packed:
@@ -304,4 +305,4 @@ def packed_logits(w: Prepared, packed: Packed, select: torch.Tensor | None = Non
     h = _layers(w, F.embedding(packed.ids, w.embed, w.padding_idx), rot, attend)
     if select is not None:
         h = h.index_select(0, select)
-    return F.linear(unit_rms_norm(h, w.eps).to(w.dtype), w.lm_head, w.lm_head_b)
+    return F.linear(ops.rms_norm_to(h, w.eps, w.dtype), w.lm_head, w.lm_head_b)

@@ -10,7 +10,7 @@ finished rows swapped out of the batch so they stop costing compute. The rearran
 until a parameter changes (its in-place version counter moves), and the logits match transformers' (tested
 to 1e-5 in fp32).
 
-Attention while decoding on the CPU runs in a small C kernel (:mod:`t1.rollout.kernel`, compiled at first
+Attention while decoding on the CPU runs in a small C kernel (:mod:`t1.kernels`, compiled at first
 use) that reads the cache once and widens bf16 in registers, so with bf16 weights the cache is bf16 — half
 the bytes that each step must stream. Without a C compiler it falls back to batched matmuls over an fp32
 cache (on GPUs too).
@@ -31,7 +31,8 @@ from t1.fastlm import Prepared, rope_table
 from t1.fastlm import unit_rms_norm as _rms  # norm weights are folded into the next matrix
 from t1.fastlm import llama_family as supports  # noqa: F401  (the engine computes exactly this family)
 from t1.rollout import Sample, SamplingParams
-from t1.rollout import kernel as _kernel
+from t1.kernels import build as _kernels
+from t1.kernels import ops
 
 
 # -------------------------------------------------------------------------------------------- random
@@ -141,7 +142,7 @@ class FastEngine:
 
     def __init__(self, model, tokenizer, max_batch: int = 512, dtype: str = "auto", compact_at: float = 0.05,
                  kernel: bool = True):
-        """``kernel``: decode attention on the CPU through :mod:`t1.rollout.kernel` where it can be built (False:
+        """``kernel``: decode attention on the CPU through :mod:`t1.kernels` where it can be built (False:
         batched matmuls over an fp32 cache, as without a C compiler)."""
         self.model, self.tokenizer = model, tokenizer
         self.max_batch = max_batch
@@ -223,14 +224,18 @@ class FastEngine:
             ck[:, :, t0: t0 + S] = qk[:, :, nq:].transpose(1, 2)
             cv[:, :, t0: t0 + S] = qkv[..., (nq + nkv) * hd:].unflatten(-1, (nkv, hd)).transpose(1, 2)
             if lib is not None and S == 1:
-                att = _kernel.attention(lib, qk[:, 0, :nq], ck[:, :, : t0 + 1], cv[:, :, : t0 + 1],
+                att = ops.decode_attention(lib, qk[:, 0, :nq], ck[:, :, : t0 + 1], cv[:, :, : t0 + 1],
                                         None if bias is None else bias[:, 0, 0])
             else:
                 att = _attention(qk[:, :, :nq], ck[:, :, : t0 + S], cv[:, :, : t0 + S], bias)
             h = torch.addmm(_plus(h.view(B * S, H), L["o_b"]), att.view(B * S, nq * hd).to(h.dtype),
                             L["o_t"]).view(B, S, H)
-            gate, up = F.linear(_rms(h, w.eps), L["gu"], L["gu_b"]).chunk(2, dim=-1)
-            act = F.silu(gate).mul_(up)
+            gu = F.linear(_rms(h, w.eps), L["gu"], L["gu_b"])
+            if lib is not None:  # one pass in C for bf16 (else the same ops as below)
+                act = ops.swiglu(gu)
+            else:
+                gate, up = gu.chunk(2, dim=-1)
+                act = F.silu(gate).mul_(up)
             h = torch.addmm(_plus(h.view(B * S, H), L["down_b"]), act.view(B * S, -1), L["down_t"]).view(B, S, H)
         return F.linear(_rms(h[:, -1], w.eps), w.lm_head, w.lm_head_b)
 
@@ -244,7 +249,7 @@ class FastEngine:
             real[r, : P - len(p)] = False
         ids, real = ids.to(device), real.to(device)
         pad_count = (~real[:, :P]).sum(-1)  # [B]
-        lib = _kernel.load() if self.kernel and device.type == "cpu" else None  # built once per process
+        lib = _kernels.load() if self.kernel and device.type == "cpu" else None  # built once per process
         # bf16 weights give bf16 keys and values anyway; only the kernel reads a bf16 cache fast
         kv_dtype = torch.bfloat16 if lib is not None and w.dtype == torch.bfloat16 else torch.float32
         cache_k, cache_v = self._kv_cache((len(w.layers), B, w.n_kv, P + T, w.head_dim), kv_dtype, device)

@@ -1,0 +1,162 @@
+"""The tensor ops behind t1's C kernels, each with its PyTorch fallback (see the package doc).
+
+- :func:`decode_attention`: one decoding step's attention over a KV cache (the fast sampler);
+- :func:`swiglu`: ``silu(gate) * up`` on a fused gate/up projection, differentiable;
+- :func:`rope`: rotary position embedding as a complex multiply, differentiable;
+- :func:`rms_norm_to`: an RMSNorm without weight, cast to the matrix dtype, differentiable.
+
+``swiglu``, ``rope`` and ``rms_norm_to`` take the kernel path for bf16 CPU tensors when the kernels are built (else the
+PyTorch ops, which compute the same function); their results differ from the PyTorch ops' by bf16 rounding
+only (one rounding at the end instead of one per op). Tested against fp64 references.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn.functional as F
+
+from t1.kernels.build import load
+
+
+def _lib() -> ctypes.CDLL | None:
+    return load()
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+# ------------------------------------------------------------------------------------- decode attention
+
+
+def decode_attention(lib: ctypes.CDLL, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    """One decoding step's attention through the kernel. q [B, Hq, D] fp32 (scaled, rotated); k and v
+    [B, Hkv, T, D] slices of the caches (fp32 or bf16, same dtype and strides, last dimension contiguous);
+    bias [B, T] additive (0 / -inf) or None -> [B, Hq * D] fp32. CPU tensors only."""
+    B, Hq, D = q.shape
+    Hkv, T = k.shape[1], k.shape[2]
+    if (k.shape != v.shape or k.stride() != v.stride() or k.dtype != v.dtype or k.stride(-1) != 1
+            or k.shape[0] != B or k.shape[3] != D or Hq % Hkv or k.device.type != "cpu"
+            or k.dtype not in (torch.float32, torch.bfloat16)):
+        raise ValueError(f"decode attention: bad cache slices k {tuple(k.shape)} {k.stride()} {k.dtype}, "
+                         f"v {tuple(v.shape)} {v.stride()} {v.dtype}, for q {tuple(q.shape)}")
+    q = q.to(torch.float32).contiguous()
+    pairs = B * Hq
+    scores = torch.empty(pairs, T)
+    args = (pairs, Hq, Hq // Hkv, D, T, k.stride(0), k.stride(1), k.stride(2), _threads())
+    bf16 = k.dtype == torch.bfloat16
+    (lib.t1_scores_bf16 if bf16 else lib.t1_scores_f32)(q.data_ptr(), k.data_ptr(), scores.data_ptr(), *args)
+    if bias is not None:
+        scores.view(B, Hq, T).add_(bias[:, None, :T])
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.empty(B, Hq * D)
+    (lib.t1_pv_bf16 if bf16 else lib.t1_pv_f32)(probs.data_ptr(), v.data_ptr(), out.data_ptr(), *args)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ SwiGLU
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gu: torch.Tensor, lib) -> torch.Tensor:
+        n, f2 = gu.numel() // gu.shape[-1], gu.shape[-1]
+        out = gu.new_empty(gu.shape[:-1] + (f2 // 2,))
+        lib.t1_swiglu_fwd(gu.data_ptr(), out.data_ptr(), n, f2 // 2, f2, _threads())
+        ctx.save_for_backward(gu)
+        ctx.lib = lib
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        (gu,) = ctx.saved_tensors
+        n, f2 = gu.numel() // gu.shape[-1], gu.shape[-1]
+        dout = dout.to(torch.bfloat16).contiguous()
+        dgu = torch.empty_like(gu)
+        ctx.lib.t1_swiglu_bwd(gu.data_ptr(), dout.data_ptr(), dgu.data_ptr(), n, f2 // 2, f2, _threads())
+        return dgu, None
+
+
+def swiglu(gu: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` where ``gate, up = gu.chunk(2, dim=-1)``: [..., 2f] -> [..., f]."""
+    lib = _lib() if gu.device.type == "cpu" and gu.dtype == torch.bfloat16 and gu.is_contiguous() else None
+    if lib is None or gu.shape[-1] % 2:
+        gate, up = gu.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return _SwiGLU.apply(gu, lib)
+
+
+# -------------------------------------------------------------------------------------------------- RoPE
+
+
+def _rope_kernel(lib, x: torch.Tensor, rot: torch.Tensor, conj: bool) -> torch.Tensor:
+    n, H, hd = x.shape
+    y = torch.empty(n, H, hd, dtype=torch.bfloat16)
+    lib.t1_rope(x.data_ptr(), rot.data_ptr(), y.data_ptr(), n, H, hd, x.stride(0), rot.stride(0), int(conj),
+                _threads())
+    return y
+
+
+class _RoPE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rot: torch.Tensor, lib) -> torch.Tensor:
+        ctx.save_for_backward(rot)
+        ctx.lib = lib
+        return _rope_kernel(lib, x, rot, conj=False)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        (rot,) = ctx.saved_tensors
+        return _rope_kernel(ctx.lib, dy.to(torch.bfloat16).contiguous(), rot, conj=True), None, None
+
+
+def rope(x: torch.Tensor, rot: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rotary embedding: each head's element pairs (2i, 2i+1) as a complex number times ``rot[..., i]``.
+    x [..., H, hd] (any float dtype; heads and elements contiguous), rot complex64 broadcastable to
+    [..., 1, hd/2] -> [..., H, hd] in ``dtype``, computed in fp32."""
+    *lead, H, hd = x.shape
+    lib = None
+    if (x.device.type == "cpu" and x.dtype == torch.bfloat16 and dtype == torch.bfloat16 and x.stride(-1) == 1
+            and x.stride(-2) == hd and hd % 2 == 0):
+        lib = _lib()
+    if lib is not None:
+        flat = x.reshape(-1, H, hd) if len(lead) != 1 else x
+        if flat.stride(-2) == hd and flat.stride(-1) == 1:  # reshape kept the heads contiguous
+            rows = torch.view_as_real(rot.expand(*lead, 1, hd // 2).reshape(-1, hd // 2)).contiguous()
+            return _RoPE.apply(flat, rows.view(-1, hd), lib).view(*lead, H, hd)
+    z = torch.view_as_complex(x.float().unflatten(-1, (hd // 2, 2)))
+    return torch.view_as_real(z * rot).flatten(-2).to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------- RMSNorm
+
+
+class _RMSNormTo(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float, lib) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.eps, ctx.lib = eps, lib
+        return F.rms_norm(x, (x.shape[-1],), None, eps).to(torch.bfloat16)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        dy = dy.to(torch.bfloat16).contiguous()
+        dx = torch.empty_like(x)
+        ctx.lib.t1_rms_norm_bwd(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.numel() // x.shape[-1], x.shape[-1],
+                                ctx.eps, _threads())
+        return dx, None, None
+
+
+def rms_norm_to(x: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """``F.rms_norm(x, (H,), None, eps).to(dtype)``: the forward is PyTorch's fused op; for fp32 x and bf16
+    output on the CPU the backward is one pass in C (PyTorch's takes about ten)."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and dtype == torch.bfloat16 and x.is_contiguous()
+            and x.requires_grad and torch.is_grad_enabled()):
+        lib = _lib()
+        if lib is not None:
+            return _RMSNormTo.apply(x, eps, lib)
+    return F.rms_norm(x, (x.shape[-1],), None, eps).to(dtype)

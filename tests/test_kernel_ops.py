@@ -1,0 +1,154 @@
+"""The fused bf16 SwiGLU and RoPE kernels (t1/kernels/elementwise.c via t1/kernels/ops.py): forward and
+gradient against fp64 references, strided inputs, NaN propagation, the PyTorch fallback, and t1's training
+forward with the kernels against the same forward without them."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from t1.fastlm import Packed, Prepared, packed_logits
+from t1.kernels import build, ops
+from t1.models import ModelConfig, build_model, build_tokenizer
+
+needs_cc = pytest.mark.skipif(build._compiler() is None, reason="no C compiler on this machine")
+BF16_ULP = 2.0 ** -8  # relative spacing of bf16 numbers: one rounding costs at most half of it
+
+
+class _Counting:
+    """The kernel library, counting calls per function (to prove the kernel path ran)."""
+
+    def __init__(self, lib):
+        self.lib, self.calls = lib, {}
+
+    def __getattr__(self, name):
+        fn = getattr(self.lib, name)
+
+        def call(*args):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return fn(*args)
+        return call
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    lib = build.load()
+    assert lib is not None
+    wrapper = _Counting(lib)
+    monkeypatch.setattr(ops, "_lib", lambda: wrapper)
+    return wrapper
+
+
+def _close(got, want, rel):
+    """|got - want| <= rel · |want| + a floor for values near zero (relative to the largest)."""
+    err = (got.double() - want).abs()
+    bound = rel * want.abs() + rel * 1e-2 * want.abs().max()
+    assert bool((err <= bound).all()), f"max excess {(err - bound).max().item():.3g}"
+
+
+@needs_cc
+@pytest.mark.parametrize("shape", [(3, 7, 80), (300, 2048)])  # f = 40 leaves a tail for the vector loop
+def test_swiglu_forward_and_gradient_match_fp64(counting, shape):
+    gen = torch.Generator().manual_seed(shape[-1])
+    gu = (torch.randn(shape, generator=gen) * 4).bfloat16().requires_grad_()
+    dout = torch.randn(shape[:-1] + (shape[-1] // 2,), generator=gen).bfloat16()
+    out = ops.swiglu(gu)
+    (grad,) = torch.autograd.grad(out, gu, dout)
+    assert counting.calls == {"t1_swiglu_fwd": 1, "t1_swiglu_bwd": 1}
+    assert out.dtype == grad.dtype == torch.bfloat16 and grad.shape == gu.shape
+
+    ref = gu.detach().double().requires_grad_()
+    g, u = ref.chunk(2, dim=-1)
+    want = g * torch.sigmoid(g) * u
+    (want_grad,) = torch.autograd.grad(want, ref, dout.double())
+    _close(out, want.detach(), BF16_ULP)  # one rounding: within one bf16 step of the exact value
+    _close(grad, want_grad, BF16_ULP)
+    # PyTorch's bf16 ops round after every op; the kernel is at least as close to the exact values
+    g, u = gu.detach().chunk(2, dim=-1)
+    torch_err = ((F.silu(g) * u).double() - want.detach()).abs().sum()
+    assert (out.double() - want.detach()).abs().sum() <= torch_err
+
+
+@needs_cc
+def test_swiglu_passes_nan_and_survives_extremes(counting):
+    gu = torch.tensor([[float("nan"), 1e30, -1e30, 0.0, 2.0, 2.0, 2.0, 2.0]]).bfloat16()
+    out = ops.swiglu(gu)
+    assert torch.isnan(out[0, 0])  # a NaN activation stays NaN, so the trainer's non-finite check sees it
+    torch.testing.assert_close(out[0, 1:].float(), F.silu(gu[0, 1:4].float()).mul(2), atol=1e-6, rtol=BF16_ULP)
+
+
+@needs_cc
+@pytest.mark.parametrize("lead", [(37,), (3, 11)])
+def test_rope_forward_and_gradient_match_fp64_on_a_strided_slice(counting, lead):
+    gen = torch.Generator().manual_seed(len(lead))
+    H, hd = 6, 16
+    qkv = torch.randn(*lead, (H + 2) * hd, generator=gen).bfloat16().requires_grad_()
+    x = qkv.split([H * hd, 2 * hd], dim=-1)[0].unflatten(-1, (H, hd))  # heads of a fused projection
+    angles = torch.rand(lead[-1], hd // 2, generator=gen) * 6
+    rot = torch.polar(torch.ones_like(angles), angles)[:, None]  # [T, 1, hd/2]: broadcast over leading dims
+    dy = torch.randn(*lead, H, hd, generator=gen).bfloat16()
+    y = ops.rope(x, rot, torch.bfloat16)
+    (grad,) = torch.autograd.grad(y, qkv, dy)
+    assert counting.calls == {"t1_rope": 2}
+
+    ref = qkv.detach().double().requires_grad_()
+    z = torch.view_as_complex(ref[..., : H * hd].unflatten(-1, (H, hd // 2, 2)).contiguous())
+    want = torch.view_as_real(z * rot.to(torch.complex128)).flatten(-2)
+    (want_grad,) = torch.autograd.grad(want, ref, dy.double())
+    _close(y, want.detach(), BF16_ULP)
+    _close(grad, want_grad, BF16_ULP)
+    assert not grad[..., H * hd:].any()  # the part of the projection not rotated gets no gradient
+
+
+@needs_cc
+def test_rms_norm_backward_matches_fp64(counting):
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 19, 40, generator=gen) * torch.rand(2, 19, 1, generator=gen) * 5).requires_grad_()
+    dy = torch.randn(2, 19, 40, generator=gen).bfloat16()
+    y = ops.rms_norm_to(x, 1e-5, torch.bfloat16)
+    (grad,) = torch.autograd.grad(y, x, dy)
+    assert counting.calls == {"t1_rms_norm_bwd": 1} and y.dtype == torch.bfloat16 and grad.dtype == torch.float32
+    ref = x.detach().double().requires_grad_()
+    want = ref * torch.rsqrt(ref.pow(2).mean(-1, keepdim=True) + 1e-5)
+    (want_grad,) = torch.autograd.grad(want, ref, dy.double())
+    _close(y, want.detach(), BF16_ULP)
+    torch.testing.assert_close(grad.double(), want_grad, atol=1e-5, rtol=1e-4)  # fp32 math on bf16 dy: exact-ish
+    with torch.no_grad():  # nothing to differentiate: PyTorch's forward alone
+        ops.rms_norm_to(x, 1e-5, torch.bfloat16)
+    assert counting.calls == {"t1_rms_norm_bwd": 1}
+
+
+def test_fallback_is_pytorch_ops(monkeypatch):
+    monkeypatch.setattr(ops, "_lib", lambda: None)
+    gu = torch.randn(5, 32).bfloat16()
+    g, u = gu.chunk(2, dim=-1)
+    assert torch.equal(ops.swiglu(gu), F.silu(g) * u)
+    x = torch.randn(5, 2, 8).bfloat16()
+    rot = torch.polar(torch.ones(5, 1, 4), torch.rand(5, 1, 4))
+    want = torch.view_as_real(torch.view_as_complex(x.float().unflatten(-1, (4, 2))) * rot).flatten(-2).bfloat16()
+    assert torch.equal(ops.rope(x, rot, torch.bfloat16), want)
+
+
+@needs_cc
+def test_training_forward_with_kernels_matches_without(monkeypatch):
+    """bf16 autocast, packed batch: logits and every gradient agree with the PyTorch-ops path to bf16 noise."""
+    tok = build_tokenizer(100)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128), tok)
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 100, (n,), generator=gen).tolist() for n in (9, 17, 3, 14, 12)]
+    packed = Packed(seqs, "cpu")
+    results, counting = [], _Counting(build.load())
+    for lib in (counting, None):
+        monkeypatch.setattr(ops, "_lib", lambda lib=lib: lib)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = packed_logits(Prepared(model), packed)
+        torch.log_softmax(logits.float(), -1)[:, 7].sum().backward()
+        results.append((logits.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (a, ga), (b, gb) = results
+    # 2 layers, forward + backward; 5 norms (2 per layer and the final one)
+    assert counting.calls == {"t1_rope": 4, "t1_swiglu_fwd": 2, "t1_swiglu_bwd": 2, "t1_rms_norm_bwd": 5}
+    torch.testing.assert_close(a, b, atol=0.05, rtol=0.02)
+    for n in ga:
+        scale = gb[n].abs().max().item() + 1e-6
+        assert (ga[n] - gb[n]).abs().max().item() <= 0.05 * scale, n
