@@ -1,13 +1,15 @@
 """RL step throughput: `t1 rl` vs TRL's GRPOTrainer at the same settings, measured in one run.
 
     .venv/bin/pip install trl        # not a dependency of t1; only this script needs it
-    .venv/bin/python benchmarks/rl_step.py [--steps 6] [--prompts 8] [--samples 8] [--new-tokens 128] [--trl-attention sdpa|eager]
+    .venv/bin/python benchmarks/rl_step.py [--steps 8] [--warmup 3] [--prompts 8] [--samples 8] [--new-tokens 128] [--trl-attention sdpa|eager]
 
 Both train the same ~4M-parameter model files (a Llama: the Qwen2 shape without biases; transformers 5
 re-tokenizes any qwen2 checkpoint with its own tokenizer) on the same Countdown prompts with K samples per
 prompt, the same completion budget, temperature 1.0, top_p 1.0, a KL term (β > 0, so both run a reference
 model), one optimizer step per batch and bf16 autocast. The score is completion tokens per second over whole
-steps (sampling, scoring, reference and policy passes, optimizer), excluding the first (warm-up) step.
+steps (sampling, scoring, reference and policy passes, optimizer), excluding the first ``--warmup`` steps of
+each (while they run, allocators and oneDNN's primitive caches fill: each new peak of a process's heap costs
+page faults, ~9 µs each on this VM).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def run_t1(model_dir: Path, out: Path, args) -> tuple[float, float]:
         f"rollout.samples_per_prompt={args.samples}", f"rollout.max_new_tokens={args.new_tokens}",
         "rollout.temperature=1.0", "rollout.top_p=1.0", "algo.kl_beta=0.04", "train.precision=bf16",
         "train.optim.lr=1e-5", "train.save_every=1000000", "train.rollouts_every=0"])
-    history = train_rl(cfg, progress=False)[1:]
+    history = train_rl(cfg, progress=False)[args.warmup:]
     tokens = sum(h["response_length"] * args.prompts * args.samples for h in history)
     split = {k: sum(h[f"time_{k}"] for h in history) / len(history) for k in ("sample", "score", "train")}
     print(f"t1 per step: sample {split['sample']:.3f}s, score {split['score']:.3f}s, train {split['train']:.3f}s")
@@ -71,13 +73,14 @@ def run_trl(model_dir: Path, out: Path, args) -> tuple[float, float]:
                           args=cfg, train_dataset=data, processing_class=tok, callbacks=[StepTimer()])
     trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-    tokens = sum(lengths[1:]) * args.prompts * args.samples
-    return tokens, sum(times[1:])
+    tokens = sum(lengths[args.warmup:]) * args.prompts * args.samples
+    return tokens, sum(times[args.warmup:])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3, help="steps of each trainer left out of the timing")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -93,7 +96,7 @@ def main() -> None:
         t1_tokens, t1_s = run_t1(model_dir, Path(tmp) / "t1", args)
     print(f"RL steps: {args.prompts} prompts x {args.samples} samples x {args.new_tokens} tokens, beta 0.04, bf16, "
           f"TRL attention {args.trl_attention}, "
-          f"{args.steps - 1} timed steps, {torch.get_num_threads()} threads")
+          f"{args.steps - args.warmup} timed steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
     print(f"{'trainer':22s} {'completion tokens':>18s} {'seconds':>8s} {'tokens/s':>9s}")
     print(f"{'TRL GRPOTrainer':22s} {trl_tokens:18,.0f} {trl_s:8.2f} {trl_tokens / trl_s:9,.0f}")
     print(f"{'t1 rl':22s} {t1_tokens:18,.0f} {t1_s:8.2f} {t1_tokens / t1_s:9,.0f}")

@@ -80,7 +80,7 @@ def test_fused_weights_are_rebuilt_after_an_optimizer_step_only():
     second = engine.weights()
     assert second is not first
     layer = model.model.layers[0]  # gate/up fused, the norm before them folded in: the updated values
-    torch.testing.assert_close(second.layers[0]["gu"], torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])
+    torch.testing.assert_close(second.layers[0]["gu"].w, torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])
                                * layer.post_attention_layernorm.weight)
     with torch.no_grad():
         model.lm_head.weight.copy_(torch.zeros_like(model.lm_head.weight))  # e.g. loading a checkpoint

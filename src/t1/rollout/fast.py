@@ -83,6 +83,40 @@ def sample_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float, top
 # ----------------------------------------------------------------------------------------------- model
 
 
+def _mkldnn_packing() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class _Linear:
+    """y = x W^T + b (+ residual). On CPUs with bf16 weights the weight is reordered once into oneDNN's
+    blocked layout (what PyTorch's compiler does for CPU inference): a plain-layout weight is re-blocked
+    inside every call, which at decode-size batches costs as much as the product itself."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None):
+        self.w, self.b, self.packed = w, b, None
+        if w.device.type == "cpu" and w.dtype == torch.bfloat16 and _mkldnn_packing():
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(w, 64)
+            except RuntimeError:
+                self.packed = None
+        self.wt = w.t()
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        shape = x.shape[:-1] + (self.w.shape[0],)
+        x2 = x.reshape(-1, x.shape[-1])
+        if self.packed is not None:
+            if residual is None:
+                y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, self.b, "none", [], "")
+            else:
+                y = torch.ops.mkldnn._linear_pointwise.binary(x2, residual.reshape(x2.shape[0], -1), self.packed,
+                                                               self.b, "add")
+        elif residual is None:
+            y = F.linear(x2, self.w, self.b)
+        else:
+            y = torch.addmm(_plus(residual.reshape(x2.shape[0], -1), self.b), x2, self.wt)
+        return y.view(shape)
+
+
 class _Weights:
     """The decode loop's copy of the transformers model's parameters, rearranged once for speed:
 
@@ -90,7 +124,7 @@ class _Weights:
     - q scaled by 1/sqrt(head_dim), so attention needs no separate scaling;
     - the rows of each q and k head permuted from the "rotate half" layout to interleaved pairs, so RoPE is a
       single complex multiply (q·k is unchanged: both sides get the same permutation);
-    - cast to the sampling dtype.
+    - cast to the sampling dtype, and on CPUs in bf16 reordered once into oneDNN's blocked layout (_Linear).
 
     Built lazily and kept until a parameter changes: the key holds each parameter's storage and in-place
     version counter, which every optimizer step bumps, so an RL step re-fuses exactly once.
@@ -101,9 +135,9 @@ class _Weights:
         self.n_heads, self.n_kv, self.head_dim, self.eps, self.inv_freq = p.nq, p.nkv, p.hd, p.eps, p.inv_freq
         self.dtype = dtype
         self.embed = p.embed.to(dtype)
-        self.lm_head, self.lm_head_b = p.lm_head, p.lm_head_b
-        self.layers = [{"qkv_w": qkv_w, "qkv_b": qkv_b, "o_t": o_w.t(), "o_b": o_b,
-                        "gu": gu_w, "gu_b": gu_b, "down_t": down_w.t(), "down_b": down_b}
+        self.lm_head = _Linear(p.lm_head, p.lm_head_b)
+        self.layers = [{"qkv": _Linear(qkv_w, qkv_b), "o": _Linear(o_w, o_b), "gu": _Linear(gu_w, gu_b),
+                        "down": _Linear(down_w, down_b)}
                        for qkv_w, qkv_b, o_w, o_b, gu_w, gu_b, down_w, down_b in p.layers]
 
     @staticmethod
@@ -217,7 +251,7 @@ class FastEngine:
         nq, nkv, hd = w.n_heads, w.n_kv, w.head_dim
         for li, L in enumerate(w.layers):
             a = _rms(h, w.eps)
-            qkv = F.linear(a, L["qkv_w"], L["qkv_b"]).float()
+            qkv = L["qkv"](a).float()
             qk = torch.view_as_complex(qkv[..., : (nq + nkv) * hd].unflatten(-1, (nq + nkv, hd // 2, 2)))
             qk = torch.view_as_real(qk * rot).flatten(-2)  # RoPE on q and k at once: [B, S, nq + nkv, hd]
             ck, cv = cache_k[li], cache_v[li]
@@ -228,16 +262,15 @@ class FastEngine:
                                         None if bias is None else bias[:, 0, 0])
             else:
                 att = _attention(qk[:, :, :nq], ck[:, :, : t0 + S], cv[:, :, : t0 + S], bias)
-            h = torch.addmm(_plus(h.view(B * S, H), L["o_b"]), att.view(B * S, nq * hd).to(h.dtype),
-                            L["o_t"]).view(B, S, H)
-            gu = F.linear(_rms(h, w.eps), L["gu"], L["gu_b"])
+            h = L["o"](att.view(B, S, nq * hd).to(h.dtype), h)
+            gu = L["gu"](_rms(h, w.eps))
             if lib is not None:  # one pass in C for bf16 (else the same ops as below)
                 act = ops.swiglu(gu)
             else:
                 gate, up = gu.chunk(2, dim=-1)
                 act = F.silu(gate).mul_(up)
-            h = torch.addmm(_plus(h.view(B * S, H), L["down_b"]), act.view(B * S, -1), L["down_t"]).view(B, S, H)
-        return F.linear(_rms(h[:, -1], w.eps), w.lm_head, w.lm_head_b)
+            h = L["down"](act, h)
+        return w.lm_head(_rms(h[:, -1], w.eps))
 
     def _run(self, w: _Weights, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Sample]:
         device = w.embed.device
