@@ -28,12 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from t1.fastlm import Prepared, rope_table
-from t1.fastlm import unit_rms_norm as _rms  # norm weights are folded into the next matrix
 from t1.fastlm import llama_family as supports  # noqa: F401  (the engine computes exactly this family)
-from t1.rollout import Sample, SamplingParams
+from t1.fastlm import unit_rms_norm as _rms  # norm weights are folded into the next matrix
 from t1.kernels import build as _kernels
 from t1.kernels import ops
-
+from t1.rollout import Sample, SamplingParams
 
 # -------------------------------------------------------------------------------------------- random
 
@@ -247,7 +246,6 @@ class FastEngine:
         kernel, used when S == 1. Writes k/v into the caches. Returns last-position logits [B, V]."""
         B, S = x.shape
         h = F.embedding(x, w.embed)
-        H = h.shape[-1]
         nq, nkv, hd = w.n_heads, w.n_kv, w.head_dim
         for li, L in enumerate(w.layers):
             a = _rms(h, w.eps)
