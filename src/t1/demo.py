@@ -50,11 +50,13 @@ class DemoConfig:
     filter_samples: int = option(6, "samples per candidate prompt")
     filter_max_pass: float = option(0.75, "keep prompts with pass rate in (0, max] at the RL budget (paper: 0.3)")
     rl_budget: int = option(128, "RL generation budget (tokens); also where RL is compared with SFT")
-    rl_steps: int = option(80, "RL steps")
+    rl_steps: int = option(130, "RL steps")
     rl_prompts: int = option(48, "RL prompts per step")
     rl_samples: int = option(8, "RL samples per prompt")
     rl_temperature: float = option(1.0, "RL sampling temperature")
-    rl_lr: float = option(1.5e-4, "RL learning rate")
+    rl_lr: float = option(1.5e-4, "RL learning rate (peak)")
+    rl_schedule: str = option("cosine", "RL learning-rate schedule after 3 warm-up steps: constant | cosine | "
+                                          "linear (the last two decay to a tenth of the peak)")
     rl_beta: float = option(1e-3, "KL weight β")
     rl_entropy: float = option(1e-3, "entropy bonus α")
     eval_problems: int = option(500, "held-out problems")
@@ -84,7 +86,8 @@ def _rl_config(cfg: DemoConfig, out: Path, sft_model: Path, prompts: Path) -> RL
         penalties=PenaltyConfig(),  # the T1 values; Countdown traces repeat short phrases legitimately
         # the whole step's batch (~50k tokens) in one token budget, so the update runs fused (one forward fewer)
         train=RLTrainConfig(steps=cfg.rl_steps, seed=cfg.seed, save_every=15, rollouts_every=5, micro_batch_tokens=1 << 17,
-                            optim=OptimConfig(lr=cfg.rl_lr, schedule="constant", warmup_steps=3, warmup_ratio=0.0,
+                            optim=OptimConfig(lr=cfg.rl_lr, schedule=cfg.rl_schedule, warmup_steps=3, warmup_ratio=0.0,
+                                              min_lr_ratio=0.1,
                                               weight_decay=0.0, beta1=0.9, beta2=0.95, grad_clip=1.0)),
     )
 
