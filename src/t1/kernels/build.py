@@ -1,7 +1,8 @@
-"""Building t1's C kernels (every ``*.c`` in this folder, into one shared library) at first use, and caching them.
+"""Building t1's C kernels (every ``*.c`` in this folder, into one shared library) at first use, and caching
+them.
 
-t1 ships them as C source rather than a compiled extension: they are compiled on the machine that runs them, with
-``-march=native``, by the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``), in well under a second,
+t1 ships them as C source rather than a compiled extension: they are compiled on the machine that runs them,
+with ``-march=native``, by the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``), in well under a second,
 into ``$T1_CACHE_DIR`` (default ``$XDG_CACHE_HOME/t1`` or ``~/.cache/t1``) under a name that hashes the
 source, the flags, the compiler and the CPU — so a home directory shared between different machines gets one
 build per CPU. Builds are atomic (compiled to a temporary file, then renamed), so concurrent ranks are safe.
@@ -102,7 +103,8 @@ def load() -> ctypes.CDLL | None:
         log.info("C compiler %s unusable (%s): %s", cc, err, _FALLBACK)
         return None
     errors = []
-    build_id = [*(f"{src.name}\n{src.read_text()}" for src in SOURCES), *_BASE, cc, version, _cpu_id(), platform.machine()]
+    sources = [f"{src.name}\n{src.read_text()}" for src in SOURCES]
+    build_id = [*sources, *_BASE, cc, version, _cpu_id(), platform.machine()]
     for flags in _ATTEMPTS:
         key = hashlib.sha256("\0".join([*build_id, *flags]).encode()).hexdigest()[:16]
         path = cache_dir() / "kernels" / f"t1_kernels-{key}.so"

@@ -1,9 +1,9 @@
 /* Fused element-wise passes for t1's bf16 training forward/backward on CPUs (t1/fastlm.py via
  * t1/kernels/ops.py), built with the decode-attention kernel (see build.py).
  *
- * Why: on a CPU, PyTorch runs an RMSNorm's backward as about ten passes, SwiGLU as silu, multiply and (backward) a silu_backward, two multiplies and a
- * concatenation, each a full pass over [tokens, ffn] activations, and RoPE as an up-cast, a complex multiply
- * and a down-cast. These loops do each in one pass: read bf16, compute in fp32, round to bf16 once
+ * Why: on a CPU, PyTorch runs an RMSNorm's backward as about ten passes, SwiGLU as silu and multiply
+ * (backward: silu_backward, two multiplies and a concatenation), each a full pass over [tokens, ffn]
+ * activations, and RoPE as an up-cast, a complex multiply and a down-cast. These loops do each in one pass: read bf16, compute in fp32, round to bf16 once
  * (round-to-nearest-even, as PyTorch does; NaN stays NaN).
  *
  * Layouts (the caller in ops.py checks shapes, dtypes and strides):

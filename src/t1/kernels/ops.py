@@ -122,11 +122,9 @@ def rope(x: torch.Tensor, rot: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     if (x.device.type == "cpu" and x.dtype == torch.bfloat16 and dtype == torch.bfloat16 and x.stride(-1) == 1
             and x.stride(-2) == hd and hd % 2 == 0):
         lib = _lib()
-    if lib is not None:
-        flat = x.reshape(-1, H, hd) if len(lead) != 1 else x
-        if flat.stride(-2) == hd and flat.stride(-1) == 1:  # reshape kept the heads contiguous
-            rows = torch.view_as_real(rot.expand(*lead, 1, hd // 2).reshape(-1, hd // 2)).contiguous()
-            return _RoPE.apply(flat, rows.view(-1, hd), lib).view(*lead, H, hd)
+    if lib is not None:  # rows of heads, any row stride (a reshape keeps the heads contiguous, or copies)
+        rows = torch.view_as_real(rot.expand(*lead, 1, hd // 2).reshape(-1, hd // 2)).contiguous()
+        return _RoPE.apply(x.reshape(-1, H, hd), rows.view(-1, hd), lib).view(*lead, H, hd)
     z = torch.view_as_complex(x.float().unflatten(-1, (hd // 2, 2)))
     return torch.view_as_real(z * rot).flatten(-2).to(dtype)
 
