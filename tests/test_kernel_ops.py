@@ -1,6 +1,7 @@
-"""The fused bf16 SwiGLU and RoPE kernels (t1/kernels/elementwise.c via t1/kernels/ops.py): forward and
-gradient against fp64 references, strided inputs, NaN propagation, the PyTorch fallback, and t1's training
-forward with the kernels against the same forward without them."""
+"""The fused bf16 SwiGLU, RoPE and RMSNorm kernels (t1/kernels/elementwise.c via t1/kernels/ops.py) and the
+sampler's fused decode block (decode_attention.c): forward and gradient against fp64 references, strided
+inputs, NaN propagation, the PyTorch fallback, and t1's training forward with the kernels against the same
+forward without them."""
 
 import pytest
 import torch
@@ -100,21 +101,96 @@ def test_rope_forward_and_gradient_match_fp64_on_a_strided_slice(counting, lead)
 
 
 @needs_cc
-def test_rms_norm_backward_matches_fp64(counting):
+def test_rms_norm_forward_and_backward_match_fp64(counting):
     gen = torch.Generator().manual_seed(3)
     x = (torch.randn(2, 19, 40, generator=gen) * torch.rand(2, 19, 1, generator=gen) * 5).requires_grad_()
     dy = torch.randn(2, 19, 40, generator=gen).bfloat16()
     y = ops.rms_norm_to(x, 1e-5, torch.bfloat16)
     (grad,) = torch.autograd.grad(y, x, dy)
-    assert counting.calls == {"t1_rms_norm_bwd": 1} and y.dtype == torch.bfloat16 and grad.dtype == torch.float32
+    assert counting.calls == {"t1_rms_norm_fwd_f32": 1, "t1_rms_norm_bwd": 1}
+    assert y.dtype == torch.bfloat16 and grad.dtype == torch.float32
     ref = x.detach().double().requires_grad_()
     want = ref * torch.rsqrt(ref.pow(2).mean(-1, keepdim=True) + 1e-5)
     (want_grad,) = torch.autograd.grad(want, ref, dy.double())
     _close(y, want.detach(), BF16_ULP)
     torch.testing.assert_close(grad.double(), want_grad, atol=1e-5, rtol=1e-4)  # fp32 math on bf16 dy: exact-ish
-    with torch.no_grad():  # nothing to differentiate: PyTorch's forward alone
-        ops.rms_norm_to(x, 1e-5, torch.bfloat16)
-    assert counting.calls == {"t1_rms_norm_bwd": 1}
+    with torch.no_grad():  # nothing to differentiate: the forward kernel alone
+        assert torch.equal(ops.rms_norm_to(x, 1e-5, torch.bfloat16), y)
+    assert counting.calls == {"t1_rms_norm_fwd_f32": 2, "t1_rms_norm_bwd": 1}
+
+
+@needs_cc
+def test_rms_norm_forward_of_bf16_rows_with_a_stride(counting):
+    gen = torch.Generator().manual_seed(4)
+    wide = (torch.randn(23, 100, generator=gen) * 3).bfloat16()
+    x = wide[:, 10:74]  # rows 100 apart: the sampler normalises the last position of [B, S, H] like this
+    y = ops.rms_norm_to(x, 1e-6, torch.bfloat16)
+    assert counting.calls == {"t1_rms_norm_fwd_bf16": 1} and y.is_contiguous()
+    ref = x.double()
+    _close(y, ref * torch.rsqrt(ref.pow(2).mean(-1, keepdim=True) + 1e-6), BF16_ULP)
+    # a bf16 input that needs a gradient takes PyTorch's ops (the backward kernel reads fp32)
+    xg = x.clone().requires_grad_()
+    assert torch.equal(ops.rms_norm_to(xg, 1e-6, torch.bfloat16), F.rms_norm(xg, (64,), None, 1e-6))
+    assert counting.calls == {"t1_rms_norm_fwd_bf16": 1}
+
+
+def _decode_block_reference(qkv, rot, k, v, t0, bias, Hq):
+    """The decode block in fp64 by plain ops; returns (output, k row written, v row written)."""
+    _, Hkv, _, D = k.shape
+    q, kn, vn = qkv.double().split([Hq * D, Hkv * D, Hkv * D], dim=-1)
+    r = rot.to(torch.complex128)[:, None]
+
+    def rotate(x, H):
+        return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (H, D // 2, 2)).contiguous()) * r).flatten(-2)
+
+    q, kn = rotate(q, Hq), rotate(kn, Hkv)
+    keys = torch.cat([k[:, :, :t0].double(), kn.bfloat16().double()[:, :, None]], dim=2)  # cache holds bf16
+    vals = torch.cat([v[:, :, :t0].double(), vn.unflatten(-1, (Hkv, D))[:, :, None]], dim=2)
+    g = Hq // Hkv
+    keys, vals = keys.repeat_interleave(g, dim=1), vals.repeat_interleave(g, dim=1)  # [B, Hq, t0 + 1, D]
+    scores = torch.einsum("bhd,bhtd->bht", q, keys)
+    if bias is not None:
+        scores = scores + bias[:, None, : t0 + 1].double()
+    out = torch.einsum("bht,bhtd->bhd", torch.softmax(scores, -1), vals).flatten(1)
+    return out, kn, vn.unflatten(-1, (Hkv, D))
+
+
+@needs_cc
+@pytest.mark.parametrize("D,Hq,Hkv,masked", [(64, 4, 4, False), (128, 6, 2, True), (24, 3, 1, True)])
+def test_decode_block_matches_fp64(D, Hq, Hkv, masked):
+    lib = build.load()
+    gen = torch.Generator().manual_seed(D + Hq)
+    B, slots, t0 = 5, 40, 29
+    qkv = (torch.randn(B, (Hq + 2 * Hkv) * D, generator=gen) * 0.5).bfloat16()
+    rot = torch.polar(torch.ones(B, D // 2), torch.rand(B, D // 2, generator=gen) * 6)
+    cache = torch.randn(2, 3, B, Hkv, slots, D, generator=gen).bfloat16()  # [k/v, layers, ...]: strided slices
+    k, v = cache[0, 1], cache[1, 1]
+    before = cache.clone()
+    bias = None
+    if masked:  # left padding: row r's first r slots masked
+        bias = torch.zeros(B, slots)
+        for r in range(B):
+            bias[r, :r] = float("-inf")
+    want, want_k, want_v = _decode_block_reference(qkv, rot, k, v, t0, bias, Hq)
+    out = ops.decode_block(lib, qkv, rot, k, v, t0, bias, Hq)
+    assert out.dtype == torch.bfloat16 and out.shape == (B, Hq * D)
+    _close(out, want, 2 * BF16_ULP)
+    _close(k[:, :, t0], want_k, BF16_ULP)
+    assert torch.equal(v[:, :, t0], want_v.bfloat16())
+    untouched = cache.clone()
+    untouched[:, 1, :, :, t0] = before[:, 1, :, :, t0]
+    assert torch.equal(untouched, before)  # nothing but slot t0 of this layer was written
+
+
+@needs_cc
+def test_decode_block_rejects_bad_inputs():
+    lib = build.load()
+    k = torch.zeros(2, 1, 8, 16).bfloat16()
+    qkv, rot = torch.zeros(2, 3 * 16).bfloat16(), torch.ones(2, 8, dtype=torch.complex64)
+    for bad in ({"t0": 8}, {"qkv": qkv.float()}, {"v": k.float()}, {"rot": rot[:, :4]}, {"n_heads": 3}):
+        args = {"lib": lib, "qkv": qkv, "rot": rot, "k": k, "v": k.clone(), "t0": 3, "bias": None, "n_heads": 1} | bad
+        with pytest.raises(ValueError, match="decode block"):
+            ops.decode_block(**args)
 
 
 def test_fallback_is_pytorch_ops(monkeypatch):
@@ -126,6 +202,8 @@ def test_fallback_is_pytorch_ops(monkeypatch):
     rot = torch.polar(torch.ones(5, 1, 4), torch.rand(5, 1, 4))
     want = torch.view_as_real(torch.view_as_complex(x.float().unflatten(-1, (4, 2))) * rot).flatten(-2).bfloat16()
     assert torch.equal(ops.rope(x, rot, torch.bfloat16), want)
+    h = torch.randn(3, 7, 16)
+    assert torch.equal(ops.rms_norm_to(h, 1e-5, torch.bfloat16), F.rms_norm(h, (16,), None, 1e-5).bfloat16())
 
 
 @needs_cc
@@ -147,7 +225,8 @@ def test_training_forward_with_kernels_matches_without(monkeypatch):
         results.append((logits.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters()}))
     (a, ga), (b, gb) = results
     # 2 layers, forward + backward; 5 norms (2 per layer and the final one)
-    assert counting.calls == {"t1_rope": 4, "t1_swiglu_fwd": 2, "t1_swiglu_bwd": 2, "t1_rms_norm_bwd": 5}
+    assert counting.calls == {"t1_rope": 4, "t1_swiglu_fwd": 2, "t1_swiglu_bwd": 2, "t1_rms_norm_fwd_f32": 5,
+                              "t1_rms_norm_bwd": 5}
     torch.testing.assert_close(a, b, atol=0.05, rtol=0.02)
     for n in ga:
         scale = gb[n].abs().max().item() + 1e-6

@@ -29,7 +29,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCES = sorted(Path(__file__).parent.glob("*.c"))
-_FALLBACK = "t1 uses plain PyTorch ops instead (slower decode attention, SwiGLU, RoPE and RMSNorm backward)"
+HEADERS = sorted(Path(__file__).parent.glob("*.h"))  # part of the build's hash, not of its command line
+_FALLBACK = "t1 uses plain PyTorch ops instead (slower decode attention, SwiGLU, RoPE and RMSNorm)"
 # -ffast-math is avoided on purpose: linked into a shared library it can switch the whole process to
 # flush-to-zero. These three are what vectorising the float reductions needs.
 _BASE = ["-O3", "-shared", "-fPIC", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
@@ -79,7 +80,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     signatures = {name: [p, p, p, i, i, i, i, i, n, n, n, i]
                   for name in ("t1_scores_f32", "t1_scores_bf16", "t1_pv_f32", "t1_pv_bf16")}
     signatures.update(t1_swiglu_fwd=[p, p, n, n, n, i], t1_swiglu_bwd=[p, p, p, n, n, n, i],
-                      t1_rope=[p, p, p, n, i, i, n, n, i, i], t1_rms_norm_bwd=[p, p, p, n, n, ctypes.c_float, i])
+                      t1_rope=[p, p, p, n, i, i, n, n, i, i], t1_rms_norm_bwd=[p, p, p, n, n, ctypes.c_float, i],
+                      t1_rms_norm_fwd_f32=[p, n, p, n, n, ctypes.c_float, i],
+                      t1_rms_norm_fwd_bf16=[p, n, p, n, n, ctypes.c_float, i],
+                      t1_decode_block_bf16=[p, p, p, p, p, n, p, p, i, i, i, i, i, n, n, n, i])
     for name, args in signatures.items():
         fn = getattr(lib, name)
         fn.argtypes = args
@@ -103,7 +107,7 @@ def load() -> ctypes.CDLL | None:
         log.info("C compiler %s unusable (%s): %s", cc, err, _FALLBACK)
         return None
     errors = []
-    sources = [f"{src.name}\n{src.read_text()}" for src in SOURCES]
+    sources = [f"{src.name}\n{src.read_text()}" for src in [*SOURCES, *HEADERS]]
     build_id = [*sources, *_BASE, cc, version, _cpu_id(), platform.machine()]
     for flags in _ATTEMPTS:
         key = hashlib.sha256("\0".join([*build_id, *flags]).encode()).hexdigest()[:16]

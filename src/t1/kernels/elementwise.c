@@ -1,57 +1,22 @@
-/* Fused element-wise passes for t1's bf16 training forward/backward on CPUs (t1/fastlm.py via
+/* Fused element-wise passes for t1's bf16 training passes and sampler on CPUs (t1/fastlm.py via
  * t1/kernels/ops.py), built with the decode-attention kernel (see build.py).
  *
- * Why: on a CPU, PyTorch runs an RMSNorm's backward as about ten passes, SwiGLU as silu and multiply
- * (backward: silu_backward, two multiplies and a concatenation), each a full pass over [tokens, ffn]
- * activations, and RoPE as an up-cast, a complex multiply and a down-cast. These loops do each in one pass: read bf16, compute in fp32, round to bf16 once
+ * Why: on a CPU, PyTorch runs an RMSNorm's backward as about ten passes (its forward as an up-cast, the fused
+ * norm and a down-cast), SwiGLU as silu and multiply (backward: silu_backward, two multiplies and a
+ * concatenation), each a full pass over [tokens, ffn] activations, and RoPE as an up-cast, a complex multiply
+ * and a down-cast. These loops do each in one pass: read, compute in fp32, round to bf16 once
  * (round-to-nearest-even, as PyTorch does; NaN stays NaN).
  *
  * Layouts (the caller in ops.py checks shapes, dtypes and strides):
  *   swiglu: gu [n, 2f] with row stride ld: gate in columns 0..f-1, up in f..2f-1; out and dout [n, f]
  *           contiguous; dgu [n, 2f] contiguous.
  *   rms_norm_bwd: x and dx [n, H] fp32 contiguous, dy [n, H] bf16 contiguous.
+ *   rms_norm_fwd: x [n, H] (fp32 or bf16) with row stride ldx; y [n, H] bf16 contiguous.
  *   rope:   x [n, H, hd] with row stride ldx, heads contiguous within a row (head stride hd); rot [n, hd/2]
  *           (cos, sin) float pairs with row stride ldr (floats); y [n, H, hd] contiguous. Each head's
  *           elements (2i, 2i+1) form one complex number multiplied by rot[i] (by its conjugate: conj = 1).
  */
-#include <math.h>
-#include <stdint.h>
-
-static inline float bf16_to_f32(uint16_t x) {
-  union { uint32_t u; float f; } c;
-  c.u = (uint32_t)x << 16;
-  return c.f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-  union { uint32_t u; float f; } c;
-  c.f = f;
-  uint32_t u = c.u;
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-  u += 0x7fffu + ((u >> 16) & 1u);                                            /* nearest, ties to even */
-  return (uint16_t)(u >> 16);
-}
-
-/* exp(x) with x clamped to [-87, 88]: 2^n * p(r), |r| <= ln2/2, a degree-6 Taylor polynomial (relative error
-   ~1e-7, far below bf16's 4e-3). Written so the compiler vectorises it: libm's expf does not vectorise
-   without -ffast-math, which t1 avoids (it can switch the whole process to flush-to-zero). NaN passes. */
-static inline float exp_clamped(float x) {
-  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
-  float n = floorf(x * 1.44269504f + 0.5f);
-  float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f; /* ln2 split in two: exact n·ln2_hi */
-  float p = 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  union { uint32_t u; float f; } c;
-  c.u = (uint32_t)((int32_t)n + 127) << 23;
-  return p * c.f;
-}
-
-#define PARALLEL _Pragma("omp parallel for schedule(static) num_threads(nt)")
+#include "common.h"
 
 /* out = silu(gate) * up */
 void t1_swiglu_fwd(const uint16_t *restrict gu, uint16_t *restrict out, long n, long f, long ld, int nt) {
@@ -121,4 +86,28 @@ void t1_rms_norm_bwd(const float *restrict x, const uint16_t *restrict dy, float
     const float c = r * r * r * dot / (float)H;
     for (long j = 0; j < H; j++) out[j] = r * bf16_to_f32(dr[j]) - c * xr[j];
   }
+}
+
+/* y = bf16(x · r), r = 1 / sqrt(mean(x^2) + eps): an RMSNorm without weight (folded into the next matrix),
+   fp32 math, rows with stride ldx (elements) in, contiguous rows out. The _f32 variant reads fp32 (the
+   training forward's residual stream), the _bf16 one bf16 (the sampler's). */
+#define RMS_NORM_FWD(WIDEN)                                                      \
+  PARALLEL                                                                       \
+  for (long row = 0; row < n; row++) {                                           \
+    float ss = 0.f;                                                              \
+    for (long j = 0; j < H; j++) {                                               \
+      const float v = WIDEN(x[row * ldx + j]);                                   \
+      ss += v * v;                                                               \
+    }                                                                            \
+    const float r = 1.f / sqrtf(ss / (float)H + eps);                            \
+    for (long j = 0; j < H; j++) y[row * H + j] = f32_to_bf16(WIDEN(x[row * ldx + j]) * r); \
+  }
+#define AS_IS(v) (v)
+void t1_rms_norm_fwd_f32(const float *restrict x, long ldx, uint16_t *restrict y, long n, long H, float eps,
+                         int nt) {
+  RMS_NORM_FWD(AS_IS)
+}
+void t1_rms_norm_fwd_bf16(const uint16_t *restrict x, long ldx, uint16_t *restrict y, long n, long H, float eps,
+                          int nt) {
+  RMS_NORM_FWD(bf16_to_f32)
 }

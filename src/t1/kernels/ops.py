@@ -1,6 +1,8 @@
 """The tensor ops behind t1's C kernels, each with its PyTorch fallback (see the package doc).
 
 - :func:`decode_attention`: one decoding step's attention over a KV cache (the fast sampler);
+- :func:`decode_block`: one decoding step's whole attention block for bf16 models — RoPE, cache write,
+  attention — in one call (the fast sampler);
 - :func:`swiglu`: ``silu(gate) * up`` on a fused gate/up projection, differentiable;
 - :func:`rope`: rotary position embedding as a complex multiply, differentiable;
 - :func:`rms_norm_to`: an RMSNorm without weight, cast to the matrix dtype, differentiable.
@@ -54,6 +56,34 @@ def decode_attention(lib: ctypes.CDLL, q: torch.Tensor, k: torch.Tensor, v: torc
     probs = torch.softmax(scores, dim=-1)
     out = torch.empty(B, Hq * D)
     (lib.t1_pv_bf16 if bf16 else lib.t1_pv_f32)(probs.data_ptr(), v.data_ptr(), out.data_ptr(), *args)
+    return out
+
+
+def decode_block(lib: ctypes.CDLL, qkv: torch.Tensor, rot: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t0: int,
+                 bias: torch.Tensor | None, n_heads: int) -> torch.Tensor:
+    """One decoding step's attention block for bf16 models through the kernel: RoPE on the new token's q and
+    k, k and v written into the caches at slot ``t0``, attention over slots 0..t0. qkv [B, (Hq + 2·Hkv)·D]
+    bf16 (the fused projection, q pre-scaled); rot [B, D/2] complex64, the rotation of each row's new
+    position; k and v [B, Hkv, slots, D] bf16 cache slices (same strides, last dimension contiguous, slots >
+    t0); bias [B, ≥ t0 + 1] additive (0 / -inf, fp32) or None -> [B, Hq·D] bf16. CPU tensors only."""
+    B, Hkv, slots, D = k.shape
+    if (k.shape != v.shape or k.stride() != v.stride() or k.dtype != torch.bfloat16 or v.dtype != torch.bfloat16
+            or k.stride(-1) != 1 or not 0 <= t0 < slots or n_heads % Hkv or D % 2
+            or qkv.shape != (B, (n_heads + 2 * Hkv) * D) or qkv.dtype != torch.bfloat16
+            or rot.shape != (B, D // 2) or rot.dtype != torch.complex64
+            or (bias is not None and (bias.shape[0] != B or bias.shape[1] <= t0 or bias.dtype != torch.float32))):
+        raise ValueError(f"decode block: bad inputs qkv {tuple(qkv.shape)} {qkv.dtype}, rot {tuple(rot.shape)} "
+                         f"{rot.dtype}, caches {tuple(k.shape)} {k.stride()} {k.dtype} / {tuple(v.shape)} "
+                         f"{v.stride()} {v.dtype}, slot {t0}, {n_heads} query heads")
+    qkv, rot = qkv.contiguous(), torch.view_as_real(rot.contiguous())
+    if bias is not None and bias.stride(-1) != 1:
+        bias = bias.contiguous()
+    out = torch.empty(B, n_heads * D, dtype=torch.bfloat16)
+    scratch = torch.empty(B * n_heads, t0 + 1)
+    lib.t1_decode_block_bf16(qkv.data_ptr(), rot.data_ptr(), k.data_ptr(), v.data_ptr(),
+                             None if bias is None else bias.data_ptr(), 0 if bias is None else bias.stride(0),
+                             out.data_ptr(), scratch.data_ptr(), B, n_heads, Hkv, D, t0, k.stride(0), k.stride(1),
+                             k.stride(2), _threads())
     return out
 
 
@@ -132,12 +162,24 @@ def rope(x: torch.Tensor, rot: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
 # ----------------------------------------------------------------------------------------------- RMSNorm
 
 
+def _rms_norm_kernel(lib, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """bf16(x / rms(x)) for fp32 or bf16 x through the kernel: rows of the last dimension, any row stride."""
+    H = x.shape[-1]
+    if not (x.is_contiguous() or (x.dim() == 2 and x.stride(-1) == 1)):
+        x = x.contiguous()
+    n = x.numel() // H
+    y = torch.empty(x.shape, dtype=torch.bfloat16)
+    fn = lib.t1_rms_norm_fwd_f32 if x.dtype == torch.float32 else lib.t1_rms_norm_fwd_bf16
+    fn(x.data_ptr(), x.stride(-2) if x.dim() > 1 else H, y.data_ptr(), n, H, eps, _threads())
+    return y
+
+
 class _RMSNormTo(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float, lib) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.eps, ctx.lib = eps, lib
-        return F.rms_norm(x, (x.shape[-1],), None, eps).to(torch.bfloat16)
+        return _rms_norm_kernel(lib, x, eps)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
@@ -150,11 +192,13 @@ class _RMSNormTo(torch.autograd.Function):
 
 
 def rms_norm_to(x: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
-    """``F.rms_norm(x, (H,), None, eps).to(dtype)``: the forward is PyTorch's fused op; for fp32 x and bf16
-    output on the CPU the backward is one pass in C (PyTorch's takes about ten)."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and dtype == torch.bfloat16 and x.is_contiguous()
-            and x.requires_grad and torch.is_grad_enabled()):
-        lib = _lib()
+    """``F.rms_norm(x, (H,), None, eps).to(dtype)``. For fp32 or bf16 x and bf16 output on the CPU, one pass in C
+    (PyTorch's takes three: up-cast, norm, down-cast); its backward, for fp32 x, one pass in C too (PyTorch's
+    takes about ten). bf16 x with a gradient takes the PyTorch ops."""
+    if (x.device.type == "cpu" and dtype == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
+            and x.numel() > 0):
+        needs_grad = x.requires_grad and torch.is_grad_enabled()
+        lib = _lib() if not needs_grad or (x.dtype == torch.float32 and x.is_contiguous()) else None
         if lib is not None:
-            return _RMSNormTo.apply(x, eps, lib)
+            return _RMSNormTo.apply(x, eps, lib) if needs_grad else _rms_norm_kernel(lib, x, eps)
     return F.rms_norm(x, (x.shape[-1],), None, eps).to(dtype)

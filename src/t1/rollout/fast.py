@@ -29,7 +29,6 @@ import torch.nn.functional as F
 
 from t1.fastlm import Prepared, rope_table
 from t1.fastlm import llama_family as supports  # noqa: F401  (the engine computes exactly this family)
-from t1.fastlm import unit_rms_norm as _rms  # norm weights are folded into the next matrix
 from t1.kernels import build as _kernels
 from t1.kernels import ops
 from t1.rollout import Sample, SamplingParams
@@ -242,33 +241,41 @@ class FastEngine:
     def _forward(w: _Weights, x: torch.Tensor, rot: torch.Tensor, cache_k, cache_v, t0: int,
                  bias: torch.Tensor | None, lib=None) -> torch.Tensor:
         """x: [B, S] token ids at cache slots t0..t0+S-1; rot: [B, S, 1, head_dim/2] complex rotations of
-        their positions; bias: [B, 1, S, t0+S] additive attention mask or None; lib: the decode-attention
-        kernel, used when S == 1. Writes k/v into the caches. Returns last-position logits [B, V]."""
+        their positions; bias: [B, 1, S, t0+S] additive attention mask or None; lib: t1's kernels (decode
+        attention when S == 1: for bf16 models the whole block, else the attention alone; RMSNorm and SwiGLU in
+        bf16). Writes k/v into the caches. Returns last-position logits [B, V]. Norm weights are folded into the
+        next matrix (:class:`t1.fastlm.Prepared`), so the norms here have none."""
         B, S = x.shape
         h = F.embedding(x, w.embed)
         nq, nkv, hd = w.n_heads, w.n_kv, w.head_dim
+        # one decoding step of a bf16 model: the whole attention block in one kernel call
+        fused = lib is not None and S == 1 and w.dtype == torch.bfloat16 and cache_k.dtype == torch.bfloat16
         for li, L in enumerate(w.layers):
-            a = _rms(h, w.eps)
-            qkv = L["qkv"](a).float()
-            qk = torch.view_as_complex(qkv[..., : (nq + nkv) * hd].unflatten(-1, (nq + nkv, hd // 2, 2)))
-            qk = torch.view_as_real(qk * rot).flatten(-2)  # RoPE on q and k at once: [B, S, nq + nkv, hd]
+            qkv = L["qkv"](ops.rms_norm_to(h, w.eps, w.dtype))
             ck, cv = cache_k[li], cache_v[li]
-            ck[:, :, t0: t0 + S] = qk[:, :, nq:].transpose(1, 2)
-            cv[:, :, t0: t0 + S] = qkv[..., (nq + nkv) * hd:].unflatten(-1, (nkv, hd)).transpose(1, 2)
-            if lib is not None and S == 1:
-                att = ops.decode_attention(lib, qk[:, 0, :nq], ck[:, :, : t0 + 1], cv[:, :, : t0 + 1],
-                                        None if bias is None else bias[:, 0, 0])
+            if fused:
+                att = ops.decode_block(lib, qkv.view(B, -1), rot.view(B, -1), ck, cv, t0,
+                                       None if bias is None else bias[:, 0, 0], nq)
             else:
-                att = _attention(qk[:, :, :nq], ck[:, :, : t0 + S], cv[:, :, : t0 + S], bias)
+                qkv = qkv.float()
+                qk = torch.view_as_complex(qkv[..., : (nq + nkv) * hd].unflatten(-1, (nq + nkv, hd // 2, 2)))
+                qk = torch.view_as_real(qk * rot).flatten(-2)  # RoPE on q and k at once: [B, S, nq + nkv, hd]
+                ck[:, :, t0: t0 + S] = qk[:, :, nq:].transpose(1, 2)
+                cv[:, :, t0: t0 + S] = qkv[..., (nq + nkv) * hd:].unflatten(-1, (nkv, hd)).transpose(1, 2)
+                if lib is not None and S == 1:
+                    att = ops.decode_attention(lib, qk[:, 0, :nq], ck[:, :, : t0 + 1], cv[:, :, : t0 + 1],
+                                               None if bias is None else bias[:, 0, 0])
+                else:
+                    att = _attention(qk[:, :, :nq], ck[:, :, : t0 + S], cv[:, :, : t0 + S], bias)
             h = L["o"](att.view(B, S, nq * hd).to(h.dtype), h)
-            gu = L["gu"](_rms(h, w.eps))
+            gu = L["gu"](ops.rms_norm_to(h, w.eps, w.dtype))
             if lib is not None:  # one pass in C for bf16 (else the same ops as below)
                 act = ops.swiglu(gu)
             else:
                 gate, up = gu.chunk(2, dim=-1)
                 act = F.silu(gate).mul_(up)
             h = L["down"](act, h)
-        return w.lm_head(_rms(h[:, -1], w.eps))
+        return w.lm_head(ops.rms_norm_to(h[:, -1], w.eps, w.dtype))
 
     def _run(self, w: _Weights, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Sample]:
         device = w.embed.device
