@@ -1,7 +1,8 @@
 """RL step throughput: `t1 rl` vs TRL's GRPOTrainer at the same settings, measured in one run.
 
     .venv/bin/pip install trl        # not a dependency of t1; only this script needs it
-    .venv/bin/python benchmarks/rl_step.py [--steps 8] [--warmup 3] [--prompts 8] [--samples 8] [--new-tokens 128] [--trl-attention sdpa|eager]
+    .venv/bin/python benchmarks/rl_step.py [--steps 8] [--warmup 3] [--prompts 8] [--samples 8] [--new-tokens 128]
+        [--trl-attention sdpa|eager] [--trl-malloc-tuning]
 
 Both train the same ~4M-parameter model files (a Llama: the Qwen2 shape without biases; transformers 5
 re-tokenizes any qwen2 checkpoint with its own tokenizer) on the same Countdown prompts with K samples per
@@ -87,7 +88,14 @@ def main() -> None:
     ap.add_argument("--trl-attention", default="sdpa", choices=["sdpa", "eager"],
                     help="TRL's attention kernel (transformers' default is sdpa; t1 picks eager on CPUs for short "
                          "sequences, so 'eager' gives TRL the same choice)")
+    ap.add_argument("--trl-malloc-tuning", action="store_true",
+                    help="give TRL t1's allocator setting too (t1.runtime.keep_freed_memory: freed memory kept "
+                         "for reuse, no page faults to get it back); by default TRL runs with glibc's defaults")
     args = ap.parse_args()
+    if args.trl_malloc_tuning:
+        from t1.runtime import keep_freed_memory
+
+        keep_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
         tok = build_tokenizer(100)
         model_dir = save(build_model(ModelConfig(hidden=256, layers=4, heads=4, kv_heads=4, ffn=1024), tok), tok,
@@ -95,7 +103,7 @@ def main() -> None:
         trl_tokens, trl_s = run_trl(model_dir, Path(tmp) / "trl", args)
         t1_tokens, t1_s = run_t1(model_dir, Path(tmp) / "t1", args)
     print(f"RL steps: {args.prompts} prompts x {args.samples} samples x {args.new_tokens} tokens, beta 0.04, bf16, "
-          f"TRL attention {args.trl_attention}, "
+          f"TRL attention {args.trl_attention}{', TRL with t1 malloc tuning' if args.trl_malloc_tuning else ''}, "
           f"{args.steps - args.warmup} timed steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
     print(f"{'trainer':22s} {'completion tokens':>18s} {'seconds':>8s} {'tokens/s':>9s}")
     print(f"{'TRL GRPOTrainer':22s} {trl_tokens:18,.0f} {trl_s:8.2f} {trl_tokens / trl_s:9,.0f}")
