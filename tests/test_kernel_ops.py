@@ -193,6 +193,62 @@ def test_decode_block_rejects_bad_inputs():
             ops.decode_block(**args)
 
 
+def _packed_attention_reference(qk, v, packed, seqs, Hq):
+    """Causal attention per sequence in fp64 by plain ops, each flat row's output taken from the sequence that
+    owns it (the first to hold it): [n, Hq·D], differentiable."""
+    n, H, D = qk.shape
+    g = Hq // (H - Hq)
+    out = torch.zeros(n, Hq, D, dtype=torch.float64)
+    owner = {}
+    for i in sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i)):  # Packed's order
+        for t, f in enumerate(packed.index[i]):
+            owner.setdefault(f, (i, t))
+    for i, rows in enumerate(packed.index):
+        r = torch.tensor(rows)
+        q, k, vv = qk[r, :Hq], qk[r, Hq:].repeat_interleave(g, 1), v[r].repeat_interleave(g, 1)
+        scores = torch.einsum("thd,shd->hts", q, k)
+        scores = scores.masked_fill(~torch.ones(len(rows), len(rows), dtype=torch.bool).tril(), float("-inf"))
+        o = torch.einsum("hts,shd->thd", torch.softmax(scores, -1), vv)
+        mine = [t for t, f in enumerate(rows) if owner[f] == (i, t)]
+        out = out.index_put((r[mine],), o[mine])
+    return out.flatten(1)
+
+
+@needs_cc
+@pytest.mark.parametrize("D,Hq,Hkv", [(16, 2, 2), (24, 4, 2)])
+def test_packed_attention_matches_fp64_with_shared_prefixes(counting, D, Hq, Hkv):
+    """Sequences sharing a prompt (computed once, read by all its samples), a lone long one (longer than the
+    kernel's key chunk), lengths off the query block: output and gradients against fp64."""
+    gen = torch.Generator().manual_seed(D)
+    a, b = torch.randint(3, 90, (7,), generator=gen).tolist(), torch.randint(3, 90, (5,), generator=gen).tolist()
+    tails = [torch.randint(3, 90, (m,), generator=gen).tolist() for m in (9, 1, 20, 13, 4)]
+    seqs = [a + tails[0], a + tails[1], b + tails[2], a + tails[3], b + tails[4],
+            torch.randint(3, 90, (530,), generator=gen).tolist()]
+    packed = Packed(seqs, "cpu", prefixes=[7, 7, 5, 7, 5, 0])
+    n, H = packed.n, Hq + Hkv
+    assert n == 7 + 9 + 1 + 13 + 5 + 20 + 4 + 530  # each prompt laid out once
+    qkv = (torch.randn(n, (H + Hkv) * D, generator=gen) * 0.7).bfloat16().requires_grad_()
+    qk, v = qkv.split([H * D, Hkv * D], dim=-1)
+    qk, v = qk.unflatten(-1, (H, D)).contiguous(), v.unflatten(-1, (Hkv, D))  # v strided, as in the model
+    dout = torch.randn(n, Hq * D, generator=gen).bfloat16()
+    out = ops.packed_attention(qk, v, packed.layout, Hq, fallback=None)
+    (grad,) = torch.autograd.grad(out, qkv, dout)
+    assert counting.calls == {"t1_attn_scratch": 2, "t1_attn_fwd": 1, "t1_attn_bwd": 1} and out.dtype == torch.bfloat16
+
+    ref = qkv.detach().double().requires_grad_()
+    rqk, rv = ref.split([H * D, Hkv * D], dim=-1)
+    want = _packed_attention_reference(rqk.unflatten(-1, (H, D)), rv.unflatten(-1, (Hkv, D)), packed, seqs, Hq)
+    (want_grad,) = torch.autograd.grad(want, ref, dout.double())
+    _close(out, want.detach(), 2 * BF16_ULP)
+    _close(grad, want_grad, 4 * BF16_ULP)
+
+
+def test_packed_attention_falls_back_off_the_kernel_path():
+    packed = Packed([[5, 6, 7], [8, 9]], "cpu")
+    qk, v = torch.randn(5, 4, 8), torch.randn(5, 2, 8)  # fp32: not the kernel's
+    assert ops.packed_attention(qk, v, packed.layout, 2, lambda q, w: "fallback") == "fallback"
+
+
 def test_fallback_is_pytorch_ops(monkeypatch):
     monkeypatch.setattr(ops, "_lib", lambda: None)
     gu = torch.randn(5, 32).bfloat16()
@@ -226,7 +282,7 @@ def test_training_forward_with_kernels_matches_without(monkeypatch):
     (a, ga), (b, gb) = results
     # 2 layers, forward + backward; 5 norms (2 per layer and the final one)
     assert counting.calls == {"t1_rope": 4, "t1_swiglu_fwd": 2, "t1_swiglu_bwd": 2, "t1_rms_norm_fwd_f32": 5,
-                              "t1_rms_norm_bwd": 5}
+                              "t1_rms_norm_bwd": 5, "t1_attn_scratch": 4, "t1_attn_fwd": 2, "t1_attn_bwd": 2}
     torch.testing.assert_close(a, b, atol=0.05, rtol=0.02)
     for n in ga:
         scale = gb[n].abs().max().item() + 1e-6

@@ -11,8 +11,8 @@ computes the same function with about half the activation passes:
 - the attention scale folded into q's weights and q/k head rows permuted to interleaved pairs, so RoPE is one
   complex multiply on q and k together (q·k is unchanged: both sides get the same permutation);
 - the fused ``rms_norm`` kernel; attention as ``baddbmm`` with an additive causal/padding bias;
-- in bf16 on CPUs, SwiGLU and RoPE (forward and backward) and the RMSNorm backward in one pass each
-  (:mod:`t1.kernels`).
+- in bf16 on CPUs, SwiGLU, RoPE and RMSNorm (forward and backward) in one pass each, and attention over
+  packed sequences in one kernel that never pads or materialises T×T scores (:mod:`t1.kernels`).
 
 The fast sampler (:mod:`t1.rollout.fast`) starts from the same rearranged weights (:class:`Prepared`).
 It reads the parameters on every call (nothing to keep in sync), matches transformers' logits to 1e-5 in
@@ -21,6 +21,8 @@ DeepSpeed the trainers call the wrapped model, whose forward arms the gradient a
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -234,13 +236,14 @@ class Packed:
         if not lengths or min(lengths) < 1:
             raise ValueError("Packed needs at least one sequence and no empty ones")
         self.index: list[list[int]] = [[] for _ in seqs]
+        own_froms = [0] * len(seqs)
         shared: dict[tuple, list[int]] = {}  # prefix tokens -> their flat positions
         flat_ids: list[int] = []
         positions: list[int] = []
         for i in order:
             seq, n_pre = seqs[i], (prefixes[i] if prefixes is not None else 0)
             head = shared.get(tuple(seq[:n_pre])) if n_pre else None
-            own_from = n_pre if head is not None else 0
+            own_from = own_froms[i] = n_pre if head is not None else 0
             own = list(range(len(flat_ids), len(flat_ids) + len(seq) - own_from))
             flat_ids.extend(seq[own_from:])
             positions.extend(range(own_from, len(seq)))
@@ -278,6 +281,19 @@ class Packed:
             first = j
         self.gather = torch.tensor(gather, dtype=torch.long, device=device)
         self.back = torch.tensor(back, dtype=torch.long, device=device)
+        # the same structure for the attention kernel (t1.kernels.ops.packed_attention): each sequence's flat
+        # rows and the first of them it computes as a query (later than 0 when it reads another's prefix);
+        # sequences that share rows form one unit of the backward
+        units: dict[int, list[int]] = {}
+        for i in order:
+            units.setdefault(self.index[i][0], []).append(i)
+        self.layout = ops.PackedLayout(
+            seq_ptr=torch.tensor([0, *itertools.accumulate(len(x) for x in self.index)], dtype=torch.int32),
+            seq_idx=torch.tensor([f for x in self.index for f in x], dtype=torch.int32),
+            own_from=torch.tensor(own_froms, dtype=torch.int32),
+            unit_ptr=torch.tensor([0, *itertools.accumulate(len(u) for u in units.values())], dtype=torch.int32),
+            unit_seqs=torch.tensor([i for u in units.values() for i in u], dtype=torch.int32),
+            max_len=self.max_len)
 
     def flat(self, i: int, t: int) -> int:
         """The flat position of token t of sequence i."""
@@ -290,16 +306,21 @@ def packed_logits(w: Prepared, packed: Packed, select: torch.Tensor | None = Non
     Runs under whatever autocast the caller set."""
     nq, nkv, hd = w.nq, w.nkv, w.hd
     g = nq // nkv
-    groups = [(_mask_bias(allowed, nq, w.dtype), b, T) for allowed, b, T in packed.groups]
-    sizes = [b * T for _, b, T in groups]
+    groups: list = []  # the fallback's masks, built at its first call
 
-    def attend(qk, v):  # [n, nq + nkv, hd], [n, nkv, hd] -> [n, nq·hd]
+    def grouped(qk, v):  # [n, nq + nkv, hd], [n, nkv, hd] -> [n, nq·hd]
+        if not groups:
+            groups.extend((_mask_bias(allowed, nq, w.dtype), b, T) for allowed, b, T in packed.groups)
+        sizes = [b * T for _, b, T in groups]
         out = []
         for qk_g, v_g, (bias, b, T) in zip(qk.index_select(0, packed.gather).split(sizes),
                                           v.index_select(0, packed.gather).split(sizes), groups):
             q_g, k_g = qk_g.view(b, T, nq + nkv, hd).split([nq, nkv], dim=2)
             out.append(_attend(q_g, k_g, v_g.view(b, T, nkv, hd), bias, g).view(b * T, nq * hd))
         return (out[0] if len(out) == 1 else torch.cat(out)).index_select(0, packed.back)
+
+    def attend(qk, v):
+        return ops.packed_attention(qk, v, packed.layout, nq, grouped)
 
     rot = rope_table(w.inv_freq, packed.max_len)[packed.positions][:, None]  # [n, 1, hd/2]
     h = _layers(w, F.embedding(packed.ids, w.embed, w.padding_idx), rot, attend)

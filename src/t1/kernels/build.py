@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = sorted(Path(__file__).parent.glob("*.c"))
 HEADERS = sorted(Path(__file__).parent.glob("*.h"))  # part of the build's hash, not of its command line
-_FALLBACK = "t1 uses plain PyTorch ops instead (slower decode attention, SwiGLU, RoPE and RMSNorm)"
+_FALLBACK = "t1 uses plain PyTorch ops instead (slower attention, SwiGLU, RoPE and RMSNorm)"
 # -ffast-math is avoided on purpose: linked into a shared library it can switch the whole process to
 # flush-to-zero. These three are what vectorising the float reductions needs.
 _BASE = ["-O3", "-shared", "-fPIC", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
@@ -83,11 +83,14 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
                       t1_rope=[p, p, p, n, i, i, n, n, i, i], t1_rms_norm_bwd=[p, p, p, n, n, ctypes.c_float, i],
                       t1_rms_norm_fwd_f32=[p, n, p, n, n, ctypes.c_float, i],
                       t1_rms_norm_fwd_bf16=[p, n, p, n, n, ctypes.c_float, i],
-                      t1_decode_block_bf16=[p, p, p, p, p, n, p, p, i, i, i, i, i, n, n, n, i])
+                      t1_decode_block_bf16=[p, p, p, p, p, n, p, p, i, i, i, i, i, n, n, n, i],
+                      t1_attn_fwd=[p, n, p, n, p, p, p, i, i, i, i, p, p, p, n, i],
+                      t1_attn_bwd=[p, n, p, n, p, p, p, p, p, i, i, i, i, p, p, p, p, p, n, i])
     for name, args in signatures.items():
         fn = getattr(lib, name)
         fn.argtypes = args
         fn.restype = None
+    lib.t1_attn_scratch.argtypes, lib.t1_attn_scratch.restype = [i, i, i], n
     return lib
 
 

@@ -5,9 +5,10 @@
   attention — in one call (the fast sampler);
 - :func:`swiglu`: ``silu(gate) * up`` on a fused gate/up projection, differentiable;
 - :func:`rope`: rotary position embedding as a complex multiply, differentiable;
-- :func:`rms_norm_to`: an RMSNorm without weight, cast to the matrix dtype, differentiable.
+- :func:`rms_norm_to`: an RMSNorm without weight, cast to the matrix dtype, differentiable;
+- :func:`packed_attention`: causal attention over packed sequences (shared prefixes included), differentiable.
 
-``swiglu``, ``rope`` and ``rms_norm_to`` take the kernel path for bf16 CPU tensors when the kernels are built (else the
+``swiglu``, ``rope``, ``rms_norm_to`` and ``packed_attention`` take the kernel path for bf16 CPU tensors when the kernels are built (else the
 PyTorch ops, which compute the same function); their results differ from the PyTorch ops' by bf16 rounding
 only (one rounding at the end instead of one per op). Tested against fp64 references.
 """
@@ -15,6 +16,8 @@ only (one rounding at the end instead of one per op). Tested against fp64 refere
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -202,3 +205,75 @@ def rms_norm_to(x: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor
         if lib is not None:
             return _RMSNormTo.apply(x, eps, lib) if needs_grad else _rms_norm_kernel(lib, x, eps)
     return F.rms_norm(x, (x.shape[-1],), None, eps).to(dtype)
+
+
+# ------------------------------------------------------------------------------------ packed attention
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """Which flat rows make up each sequence of a packed batch (built by :class:`t1.fastlm.Packed`), as int32
+    CPU tensors: sequence s is rows ``seq_idx[seq_ptr[s]:seq_ptr[s + 1]]`` in order, and computes its queries
+    from position ``own_from[s]`` on (earlier ones are a shared prefix computed by another sequence); unit u,
+    sequences ``unit_seqs[unit_ptr[u]:unit_ptr[u + 1]]``, is every sequence sharing rows with the others."""
+
+    seq_ptr: torch.Tensor
+    seq_idx: torch.Tensor
+    own_from: torch.Tensor
+    unit_ptr: torch.Tensor
+    unit_seqs: torch.Tensor
+    max_len: int
+
+
+def _attn_scratch(lib, layout: PackedLayout, D: int, backward: bool) -> tuple[torch.Tensor, int]:
+    """Each thread's fp32 working buffers (the kernel's key/value copies and score blocks), on its own cache
+    lines."""
+    stride = -(-lib.t1_attn_scratch(layout.max_len, D, int(backward)) // 16) * 16
+    return torch.empty(_threads() * stride), stride
+
+
+class _PackedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qk: torch.Tensor, v: torch.Tensor, layout: PackedLayout, n_heads: int, lib) -> torch.Tensor:
+        n, H, D = qk.shape
+        out = torch.empty(n, n_heads * D, dtype=torch.bfloat16)
+        lse = torch.empty(n, n_heads)
+        scratch, stride = _attn_scratch(lib, layout, D, backward=False)
+        lib.t1_attn_fwd(qk.data_ptr(), qk.stride(0), v.data_ptr(), v.stride(0), layout.seq_ptr.data_ptr(),
+                        layout.seq_idx.data_ptr(), layout.own_from.data_ptr(), len(layout.own_from), n_heads,
+                        H - n_heads, D, out.data_ptr(), lse.data_ptr(), scratch.data_ptr(), stride, _threads())
+        ctx.save_for_backward(qk, v, lse)
+        ctx.layout, ctx.n_heads, ctx.lib = layout, n_heads, lib
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        qk, v, lse = ctx.saved_tensors
+        layout, n_heads = ctx.layout, ctx.n_heads
+        n, H, D = qk.shape
+        dout = dout.to(torch.bfloat16).contiguous()
+        dqk, dv = torch.zeros(n, H, D), torch.zeros(n, H - n_heads, D)
+        scratch, stride = _attn_scratch(ctx.lib, layout, D, backward=True)
+        ctx.lib.t1_attn_bwd(qk.data_ptr(), qk.stride(0), v.data_ptr(), v.stride(0), layout.seq_ptr.data_ptr(),
+                            layout.seq_idx.data_ptr(), layout.own_from.data_ptr(), layout.unit_ptr.data_ptr(),
+                            layout.unit_seqs.data_ptr(), len(layout.unit_ptr) - 1, n_heads, H - n_heads, D,
+                            lse.data_ptr(), dout.data_ptr(), dqk.data_ptr(), dv.data_ptr(),
+                            scratch.data_ptr(), stride, _threads())
+        return dqk.to(torch.bfloat16), dv.to(torch.bfloat16), None, None, None
+
+
+def packed_attention(qk: torch.Tensor, v: torch.Tensor, layout: PackedLayout, n_heads: int,
+                     fallback: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Causal softmax attention over the sequences of a packed batch: qk [n, Hq + Hkv, D] (rotated q heads,
+    pre-scaled, then k heads), v [n, Hkv, D] -> [n, Hq·D], each flat row's output computed once. bf16 CPU
+    tensors (heads contiguous, any row stride) take the kernel: fp32 math, no padding, no T×T tensors;
+    anything else, ``fallback(qk, v)``."""
+    n, H, D = qk.shape
+    Hkv = H - n_heads
+    lib = None
+    if (qk.device.type == "cpu" and qk.dtype == v.dtype == torch.bfloat16 and 0 < Hkv and n_heads % Hkv == 0
+            and v.shape == (n, Hkv, D) and qk.stride()[1:] == (D, 1) and v.stride()[1:] == (D, 1)):
+        lib = _lib()
+    if lib is None:
+        return fallback(qk, v)
+    return _PackedAttention.apply(qk, v, layout, n_heads, lib)
