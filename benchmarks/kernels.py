@@ -20,6 +20,7 @@ import torch
 
 from t1.fastlm import Packed, _attend, _mask_bias
 from t1.kernels import build, ops
+from t1.runtime import keep_freed_memory
 
 
 def timed(fn, repeat: int) -> float:
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--model", choices=["bench", "demo"], default="bench")
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()
+    keep_freed_memory()  # as t1's trainers run (freed blocks kept: no page faults on the PyTorch path's big tensors)
     if build.load() is None:
         raise SystemExit("the C kernels could not be built here (see the log above); nothing to compare")
     hidden, heads, ffn, prompts = (256, 4, 1024, 8) if args.model == "bench" else (128, 4, 512, 48)
