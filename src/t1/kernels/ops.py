@@ -227,7 +227,8 @@ class PackedLayout:
 
 def _attn_scratch(lib, layout: PackedLayout, D: int, backward: bool) -> tuple[torch.Tensor, int]:
     """Each thread's fp32 working buffers (the kernel's key/value copies and score blocks), on its own cache
-    lines."""
+    lines: about 6 × longest sequence × head size floats per thread for the backward (e.g. 50 MB at 16k
+    tokens and head size 128)."""
     stride = -(-lib.t1_attn_scratch(layout.max_len, D, int(backward)) // 16) * 16
     return torch.empty(_threads() * stride), stride
 

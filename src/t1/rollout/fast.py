@@ -2,18 +2,19 @@
 
 Why our own decode loop: on small and mid-size models ``model.generate`` spends most of each step outside
 the matrix products (building masks and caches, logits processors, stopping criteria, module dispatch).
-This loop runs ~20 tensor ops per layer and step: a static KV cache kept between calls on the CPU
-(fresh multi-megabyte buffers cost page faults every call), q/k/v and gate/up fused, the attention scale
-folded into q, RoPE as one complex multiply on q and k together (head rows permuted to interleaved pairs at
-fusion time), residual adds folded into ``addmm``, every random number of a chunk drawn up front, and
-finished rows swapped out of the batch so they stop costing compute. The rearranged weights are cached
-until a parameter changes (its in-place version counter moves), and the logits match transformers' (tested
-to 1e-5 in fp32).
+This loop runs ~20 tensor ops per layer and step (~8 with the C kernels below): a static KV cache kept
+between calls on the CPU (fresh multi-megabyte buffers cost page faults every call), q/k/v and gate/up
+fused, the attention scale folded into q, RoPE as one complex multiply on q and k together (head rows
+permuted to interleaved pairs at fusion time), residual adds folded into ``addmm``, every random number of a
+chunk drawn up front, and finished rows swapped out of the batch so they stop costing compute. The
+rearranged weights are cached until a parameter changes (its in-place version counter moves), and the
+logits match transformers' (tested to 1e-5 in fp32).
 
 Attention while decoding on the CPU runs in a small C kernel (:mod:`t1.kernels`, compiled at first
 use) that reads the cache once and widens bf16 in registers, so with bf16 weights the cache is bf16 — half
-the bytes that each step must stream. Without a C compiler it falls back to batched matmuls over an fp32
-cache (on GPUs too).
+the bytes that each step must stream; for bf16 models the whole attention block of a step (RoPE, cache
+write, attention) is one kernel call, and RMSNorm and SwiGLU one each, so a layer costs about eight calls.
+Without a C compiler it falls back to the PyTorch ops and batched matmuls over an fp32 cache (on GPUs too).
 
 Sampling is *batch-invariant*: each row draws its uniform numbers from a counter-based hash of (its seed,
 the step), and samples by inverse CDF over the temperature-scaled, top-p-truncated distribution. A sample
