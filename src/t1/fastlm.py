@@ -22,6 +22,7 @@ DeepSpeed the trainers call the wrapped model, whose forward arms the gradient a
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -146,11 +147,6 @@ class Prepared:
             ))
         head = model.get_output_embeddings()
         self.lm_head, self.lm_head_b = cast(head.weight * core.norm.weight), cast(getattr(head, "bias", None))
-
-
-def unit_rms_norm(h: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without its weight (folded into the next matrix, see :class:`Prepared`)."""
-    return F.rms_norm(h, (h.shape[-1],), None, eps)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, g: int) -> torch.Tensor:
@@ -281,16 +277,20 @@ class Packed:
             first = j
         self.gather = torch.tensor(gather, dtype=torch.long, device=device)
         self.back = torch.tensor(back, dtype=torch.long, device=device)
-        # the same structure for the attention kernel (t1.kernels.ops.packed_attention): each sequence's flat
-        # rows and the first of them it computes as a query (later than 0 when it reads another's prefix);
-        # sequences that share rows form one unit of the backward
+        self._order, self._own_from = order, own_froms
+
+    @functools.cached_property
+    def layout(self) -> ops.PackedLayout:
+        """The same structure for the attention kernel (:func:`t1.kernels.ops.packed_attention`): each
+        sequence's flat rows and the first of them it computes as a query (later than 0 when it reads
+        another's prefix); sequences that share rows form one unit of the backward. Built at first use."""
         units: dict[int, list[int]] = {}
-        for i in order:
+        for i in self._order:
             units.setdefault(self.index[i][0], []).append(i)
-        self.layout = ops.PackedLayout(
+        return ops.PackedLayout(
             seq_ptr=torch.tensor([0, *itertools.accumulate(len(x) for x in self.index)], dtype=torch.int32),
             seq_idx=torch.tensor([f for x in self.index for f in x], dtype=torch.int32),
-            own_from=torch.tensor(own_froms, dtype=torch.int32),
+            own_from=torch.tensor(self._own_from, dtype=torch.int32),
             unit_ptr=torch.tensor([0, *itertools.accumulate(len(u) for u in units.values())], dtype=torch.int32),
             unit_seqs=torch.tensor([i for u in units.values() for i in u], dtype=torch.int32),
             max_len=self.max_len)

@@ -78,7 +78,7 @@ def _build(cc: str, flags: list[str], out: Path) -> str | None:
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     signatures = {name: [p, p, p, i, i, i, i, i, n, n, n, i]
-                  for name in ("t1_scores_f32", "t1_scores_bf16", "t1_pv_f32", "t1_pv_bf16")}
+                  for name in ("t1_scores_f32", "t1_pv_f32")}
     signatures.update(t1_swiglu_fwd=[p, p, n, n, n, i], t1_swiglu_bwd=[p, p, p, n, n, n, i],
                       t1_rope=[p, p, p, n, i, i, n, n, i, i], t1_rms_norm_bwd=[p, p, p, n, n, ctypes.c_float, i],
                       t1_rms_norm_fwd_f32=[p, n, p, n, n, ctypes.c_float, i],

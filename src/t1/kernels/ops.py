@@ -1,6 +1,6 @@
 """The tensor ops behind t1's C kernels, each with its PyTorch fallback (see the package doc).
 
-- :func:`decode_attention`: one decoding step's attention over a KV cache (the fast sampler);
+- :func:`decode_attention`: one decoding step's attention over an fp32 KV cache (the fast sampler);
 - :func:`decode_block`: one decoding step's whole attention block for bf16 models — RoPE, cache write,
   attention — in one call (the fast sampler);
 - :func:`swiglu`: ``silu(gate) * up`` on a fused gate/up projection, differentiable;
@@ -38,27 +38,26 @@ def _threads() -> int:
 
 def decode_attention(lib: ctypes.CDLL, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      bias: torch.Tensor | None) -> torch.Tensor:
-    """One decoding step's attention through the kernel. q [B, Hq, D] fp32 (scaled, rotated); k and v
-    [B, Hkv, T, D] slices of the caches (fp32 or bf16, same dtype and strides, last dimension contiguous);
-    bias [B, T] additive (0 / -inf) or None -> [B, Hq * D] fp32. CPU tensors only."""
+    """One decoding step's attention through the kernel, for fp32 models (bf16 ones take
+    :func:`decode_block`). q [B, Hq, D] fp32 (scaled, rotated); k and v [B, Hkv, T, D] fp32 slices of the
+    caches (same strides, last dimension contiguous); bias [B, T] additive (0 / -inf) or None -> [B, Hq * D]
+    fp32. CPU tensors only."""
     B, Hq, D = q.shape
     Hkv, T = k.shape[1], k.shape[2]
-    if (k.shape != v.shape or k.stride() != v.stride() or k.dtype != v.dtype or k.stride(-1) != 1
-            or k.shape[0] != B or k.shape[3] != D or Hq % Hkv or k.device.type != "cpu"
-            or k.dtype not in (torch.float32, torch.bfloat16)):
+    if (k.shape != v.shape or k.stride() != v.stride() or k.dtype != torch.float32 or v.dtype != torch.float32
+            or k.stride(-1) != 1 or k.shape[0] != B or k.shape[3] != D or Hq % Hkv or k.device.type != "cpu"):
         raise ValueError(f"decode attention: bad cache slices k {tuple(k.shape)} {k.stride()} {k.dtype}, "
                          f"v {tuple(v.shape)} {v.stride()} {v.dtype}, for q {tuple(q.shape)}")
     q = q.to(torch.float32).contiguous()
     pairs = B * Hq
     scores = torch.empty(pairs, T)
     args = (pairs, Hq, Hq // Hkv, D, T, k.stride(0), k.stride(1), k.stride(2), _threads())
-    bf16 = k.dtype == torch.bfloat16
-    (lib.t1_scores_bf16 if bf16 else lib.t1_scores_f32)(q.data_ptr(), k.data_ptr(), scores.data_ptr(), *args)
+    lib.t1_scores_f32(q.data_ptr(), k.data_ptr(), scores.data_ptr(), *args)
     if bias is not None:
         scores.view(B, Hq, T).add_(bias[:, None, :T])
     probs = torch.softmax(scores, dim=-1)
     out = torch.empty(B, Hq * D)
-    (lib.t1_pv_bf16 if bf16 else lib.t1_pv_f32)(probs.data_ptr(), v.data_ptr(), out.data_ptr(), *args)
+    lib.t1_pv_f32(probs.data_ptr(), v.data_ptr(), out.data_ptr(), *args)
     return out
 
 

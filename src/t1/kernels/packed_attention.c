@@ -89,31 +89,19 @@ static void load_rows(const uint16_t *src, long ld, long col, const int *idx, in
   }
 }
 
-/* S[q][j] = sum_d A[q][d] · BT[d][j] for all QB rows and j < Tp: QB × VL tiles, accumulators in registers */
-static void tile_products(const float *restrict A, const float *restrict BT, int Dp, int Lp, int Tp,
-                          float *restrict S) {
-  for (int j0 = 0; j0 < Tp; j0 += VL) {
+/* C[q][j] = sum_k A[q][k] · B[k][j] for the QB rows of A, k < K, j < N (a multiple of VL); row strides lda,
+   ldb, ldc. QB × VL tiles, accumulators in registers. Every product of the kernel is one of these: scores
+   Q·Kᵀ and dO·Vᵀ (B = K or V transposed), outputs P·V and dS·K (B row-major). */
+static void tile_matmul(const float *restrict A, int lda, const float *restrict B, int ldb, int K, int N,
+                        float *restrict C, int ldc) {
+  for (int j0 = 0; j0 < N; j0 += VL) {
     vf acc[QB];
     for (int q = 0; q < QB; q++) acc[q] = (vf){0};
-    for (int d = 0; d < Dp; d++) {
-      const vf b = LOAD(BT + (long)d * Lp + j0);
-      for (int q = 0; q < QB; q++) acc[q] += A[q * Dp + d] * b;
+    for (int k = 0; k < K; k++) {
+      const vf b = LOAD(B + (long)k * ldb + j0);
+      for (int q = 0; q < QB; q++) acc[q] += A[(long)q * lda + k] * b;
     }
-    for (int q = 0; q < QB; q++) STORE(S + (long)q * Lp + j0, acc[q]);
-  }
-}
-
-/* O[q][d] = sum_{j < Tp} P[q][j] · X[j][d] (X row-major [.][Dp]): QB × VL tiles */
-static void tile_weighted_rows(const float *restrict P, int Lp, const float *restrict X, int Dp, int Tp,
-                               float *restrict O) {
-  for (int d0 = 0; d0 < Dp; d0 += VL) {
-    vf acc[QB];
-    for (int q = 0; q < QB; q++) acc[q] = (vf){0};
-    for (int j = 0; j < Tp; j++) {
-      const vf x = LOAD(X + (long)j * Dp + d0);
-      for (int q = 0; q < QB; q++) acc[q] += P[(long)q * Lp + j] * x;
-    }
-    for (int q = 0; q < QB; q++) STORE(O + q * Dp + d0, acc[q]);
+    for (int q = 0; q < QB; q++) STORE(C + (long)q * ldc + j0, acc[q]);
   }
 }
 
@@ -165,9 +153,9 @@ void t1_attn_fwd(const uint16_t *qk, long ldqk, const uint16_t *v, long ldv, con
       const int nb = L - t0 < QB ? L - t0 : QB, Tp = round_up(t0 + nb);
       float lse_q[QB], inv[QB];
       load_rows(qk, ldqk, (long)h * D, idx + t0, nb, D, Q);
-      tile_products(Q, KT, Dp, Lp, Tp, Sc);
+      tile_matmul(Q, Dp, KT, Lp, Dp, Tp, Sc, Lp);
       block_softmax(Sc, Lp, nb, t0, Tp, lse_q, inv);
-      tile_weighted_rows(Sc, Lp, V, Dp, Tp, O);
+      tile_matmul(Sc, Lp, V, Dp, Tp, Dp, O, Dp);
       for (int q = 0; q < nb; q++) {
         const long f = idx[t0 + q];
         uint16_t *orow = out + f * Hq * D + (long)h * D;
@@ -200,8 +188,8 @@ void t1_attn_bwd(const uint16_t *qk, long ldqk, const uint16_t *v, long ldv, con
           const int nb = L - t0 < QB ? L - t0 : QB, T = t0 + nb, Tp = round_up(T);
           load_rows(qk, ldqk, (long)h * D, idx + t0, nb, D, Q);
           load_rows(dout, (long)Hq * D, (long)h * D, idx + t0, nb, D, dO);
-          tile_products(Q, KT, Dp, Lp, Tp, P);
-          tile_products(dO, VT, Dp, Lp, Tp, dS); /* dP = dO · V */
+          tile_matmul(Q, Dp, KT, Lp, Dp, Tp, P, Lp);
+          tile_matmul(dO, Dp, VT, Lp, Dp, Tp, dS, Lp); /* dP = dO · Vᵀ */
           for (int q = 0; q < QB; q++) {
             float *restrict pr = P + (long)q * Lp, *restrict sr = dS + (long)q * Lp;
             const int n_keys = q < nb ? t0 + q + 1 : 0;
@@ -216,7 +204,7 @@ void t1_attn_bwd(const uint16_t *qk, long ldqk, const uint16_t *v, long ldv, con
             for (int j = 0; j < n_keys; j++) sr[j] = pr[j] * (sr[j] - delta);
             for (int j = n_keys; j < Tp; j++) pr[j] = sr[j] = 0.f;
           }
-          tile_weighted_rows(dS, Lp, K, Dp, Tp, dQ); /* dQ = dS · K */
+          tile_matmul(dS, Lp, K, Dp, Tp, Dp, dQ, Dp); /* dQ = dS · K */
           for (int q = 0; q < nb; q++) {
             float *dq = dqk + ((long)idx[t0 + q] * W + h) * D;
             for (int d = 0; d < D; d++) dq[d] = dQ[q * Dp + d];

@@ -243,14 +243,14 @@ class FastEngine:
                  bias: torch.Tensor | None, lib=None) -> torch.Tensor:
         """x: [B, S] token ids at cache slots t0..t0+S-1; rot: [B, S, 1, head_dim/2] complex rotations of
         their positions; bias: [B, 1, S, t0+S] additive attention mask or None; lib: t1's kernels (decode
-        attention when S == 1: for bf16 models the whole block, else the attention alone; RMSNorm and SwiGLU in
-        bf16). Writes k/v into the caches. Returns last-position logits [B, V]. Norm weights are folded into the
+        attention when S == 1: for bf16 models the whole block, for fp32 ones the attention; RMSNorm and SwiGLU
+        in bf16). Writes k/v into the caches. Returns last-position logits [B, V]. Norm weights are folded into the
         next matrix (:class:`t1.fastlm.Prepared`), so the norms here have none."""
         B, S = x.shape
         h = F.embedding(x, w.embed)
         nq, nkv, hd = w.n_heads, w.n_kv, w.head_dim
-        # one decoding step of a bf16 model: the whole attention block in one kernel call
-        fused = lib is not None and S == 1 and w.dtype == torch.bfloat16 and cache_k.dtype == torch.bfloat16
+        # one decoding step of a bf16 model (the cache is bf16 only then, see _run): the whole block in one call
+        fused = lib is not None and S == 1 and cache_k.dtype == torch.bfloat16
         for li, L in enumerate(w.layers):
             qkv = L["qkv"](ops.rms_norm_to(h, w.eps, w.dtype))
             ck, cv = cache_k[li], cache_v[li]
