@@ -15,6 +15,7 @@ from pathlib import Path
 
 from t1 import config as cfglib
 from t1.io import DataError
+from t1.rollout.config import ENGINES
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -136,7 +137,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from t1.eval.evaluate import EvalSettings, run_eval
 
     s = EvalSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                     seed=args.seed, engine=args.engine)
+                     seed=args.seed, engine=_engine(args))
     run_eval(args.model, [b.strip() for b in args.bench.split(",") if b.strip()], args.out, s, args.gpqa_csv,
              args.data_dir, args.limit, progress=not args.quiet)
     return 0
@@ -150,9 +151,15 @@ def cmd_scale(args: argparse.Namespace) -> int:
     s = ScaleSettings(budgets=_budgets(args.budgets), n=args.n, temperature=args.temperature, top_p=args.top_p,
                       seed=args.seed, answer_tokens=args.answer_tokens, cue=args.cue, extend=args.extend,
                       max_extensions=args.max_extensions, force_answer=args.force_answer)
-    run_scale(models, args.bench, args.out, s, args.summarizer, args.engine, args.limit, args.gpqa_csv,
+    run_scale(models, args.bench, args.out, s, args.summarizer, _engine(args), args.limit, args.gpqa_csv,
               args.data_dir, progress=not args.quiet)
     return 0
+
+
+def _engine(args: argparse.Namespace):
+    from t1.rollout.config import EngineConfig
+
+    return cfglib.load(EngineConfig, None, [f"engine={args.engine}", *args.engine_opt])
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
@@ -160,7 +167,11 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--temperature", type=float, default=temperature)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--engine", default="fast", choices=["fast", "generate"])
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="sampling engine: auto = vLLM on a GPU where installed, else fast")
+    p.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="an engine setting, e.g. vllm.tensor_parallel_size=8 (repeatable; t1 rl --help-config "
+                        "lists them under rollout.)")
     p.add_argument("--limit", type=int, default=0, help="only the first N problems (0 = all)")
     p.add_argument("--gpqa-csv", default=None, help="the official GPQA Diamond CSV (for --bench gpqa)")
     p.add_argument("--data-dir", default=None, help="benchmark files (default: the copies shipped with t1)")

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from t1.data.sft import prompt_ids
 from t1.eval.metrics import majority_correct, pass1_stats, pass_at_k
 from t1.io import atomic_write_text
-from t1.rollout import SamplingParams, make_engine
+from t1.rollout import SamplingParams, close_engine, open_engine, sample_seed
 from t1.tasks.scoring import Item, Scorer
 
 
@@ -23,17 +23,15 @@ class EvalSettings:
     top_p: float = 1.0
     max_new_tokens: int = 1024
     seed: int = 0
-    engine: str = "fast"
+    engine: object = "auto"  # an engine name or a t1.rollout.config.EngineConfig
     use_chat_template: bool = True
     batch_problems: int = 256
 
 
-def sample_and_grade(model, tok, task: str, items: list[Item], s: EvalSettings, scorer: Scorer,
+def sample_and_grade(engine, tok, task: str, items: list[Item], s: EvalSettings, scorer: Scorer,
                      desc: str = "eval", progress: bool = True) -> list[dict]:
-    """One row per (problem, sample): prompt, response, extracted, correct, tokens, finished."""
-    from t1.rl.trainer import sample_seed
-
-    engine = make_engine(s.engine, model, tok)
+    """One row per (problem, sample): prompt, response, extracted, correct, tokens, finished. ``engine``: a
+    sampling engine (:func:`t1.rollout.open_engine`)."""
     params = SamplingParams(s.temperature, s.top_p, s.max_new_tokens)
     rows: list[dict] = []
     bar = tqdm(total=len(items) * s.n, desc=desc, unit="sample", file=sys.stderr, disable=not progress)
@@ -84,12 +82,10 @@ def table(summaries: dict[str, dict]) -> str:
 def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettings, gpqa_csv: str | None = None,
              data_dir: str | None = None, limit: int = 0, progress: bool = True, countdown_cfg=None) -> dict:
     from t1.eval.benchmarks import load_bench
-    from t1.models import load
     from t1.runtime import quiet_libraries
 
     quiet_libraries()
-    model, tok = load(model_path, dtype="float32")
-    model.eval()
+    engine, tok, kind = open_engine(s.engine, model_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summaries = {}
@@ -99,13 +95,14 @@ def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettin
             items = items[:limit]
         scorer = Scorer(task, countdown_cfg)
         try:
-            rows = sample_and_grade(model, tok, task, items, s, scorer, desc=name, progress=progress)
+            rows = sample_and_grade(engine, tok, task, items, s, scorer, desc=name, progress=progress)
         finally:
             scorer.close()
         stem = Path(name).stem
         atomic_write_text(out / f"{stem}.samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         summaries[stem] = summarize(rows, s.n)
-    atomic_write_text(out / "summary.json", json.dumps({"model": str(model_path), "settings": s.__dict__,
+    close_engine(engine)
+    atomic_write_text(out / "summary.json", json.dumps({"model": str(model_path), "settings": {**s.__dict__, "engine": kind},
                                                         "benchmarks": summaries}, indent=2))
     print(table(summaries), file=sys.stderr)
     return summaries

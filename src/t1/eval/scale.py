@@ -115,7 +115,7 @@ def _generate_with_extensions(engine, tok, prompts, seeds, s: ScaleSettings, bud
 def scaling_points(engine, tok, task: str, items: list[Item], s: ScaleSettings, scorer: Scorer,
                    summarizer=None, progress: bool = True) -> list[dict]:
     """[{budget, accuracy, stderr, finished_rate, mean_tokens}] for one model."""
-    from t1.rl.trainer import sample_seed
+    from t1.rollout import sample_seed
 
     cue = s.cue if s.cue is not None else ANSWER_CUES[task]
     cue_ids = tok(cue, add_special_tokens=False)["input_ids"]
@@ -172,13 +172,10 @@ class Summarizer:
 
     TEMPLATE = ("{problem}\n\nHere is an unfinished solution:\n{partial}\n\nBased on it, state the final answer.")
 
-    def __init__(self, path: str, engine_kind: str = "fast"):
-        from t1.models import load
-        from t1.rollout import make_engine
+    def __init__(self, path: str, engine="auto"):
+        from t1.rollout import open_engine
 
-        self.model, self.tok = load(path, dtype="float32")
-        self.model.eval()
-        self.engine = make_engine(engine_kind, self.model, self.tok)
+        self.engine, self.tok, _ = open_engine(engine, path)
 
     def complete(self, pairs: list[tuple[Item, str]], cue: str, max_tokens: int) -> list[Sample]:
         cue_ids = self.tok(cue, add_special_tokens=False)["input_ids"]
@@ -214,28 +211,28 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str = "") -> Path:
 
 
 def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: ScaleSettings, summarizer_path=None,
-              engine_kind: str = "fast", limit: int = 0, gpqa_csv=None, data_dir=None, countdown_cfg=None,
+              engine="auto", limit: int = 0, gpqa_csv=None, data_dir=None, countdown_cfg=None,
               progress: bool = True) -> dict[str, list[dict]]:
     """``models``: (label, path) pairs. Writes scaling.json and scaling.png to ``out``."""
     from t1.eval.benchmarks import load_bench
     from t1.io import atomic_write_text
-    from t1.models import load
-    from t1.rollout import make_engine
+    from t1.rollout import close_engine, open_engine
     from t1.runtime import quiet_libraries
 
     quiet_libraries()
     task, items = load_bench(bench, data_dir, gpqa_csv, countdown_cfg)
     if limit:
         items = items[:limit]
-    summarizer = Summarizer(summarizer_path, engine_kind) if summarizer_path else None
+    summarizer = Summarizer(summarizer_path, engine) if summarizer_path else None
     scorer = Scorer(task, countdown_cfg)
     curves = {}
     try:
         for label, path in models:
-            model, tok = load(path, dtype="float32")
-            model.eval()
-            curves[label] = scaling_points(make_engine(engine_kind, model, tok), tok, task, items, s, scorer,
-                                           summarizer, progress)
+            eng, tok, _ = open_engine(engine, path)
+            try:
+                curves[label] = scaling_points(eng, tok, task, items, s, scorer, summarizer, progress)
+            finally:
+                close_engine(eng)
     finally:
         scorer.close()
     out = Path(out)

@@ -11,39 +11,34 @@ from t1.data.prompts import PromptDataConfig
 from t1.fastlm import fast_forward_option
 from t1.models import Attention, attention_option
 from t1.rl.penalties import PenaltyConfig
+from t1.rollout.config import EngineConfig
 from t1.runtime import OptimConfig
 
 
 @dataclass(frozen=True)
-class OpenAIConfig:
-    base_url: str = option("http://127.0.0.1:30000/v1", "OpenAI-compatible server (SGLang, vLLM)")
-    model: str = option("default", "model name the server expects")
-    api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the API key (may be unset)")
-    timeout: float = option(600.0, "seconds per request")
-    max_retries: int = option(5, "retries on 429 / 5xx / time-outs, with exponential backoff")
-    concurrency: int = option(32, "requests in flight")
+class RolloutConfig(EngineConfig):
+    """The engine table (:class:`t1.rollout.config.EngineConfig`: ``engine``, ``vllm``, ``vllm_server`` …)
+    plus what RL samples."""
 
-
-@dataclass(frozen=True)
-class RolloutConfig:
-    engine: Literal["fast", "generate", "openai"] = option(
-        "fast", "fast: our batched sampler on the policy's weights; generate: model.generate; openai: a server")
     prompts_per_step: int = option(32, "P: prompts per RL step, across all processes (the paper: 32)")
     samples_per_prompt: int = option(64, "K: samples per prompt — the oversampling (the paper: 64)")
     temperature: float = option(1.2, "sampling temperature (the paper: 1.2)")
     top_p: float = option(0.95, "nucleus sampling (the authors' code: 0.95)")
     max_new_tokens: int = option(10240, "generation budget; longer responses are truncated (paper: 10240)")
-    max_batch: int = option(512, "fast engine: sequences decoded together")
-    dtype: str = option("auto", "fast engine weights: auto (bf16 where fast) | float32 | bfloat16")
-    openai: OpenAIConfig = option(help="engine=openai: the server", factory=OpenAIConfig)
+    is_cap: float = option(0.0, "truncated importance sampling: weight each token's loss by min(π_train / "
+                                "π_sampler, cap) to correct the sampler-trainer mismatch (0 = off; 2 is common)")
 
     def validate(self) -> None:
+        super().validate()
+        require(self.engine != "openai", "engine", "openai servers never receive the policy's weights, so RL "
+                "would sample from the starting model forever; use vllm_server (or vllm, fast)", self.engine)
         require(self.prompts_per_step >= 1, "prompts_per_step", "must be ≥ 1", self.prompts_per_step)
         require(self.samples_per_prompt >= 2, "samples_per_prompt", "must be ≥ 2 (RLOO needs a group)",
                 self.samples_per_prompt)
         require(self.temperature >= 0, "temperature", "must be ≥ 0", self.temperature)
         require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
         require(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1", self.max_new_tokens)
+        require(self.is_cap == 0 or self.is_cap >= 1, "is_cap", "must be 0 (off) or ≥ 1", self.is_cap)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from t1 import config as cfglib
 from t1.config import option, require
 from t1.data.prompts import PromptDataConfig, load_items
 from t1.io import atomic_write_text
-from t1.models import load
+from t1.rollout import close_engine, open_engine
+from t1.rollout.config import EngineConfig
 from t1.runtime import quiet_libraries
 from t1.tasks.scoring import Scorer
 
@@ -35,7 +36,7 @@ class FilterConfig:
     top_p: float = option(1.0, "nucleus sampling")
     max_new_tokens: int = option(1024, "generation budget; a truncated sample counts as wrong")
     prompts_per_batch: int = option(64, "prompts sampled together")
-    engine: str = option("fast", "fast | generate")
+    rollout: EngineConfig = option(help="the sampling engine (the table in t1.rollout.config)", factory=EngineConfig)
     seed: int = option(0, "sampling seed")
 
     def validate(self) -> None:
@@ -44,14 +45,14 @@ class FilterConfig:
         require(0 <= self.min_pass <= self.max_pass <= 1, "max_pass", "need 0 ≤ min_pass ≤ max_pass ≤ 1", self.max_pass)
 
 
-def pass_rates(model, tok, items, cfg: FilterConfig, scorer: Scorer, progress: bool = True) -> list[float]:
+def pass_rates(engine, tok, items, cfg: FilterConfig, scorer: Scorer, progress: bool = True) -> list[float]:
     """Each prompt's share of ``cfg.samples`` responses that end by themselves with a correct answer."""
     from t1.eval.evaluate import EvalSettings, sample_and_grade
 
     s = EvalSettings(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                     seed=cfg.seed, engine=cfg.engine, use_chat_template=cfg.data.use_chat_template,
+                     seed=cfg.seed, engine=cfg.rollout, use_chat_template=cfg.data.use_chat_template,
                      batch_problems=cfg.prompts_per_batch)
-    rows = sample_and_grade(model, tok, cfg.data.task, items, s, scorer, desc="filter", progress=progress)
+    rows = sample_and_grade(engine, tok, cfg.data.task, items, s, scorer, desc="filter", progress=progress)
     n = cfg.samples
     return [sum(r["correct"] for r in rows[i * n:(i + 1) * n]) / n for i in range(len(items))]
 
@@ -63,14 +64,14 @@ def keep(rate: float, cfg: FilterConfig) -> bool:
 
 def run_filter(cfg: FilterConfig, progress: bool = True) -> dict:
     quiet_libraries()
-    model, tok = load(cfg.model, dtype="float32")
-    model.eval()
     items = load_items(cfg.data)
+    engine, tok, _ = open_engine(cfg.rollout, cfg.model)
     scorer = Scorer(cfg.data.task, cfg.data.countdown)
     try:
-        rates = pass_rates(model, tok, items, cfg, scorer, progress)
+        rates = pass_rates(engine, tok, items, cfg, scorer, progress)
     finally:
         scorer.close()
+        close_engine(engine)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfglib.save(cfg, out / "config.yaml")

@@ -34,18 +34,12 @@ from t1.rl.anchor import Anchor
 from t1.rl.config import RLConfig
 from t1.rl.penalties import check as penalty_flags
 from t1.rl.select import select
-from t1.rollout import SamplingParams, make_engine
+from t1.rollout import SamplingParams, make_engine, sample_seed
 from t1.runtime import (Metrics, Timer, checkpoint_dirs, load_checkpoint_state, lr_factor, make_accelerator,
                         make_optimizer, resolve_precision, rng_state, save_checkpoint, set_lr, set_rng_state)
 from t1.data.sft import Example
 from t1.sft import collate, epoch_order, micro_batches
 from t1.tasks.scoring import Scorer
-
-
-def sample_seed(seed: int, step: int, prompt: int, k: int) -> int:
-    """A distinct, reproducible seed for sample k of prompt ``prompt`` at ``step``."""
-    x = (seed * 0x9E3779B1 + step) * 0x85EBCA77 + prompt * 0xC2B2AE3D + k
-    return x % (1 << 62)
 
 
 @dataclass
@@ -114,7 +108,7 @@ class RLTrainer:
         model, self.tok = load(ckpt or cfg.model, dtype="float32")
         self.items = load_items(cfg.data)
         self.prompt_cache: dict[int, list[int]] = {}
-        longest = 0 if torch.cuda.is_available() else max(len(self._prompt(i)) for i in range(len(self.items)))
+        longest = max(len(self._prompt(i)) for i in range(len(self.items)))
         self.attention = set_attention(model, cfg.train.attention, longest + cfg.rollout.max_new_tokens)
         self.anchor = Anchor(model, cfg.anchor.mode if cfg.algo.kl_beta > 0 else "none",
                              cfg.anchor.ema_decay, cfg.anchor.reset_every)
@@ -134,12 +128,10 @@ class RLTrainer:
         self.raw_logits = Forward(self.raw, self.raw, cfg.train.fast_forward)  # no-gradient pass 1
         self.anchor_logits = (Forward(self.anchor.model, fast=cfg.train.fast_forward)
                               if self.anchor.model is not None else None)
-        engine_kwargs = {}
-        if cfg.rollout.engine == "fast":
-            engine_kwargs = {"max_batch": cfg.rollout.max_batch, "dtype": cfg.rollout.dtype}
-        elif cfg.rollout.engine == "openai":
-            engine_kwargs = {"cfg": cfg.rollout.openai}
-        self.engine = make_engine(cfg.rollout.engine, self.raw, self.tok, **engine_kwargs)
+        self.engine = make_engine(cfg.rollout, self.raw, self.tok, model_path=str(ckpt or cfg.model),
+                                  max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out))
+        self.version = self.start  # optimizer steps taken: the weights the engine must sample from
+        self._push_weights()
         self.scorer = Scorer(cfg.data.task, cfg.data.countdown, timeout=cfg.train.grader_timeout)
         self.bad_ids = frozenset(self.tok.all_special_ids) - {self.tok.eos_token_id}
         self.params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)

@@ -5,8 +5,11 @@ for K samples), each with its own seed, so a sample depends only on its prompt, 
 on which other prompts share its batch or process.
 
 Engines: :class:`t1.rollout.fast.FastEngine` (transformers weights, our decode loop; CPU and single GPU),
-:class:`t1.rollout.hf_generate.GenerateEngine` (plain ``model.generate``, any architecture), and
-:class:`t1.rollout.openai.OpenAIEngine` (an OpenAI-compatible server: SGLang, vLLM).
+:class:`t1.rollout.hf_generate.GenerateEngine` (plain ``model.generate``, any architecture),
+:class:`t1.rollout.vllm_engine.VLLMEngine` (vLLM inside the training process),
+:class:`t1.rollout.vllm_server.VLLMServerEngine` (running ``vllm serve`` instances, weights pushed) and
+:class:`t1.rollout.openai.OpenAIEngine` (any OpenAI-compatible server, no weight pushes). The table and each
+engine's settings: :mod:`t1.rollout.config`.
 """
 
 from __future__ import annotations
@@ -31,23 +34,76 @@ class Sample:
 
 
 class Engine(Protocol):
+    """``generate`` is all a caller needs. Engines that sample from a copy of the weights (vLLM, servers) also
+    have ``shares_weights = False``, ``push_weights(weights, version)`` taking (HF name, full tensor) pairs
+    one at a time (see :mod:`t1.rollout.weights`), and ``generate(..., version=v)`` refusing to sample from
+    other weights than version v. The fast and generate engines read the policy's own tensors
+    (``shares_weights = True``): nothing to push."""
+
     def generate(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Sample]: ...
 
 
-def make_engine(kind: str, model, tokenizer, **kwargs) -> Engine:
-    """"fast" (falls back to "generate" for architectures it does not know), "generate" or "openai"."""
+def sample_seed(seed: int, step: int, prompt: int, k: int) -> int:
+    """A distinct, reproducible seed for sample k of prompt ``prompt`` at ``step``."""
+    x = (seed * 0x9E3779B1 + step) * 0x85EBCA77 + prompt * 0xC2B2AE3D + k
+    return x % (1 << 62)
+
+
+def make_engine(cfg, model, tokenizer, *, model_path: str | None = None, max_len: int = 0,
+                run_dir: str | None = None) -> Engine:
+    """The engine ``cfg`` (a :class:`t1.rollout.config.EngineConfig`, or just an engine name) asks for.
+    ``model`` is the loaded policy (fast/generate sample from it); ``model_path`` is where vLLM loads the
+    starting weights from; ``max_len`` the longest prompt + budget; ``run_dir`` holds disk-synced weights."""
+    from t1.rollout.config import EngineConfig, resolve
+
+    if isinstance(cfg, str):
+        cfg = EngineConfig(engine=cfg)
+    kind = resolve(cfg.engine)
     if kind == "fast":
         from t1.rollout.fast import FastEngine, supports
 
         if supports(model):
-            return FastEngine(model, tokenizer, **kwargs)
+            return FastEngine(model, tokenizer, max_batch=cfg.max_batch, dtype=cfg.dtype)
         kind = "generate"
     if kind == "generate":
         from t1.rollout.hf_generate import GenerateEngine
 
         return GenerateEngine(model, tokenizer)
-    if kind == "openai":
-        from t1.rollout.openai import OpenAIEngine
+    if kind == "vllm":
+        from t1.rollout.vllm_engine import VLLMEngine
 
-        return OpenAIEngine(tokenizer=tokenizer, **kwargs)
-    raise ValueError(f"unknown engine {kind!r}: use fast, generate or openai")
+        if model_path is None:
+            raise ValueError("engine vllm needs the model's path")
+        return VLLMEngine(model_path, tokenizer, cfg.vllm, max_len=max_len)
+    if kind == "vllm_server":
+        from t1.rollout.vllm_server import VLLMServerEngine
+
+        return VLLMServerEngine(tokenizer, cfg.vllm_server, run_dir=run_dir)
+    from t1.rollout.openai import OpenAIEngine
+
+    return OpenAIEngine(tokenizer=tokenizer, cfg=cfg.openai)
+
+
+def open_engine(cfg, model_path: str, *, max_len: int = 0, run_dir: str | None = None):
+    """(engine, tokenizer, engine name) for sampling from the checkpoint at ``model_path``. The Hugging Face
+    model is loaded only for the engines that sample from it (fast, generate): a vLLM engine loads its own
+    weights, so a 32B evaluation never holds a second fp32 copy in host memory."""
+    from t1.models import load, load_tokenizer
+    from t1.rollout.config import EngineConfig, resolve
+
+    if isinstance(cfg, str):
+        cfg = EngineConfig(engine=cfg)
+    kind = resolve(cfg.engine)
+    if kind in ("fast", "generate"):
+        model, tok = load(model_path, dtype="float32")
+        model.eval()
+    else:
+        model, tok = None, load_tokenizer(model_path)
+    return make_engine(cfg, model, tok, model_path=str(model_path), max_len=max_len, run_dir=run_dir), tok, kind
+
+
+def close_engine(engine) -> None:
+    """Release an engine's resources (vLLM's memory) before another one starts in this process."""
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()

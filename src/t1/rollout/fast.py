@@ -173,6 +173,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Te
 class FastEngine:
     """Batched sampling with a static KV cache; see the module doc."""
 
+    shares_weights = True  # samples from the policy's own tensors: nothing to push
+
     def __init__(self, model, tokenizer, max_batch: int = 512, dtype: str = "auto", compact_at: float = 0.05,
                  kernel: bool = True):
         """``kernel``: decode attention on the CPU through :mod:`t1.kernels` where it can be built (False:

@@ -12,6 +12,8 @@ from t1.rollout import Sample, SamplingParams
 
 
 class GenerateEngine:
+    shares_weights = True  # samples from the policy's own tensors: nothing to push
+
     def __init__(self, model, tokenizer, max_batch: int = 256):
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
         self.eos = tokenizer.eos_token_id

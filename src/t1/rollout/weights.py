@@ -1,0 +1,138 @@
+"""The policy's weights as full tensors with Hugging Face names, one parameter at a time.
+
+Pushing weights into a sampling engine must never materialise the whole model twice: under FSDP or
+DeepSpeed ZeRO-3 each parameter is gathered, handed on, and released before the next one.
+
+* plain / DDP: the parameter itself (no copy);
+* FSDP2 (``DTensor`` parameters): ``full_tensor()``, one parameter at a time;
+* FSDP1: ``summon_full_params(module, recurse=False)`` for one wrapped module at a time;
+* DeepSpeed ZeRO-3: ``GatheredParameters([p])``, one parameter at a time.
+
+Every process must iterate (the gathers are collectives). Tied weights come out under every name
+(``lm_head.weight`` too): a push without the tied output layer would leave the engine's output layer stale
+with no warning (vLLM only logs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+_WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "module.")
+
+
+def clean_name(name: str) -> str:
+    """An HF parameter name without the wrappers' prefixes (FSDP, activation checkpointing, compile, DDP)."""
+    for w in _WRAPPERS:
+        name = name.replace(w, "")
+    return name
+
+
+def _fsdp1_modules(model: torch.nn.Module):
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:  # pragma: no cover - torch without distributed
+        return None, []
+    return FSDP, [m for m in model.modules() if isinstance(m, FSDP)]
+
+
+def _zero3(p: torch.nn.Parameter) -> bool:
+    return hasattr(p, "ds_id")
+
+
+def full_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (HF name, full tensor) for every parameter of ``model`` (possibly wrapped), tied names included.
+    Each tensor is valid until the next item is requested."""
+    FSDP, fsdp_modules = _fsdp1_modules(model)
+    if fsdp_modules:
+        yield from _fsdp1(model, FSDP)
+        return
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if _zero3(p):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p]):
+                yield clean_name(name), p.data
+        elif hasattr(p, "full_tensor"):  # DTensor (FSDP2)
+            full = p.full_tensor()
+            yield clean_name(name), full
+            del full
+        else:
+            yield clean_name(name), p.data
+
+
+def _fsdp1(model: torch.nn.Module, FSDP) -> Iterator[tuple[str, torch.Tensor]]:
+    """FSDP1: gather one wrapped module's own (non-recursive) parameters at a time."""
+    seen: set[str] = set()
+
+    def walk(module: torch.nn.Module, prefix: str):
+        for child_name, child in module.named_children():
+            yield from walk(child, f"{prefix}{child_name}.")
+        if isinstance(module, FSDP):
+            with FSDP.summon_full_params(module, recurse=False, writeback=False):
+                for name, p in module.named_parameters(remove_duplicate=False):
+                    full = clean_name(prefix + name)
+                    if full not in seen and "flat_param" not in name:
+                        seen.add(full)
+                        yield full, p.data
+
+    yield from walk(model, "")
+
+
+def iter_cast(weights, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, t in weights:
+        yield name, (t if dtype is None or t.dtype == dtype else t.to(dtype))
+
+
+# ------------------------------------------------------------------------------------- files on a disk
+
+
+VERSION_FILE = "t1_weight_version.json"
+
+
+def write_safetensors(weights, directory: str | Path, version: int, write: bool = True,
+                      shard_bytes: int = 4 << 30) -> Path:
+    """Write ``weights`` as safetensors shards into ``directory`` atomically (a new folder renamed into
+    place), with the weight version in ``t1_weight_version.json``. Only the writing process passes
+    ``write=True``; every process must still iterate ``weights`` (gathers are collectives). Tied tensors
+    are cloned so every name is stored."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
+    if write:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    shard: dict[str, torch.Tensor] = {}
+    size, n, index = 0, 0, {}
+
+    def flush():
+        nonlocal shard, size, n
+        if shard and write:
+            fname = f"model-{n:05d}.safetensors"
+            save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+            index.update({k: fname for k in shard})
+        shard, size, n = {}, 0, n + 1
+
+    for name, t in weights:
+        if write:
+            shard[name] = t.detach().to("cpu", copy=True).contiguous()
+            size += t.numel() * t.element_size()
+        if size >= shard_bytes:
+            flush()
+    flush()
+    if write:
+        (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+        (tmp / VERSION_FILE).write_text(json.dumps({"version": version}))
+        old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
