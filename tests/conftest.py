@@ -15,3 +15,14 @@ def tiny_model_dir(tmp_path_factory):
     tok = build_tokenizer(100)
     model = build_model(TINY, tok)
     return save(model, tok, tmp_path_factory.mktemp("tiny") / "model")
+
+
+# vLLM's CPU attention has no kernels for head size 16: its tests use head size 32 (and grouped-query attention)
+VLLM_TINY = ModelConfig(hidden=64, layers=2, heads=2, kv_heads=1, ffn=128, max_positions=512)
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory):
+    """A 2-layer Llama that vLLM's CPU build can run, saved in HF format with the Countdown tokenizer."""
+    tok = build_tokenizer(100)
+    return save(build_model(VLLM_TINY, tok), tok, tmp_path_factory.mktemp("tiny_vllm") / "model")

@@ -1,7 +1,7 @@
 import pytest
 
 from t1.models import build_tokenizer
-from t1.rl.config import OpenAIConfig
+from t1.rollout.config import OpenAIConfig
 from t1.rollout import SamplingParams
 from t1.rollout.openai import OpenAIEngine, ServerError
 from tests.fake_server import FakeServer

@@ -85,18 +85,22 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: Aggregation, n_seq
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 mode: Aggregation, clip: float = 0.2, entropy: torch.Tensor | None = None, alpha: float = 0.0,
-                n_seqs: float | None = None, n_tokens: float | None = None) -> tuple[torch.Tensor, dict]:
+                n_seqs: float | None = None, n_tokens: float | None = None, weight: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict]:
     """The clipped policy-gradient loss with an entropy bonus.
 
     logp, old_logp: [N, T] log-probs of the sampled tokens under the current policy and the policy that
     sampled them (detached); advantages: [N]; entropy: [N, T] or None. Returns (loss, stats) where stats
-    holds detached diagnostics (the clipped fraction).
+    holds detached diagnostics (the clipped fraction). ``weight``: [N, T] detached per-token weights on the
+    policy-gradient term (the truncated importance-sampling correction), or None.
     """
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None].to(logp.dtype)
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - clip, 1 + clip) * adv if clip > 0 else unclipped
     pg = -torch.minimum(unclipped, clipped)
+    if weight is not None:
+        pg = pg * weight.to(pg.dtype)
     loss = aggregate(pg, mask, mode, n_seqs, n_tokens)
     if entropy is not None and alpha:
         loss = loss - alpha * aggregate(entropy, mask, mode, n_seqs, n_tokens)

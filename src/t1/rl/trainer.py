@@ -27,64 +27,20 @@ from t1 import config as cfglib
 from t1.config import ConfigError
 from t1.data.prompts import load_items
 from t1.data.sft import prompt_ids
-from t1.fastlm import Forward, Packed, packed_logits
+from t1.fastlm import Forward, packed_logits
 from t1.models import count_parameters, load, set_attention
 from t1.rl import algo
 from t1.rl.anchor import Anchor
+from t1.rl.batch import Batch, Mismatch, PackedRows, pad, sampler_logp
 from t1.rl.config import RLConfig
 from t1.rl.penalties import check as penalty_flags
 from t1.rl.select import select
-from t1.rollout import SamplingParams, make_engine, sample_seed
+from t1.rollout import SamplingParams, close_engine, make_engine, sample_seed
+from t1.rollout.weights import full_parameters
 from t1.runtime import (Metrics, Timer, checkpoint_dirs, load_checkpoint_state, lr_factor, make_accelerator,
                         make_optimizer, resolve_precision, rng_state, save_checkpoint, set_lr, set_rng_state)
-from t1.data.sft import Example
-from t1.sft import collate, epoch_order, micro_batches
+from t1.sft import epoch_order, micro_batches
 from t1.tasks.scoring import Scorer
-
-
-@dataclass
-class Batch:
-    """One process's share of a step: sequences (prompt + response), grouped K at a time."""
-
-    ids: list[list[int]]  # prompt + response tokens
-    n_prompt: list[int]
-    reward: torch.Tensor  # [N] after penalties
-    stats: dict
-
-
-def _pad(batch: Batch, rows: list[int], pad_id: int, device):
-    """Right-padded ids [B, T] and the response mask for positions 1..T-1 (token t is predicted at t-1), via
-    SFT's collate: an RL sequence is an SFT example whose prompt carries no loss."""
-    ids, attn, resp = collate([Example(tuple(batch.ids[i]), batch.n_prompt[i]) for i in rows], pad_id, device)
-    return ids, attn, resp[:, 1:]
-
-
-class _PackedRows:
-    """Rows of a batch laid end to end for :func:`t1.fastlm.packed_logits` (no padding; each prompt's tokens
-    once for its K samples), with the flat positions whose next token is a response token (``select``),
-    those tokens (``targets``), and ``spread`` to put per-position values into the right-padded [rows, T-1]
-    layout that ``_pad``'s mask and the loss use."""
-
-    def __init__(self, batch: Batch, rows: list[int], device):
-        seqs = [batch.ids[i] for i in rows]
-        self.packed = Packed(seqs, device, prefixes=[batch.n_prompt[i] for i in rows])
-        sel, targets, dest_r, dest_c = [], [], [], []
-        for r, (i, seq) in enumerate(zip(rows, seqs)):
-            cols = range(batch.n_prompt[i] - 1, len(seq) - 1)  # position t predicts token t + 1
-            sel.extend(self.packed.index[r][t] for t in cols)
-            targets.extend(seq[t + 1] for t in cols)
-            dest_r.extend([r] * len(cols))
-            dest_c.extend(cols)
-        self.select = torch.tensor(sel, dtype=torch.long, device=device)
-        self.targets = torch.tensor(targets, dtype=torch.long, device=device)
-        self.dest = (torch.tensor(dest_r, dtype=torch.long, device=device),
-                     torch.tensor(dest_c, dtype=torch.long, device=device))
-        self.shape = (len(rows), max(len(s) for s in seqs) - 1)
-        self.mask = torch.zeros(self.shape, dtype=torch.bool, device=device).index_put_(
-            self.dest, torch.ones(len(sel), dtype=torch.bool, device=device))
-
-    def spread(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(self.shape, dtype=values.dtype, device=values.device).index_put(self.dest, values)
 
 
 class RLTrainer:
@@ -130,12 +86,12 @@ class RLTrainer:
                               if self.anchor.model is not None else None)
         self.engine = make_engine(cfg.rollout, self.raw, self.tok, model_path=str(ckpt or cfg.model),
                                   max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out))
-        self.version = self.start  # optimizer steps taken: the weights the engine must sample from
-        self._push_weights()
         self.scorer = Scorer(cfg.data.task, cfg.data.countdown, timeout=cfg.train.grader_timeout)
         self.bad_ids = frozenset(self.tok.all_special_ids) - {self.tok.eos_token_id}
         self.params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
         self.timer = Timer()
+        self.version = self.start  # optimizer steps taken: the weights the engine must sample from
+        self._push_weights()
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             cfglib.save(cfg, self.out / "config.yaml")
@@ -163,7 +119,11 @@ class RLTrainer:
         seeds = [sample_seed(self.cfg.train.seed, step, i, k) for i in mine for k in range(K)]
         with self.timer("sample"):
             self.raw.eval()
-            samples = self.engine.generate(prompts, seeds, self.params)
+            if self.engine.shares_weights:
+                samples = self.engine.generate(prompts, seeds, self.params)
+            else:  # a copy of the weights: it must hold this step's version (else StaleEngineError)
+                samples = self.engine.generate(prompts, seeds, self.params, version=self.version)
+                self.engine.sleep()  # GPU sleep mode: vLLM's memory is the update's until the next push
             self.raw.train()
         with self.timer("score"):
             items = [self.items[i] for i in mine for _ in range(K)]
@@ -183,41 +143,47 @@ class RLTrainer:
                   "correct": sc.correct, "extracted": sc.extracted, "finished": s.finished, "tokens": len(s.token_ids),
                   **{k: bool(getattr(f, k)) for k in ("truncated", "repetitive", "garbage")}}
                  for it, s, sc, f, r in zip(items, samples, scores, flags, reward)]
-        return Batch(ids, [len(p) for p in prompts], reward, stats), shown
+        return Batch(ids, [len(p) for p in prompts], reward, stats, [s.logprobs for s in samples]), shown
 
     # ---------------------------------------------------------------------------------------- the update
 
     @torch.no_grad()
-    def _pass1(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor] | None, torch.Tensor, torch.Tensor]:
+    def _pass1(self, batch: Batch, mismatch: Mismatch):
         """Per sequence: KL d_i to the anchor, entropy sum, token count, and — only when one batch takes
         several optimizer steps — the old log-probs of its response tokens. With one step, the old policy is
-        the current one and the loss uses the detached current log-probs (ratio 1, same gradient)."""
+        the current one and the loss uses the detached current log-probs (ratio 1, same gradient). Also the
+        sampler-vs-trainer log-prob mismatch and, when on, each sequence's truncated-IS token weights."""
         keep_old = self.cfg.algo.updates_per_batch > 1
         N = len(batch.ids)
         d = torch.zeros(N)
         ent = torch.zeros(N)
         ntok = torch.zeros(N)
         old: list[torch.Tensor] | None = [torch.empty(0)] * N if keep_old else None
+        weights: list[torch.Tensor | None] = [None] * N
         lengths = [len(r) for r in batch.ids]
         with self.acc.autocast():  # weights rearranged once for all micro-batches (no gradients here)
             prep = self.raw_logits.prepare()
             ref_prep = self._anchor_prepared()
         for mb in micro_batches(list(range(N)), lengths, self.cfg.train.micro_batch_tokens, 1,
                                 self.cfg.train.bucket_ratio):
-            ids, attn, mask = _pad(batch, mb, self.tok.pad_token_id, self.acc.device)
+            ids, attn, mask = pad(batch, mb, self.tok.pad_token_id, self.acc.device)
             with self.acc.autocast():
                 logits = self.raw_logits(ids, attn, prep)[:, :-1]
                 logp = algo.gather_logp(logits, ids[:, 1:])
                 h = algo.token_entropy(logits)
+                w = mismatch(logits[mask], ids[:, 1:][mask], sampler_logp(batch, mb))
                 if self.anchor.model is not None:
                     ref = algo.gather_logp(self.anchor_logits(ids, attn, ref_prep)[:, :-1], ids[:, 1:])
                     d[mb] = algo.sequence_kl(logp, ref, mask, self.cfg.algo.kl_clamp).float().cpu()
             ent[mb] = (h * mask).sum(-1).float().cpu()
             ntok[mb] = mask.sum(-1).float().cpu()
+            if w is not None:
+                for i, part in zip(mb, w.cpu().split(mask.sum(-1).tolist())):
+                    weights[i] = part
             if keep_old:
                 for j, i in enumerate(mb):
                     old[i] = logp[j][mask[j]].float().cpu()
-        return d, old, ent, ntok
+        return d, old, ent, ntok, weights
 
     @torch.no_grad()
     def _anchor_prepared(self):
@@ -250,11 +216,24 @@ class RLTrainer:
         with self.timer("train"):
             lengths = [len(r) for r in batch.ids]
             mbs = self._fused_micro_batches(lengths)
-            out = self._update_fused(step, batch, mbs) if mbs is not None else \
-                self._update_two_pass(step, batch, lengths)
+            mismatch = Mismatch(self.cfg.rollout.temperature, self.cfg.rollout.top_p, self.cfg.rollout.is_cap)
+            out = self._update_fused(step, batch, mbs, mismatch) if mbs is not None else \
+                self._update_two_pass(step, batch, lengths, mismatch)
+            out.update(mismatch.stats())
             if not out["skipped"]:
                 self.anchor.update(self.raw, step + 1)
+        self.version = step + 1
+        self._push_weights()
         return out
+
+    def _push_weights(self) -> None:
+        """Hand the policy's weights to an engine that samples from a copy (vLLM, servers) as version
+        ``self.version``, one full parameter at a time; engines sharing the policy's tensors need nothing."""
+        if self.engine.shares_weights:
+            return
+        with self.timer("push"):
+            self.engine.push_weights(full_parameters(self.model), self.version)
+            self.acc.wait_for_everyone()
 
     def _shape(self, batch: Batch, d: torch.Tensor, ntok: torch.Tensor):
         """Rewards → KL-shaped rewards → RLOO advantages → selection; global counts for the loss."""
@@ -288,7 +267,7 @@ class RLTrainer:
         set_lr(self.optimizer, lr)
         return lr
 
-    def _update_fused(self, step: int, batch: Batch, mbs: list[list[int]]) -> dict:
+    def _update_fused(self, step: int, batch: Batch, mbs: list[list[int]], mismatch: Mismatch) -> dict:
         """Two forwards (policy with gradients, anchor) and one backward per step — the minimum. The policy's
         graphs stay alive until the whole batch's KL to the anchor is known, then every micro-batch's loss
         goes into a single backward (under DDP the last micro-batch's forward arms the gradient all-reduce,
@@ -309,16 +288,20 @@ class RLTrainer:
             sync = acc.no_sync(self.model) if j < len(mbs) - 1 else contextlib.nullcontext()
             with sync, acc.autocast():
                 if packed:
-                    rows = _PackedRows(batch, mb, acc.device)
+                    rows = PackedRows(batch, mb, acc.device)
                     mask = rows.mask
                     logits = packed_logits(prep, rows.packed, rows.select)
                     logp = rows.spread(algo.gather_logp(logits, rows.targets))
+                    w = mismatch(logits, rows.targets, sampler_logp(batch, mb))
+                    w = None if w is None else rows.spread(w)
                     with torch.set_grad_enabled(bool(cfg.algo.entropy_coef)):
                         h = rows.spread(algo.token_entropy(logits))
                 else:
-                    ids, attn, mask = _pad(batch, mb, self.tok.pad_token_id, acc.device)
+                    ids, attn, mask = pad(batch, mb, self.tok.pad_token_id, acc.device)
                     logits = self.policy_logits(ids, attn, prep)[:, :-1]
                     logp = algo.gather_logp(logits, ids[:, 1:])
+                    w = mismatch(logits[mask], ids[:, 1:][mask], sampler_logp(batch, mb))
+                    w = None if w is None else torch.zeros(mask.shape, device=w.device).index_put((mask,), w)
                     with torch.set_grad_enabled(bool(cfg.algo.entropy_coef)):
                         h = algo.token_entropy(logits)
                 if self.anchor.model is not None:
@@ -331,13 +314,14 @@ class RLTrainer:
                     d[mb] = algo.sequence_kl(logp.detach(), ref, mask, cfg.algo.kl_clamp).float().cpu()
             ent[mb] = (h.detach() * mask).sum(-1).float().cpu()
             ntok[mb] = mask.sum(-1).float().cpu()
-            kept.append((mb, logp, h if cfg.algo.entropy_coef else None, mask))
+            kept.append((mb, logp, h if cfg.algo.entropy_coef else None, mask, w))
         adv, keep, n_seqs, n_tokens = self._shape(batch, d, ntok)
         lr = self._set_lr(step)
         total, loss_sum, clip_sum = None, 0.0, 0.0
-        for mb, logp, h, mask in kept:
+        for mb, logp, h, mask, w in kept:
             loss, st = algo.policy_loss(logp, logp.detach(), adv[mb].to(logp.device), mask, cfg.algo.aggregation,
-                                        cfg.algo.clip, h, cfg.algo.entropy_coef, n_seqs=n_seqs, n_tokens=n_tokens)
+                                        cfg.algo.clip, h, cfg.algo.entropy_coef, n_seqs=n_seqs, n_tokens=n_tokens,
+                                        weight=w)
             loss = loss * self.world
             total = loss if total is None else total + loss
             loss_sum += loss.item() / self.world
@@ -347,12 +331,12 @@ class RLTrainer:
         grad_norm, skipped = self._optimizer_step(loss_sum)
         return self._result(loss_sum, clip_sum, grad_norm, lr, skipped, d, ent, ntok, keep, n_seqs)
 
-    def _update_two_pass(self, step: int, batch: Batch, lengths: list[int]) -> dict:
+    def _update_two_pass(self, step: int, batch: Batch, lengths: list[int], mismatch: Mismatch) -> dict:
         """Pass 1 without gradients (policy and anchor log-probs → KL, entropy), then pass 2 with gradients
         over the selected responses, one backward per micro-batch: bounded memory, any number of optimizer
         steps per batch (PPO-clipped), subset selection, any accelerate backend."""
         cfg, acc = self.cfg, self.acc
-        d, old, ent, ntok = self._pass1(batch)
+        d, old, ent, ntok, weights = self._pass1(batch, mismatch)
         adv, keep, n_seqs, n_tokens = self._shape(batch, d, ntok)
         lr = self._set_lr(step)
         mbs = micro_batches(keep, lengths, cfg.train.micro_batch_tokens, 1, cfg.train.bucket_ratio)
@@ -362,7 +346,7 @@ class RLTrainer:
         for _ in range(cfg.algo.updates_per_batch):
             for j, mb in enumerate(mbs):
                 rows = mb or [0]
-                ids, attn, mask = _pad(batch, rows, self.tok.pad_token_id, acc.device)
+                ids, attn, mask = pad(batch, rows, self.tok.pad_token_id, acc.device)
                 sync = acc.no_sync(self.model) if j < len(mbs) - 1 else contextlib.nullcontext()
                 with sync, acc.autocast():
                     logits = self.policy_logits(ids, attn)[:, :-1]
@@ -376,7 +360,8 @@ class RLTrainer:
                     h = algo.token_entropy(logits) if cfg.algo.entropy_coef else None
                     loss, st = algo.policy_loss(
                         logp, old_lp, adv[rows].to(logp.device), mask, cfg.algo.aggregation, cfg.algo.clip,
-                        h, cfg.algo.entropy_coef, n_seqs=n_seqs, n_tokens=n_tokens)
+                        h, cfg.algo.entropy_coef, n_seqs=n_seqs, n_tokens=n_tokens,
+                        weight=_row_weights(weights, rows, mask))
                     loss = loss * (0.0 if not mb else self.world)
                     acc.backward(loss)
                 if mb:
@@ -403,6 +388,33 @@ class RLTrainer:
                             self.cfg.train.keep_checkpoints)
         acc.wait_for_everyone()
 
+    def _row(self, step: int, batch: Batch, upd: dict, wall: float) -> dict:
+        """The step's metrics row (sums over every process, then means)."""
+        keys = ("kl", "entropy", "tokens", "selected", "logp_diff_sum", "logp_diff_n", "is_weight_sum", "is_clipped")
+        sums = {**batch.stats, **{k: upd[k] for k in keys}}
+        names = list(sums)
+        tot = self.acc.reduce(torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in names]
+                                          ).to(self.acc.device), "sum")
+        s = dict(zip(names, tot.tolist()))
+        diff_max = float(self.acc.reduce(torch.tensor(upd["logp_diff_max"], device=self.acc.device), "max"))
+        times = self.timer.pop()
+        n, n_tok = max(1.0, s["samples"]), max(1.0, s["logp_diff_n"])
+        row = {"step": step + 1, "reward": s["reward"] / n, "accuracy": s["accuracy"] / n,
+               "penalty_truncated": s["penalty_truncated"] / n, "penalty_repetitive": s["penalty_repetitive"] / n,
+               "penalty_garbage": s["penalty_garbage"] / n, "truncation_rate": s["truncated"] / n,
+               "response_length": s["response_tokens"] / n, "entropy": s["entropy"] / max(1.0, s["tokens"]),
+               "kl": s["kl"] / n, "loss": upd["loss"], "grad_norm": upd["grad_norm"], "lr": upd["lr"],
+               "clip_fraction": upd["clip_fraction"], "selected": s["selected"] / n, "skipped": upd["skipped"],
+               "time_sample": times.get("sample", 0.0), "time_score": times.get("score", 0.0),
+               "time_train": times.get("train", 0.0), "time_push": times.get("push", 0.0), "time_step": wall,
+               "tokens_per_s": s["response_tokens"] / wall, "weight_version": self.version}
+        if s["logp_diff_n"]:  # engines that return log-probs: how far the sampler is from the trainer
+            row.update({"sampling/logp_diff_mean": s["logp_diff_sum"] / n_tok, "sampling/logp_diff_max": diff_max})
+        if self.cfg.rollout.is_cap and s["logp_diff_n"]:
+            row.update({"sampling/is_weight_mean": s["is_weight_sum"] / n_tok,
+                        "sampling/is_clipped_fraction": s["is_clipped"] / n_tok})
+        return row
+
     def train(self) -> list[dict]:
         cfg, acc = self.cfg, self.acc
         main = acc.is_main_process
@@ -424,22 +436,7 @@ class RLTrainer:
                 if bad_streak >= cfg.train.max_bad_steps:
                     raise RuntimeError(f"rl: {bad_streak} consecutive steps with a non-finite loss or gradient "
                                        f"(last at step {step + 1}); lower train.optim.lr or check the data")
-            sums = {**batch.stats, **{k: upd[k] for k in ("kl", "entropy", "tokens", "selected")}}
-            keys = list(sums)
-            tot = acc.reduce(torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in keys]).to(acc.device), "sum")
-            s = dict(zip(keys, tot.tolist()))
-            times = self.timer.pop()
-            wall = time.perf_counter() - t0
-            n = max(1.0, s["samples"])
-            row = {"step": step + 1, "reward": s["reward"] / n, "accuracy": s["accuracy"] / n,
-                   "penalty_truncated": s["penalty_truncated"] / n, "penalty_repetitive": s["penalty_repetitive"] / n,
-                   "penalty_garbage": s["penalty_garbage"] / n, "truncation_rate": s["truncated"] / n,
-                   "response_length": s["response_tokens"] / n, "entropy": s["entropy"] / max(1.0, s["tokens"]),
-                   "kl": s["kl"] / n, "loss": upd["loss"], "grad_norm": upd["grad_norm"], "lr": upd["lr"],
-                   "clip_fraction": upd["clip_fraction"], "selected": s["selected"] / n, "skipped": upd["skipped"],
-                   "time_sample": times.get("sample", 0.0), "time_score": times.get("score", 0.0),
-                   "time_train": times.get("train", 0.0), "time_step": wall,
-                   "tokens_per_s": s["response_tokens"] / wall}
+            row = self._row(step, batch, upd, time.perf_counter() - t0)
             history.append(row)
             if main and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps):
                 self.metrics.log(row)
@@ -461,7 +458,19 @@ class RLTrainer:
             print(summary(history), file=sys.stderr)
         acc.wait_for_everyone()
         self.scorer.close()
+        close_engine(self.engine)
         return history
+
+
+def _row_weights(weights: list, rows: list[int], mask: torch.Tensor) -> torch.Tensor | None:
+    """Per-sequence token weights (truncated IS) laid into the padded [rows, T] layout; None when off."""
+    if all(weights[i] is None for i in rows):
+        return None
+    out = torch.ones(mask.shape, device=mask.device)
+    for r, i in enumerate(rows):
+        if weights[i] is not None:
+            out[r][mask[r]] = weights[i].to(mask.device)
+    return out
 
 
 def summary(history: list[dict]) -> str:

@@ -64,6 +64,8 @@ def post_json(url: str, payload: dict, *, api_key: str | None, timeout: float, m
 
 
 class OpenAIEngine:
+    shares_weights = False  # and no push_weights: never for RL (RolloutConfig refuses it)
+
     def __init__(self, tokenizer, cfg=None, base_url: str | None = None, model: str | None = None):
         from t1.rollout.config import OpenAIConfig
 

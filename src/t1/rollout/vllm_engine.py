@@ -61,7 +61,7 @@ class VLLMEngine:
         self.cuda = torch.cuda.is_available()
         self.tp_group, self.tp = None, cfg.tensor_parallel_size
         kw: dict = {}
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a distributed launch: one engine per rank (group)
             kw["distributed_executor_backend"] = "external_launcher"
             self.tp_group = _tp_group(self.tp)
         elif self.tp > 1:
@@ -111,6 +111,15 @@ class VLLMEngine:
     def engine_version(self) -> int:
         """The weight version the workers hold (asked from them, not remembered here)."""
         return self._versions(self.llm.collective_rpc(_get_version))
+
+    def close(self) -> None:
+        """Free the engine (its KV cache and weights) so that another can start in this process."""
+        import gc
+
+        self.llm = None
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
 
     def sleep(self) -> None:
         """Release weights and KV cache until the next push (GPU, sleep mode on); a no-op elsewhere."""

@@ -1,0 +1,144 @@
+"""engine=vllm (vLLM in the training process) on vLLM's CPU build: log-probs equal transformers' before and
+after weight pushes, stale engines are refused, and `t1 rl` samples from the policy of every step."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from t1 import config as C  # noqa: E402
+from t1.models import load  # noqa: E402
+from t1.rl.config import RLConfig  # noqa: E402
+from t1.rl.trainer import train_rl  # noqa: E402
+from t1.rollout import SamplingParams  # noqa: E402
+from t1.rollout.config import VLLMConfig  # noqa: E402
+from t1.rollout.logprobs import processed_logp  # noqa: E402
+from t1.rollout.vllm_engine import StaleEngineError, VLLMEngine  # noqa: E402
+from t1.rollout.weights import full_parameters  # noqa: E402
+
+PARAMS = SamplingParams(temperature=1.2, top_p=0.95, max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def engine(vllm_model_dir):
+    _, tok = load(vllm_model_dir)
+    eng = VLLMEngine(str(vllm_model_dir), tok, VLLMConfig(dtype="float32"), max_len=512)
+    yield eng
+    eng.close()
+
+
+def prompts(tok):
+    return [tok(f"{a} {b} {c}", add_special_tokens=False)["input_ids"] for a, b, c in [(3, 4, 5), (9, 1, 7), (2, 2, 8)]]
+
+
+@torch.no_grad()
+def hf_logp(model, prompt, sample) -> torch.Tensor:
+    """Transformers' log-probs of a sample's tokens under the distribution vLLM samples from."""
+    seq = torch.tensor([prompt + sample.token_ids])
+    logits = model(seq).logits[0, len(prompt) - 1: -1]
+    return processed_logp(logits, torch.tensor(sample.token_ids), PARAMS.temperature, PARAMS.top_p)
+
+
+def gap(model, ps, samples) -> float:
+    return max(float((hf_logp(model, p, s) - torch.tensor(s.logprobs)).abs().max()) for p, s in zip(ps, samples))
+
+
+def adamw_step(model, ps):
+    """One real optimizer step (maximise the likelihood of some tokens), lr large enough to matter."""
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    seq = torch.tensor([p + p for p in ps if len(p) == len(ps[0])])
+    loss = torch.nn.functional.cross_entropy(model(seq).logits[:, :-1].flatten(0, 1), seq[:, 1:].flatten())
+    loss.backward()
+    opt.step()
+
+
+def test_logprobs_match_transformers_before_and_after_pushes(engine, vllm_model_dir):
+    model, tok = load(vllm_model_dir, dtype="float32")
+    ps = prompts(tok) * 3
+    seeds = list(range(len(ps)))
+    samples = engine.generate(ps, seeds, PARAMS, version=0)
+    assert all(len(s.logprobs) == len(s.token_ids) > 0 for s in samples)
+    assert gap(model, ps, samples) <= 1e-4
+    assert [s.token_ids for s in engine.generate(ps, seeds, PARAMS)] == [s.token_ids for s in samples]  # seeded
+    for version in (1, 2):
+        old = copy.deepcopy(model)
+        adamw_step(model, ps)
+        engine.push_weights(full_parameters(model), version)
+        assert engine.engine_version() == version
+        samples = engine.generate(ps, seeds, PARAMS, version=version)
+        assert gap(model, ps, samples) <= 1e-4, version  # the new weights, output layer (tied) included
+        assert gap(old, ps, samples) > 1e-2, version  # and not the old ones
+    with pytest.raises(StaleEngineError, match="version 2"):
+        engine.generate(ps, seeds, PARAMS, version=1)
+
+
+def test_a_push_without_the_tied_output_layer_leaves_it_stale(engine, vllm_model_dir):
+    """vLLM only logs a warning when a push lacks a weight; ``full_parameters`` always carries the tied
+    ``lm_head.weight``, and the log-prob gap (``sampling/logp_diff_*`` in RL) is what catches a partial push."""
+    model, tok = load(vllm_model_dir, dtype="float32")
+    names = [n for n, _ in full_parameters(model)]
+    assert "lm_head.weight" in names and "model.embed_tokens.weight" in names
+    ps = prompts(tok)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)  # tied: the embedding changes with it
+    engine.push_weights(((n, t) for n, t in full_parameters(model) if n != "lm_head.weight"), 11)
+    assert gap(model, ps, engine.generate(ps, [0, 1, 2], PARAMS, version=11)) > 1e-2  # output layer stale
+    engine.push_weights(full_parameters(model), 12)
+    assert gap(model, ps, engine.generate(ps, [0, 1, 2], PARAMS, version=12)) <= 1e-4
+
+
+def rl_args(model_dir, out, *extra):
+    return [f"model={model_dir}", f"out={out}", "rollout.engine=vllm", "rollout.vllm.dtype=float32",
+            "train.precision=fp32", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
+            "rollout.max_new_tokens=12", "rollout.temperature=1.2", "rollout.top_p=0.95", "data.num_prompts=32",
+            "train.optim.lr=0.02", "train.optim.warmup_steps=0", "train.rollouts_every=1", *extra]
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_rl_through_vllm_samples_from_every_steps_policy(vllm_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train_rl(C.load(RLConfig, None, rl_args(vllm_model_dir, out, "train.steps=3")), progress=False)
+    m = metrics(out)
+    assert [r["weight_version"] for r in m] == [1, 2, 3]
+    assert all(r["sampling/logp_diff_max"] < 1e-3 for r in m), [r["sampling/logp_diff_max"] for r in m]
+    assert m[-1]["grad_norm"] > 0
+
+    # the same run with pushes that only claim the new version: the mismatch metric shows it at once
+    def claim_only(self, weights, version):
+        for _ in weights:
+            pass
+        from t1.rollout.vllm_engine import _set_version
+        self.llm.collective_rpc(_set_version, args=(version,))
+        self.weight_version = version
+
+    monkeypatch.setattr(VLLMEngine, "push_weights", claim_only)
+    stale = tmp_path / "stale"
+    train_rl(C.load(RLConfig, None, rl_args(vllm_model_dir, stale, "train.steps=3")), progress=False)
+    s = metrics(stale)
+    assert s[0]["sampling/logp_diff_max"] < 1e-3  # step 1 samples from the starting weights: still equal
+    assert all(r["sampling/logp_diff_max"] > 1e-2 for r in s[1:]), [r["sampling/logp_diff_max"] for r in s]
+
+
+def test_rl_through_vllm_resumes_exactly(vllm_model_dir, tmp_path):
+    """vLLM's seeded sampling is deterministic for the same weights and requests (no preemption, no split
+    prefill on the CPU build's settings): a resumed run draws the samples of an uninterrupted one."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train_rl(C.load(RLConfig, None, rl_args(vllm_model_dir, full, "train.steps=3", "train.save_every=2")),
+             progress=False)
+    train_rl(C.load(RLConfig, None, rl_args(vllm_model_dir, cut, "train.steps=2", "train.save_every=2")),
+             progress=False)
+    train_rl(C.load(RLConfig, None, rl_args(vllm_model_dir, cut, "train.steps=3", "train.save_every=2")),
+             resume=True, progress=False)
+    a, b = metrics(full), metrics(cut)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for key in ("reward", "response_length", "loss", "sampling/logp_diff_mean"):
+        assert a[2][key] == b[2][key], key
+    ra = (full / "rollouts.jsonl").read_text().splitlines()
+    rb = (cut / "rollouts.jsonl").read_text().splitlines()
+    assert ra == rb
