@@ -7,7 +7,10 @@ Model: a ~4M-parameter Llama (hidden 256, 4 layers, FFN 1024; the Qwen2 shape wi
 weights. Both sides sample at temperature 1.0, top_p 1.0, from the same prompts. `generate` runs the fp32
 model as given and, for a second row, a bf16 copy; the fast engine picks bf16 weights where the CPU has fast
 bf16 (its "auto"), and also runs in fp32 for comparison, and without its C decode-attention kernel (what
-it falls back to where no C compiler is found).
+it falls back to where no C compiler is found). Where vLLM is installed (here its CPU build), two more rows:
+vLLM in this process (``engine: vllm``) with bf16 and fp32 weights, prefix caching on, eager mode (the
+CPU default). vLLM binds the process's OpenMP threads when it starts; it starts before any timing, so
+every row runs under the same binding. ``--no-vllm`` leaves those rows out.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from t1.kernels import build as kernel
 from t1.models import ModelConfig, build_model, build_tokenizer, count_parameters
 from t1.rollout import SamplingParams
+from t1.rollout.config import vllm_installed
 from t1.rollout.fast import FastEngine
 from t1.rollout.hf_generate import GenerateEngine
 from t1.tasks.countdown import CountdownConfig, generate
@@ -51,12 +55,30 @@ def timed_interleaved(engines, prompts, seeds, params, repeat):
     return best
 
 
+def vllm_rows(model, tok, args) -> list:
+    """vLLM engines on the same weights (saved to a temporary directory), bf16 and fp32."""
+    if args.no_vllm or not vllm_installed():
+        return []
+    import tempfile
+
+    from t1.models import save
+    from t1.rollout.config import VLLMConfig
+    from t1.rollout.vllm_engine import VLLMEngine
+
+    path = save(model, tok, tempfile.mkdtemp(prefix="t1-bench-") + "/model")
+    longest = args.new_tokens + 64
+    return [(f"vLLM {vllm.__version__} (in process), {dt}",
+             VLLMEngine(str(path), tok, VLLMConfig(dtype=dt, max_num_seqs=args.prompts * args.samples), max_len=longest))
+            for dt in ("bfloat16", "float32") for vllm in [__import__("vllm")]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no-vllm", action="store_true", help="leave out the vLLM rows")
     args = ap.parse_args()
     tok = build_tokenizer(100)
     model = build_model(ModelConfig(hidden=256, layers=4, heads=4, kv_heads=4, ffn=1024), tok).eval()
@@ -71,6 +93,7 @@ def main() -> None:
         ("t1 fast engine, fp32", FastEngine(model, tok, dtype="float32")),
         ("t1 fast engine, auto (bf16)", FastEngine(model, tok, dtype="auto")),
         ("t1 fast, auto (bf16), no kernel", FastEngine(model, tok, dtype="auto", kernel=False)),
+        *vllm_rows(model, tok, args),
     ]
     timings = timed_interleaved([engine for _, engine in rows], prompts, seeds, params, args.repeat)
     results = [(name, tokens, secs) for (name, _), (tokens, secs) in zip(rows, timings)]
@@ -85,7 +108,7 @@ def main() -> None:
     for name, tokens, secs in results:
         rate = tokens / secs
         flops = 2 * n_params * rate
-        p = peak["bf16"] if "bf16" in name else peak["fp32"]
+        p = peak["bf16"] if ("bf16" in name or "bfloat16" in name) else peak["fp32"]
         print(f"{name:32s} {tokens:7d} {secs:8.3f} {rate:9,.0f} {rate / base:16.2f}x {100 * flops / p:8.1f}%")
 
 

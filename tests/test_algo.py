@@ -105,3 +105,40 @@ def test_on_policy_gradient_is_advantage_weighted_logprob():
 def test_gather_logp():
     logits = torch.tensor([[[0.0, math.log(3.0)]]])
     torch.testing.assert_close(algo.gather_logp(logits, torch.tensor([[1]])), torch.tensor([[math.log(0.75)]]))
+
+
+def test_mismatch_measures_the_gap_and_truncates_importance_weights():
+    from t1.rl.batch import Mismatch
+    from t1.rollout.logprobs import processed_logp
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(6, 11), torch.tensor([0, 3, 5, 7, 9, 10])
+    mine = processed_logp(logits, targets, 1.3, 1.0)
+    assert torch.allclose(mine, torch.log_softmax(logits / 1.3, -1)[torch.arange(6), targets])
+    sampled = mine + torch.tensor([0.0, 0.1, -0.2, 0.0, 1.5, -3.0])  # the sampler's view of the same tokens
+    m = Mismatch(1.3, 1.0, cap=2.0)
+    w = m(logits, targets, sampled)
+    ratio = torch.exp(mine - sampled)
+    assert torch.allclose(w, ratio.clamp(max=2.0))
+    st = m.stats()
+    assert abs(st["logp_diff_sum"] - 4.8) < 1e-5 and abs(st["logp_diff_max"] - 3.0) < 1e-5 and st["logp_diff_n"] == 6
+    assert st["is_clipped"] == 1  # only the token the sampler found e^3 times less likely than the trainer
+    assert Mismatch(1.3, 1.0, cap=0)(logits, targets, sampled) is None  # correction off: gap measured only
+
+
+def test_processed_logp_renormalises_over_the_nucleus():
+    from t1.rollout.logprobs import processed_logp
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    got = processed_logp(logits.repeat(4, 1), torch.tensor([0, 1, 2, 3]), 1.0, 0.75)
+    # the nucleus at 0.75 is {0.5, 0.3}; renormalised 0.625 / 0.375; the others are outside it
+    assert torch.allclose(got[:2].exp(), torch.tensor([0.625, 0.375]))
+    assert torch.isinf(got[2:]).all()
+
+
+def test_policy_loss_weight_scales_each_tokens_gradient():
+    logp = torch.zeros(1, 2, requires_grad=True)
+    loss, _ = algo.policy_loss(logp, logp.detach(), torch.tensor([1.0]), torch.ones(1, 2, dtype=torch.bool),
+                               "token_mean", weight=torch.tensor([[1.0, 0.25]]))
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-0.5, -0.125]]))

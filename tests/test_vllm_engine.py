@@ -142,3 +142,28 @@ def test_rl_through_vllm_resumes_exactly(vllm_model_dir, tmp_path):
     ra = (full / "rollouts.jsonl").read_text().splitlines()
     rb = (cut / "rollouts.jsonl").read_text().splitlines()
     assert ra == rb
+
+
+def test_eval_and_scale_with_vllm_agree_with_the_fast_engine(vllm_model_dir, tmp_path):
+    """Both engines sample the same distribution: the share of samples that end by themselves (and the
+    accuracy) agree within sampling noise over 200 samples; scale runs end to end through vLLM."""
+    from t1.eval.evaluate import EvalSettings, run_eval
+    from t1.eval.scale import ScaleSettings, run_scale
+    from t1.rollout.config import EngineConfig
+
+    vllm = EngineConfig(engine="vllm", vllm=VLLMConfig(dtype="float32"))
+    finished, acc = {}, {}
+    for name, engine in (("fast", EngineConfig(engine="fast", dtype="float32")), ("vllm", vllm)):
+        s = EvalSettings(n=8, temperature=1.0, top_p=1.0, max_new_tokens=24, engine=engine)
+        summary = run_eval(str(vllm_model_dir), ["countdown"], tmp_path / name, s, limit=25, progress=False)
+        rows = [json.loads(x) for x in (tmp_path / name / "countdown.samples.jsonl").read_text().splitlines()]
+        assert len(rows) == 200
+        finished[name] = sum(r["finished"] for r in rows) / len(rows)
+        acc[name] = summary["countdown"]["pass@1"]
+    se = (finished["fast"] * (1 - finished["fast"]) / 200 + finished["vllm"] * (1 - finished["vllm"]) / 200) ** 0.5
+    assert 0.05 < finished["vllm"] < 0.6 and abs(finished["fast"] - finished["vllm"]) <= 4 * se + 1e-9, finished
+    assert abs(acc["fast"] - acc["vllm"]) <= 0.05, acc
+    curves = run_scale([("m", str(vllm_model_dir))], "countdown", tmp_path / "scale", ScaleSettings(budgets=(8, 16)),
+                       engine=vllm, limit=10, progress=False)
+    assert [p["budget"] for p in curves["m"]] == [8, 16]
+    assert json.loads((tmp_path / "scale" / "scaling.json").read_text())["curves"]["m"] == curves["m"]

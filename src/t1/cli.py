@@ -15,6 +15,7 @@ from pathlib import Path
 
 from t1 import config as cfglib
 from t1.io import DataError
+from t1.rollout import EngineError
 from t1.rollout.config import ENGINES
 
 
@@ -309,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     except (cfglib.ConfigError, DataError, FileNotFoundError) as e:
         print(f"t1 {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except EngineError as e:  # a sampling server died, an engine holds stale weights: checkpoints are intact
+        print(f"t1 {args.command}: error: sampling engine: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"t1 {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class EngineError(RuntimeError):
+    """A sampling engine failed in a way the run cannot continue past (a server died, an engine holds stale
+    weights). The command line prints it as one line; the last checkpoint stays as it was."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 1.0

@@ -21,10 +21,10 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from t1.rollout import Sample, SamplingParams
+from t1.rollout import EngineError, Sample, SamplingParams
 
 
-class ServerError(RuntimeError):
+class ServerError(EngineError):
     """The server failed after all retries, or replied with something that is not a completion."""
 
 

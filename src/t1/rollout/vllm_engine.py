@@ -25,11 +25,11 @@ from collections.abc import Iterable
 
 import torch
 
-from t1.rollout import Sample, SamplingParams
+from t1.rollout import EngineError, Sample, SamplingParams
 from t1.rollout.config import VLLMConfig
 
 
-class StaleEngineError(RuntimeError):
+class StaleEngineError(EngineError):
     """The engine holds other weights than the trainer expects (a push was skipped or failed)."""
 
 
