@@ -167,3 +167,14 @@ def test_truncated_samples_that_already_answered_are_graded_on_that_answer():
                          Scorer("countdown"), progress=False)
     assert [p["accuracy"] for p in pts] == [0.0, 0.0, 0.0, 0.0]  # always forcing: the wrong second answer wins
     assert all(r[-len(forced.cue):] == forced.cue for r in forced.requests) and len(forced.requests) == 4
+
+
+def test_eval_engine_options_are_checked_before_anything_runs(capsys):
+    from t1.cli import main
+
+    code = main(["eval", "--model", "nowhere", "--bench", "countdown", "--engine", "vllm",
+                 "--engine-opt", "vllm.gpu_memory_utilizaton=0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "vllm.gpu_memory_utilizaton: unknown field; did you mean 'vllm.gpu_memory_utilization'" in err
+    assert main(["eval", "--model", "nowhere", "--bench", "countdown", "--engine-opt", "max_batch=0"]) == 2
+    assert "max_batch: must be ≥ 1" in capsys.readouterr().err
