@@ -13,7 +13,8 @@ from pathlib import Path
 
 RL_PANELS = [("reward", "mean reward"), ("accuracy", "accuracy"), ("entropy", "token entropy"),
              ("kl", "KL to anchor (per response)"), ("response_length", "response length (tokens)"),
-             ("penalties", "penalty rates"), ("time", "step time (s)"), ("tokens_per_s", "completion tokens/s")]
+             ("penalties", "penalty rates"), ("time", "step time (s)"), ("tokens_per_s", "completion tokens/s"),
+             ("logp_diff", "sampler vs trainer |Δ log p| per token")]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -54,7 +55,7 @@ def plot_sft(runs: dict[str, list[dict]], path: Path) -> Path:
 
 def plot_rl(rows: list[dict], path: Path) -> Path:
     plt = _fig()
-    fig, axes = plt.subplots(2, 4, figsize=(13, 5.6))
+    fig, axes = plt.subplots(3, 3, figsize=(13, 8.4))
     steps = [r["step"] for r in rows]
     for ax, (key, title) in zip(axes.flat, RL_PANELS):
         if key == "penalties":
@@ -63,8 +64,14 @@ def plot_rl(rows: list[dict], path: Path) -> Path:
             ax.legend(fontsize=7)
         elif key == "time":
             ax.stackplot(steps, [r["time_sample"] for r in rows], [r["time_score"] for r in rows],
-                         [r["time_train"] for r in rows], labels=["sample", "score", "train"])
+                         [r["time_train"] for r in rows], [r.get("time_push", 0.0) for r in rows],
+                         labels=["sample", "score", "train", "weight push"])
             ax.legend(fontsize=7, loc="upper left")
+        elif key == "logp_diff":  # runs whose engine returned log-probs (every engine since the vLLM work)
+            for k in ("mean", "max"):
+                ax.plot(steps, [r.get(f"sampling/logp_diff_{k}", float("nan")) for r in rows], label=k)
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
         else:
             ax.plot(steps, [r[key] for r in rows])
         ax.set_title(title, fontsize=10)
