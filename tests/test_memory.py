@@ -1,0 +1,293 @@
+"""t1.rollout.memory: the per-GPU estimate, its verdicts on the committed paper configs (8 × 80 GB, FSDP with
+activation checkpointing, as their headers launch them), refusals that name the fields, and a tiny CPU model."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from t1 import config as C
+from t1.config import ConfigError
+from t1.models import count_parameters, load
+from t1.rl.config import RLConfig, RLTrainConfig, RolloutConfig
+from t1.rollout import memory as M
+from t1.rollout.config import EngineConfig, VLLMConfig
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+GiB = M.GiB
+TODAY = M.Assume()  # the trainer as it stands: full fp32 anchor per process, log-probs over the whole micro-batch
+SHARDED_ANCHOR = M.Assume(anchor_sharded=True)
+BOTH = M.Assume(anchor_sharded=True, logits_chunk=2048)
+
+
+def paper(size: str, *overrides: str) -> RLConfig:
+    return C.load(RLConfig, CONFIGS / f"rl_qwen2.5_{size}.yaml", list(overrides))
+
+
+def estimate(size: str, world: int = 8, assume: M.Assume = TODAY, *overrides: str) -> M.Report:
+    """As the config headers launch them: FSDP (sharded) with activation checkpointing, 8 GPUs per node."""
+    return M.check_rl(paper(size, *overrides), M.qwen25(size), world, 8, M.GPU_80GB, sharded=True,
+                      checkpointing=True, assume=assume, refuse=False)
+
+
+def line(r: M.Report, prefix: str) -> float:
+    return sum(b for name, _, b in r.lines if name.startswith(prefix)) / GiB
+
+
+def gib(x: float) -> float:
+    return x / GiB
+
+
+# ------------------------------------------------------------------------------------------------ shapes
+
+
+@pytest.mark.parametrize("size, exact, hub", [("7b", 7_615_616_512, 7.62e9), ("14b", 14_770_033_664, 14.8e9),
+                                              ("32b", 32_763_876_352, 32.8e9)])
+def test_qwen25_parameters(size, exact, hub):
+    shape = M.Shape.of(M.qwen25(size))
+    assert shape.params == exact
+    assert abs(shape.params - hub) / hub < 0.02
+    assert M.Shape.of(f"runs/sft-qwen2.5-{size}/final") == shape  # a path naming the size, no download
+
+
+def test_parameter_formula_matches_transformers():
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    qwen = Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=96, vocab_size=300, tie_word_embeddings=False)
+    llama = LlamaConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=3,
+                        intermediate_size=80, vocab_size=200, tie_word_embeddings=True)
+    for cfg, cls in [(qwen, Qwen2ForCausalLM), (llama, LlamaForCausalLM)]:
+        with torch.device("meta"):
+            model = cls(cfg)
+        assert M.Shape.of(cfg).params == count_parameters(model)
+
+
+def test_shape_from_local_dir_and_unknown_name(tiny_model_dir):
+    model, _ = load(tiny_model_dir, dtype="float32")
+    assert M.Shape.of(tiny_model_dir).params == count_parameters(model)
+    with pytest.raises(ConfigError, match="no Qwen2.5 size"):
+        M.Shape.of("runs/some-model/final")
+
+
+def test_kv_and_activation_bytes_per_token():
+    s7, s14 = M.Shape.of(M.qwen25("7b")), M.Shape.of(M.qwen25("14b"))
+    assert s7.kv_per_token(2) == 2 * 28 * 4 * 128 * 2 == 57_344
+    assert s7.kv_per_token(2, tp=2) == 28_672
+    assert s14.kv_per_token(2, tp=8) == s14.kv_per_token(2, tp=16) == 2 * 48 * 1 * 128 * 2  # kv heads replicate
+    assert s7.act_per_token(False) == 28 * (28 * 3584 + 12 * 512 + 8 * 18944)  # 7.3 MB per token
+    assert s7.act_per_token(True, bf16_weights=True) == 28 * 2 * 3584 + 2 * (18 * 3584 + 12 * 512 + 8 * 18944)
+
+
+# ------------------------------------------------------------------------- the committed paper configs
+
+
+@pytest.mark.parametrize("size", ["7b", "14b", "32b"])
+def test_paper_configs_use_vllm_with_sleep_mode(size):
+    cfg = paper(size)
+    assert cfg.rollout.engine == "vllm" and cfg.rollout.vllm.enable_sleep_mode
+    assert cfg.rollout.vllm.max_model_len == 1024 + cfg.rollout.max_new_tokens == cfg.train.micro_batch_tokens
+    assert "--use_fsdp" in (CONFIGS / f"rl_qwen2.5_{size}.yaml").read_text().split("\nout:")[0]
+
+
+@pytest.mark.parametrize("size, need, fix", [("7b", 87.4, "32 GPUs"), ("14b", 130.3, "a sharded anchor"),
+                                             ("32b", 261.5, "a sharded anchor")])
+def test_paper_configs_refused_as_the_trainer_stands(size, need, fix):
+    """The full fp32 anchor on every process and the whole micro-batch's fp32 log-softmax do not fit 80 GB."""
+    r = estimate(size)
+    assert not r.fits
+    assert gib(r.total("static") + r.total("update")) == pytest.approx(need, abs=0.05)
+    with pytest.raises(ConfigError) as e:
+        M.check_rl(paper(size), M.qwen25(size), 8, 8, M.GPU_80GB, sharded=True, checkpointing=True)
+    msg = str(e.value)
+    assert "\n" not in msg and fix in msg and "rollout.max_new_tokens" in msg and "chunked log-probs" in msg
+
+
+def test_7b_fits_8_gpus_with_a_sharded_anchor():
+    r = M.check_rl(paper("7b"), M.qwen25("7b"), 8, 8, M.GPU_80GB, sharded=True, checkpointing=True,
+                   assume=SHARDED_ANCHOR)
+    n = 7_615_616_512
+    assert line(r, "policy fp32") == pytest.approx(4 * n / 8 / GiB)
+    assert line(r, "AdamW") == pytest.approx(8 * n / 8 / GiB)
+    assert line(r, "anchor fp32 /8") == pytest.approx(4 * n / 8 / GiB)
+    assert line(r, "logits") == pytest.approx(11264 * 152064 * 22 / GiB)  # 35.1
+    assert gib(r.total("static")) == pytest.approx(16.2, abs=0.05)
+    assert gib(r.total("sample")) == pytest.approx(0.7 * M.GPU_80GB / GiB) == pytest.approx(55.4, abs=0.05)
+    assert gib(r.total("update")) == pytest.approx(46.4, abs=0.05)
+    assert gib(r.peak) == pytest.approx(71.6, abs=0.05)  # sleep mode: static + max(sample, update)
+    vllm_weights = 2 * n / 2  # bf16, tensor_parallel_size 2: within 2 % of 7.6e9 params × 2 bytes / 2
+    assert abs(vllm_weights - 7.6e9) / 7.6e9 < 0.02
+    kv = 0.7 * M.GPU_80GB - vllm_weights - M.VLLM_RUNTIME
+    assert r.kv_tokens == int(kv // 28_672) and r.kv_sequences == r.kv_tokens // 11264 == 153
+    assert r.need_sequences == 256 and "~2 waves" in r.notes[0]  # a warning, not a refusal
+    assert estimate("7b", 32).problems  # as the trainer stands, 4 nodes fit, but not gpu_memory_utilization 0.7
+    today_32 = estimate("7b", 32, TODAY, "rollout.vllm.gpu_memory_utilization=0.55")
+    assert today_32.fits and gib(today_32.peak) == pytest.approx(76.8, abs=0.05)
+
+
+def test_14b_needs_chunked_log_probs_on_8_gpus_or_16_gpus():
+    assert gib(estimate("14b").total("static")) == pytest.approx(77.7, abs=0.05)
+    r = estimate("14b", 8, SHARDED_ANCHOR)
+    assert gib(r.total("static") + r.total("update")) == pytest.approx(82.2, abs=0.05)
+    assert "16 GPUs" in r.problems[0] and "chunked log-probs" in r.problems[0]
+    r = M.check_rl(paper("14b"), M.qwen25("14b"), 8, 8, M.GPU_80GB, True, True, BOTH)
+    assert gib(r.peak) == pytest.approx(73.0, abs=0.05) and gib(r.total("update")) == pytest.approx(23.9, abs=0.05)
+    assert r.kv_sequences == 67
+    assert gib(M.check_rl(paper("14b"), M.qwen25("14b"), 16, 8, M.GPU_80GB, True, True, SHARDED_ANCHOR).peak) == \
+        pytest.approx(65.0, abs=0.05)
+
+
+def test_32b_cannot_fit_8_gpus_and_fits_16():
+    assert line(estimate("32b"), "anchor fp32 full") == pytest.approx(122.1, abs=0.05)  # > 80 GB on its own
+    server = estimate("32b", 8, BOTH, "rollout.engine=vllm_server")  # sampling elsewhere: still no room
+    assert gib(server.peak) == pytest.approx(105.8, abs=0.05) and "16 GPUs" in server.problems[0]
+    with pytest.raises(ConfigError, match="16 GPUs"):
+        M.check_rl(paper("32b"), M.qwen25("32b"), 8, 8, M.GPU_80GB, True, True, BOTH)
+    r = M.check_rl(paper("32b"), M.qwen25("32b"), 16, 8, M.GPU_80GB, True, True, BOTH)
+    assert gib(r.peak) == pytest.approx(72.1, abs=0.05) and gib(r.total("static")) == pytest.approx(32.5, abs=0.05)
+    assert r.kv_sequences == 56
+    assert gib(estimate("32b", 16, BOTH, "rollout.engine=vllm_server").peak) == pytest.approx(67.7, abs=0.05)
+
+
+# ------------------------------------------------------------------------------------- refusals, warnings
+
+
+def test_fast_engine_at_paper_scale_is_refused():
+    cfg = paper("7b", "rollout.engine=fast")
+    with pytest.raises(ConfigError, match=r"rollout\.max_batch or rollout\.max_new_tokens") as e:
+        M.check_rl(cfg, M.qwen25("7b"), 8, 8, M.GPU_80GB, True, True, SHARDED_ANCHOR)
+    # 256 sequences × (1024 + 10240) tokens × 28 layers × 2 × 4 kv heads × 128 × 4 bytes (fp32): 308 GiB
+    assert "308.0 GiB for 256 × 11264" in str(e.value)
+
+
+def test_vllm_share_too_small_or_too_large_names_the_fields():
+    qwen = M.qwen25("7b")
+    with pytest.raises(ConfigError, match=r"raise rollout\.vllm\.gpu_memory_utilization or rollout\.vllm\."
+                                          r"tensor_parallel_size"):
+        M.check_rl(paper("7b", "rollout.vllm.gpu_memory_utilization=0.1"), qwen, 8, 8, M.GPU_80GB, True, True,
+                   SHARDED_ANCHOR)
+    with pytest.raises(ConfigError, match="cannot hold one 11264-token sequence"):
+        M.check_rl(paper("7b", f"rollout.vllm.kv_cache_memory_bytes={100 << 20}"), qwen, 8, 8, M.GPU_80GB, True,
+                   True, SHARDED_ANCHOR)
+    with pytest.raises(ConfigError, match=r"gpu_memory_utilization to ≤ 0\.79"):
+        M.check_rl(paper("7b", "rollout.vllm.gpu_memory_utilization=0.9"), qwen, 8, 8, M.GPU_80GB, True, True,
+                   SHARDED_ANCHOR)
+    with pytest.raises(ConfigError, match="tensor_parallel_size 3 must divide"):
+        M.check_rl(paper("7b", "rollout.vllm.tensor_parallel_size=3"), qwen, 8, 8, M.GPU_80GB, True, True,
+                   SHARDED_ANCHOR)
+    with pytest.raises(ConfigError, match="max_model_len 10240 leaves no room"):
+        M.check_rl(paper("7b", "rollout.vllm.max_model_len=10240"), qwen, 8, 8, M.GPU_80GB, True, True,
+                   SHARDED_ANCHOR)
+
+
+def test_without_sleep_mode_vllm_holds_its_share_through_the_update():
+    r = estimate("7b", 8, SHARDED_ANCHOR, "rollout.vllm.enable_sleep_mode=false")
+    assert r.overlap and gib(r.peak) == pytest.approx(16.19 + 55.37 + 45.41, abs=0.05)  # nothing kept asleep
+    assert "rollout.vllm.enable_sleep_mode" in r.problems[0]
+
+
+def test_unsharded_ddp_and_micro_batch_tokens():
+    r = M.check_rl(paper("7b"), M.qwen25("7b"), 8, 8, M.GPU_80GB, sharded=False, checkpointing=False, refuse=False)
+    assert gib(r.total("static")) == pytest.approx(2 + (4 + 8 + 4 + 4) * 7_615_616_512 / GiB)  # + DDP buckets
+    assert "--use_fsdp --fsdp_activation_checkpointing true" in r.problems[-1]
+    big = estimate("7b", 8, SHARDED_ANCHOR, "train.micro_batch_tokens=32768")
+    assert line(big, "activations, 32768") > 0 and "change train.micro_batch_tokens" in big.problems[-1]
+
+
+def test_enough_kv_gives_no_note():
+    r = M.check_rl(paper("7b", "rollout.vllm.tensor_parallel_size=8"), M.qwen25("7b"), 8, 8, M.GPU_80GB, True,
+                   True, SHARDED_ANCHOR)
+    assert r.kv_sequences >= r.need_sequences == 256 and r.notes == []
+
+
+def test_sharding_and_checkpointing_from_accelerate_launch(monkeypatch):
+    for k in ("ACCELERATE_USE_FSDP", "FSDP_ACTIVATION_CHECKPOINTING", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(k, raising=False)
+    assert M.launched() == (False, False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")
+    assert M.launched() == (True, True)
+    r = M.check_rl(paper("7b"), M.qwen25("7b"), 8, 8, M.GPU_80GB, assume=SHARDED_ANCHOR)
+    assert r.fits and "FSDP-sharded, checkpointed" in r.title
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU answers for itself")
+def test_device_memory_needs_an_argument_without_a_gpu():
+    with pytest.raises(ValueError, match="device_bytes"):
+        M.device_memory(None)
+    assert M.device_memory(123) == 123
+
+
+def test_format_report_is_a_table():
+    r = estimate("7b", 8, SHARDED_ANCHOR)
+    text = M.format_report(r)
+    assert all(name in text for name, _, _ in r.lines)
+    assert "peak = static + max(sample, update)" in text and "71.56  of 79.1" in text
+    assert text.splitlines()[-1] == "  verdict: fits"
+
+
+# ------------------------------------------------------------------------------ tiny model, CPU, sampling
+
+
+def test_tiny_model_on_cpu(tiny_model_dir):
+    model, _ = load(tiny_model_dir, dtype="float32")
+    n = count_parameters(model)
+    cfg = RLConfig(model=str(tiny_model_dir), rollout=RolloutConfig(
+        engine="fast", prompts_per_step=8, samples_per_prompt=4, max_new_tokens=64, max_batch=16),
+        train=RLTrainConfig(micro_batch_tokens=2048))
+    r = M.check_rl(cfg, tiny_model_dir, 1, 1, 3 * GiB, sharded=False, checkpointing=False, prompt_tokens=32)
+    c = model.config
+    kv = 16 * 96 * 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    assert line(r, "fast engine KV") * GiB == kv  # min(max_batch 16, 8 × 4 sequences) × (32 + 64) tokens, fp32
+    assert line(r, "fast engine bf16 weights") * GiB == 2 * n
+    assert line(r, "policy fp32 weights") * GiB == 4 * n and line(r, "anchor fp32 full") * GiB == 4 * n
+    assert r.total("update") == pytest.approx(4 * n + 2 * n + 2 * n + 2048 * M.Shape.of(c).act_per_token(False)
+                                              + 2048 * c.vocab_size * 22, rel=1e-6)
+    assert r.peak == r.total("static") + max(r.total("sample"), r.total("update"))
+    with pytest.raises(ConfigError, match="train.micro_batch_tokens"):
+        M.check_rl(cfg, tiny_model_dir, 1, 1, M.RUNTIME + (8 << 20), sharded=False, checkpointing=False,
+                   prompt_tokens=32)
+
+
+def test_check_sampling_for_eval():
+    vllm = EngineConfig(engine="vllm", vllm=VLLMConfig(gpu_memory_utilization=0.9))
+    r = M.check_sampling(vllm, M.qwen25("32b"), max_len=17408, batch=500, device_bytes=M.GPU_80GB)
+    assert r.need_sequences == 256 and r.kv_sequences == int((0.9 * M.GPU_80GB - 2 * 32_763_876_352 - 2 * GiB)
+                                                             // (2 * 64 * 8 * 128 * 2)) // 17408
+    with pytest.raises(ConfigError, match=r"raise vllm\.gpu_memory_utilization"):  # 61.0 GiB of weights at tp 1
+        M.check_sampling(replace(vllm, vllm=VLLMConfig(gpu_memory_utilization=0.5)), M.qwen25("32b"), 17408, 500,
+                         M.GPU_80GB)
+    with pytest.raises(ConfigError, match="lower max_batch or max_new_tokens"):
+        M.check_sampling(EngineConfig(engine="fast"), M.qwen25("7b"), 11264, 512, M.GPU_80GB)
+    assert M.check_sampling(EngineConfig(engine="vllm_server"), M.qwen25("32b"), 17408, 500, M.GPU_80GB).peak == \
+        M.RUNTIME
+
+
+@pytest.mark.parametrize("weights", [torch.float32, torch.bfloat16])
+def test_activation_formula_matches_what_autograd_saves(weights):
+    """The per-layer bytes per token: a 2-layer minus a 1-layer transformers Qwen2 under bf16 autocast, counting
+    the storages autograd saves that scale with the tokens (fp32 weights: DDP / one process; bf16: FSDP)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    T = 256
+
+    def saved(layers):
+        cfg = Qwen2Config(hidden_size=384, intermediate_size=1536, num_hidden_layers=layers, num_attention_heads=6,
+                          num_key_value_heads=2, vocab_size=500, tie_word_embeddings=False)
+        cfg._attn_implementation = "sdpa"
+        model = Qwen2ForCausalLM(cfg).to(weights)
+        storages = {}
+
+        def pack(t):
+            if T in t.shape:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", torch.bfloat16):
+            model.model(input_ids=torch.randint(0, 500, (1, T)))
+        return sum(storages.values()), M.Shape.of(cfg)
+
+    (two, shape), (one, _) = saved(2), saved(1)
+    formula = shape.act_per_token(False, bf16_weights=weights == torch.bfloat16) / 2
+    assert (two - one) / T == pytest.approx(formula, rel=0.03)
