@@ -1,0 +1,339 @@
+"""``engine: vllm_server`` — sample from M running ``vllm serve`` instances; push each step's weights to them.
+
+Servers run with ``VLLM_SERVER_DEV_MODE=1`` (the weight routes exist only then) and ``--logprobs-mode
+processed_logprobs`` (sampled tokens' log-probs after temperature and top-p, what the trainer compares with
+its own); both are checked at construction (bounded by ``sync_timeout``). Recipe: ``docs/multinode.md``.
+
+* Sampling: prompts go as token ids to ``POST {url}/v1/completions``. A run of identical consecutive prompts
+  (the K samples of one prompt) is one request with ``n = K`` — the server's prefix cache shares the prompt —
+  and the seed of the run's *first* sample: vLLM seeds sample k with ``seed + k``, so samples are
+  reproducible per (prompt, seed of its group) and the other seeds are unused. Runs over 64 are split with
+  the same seeds. Requests go round-robin over the servers (offset by the training rank), ``concurrency`` in
+  flight per server, each bounded by ``timeout`` and retried ``max_retries`` times (``post_json``); a
+  malformed reply or a dead server raises a one-line ``ServerError`` naming the server. Token ids come back
+  exactly (``return_tokens_as_token_ids``), the server's end-of-sequence token included; a sample that
+  stopped without it gets one appended with log-prob 0.0 (as ``t1.rollout.openai``). Text is decoded here
+  without special tokens. Knobs a ``generation_config.json`` could set on the server (top-k, min-p,
+  penalties) are sent switched off.
+* ``generate(..., version=v)`` first asks every server's ``GET /weight_info`` and raises ``StaleEngineError``
+  unless each reports ``str(v)``.
+* ``weight_sync: disk`` (works anywhere, CPUs included): every process iterates the weights (gathers are
+  collectives); the main process (``torch.distributed`` rank 0, else this one) writes safetensors into
+  ``sync_dir`` (default ``<run dir>/engine_weights``, readable by every server at the same path) and asks
+  each server to ``reload_weights`` from it (``/collective_rpc``), reset its prefix cache and take the
+  version (``/update_weight_version``).
+* ``weight_sync: nccl``: vLLM's trainer-side NCCL weight transfer (``vllm.distributed.weight_transfer``). At
+  the first push the main process opens the group through ``NCCLTrainerWeightTransferEngine.trainer_init``
+  (rank 0 at ``nccl_host:nccl_port``; server i's workers take the ranks after servers 0..i-1's); a push is
+  ``start_weight_update``, per ~1 GiB chunk ``update_weights`` (names, dtypes, shapes) while the chunk is
+  broadcast tensor by tensor, then ``finish_weight_update`` with the version. Servers need
+  ``--weight-transfer-config '{"backend": "nccl"}'``. Written from vLLM 0.32's code: untested on hardware
+  in CI (no GPU there).
+
+An API key in ``VLLM_API_KEY`` (what ``vllm serve`` reads) is sent as a bearer token, never shown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from t1.rollout import Sample, SamplingParams
+from t1.rollout.config import VLLMServerConfig
+from t1.rollout.openai import ServerError, post_json
+from t1.rollout.vllm_engine import StaleEngineError
+from t1.rollout.weights import write_safetensors
+
+DEV_MODE = ("the weight routes are missing: start `vllm serve` with the environment variable "
+            "VLLM_SERVER_DEV_MODE=1")
+MAX_N = 64  # samples per request
+CHUNK_BYTES = 1 << 30  # nccl sync: tensors held (copied) per update_weights call
+
+
+def _rank(default: int = 0) -> int:
+    """This process's ``torch.distributed`` rank, ``default`` when it is not initialized."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else default
+
+
+def _groups(prompts: list[list[int]], seeds: list[int]) -> list[tuple[int, int, int]]:
+    """(start, n, seed) per request: runs of identical consecutive prompts, at most MAX_N samples each; a
+    split run continues its first sample's seed (vLLM seeds sample k of a request with seed + k)."""
+    out, start = [], 0
+    for i in range(1, len(prompts) + 1):
+        if i == len(prompts) or prompts[i] != prompts[start]:
+            for s in range(start, i, MAX_N):
+                out.append((s, min(MAX_N, i - s), seeds[start] % (1 << 62) + (s - start)))
+            start = i
+    return out
+
+
+class VLLMServerEngine:
+    shares_weights = False
+
+    def __init__(self, tokenizer, cfg: VLLMServerConfig | None = None, run_dir: str | None = None):
+        self.cfg = cfg = cfg or VLLMServerConfig()
+        self.urls = [u.rstrip("/") for u in cfg.urls]
+        if not self.urls:
+            raise ValueError("vllm_server.urls: needs at least one server")
+        self.tokenizer, self.eos = tokenizer, tokenizer.eos_token_id
+        self.api_key = os.environ.get("VLLM_API_KEY") or None
+        self.run_dir = run_dir
+        self.rank = _rank(int(os.environ.get("RANK", "0")))  # offsets the round-robin
+        self.weight_version: int | None = None
+        self._nccl = None
+        self.models = self._each(self._check)
+
+    # ------------------------------------------------------------------------------------------- HTTP
+
+    def _get(self, url: str, path: str, timeout: float, missing: str | None = None) -> dict:
+        """GET a JSON object; one attempt (a dead server fails here at once). ``missing``: the message of a 404."""
+        req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {self.api_key}"}
+                                     if self.api_key else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                body = resp.read(16 << 20)
+        except urllib.error.HTTPError as e:
+            if e.code == 404 and missing:
+                raise ServerError(f"{url}: {missing}") from None
+            raise ServerError(f"{url}{path}: HTTP {e.code}: {e.read(200)!r}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+            raise ServerError(f"{url}{path}: {type(e).__name__}: {e}") from None
+        try:
+            reply = json.loads(body)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise ServerError(f"{url}{path}: reply is not a JSON object: {body[:200]!r}")
+        return reply
+
+    def _post(self, url: str, path: str, body: dict, retries: int | None = None) -> dict:
+        """An administrative POST (weights), bounded by ``sync_timeout``."""
+        return post_json(url + path, body, api_key=self.api_key, timeout=self.cfg.sync_timeout,
+                         max_retries=self.cfg.max_retries if retries is None else retries)
+
+    def _each(self, fn) -> list:
+        """``fn(url)`` on every server at once; the first failure is raised once all have answered."""
+        with ThreadPoolExecutor(len(self.urls)) as pool:
+            return list(pool.map(fn, self.urls))
+
+    def _check(self, url: str) -> str:
+        """Dev mode and processed log-probs on; the served model's name."""
+        timeout = self.cfg.sync_timeout
+        self._get(url, "/weight_info", timeout, missing=DEV_MODE)
+        info = self._get(url, "/server_info?config_format=json", timeout, missing=DEV_MODE)
+        try:
+            mode = info["vllm_config"]["model_config"]["logprobs_mode"]
+        except (KeyError, TypeError):
+            raise ServerError(f"{url}/server_info: no logprobs_mode in {str(info)[:200]}") from None
+        if mode != "processed_logprobs":
+            raise ServerError(f"{url}: returns {mode!r} log-probs; start `vllm serve` with "
+                              "--logprobs-mode processed_logprobs")
+        if self.cfg.model:
+            return self.cfg.model
+        models = self._get(url, "/v1/models", timeout)
+        try:
+            return str(models["data"][0]["id"])
+        except (KeyError, IndexError, TypeError):
+            raise ServerError(f"{url}/v1/models: malformed reply: {str(models)[:200]}") from None
+
+    # ----------------------------------------------------------------------------------------- sampling
+
+    def server_versions(self) -> list[str | None]:
+        """Every server's weight version (``GET /weight_info``), as strings."""
+        def one(url):
+            v = self._get(url, "/weight_info", self.cfg.timeout).get("weight_version")
+            return None if v is None else str(v)
+        return self._each(one)
+
+    def generate(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams,
+                 version: int | None = None) -> list[Sample]:
+        """One sample per prompt, in order (see the module docstring for seeds)."""
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if version is not None:
+            got = self.server_versions()
+            stale = {u: v for u, v in zip(self.urls, got) if v != str(version)}
+            if stale:
+                raise StaleEngineError(f"vLLM servers hold other weights than version {version}: {stale}; "
+                                       "a weight push was skipped or failed")
+        if not prompts:
+            return []
+        pools = [ThreadPoolExecutor(self.cfg.concurrency) for _ in self.urls]
+        try:
+            futures = []
+            for g, (start, n, seed) in enumerate(_groups(prompts, seeds)):
+                s = (g + self.rank) % len(self.urls)
+                futures.append(pools[s].submit(self._request, s, prompts[start], n, seed, params))
+            return [sample for f in futures for sample in f.result()]
+        finally:  # on a failure, requests not yet sent are dropped; those in flight end within their time-out
+            for pool in pools:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    def _request(self, s: int, prompt: list[int], n: int, seed: int, params: SamplingParams) -> list[Sample]:
+        greedy = params.temperature <= 0
+        payload = {"model": self.models[s], "prompt": list(prompt), "n": n, "seed": seed,
+                   "max_tokens": params.max_new_tokens, "temperature": 0.0 if greedy else params.temperature,
+                   "top_p": 1.0 if greedy else params.top_p, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+                   "presence_penalty": 0.0, "frequency_penalty": 0.0, "logprobs": 0,
+                   "return_tokens_as_token_ids": True}
+        url = self.urls[s] + "/v1/completions"
+        reply = post_json(url, payload, api_key=self.api_key, timeout=self.cfg.timeout,
+                          max_retries=self.cfg.max_retries)
+        try:
+            choices = sorted(reply["choices"], key=lambda c: c["index"])
+            if len(choices) != n:
+                raise ValueError
+            return [self._sample(c) for c in choices]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise ServerError(f"{url}: malformed completion reply: {str(reply)[:200]}") from None
+
+    def _sample(self, choice: dict) -> Sample:
+        lp = choice["logprobs"]
+        tokens, values = lp["tokens"], lp["token_logprobs"]
+        if len(tokens) != len(values) or not all(isinstance(t, str) and t.startswith("token_id:") for t in tokens):
+            raise ValueError("tokens are not token_id:N")
+        ids, lps = [int(t[9:]) for t in tokens], [float(v) for v in values]
+        finished = choice["finish_reason"] == "stop"
+        if finished and (not ids or ids[-1] != self.eos):  # a stop token other than ours: train to stop
+            ids.append(self.eos)
+            lps.append(0.0)
+        body = ids[:-1] if finished else ids
+        return Sample(ids, self.tokenizer.decode(body, skip_special_tokens=True), finished, lps)
+
+    def sleep(self) -> None:
+        """Servers keep their own memory: nothing to do."""
+
+    # ------------------------------------------------------------------------------------------ weights
+
+    def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Hand (HF name, full tensor) pairs to every server as ``version``; every process must call this."""
+        if self.cfg.weight_sync == "nccl":
+            self._push_nccl(weights, version)
+        else:
+            self._push_disk(weights, version)
+        self.weight_version = version
+
+    def _push_disk(self, weights, version: int) -> None:
+        if self.cfg.sync_dir:
+            directory = Path(self.cfg.sync_dir)
+        elif self.run_dir:
+            directory = Path(self.run_dir) / "engine_weights"
+        else:
+            raise ValueError("vllm_server.weight_sync=disk needs vllm_server.sync_dir (or a run directory)")
+        directory = directory.resolve()
+        main = _rank() == 0  # asked now: the process group may have started after this engine
+        write_safetensors(weights, directory, version, write=main)
+        if main:
+            self._each(lambda url: self._reload(url, str(directory), version))
+
+    def _reload(self, url: str, path: str, version: int) -> None:
+        # not retried: a failed reload (e.g. a path the server cannot see) kills vLLM's engine; show its reason
+        self._post(url, "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": path}},
+                   retries=0)
+        if not self._post(url, "/reset_prefix_cache", {}).get("success", False):
+            raise ServerError(f"{url}: could not reset its prefix cache after the weight reload")
+        self._post(url, "/update_weight_version", {"new_version": str(version)})
+
+    def _push_nccl(self, weights, version: int) -> None:
+        if _rank() != 0:
+            for _ in weights:  # the gathers are collectives
+                pass
+            return
+        if self._nccl is None:
+            self._nccl = self._init_nccl()
+        group, client = self._nccl.model_update_group, self._nccl.client
+        client.start_weight_update()
+        side = ThreadPoolExecutor(1)
+        try:
+            for chunk in _chunks(weights, CHUNK_BYTES):
+                meta = {"names": [n for n, _ in chunk], "shapes": [list(t.shape) for _, t in chunk],
+                        "dtype_names": [str(t.dtype).split(".")[-1] for _, t in chunk]}
+                receiving = side.submit(client.update_weights, meta)  # the servers wait in the broadcast
+                if receiving.done():  # refused at once (as vLLM's trainer engine): do not wait for peers
+                    receiving.result()
+                stream = torch.cuda.current_stream()
+                for _, t in chunk:
+                    group.broadcast(t, src=0, stream=stream)
+                receiving.result()
+            torch.cuda.current_stream().synchronize()
+        finally:  # never join a thread stuck in a broken NCCL call
+            side.shutdown(wait=False)
+        client.finish_weight_update(str(version))
+
+    def _init_nccl(self):
+        from vllm.distributed.weight_transfer import ModuleSource
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo as Info
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerWeightTransferEngine as Trainer
+
+        def workers(url: str) -> int:  # TP × PP × DP
+            n = self._get(url, "/get_world_size", self.cfg.sync_timeout, DEV_MODE).get("world_size")
+            if not isinstance(n, int) or n < 1:
+                raise ServerError(f"{url}/get_world_size: malformed reply: {n!r}")
+            return n
+
+        sizes = self._each(workers)
+        info = Info(master_address=self.cfg.nccl_host or socket.getfqdn(), master_port=self.cfg.nccl_port,
+                    world_size=1 + sum(sizes), packed=False, rank=0)
+        # the source is unused: pushes drive the broadcast themselves (their weights arrive one at a time)
+        return Trainer.trainer_init(info, client=_Servers(self, sizes), source=ModuleSource(torch.nn.Module()))
+
+    def close(self) -> None:
+        """Leave the NCCL weight-transfer group (the servers keep running)."""
+        if self._nccl is not None:
+            nccl, self._nccl = self._nccl, None
+            self._each(lambda url: self._post(url, "/shutdown_weight_transfer_engine", {}, retries=0))
+            nccl.shutdown()
+
+
+def _chunks(weights, limit: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Copies of the pairs on this GPU (each tensor is valid only until the next is drawn), a chunk closed as
+    soon as it holds ``limit`` bytes. After a failed push the NCCL group is unusable (as in vLLM)."""
+    chunk, size = [], 0
+    for name, t in weights:
+        chunk.append((name, t.detach().to(torch.cuda.current_device(), copy=True).contiguous()))
+        size += t.numel() * t.element_size()
+        if size >= limit:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+class _Servers:
+    """vLLM's ``VLLMWeightSyncClient`` over every server at once (``HTTPVLLMWeightSyncClient`` drives one
+    server, and the trainer engine gives it NCCL rank offset 1): server i's workers take the ranks after the
+    trainer's (0) and those of servers 0..i-1. Calls are not retried (an NCCL rendezvous cannot be)."""
+
+    def __init__(self, engine: VLLMServerEngine, sizes: list[int]):
+        self.engine, self.offsets = engine, [1 + sum(sizes[:i]) for i in range(len(sizes))]
+
+    def _all(self, path: str, body) -> None:
+        e = self.engine
+        with ThreadPoolExecutor(len(e.urls)) as pool:
+            list(pool.map(lambda i: e._post(e.urls[i], path, body(i), retries=0), range(len(e.urls))))
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        try:
+            self._all("/init_weight_transfer_engine",
+                      lambda i: {"init_info": dict(init_info, rank_offset=self.offsets[i])})
+        except ServerError as err:
+            raise ServerError(f"{err} (start every server with --weight-transfer-config "
+                              "'{\"backend\": \"nccl\"}' and let it reach nccl_host:nccl_port)") from None
+
+    def start_weight_update(self) -> None:
+        self._all("/start_weight_update", lambda i: {})
+
+    def update_weights(self, update_info) -> None:
+        self._all("/update_weights", lambda i: {"update_info": update_info})
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self._all("/finish_weight_update", lambda i: {"weight_version": weight_version})

