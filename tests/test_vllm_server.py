@@ -21,7 +21,7 @@ from t1.models import ModelConfig, build_model, build_tokenizer, load, save
 from t1.rollout import SamplingParams, vllm_server
 from t1.rollout.config import VLLMServerConfig
 from t1.rollout.logprobs import processed_logp
-from t1.rollout.openai import ServerError
+from t1.rollout.openai import ServerError, post_json
 from t1.rollout.vllm_engine import StaleEngineError
 from t1.rollout.vllm_server import VLLMServerEngine
 from t1.rollout.weights import VERSION_FILE, full_parameters
@@ -315,15 +315,28 @@ def test_real_server_log_probs_and_a_disk_push(served, tmp_path):
         engine.generate(prompts, seeds, params, version=0)
 
 
-def test_real_server_dying_mid_step_is_a_clear_error(served, tmp_path):
-    """Runs last: it kills the module's server."""
+def test_real_server_dying_mid_step_is_a_clear_error(served, tmp_path, monkeypatch):
+    """Runs last: it kills the module's server — after the step's first request has gone out, so the others
+    of the same ``generate`` meet a dead server (deterministic, unlike a kill on a timer)."""
+    import t1.rollout.vllm_server as vs
+
     url, _, proc = served
-    engine = VLLMServerEngine(TOK, cfg(url, timeout=20, sync_timeout=20, sync_dir=str(tmp_path / "sync")))
-    result = {}
+    engine = VLLMServerEngine(TOK, cfg(url, timeout=20, sync_timeout=20, sync_dir=str(tmp_path / "sync"),
+                                       concurrency=1))  # one request at a time: the later ones find it dead
+    result, sent = {}, []
+
+    def post_then_crash(*args, **kwargs):
+        reply = post_json(*args, **kwargs)
+        if not sent:
+            sent.append(1)
+            _kill(proc, (signal.SIGKILL,))  # a crash, not a shutdown
+        return reply
+
+    monkeypatch.setattr(vs, "post_json", post_then_crash)
 
     def sample():
         try:
-            result["out"] = engine.generate([[5, 6, 7]] * 8 + [[8]] * 8, list(range(16)),
+            result["out"] = engine.generate([[5, 6, 7]] * 8 + [[8]] * 8 + [[9]] * 8, list(range(24)),
                                             SamplingParams(1.0, 1.0, 400))
         except Exception as e:  # noqa: BLE001 - handed to the test thread
             result["error"] = e
@@ -331,8 +344,6 @@ def test_real_server_dying_mid_step_is_a_clear_error(served, tmp_path):
     worker = threading.Thread(target=sample)
     t = time.time()
     worker.start()
-    time.sleep(1.0)
-    _kill(proc, (signal.SIGKILL,))  # a crash, not a shutdown
     worker.join(60)
     assert not worker.is_alive(), "generate hung after the server died"
     assert isinstance(result.get("error"), ServerError) and url in str(result["error"]), result

@@ -85,7 +85,7 @@ def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettin
     from t1.runtime import quiet_libraries
 
     quiet_libraries()
-    engine, tok, kind = open_engine(s.engine, model_path)
+    engine, tok, kind = open_engine(s.engine, model_path, batch=s.batch_problems * s.n, budget=s.max_new_tokens)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summaries = {}

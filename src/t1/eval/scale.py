@@ -228,7 +228,7 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
     curves = {}
     try:
         for label, path in models:
-            eng, tok, _ = open_engine(engine, path)
+            eng, tok, _ = open_engine(engine, path, batch=len(items) * s.n, budget=max(s.budgets))
             try:
                 curves[label] = scaling_points(eng, tok, task, items, s, scorer, summarizer, progress)
             finally:

@@ -65,7 +65,8 @@ def keep(rate: float, cfg: FilterConfig) -> bool:
 def run_filter(cfg: FilterConfig, progress: bool = True) -> dict:
     quiet_libraries()
     items = load_items(cfg.data)
-    engine, tok, _ = open_engine(cfg.rollout, cfg.model)
+    engine, tok, _ = open_engine(cfg.rollout, cfg.model, batch=cfg.prompts_per_batch * cfg.samples,
+                                 budget=cfg.max_new_tokens)
     scorer = Scorer(cfg.data.task, cfg.data.countdown)
     try:
         rates = pass_rates(engine, tok, items, cfg, scorer, progress)

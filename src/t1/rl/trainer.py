@@ -35,6 +35,7 @@ from t1.rl.batch import Batch, Mismatch, PackedRows, pad, sampler_logp
 from t1.rl.config import RLConfig
 from t1.rl.penalties import check as penalty_flags
 from t1.rl.select import select
+from t1.rollout import memory
 from t1.rollout import SamplingParams, close_engine, make_engine, sample_seed
 from t1.rollout.weights import full_parameters
 from t1.runtime import (Metrics, Timer, checkpoint_dirs, load_checkpoint_state, lr_factor, make_accelerator,
@@ -62,6 +63,10 @@ class RLTrainer:
         torch.manual_seed(cfg.train.seed)
 
         model, self.tok = load(ckpt or cfg.model, dtype="float32")
+        if torch.cuda.is_available():  # refuse a config that cannot fit before hours go into it
+            report = memory.check_rl(cfg, model.config, self.world, torch.cuda.device_count())
+            if acc.is_main_process:
+                print(memory.format_report(report), file=sys.stderr)
         self.items = load_items(cfg.data)
         self.prompt_cache: dict[int, list[int]] = {}
         longest = max(len(self._prompt(i)) for i in range(len(self.items)))

@@ -89,16 +89,31 @@ def make_engine(cfg, model, tokenizer, *, model_path: str | None = None, max_len
     return OpenAIEngine(tokenizer=tokenizer, cfg=cfg.openai)
 
 
-def open_engine(cfg, model_path: str, *, max_len: int = 0, run_dir: str | None = None):
+def open_engine(cfg, model_path: str, *, max_len: int = 0, run_dir: str | None = None, batch: int = 0,
+                budget: int = 0):
     """(engine, tokenizer, engine name) for sampling from the checkpoint at ``model_path``. The Hugging Face
     model is loaded only for the engines that sample from it (fast, generate): a vLLM engine loads its own
-    weights, so a 32B evaluation never holds a second fp32 copy in host memory."""
+    weights, so a 32B evaluation never holds a second fp32 copy in host memory. On a GPU, with ``batch``
+    sequences of ``budget`` new tokens, the memory estimate is printed first and an impossible
+    configuration refused (:mod:`t1.rollout.memory`)."""
+    import sys
+
+    import torch
+
     from t1.models import load, load_tokenizer
     from t1.rollout.config import EngineConfig, resolve
 
     if isinstance(cfg, str):
         cfg = EngineConfig(engine=cfg)
     kind = resolve(cfg.engine)
+    if torch.cuda.is_available() and batch and budget:
+        from transformers import AutoConfig
+
+        from t1.rollout import memory
+
+        report = memory.check_sampling(cfg, AutoConfig.from_pretrained(model_path),
+                                       max_len or budget + memory.PROMPT_TOKENS, batch)
+        print(memory.format_report(report), file=sys.stderr)
     if kind in ("fast", "generate"):
         model, tok = load(model_path, dtype="float32")
         model.eval()
