@@ -315,6 +315,27 @@ def test_real_server_log_probs_and_a_disk_push(served, tmp_path):
         engine.generate(prompts, seeds, params, version=0)
 
 
+def test_rl_through_a_server_samples_from_every_steps_policy(served, tmp_path):
+    """`t1 rl rollout.engine=vllm_server`: the server starts from the run's model, gets the weights after every
+    step through the disk sync, and the sampler-trainer log-prob gap stays at fp32 rounding."""
+    from t1 import config as C
+    from t1.rl.config import RLConfig
+    from t1.rl.trainer import train_rl
+
+    url, model_dir, _ = served
+    out = tmp_path / "run"
+    cfg = C.load(RLConfig, None, [
+        f"model={model_dir}", f"out={out}", "rollout.engine=vllm_server", f"rollout.vllm_server.urls=[{url}]",
+        "train.precision=fp32", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
+        "rollout.max_new_tokens=12", "rollout.temperature=1.2", "rollout.top_p=0.95", "data.num_prompts=32",
+        "train.optim.lr=0.02", "train.optim.warmup_steps=0", "train.steps=3"])
+    train_rl(cfg, progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["weight_version"] for r in rows] == [1, 2, 3]
+    assert all(r["sampling/logp_diff_max"] < 1e-3 for r in rows), [r["sampling/logp_diff_max"] for r in rows]
+    assert json.loads((out / "engine_weights" / VERSION_FILE).read_text()) == {"version": 3}
+
+
 def test_real_server_dying_mid_step_is_a_clear_error(served, tmp_path, monkeypatch):
     """Runs last: it kills the module's server — after the step's first request has gone out, so the others
     of the same ``generate`` meet a dead server (deterministic, unlike a kill on a timer)."""
