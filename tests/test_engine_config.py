@@ -1,0 +1,40 @@
+"""The engine table (t1.rollout.config): auto resolution, refusals, one config for every stage."""
+
+import pytest
+
+from t1 import config as C
+from t1.config import ConfigError
+from t1.rl.config import RLConfig
+from t1.rl.filter import FilterConfig
+from t1.rollout import config as ec
+
+
+def test_auto_is_vllm_only_on_a_gpu_with_vllm(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert ec.resolve("auto") == "fast"  # this machine: no GPU
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr(ec, "vllm_installed", lambda: True)
+    assert ec.resolve("auto") == "vllm"
+    monkeypatch.setattr(ec, "vllm_installed", lambda: False)
+    assert ec.resolve("auto") == "fast"
+    with pytest.raises(ConfigError, match="vllm is not installed"):
+        ec.resolve("vllm")
+    with pytest.raises(ConfigError, match="unknown engine 'sglang'"):
+        ec.resolve("sglang")
+
+
+def test_rl_refuses_an_engine_that_never_gets_the_weights():
+    with pytest.raises(ConfigError, match="rollout.engine: openai servers never receive the policy's weights"):
+        C.load(RLConfig, None, ["model=m", "rollout.engine=openai"])
+
+
+def test_rl_and_filter_share_the_engine_sections():
+    rl = C.load(RLConfig, None, ["model=m", "rollout.engine=vllm_server", "rollout.vllm_server.urls=[http://a:1]",
+                                 "rollout.vllm.tensor_parallel_size=4", "rollout.is_cap=2"])
+    assert rl.rollout.vllm_server.urls == ("http://a:1",) and rl.rollout.vllm.tensor_parallel_size == 4
+    flt = C.load(FilterConfig, None, ["model=m", "rollout.engine=vllm", "rollout.vllm.gpu_memory_utilization=0.9"])
+    assert isinstance(flt.rollout, ec.EngineConfig) and flt.rollout.vllm.gpu_memory_utilization == 0.9
+    with pytest.raises(ConfigError, match=r"rollout.vllm.gpu_memory_utilization: must be in \(0, 1\]"):
+        C.load(FilterConfig, None, ["model=m", "rollout.vllm.gpu_memory_utilization=1.5"])
+    with pytest.raises(ConfigError, match="rollout.is_cap: must be 0 .off. or ≥ 1"):
+        C.load(RLConfig, None, ["model=m", "rollout.is_cap=0.5"])
