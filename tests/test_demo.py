@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from t1.cli import main
 
 TINY_DEMO = ["tiny.hidden=32", "tiny.layers=2", "tiny.heads=2", "tiny.kv_heads=2", "tiny.ffn=64",
@@ -9,6 +11,7 @@ TINY_DEMO = ["tiny.hidden=32", "tiny.layers=2", "tiny.heads=2", "tiny.kv_heads=2
              "rl_prompts=8", "rl_samples=4", "eval_problems=24", "budgets=[8,16,32,64]"]
 
 
+@pytest.mark.slow
 def test_demo_smoke(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", *TINY_DEMO, "--out", str(out), "--quiet"]) == 0

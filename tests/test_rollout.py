@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from t1.models import ModelConfig, build_model, build_tokenizer
@@ -87,6 +88,7 @@ def test_fused_weights_are_rebuilt_after_an_optimizer_step_only():
     assert engine.weights() is not second
 
 
+@pytest.mark.slow
 def test_every_sample_is_the_same_in_a_batch_as_alone():
     """Rows finish at different steps, so the batch is compacted several times (live rows move into the
     holes); every sample must still equal the one its prompt and seed give alone, and run to its own end."""

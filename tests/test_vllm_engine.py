@@ -125,6 +125,7 @@ def test_rl_through_vllm_samples_from_every_steps_policy(vllm_model_dir, tmp_pat
     assert all(r["sampling/logp_diff_max"] > 1e-2 for r in s[1:]), [r["sampling/logp_diff_max"] for r in s]
 
 
+@pytest.mark.slow
 def test_rl_through_vllm_resumes_exactly(vllm_model_dir, tmp_path):
     """vLLM's seeded sampling is deterministic for the same weights and requests (no preemption, no split
     prefill on the CPU build's settings): a resumed run draws the samples of an uninterrupted one."""
@@ -144,6 +145,7 @@ def test_rl_through_vllm_resumes_exactly(vllm_model_dir, tmp_path):
     assert ra == rb
 
 
+@pytest.mark.slow
 def test_eval_and_scale_with_vllm_agree_with_the_fast_engine(vllm_model_dir, tmp_path):
     """Both engines sample the same distribution: the share of samples that end by themselves (and the
     accuracy) agree within sampling noise over 200 samples; scale runs end to end through vLLM."""

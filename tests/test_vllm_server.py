@@ -280,6 +280,7 @@ def _max_diff(model, prompts, samples, params) -> float:
     return worst
 
 
+@pytest.mark.slow
 def test_real_server_log_probs_and_a_disk_push(served, tmp_path):
     url, model_dir, _ = served
     model, tok = load(model_dir, dtype="float32")
@@ -315,6 +316,7 @@ def test_real_server_log_probs_and_a_disk_push(served, tmp_path):
         engine.generate(prompts, seeds, params, version=0)
 
 
+@pytest.mark.slow
 def test_rl_through_a_server_samples_from_every_steps_policy(served, tmp_path):
     """`t1 rl rollout.engine=vllm_server`: the server starts from the run's model, gets the weights after every
     step through the disk sync, and the sampler-trainer log-prob gap stays at fp32 rounding."""
@@ -336,6 +338,7 @@ def test_rl_through_a_server_samples_from_every_steps_policy(served, tmp_path):
     assert json.loads((out / "engine_weights" / VERSION_FILE).read_text()) == {"version": 3}
 
 
+@pytest.mark.slow
 def test_real_server_dying_mid_step_is_a_clear_error(served, tmp_path, monkeypatch):
     """Runs last: it kills the module's server — after the step's first request has gone out, so the others
     of the same ``generate`` meet a dead server (deterministic, unlike a kill on a timer)."""
