@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 
 from t1.rl.anchor import Anchor
@@ -78,3 +79,33 @@ def test_subset_selection():
     assert select(reward, adv, 4, SelectConfig(drop_uniform_groups=True)) == [0, 1, 2, 3, 8, 9, 10, 11]
     # at most 2 per group, highest and lowest reward
     assert select(reward, adv, 4, SelectConfig(max_per_group=2)) == [0, 3, 4, 7, 8, 10]
+
+
+def test_anchor_state_round_trip_and_refusals():
+    """Unsharded: the state is a copy of the model's; a state from another model is refused, and a full state
+    can only be loaded before the anchor is sharded."""
+    policy = _tiny()
+    anchor = Anchor(policy, "ema", ema_decay=0.5)
+    with torch.no_grad():
+        policy[0].weight.add_(1.0)
+    anchor.update(policy, 1)
+    state = anchor.state_dict()
+    assert anchor.state_dict(keep=False) is None
+    again = Anchor(_tiny(), "ema")
+    again.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(again.model.parameters(), anchor.model.parameters()))
+    state["0.weight"].zero_()  # a copy, not the anchor's own tensors
+    assert not torch.equal(anchor.model[0].weight, state["0.weight"])
+    with pytest.raises(RuntimeError, match="does not match"):
+        again.load_state_dict({"1.weight": torch.zeros(2, 3)})
+    again.sharded = True
+    with pytest.raises(RuntimeError, match="before distribute"):
+        again.load_state_dict(state)
+
+
+def test_anchor_updates_only_from_a_policy_wrapped_alike():
+    anchor = Anchor(_tiny(), "ema")
+    with pytest.raises(RuntimeError, match="not wrapped alike"):
+        anchor.update(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)), 1)
+    with pytest.raises(RuntimeError, match="not wrapped alike"):
+        anchor.update(torch.nn.Sequential(torch.nn.Linear(2, 3)), 1)

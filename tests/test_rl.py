@@ -165,3 +165,22 @@ def test_packed_update_equals_padded_update(tiny_model_dir, tmp_path):
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("fused", ["true", "false"])
+def test_logits_chunk_changes_nothing(tiny_model_dir, tmp_path, fused):
+    """Log-probs and entropy a few positions at a time (t1.rl.logp) against all at once, through the fused
+    (packed) update and the two-pass one: the same run."""
+    runs = {}
+    for chunk in (3, 0):
+        out = tmp_path / f"chunk{chunk}"
+        train_rl(rl_cfg(tiny_model_dir, out, "train.steps=2", "train.precision=fp32", "algo.kl_beta=0.05",
+                        "algo.entropy_coef=0.01", f"train.fused_update={fused}", f"train.logits_chunk={chunk}"),
+                 progress=False)
+        runs[chunk] = rows(out / "metrics.jsonl"), weights(out / "final")
+    (m3, w3), (m0, w0) = runs[3], runs[0]
+    for a, b in zip(m3, m0):
+        for k in ("reward", "kl", "entropy", "loss", "grad_norm"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
+    for k in w0:
+        torch.testing.assert_close(w3[k], w0[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -1,13 +1,20 @@
 """The KL anchor (reference model): a moving average of the policy, a periodic reset, fixed, or none.
 
-The anchor is a plain, frozen copy of the policy's parameters (never wrapped for distribution: every process
-updates its own copy identically). ``update`` is called after each optimizer step.
+The anchor is a frozen fp32 copy of the policy's parameters, made before the policy is wrapped for
+distribution. ``update`` is called after each optimizer step.
 
 * ``ema`` (the T1 default): θ_ref ← λ θ_ref + (1 − λ) θ after every step. After n steps from θ_ref = θ_0
   with the policy at θ_1 … θ_n: θ_ref = λ^n θ_0 + Σ_k (1 − λ) λ^(n−k) θ_k.
 * ``reset``: θ_ref ← θ every ``reset_every`` steps.
 * ``fixed``: θ_ref = the starting model (classic KL to the SFT model).
 * ``none``: no anchor, no KL term.
+
+Distribution (:meth:`Anchor.distribute`): on one process or under DDP every process holds the whole anchor
+and updates it identically. Under FSDP it is sharded with the policy's own FSDP settings
+(:mod:`t1.rl.shard`): 1/world of it per process, its forward gathering weights unit by unit like the
+policy's, and ``update`` runs shard against shard (identical wrapping, identical local shards: no
+communication). ``state_dict`` is then a collective that gathers the full anchor (Hugging Face names) one
+parameter at a time; ``load_state_dict`` takes such a full state and must come before ``distribute``.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import copy
 from typing import Literal
 
 import torch
+
+from t1.rl import shard
 
 AnchorMode = Literal["ema", "reset", "fixed", "none"]
 
@@ -26,26 +35,54 @@ class Anchor:
             raise ValueError(f"unknown anchor mode {mode!r}")
         self.mode, self.ema_decay, self.reset_every = mode, ema_decay, reset_every
         self.model = None
+        self.sharded = False
         if mode != "none":
             self.model = copy.deepcopy(policy).eval()
             for p in self.model.parameters():
                 p.requires_grad_(False)
 
+    def distribute(self, acc) -> None:
+        """Shard the anchor like the policy (FSDP) or move it to ``acc``'s device (see the module doc)."""
+        if self.model is None:
+            return
+        self.sharded = shard.sharding(acc) != ""
+        self.model = shard.shard_like_policy(acc, self.model)
+        self.model.eval()
+
+    def release(self) -> None:
+        """After the anchor's forwards of a step: free what FSDP1 keeps gathered (:func:`t1.rl.shard.release`)."""
+        if self.sharded:
+            shard.release(self.model)
+
     @torch.no_grad()
     def update(self, policy: torch.nn.Module, step: int) -> None:
-        """After optimizer step ``step`` (1-based)."""
+        """After optimizer step ``step`` (1-based). ``policy``: the wrapped policy when the anchor is sharded."""
         if self.model is None or self.mode == "fixed":
             return
+        self.release()  # a gathered copy would not see the update
         if self.mode == "ema":
-            for ref, cur in zip(self.model.parameters(), policy.parameters()):
+            for ref, cur in shard.local_pairs(self.model, policy):
                 ref.lerp_(cur.detach().to(ref.dtype), 1.0 - self.ema_decay)
         elif self.mode == "reset" and step % self.reset_every == 0:
-            for ref, cur in zip(self.model.parameters(), policy.parameters()):
+            for ref, cur in shard.local_pairs(self.model, policy):
                 ref.copy_(cur.detach())
 
-    def state_dict(self) -> dict | None:
-        return None if self.model is None else {k: v.clone() for k, v in self.model.state_dict().items()}
+    def state_dict(self, keep: bool = True) -> dict | None:
+        """The anchor's full state (on CPU when sharded); every process calls it when sharded, and those with
+        ``keep`` get it."""
+        if self.model is None:
+            return None
+        if self.sharded:
+            return shard.full_state_dict(self.model, keep)
+        return {k: v.clone() for k, v in self.model.state_dict().items()} if keep else None
 
     def load_state_dict(self, state: dict | None) -> None:
-        if self.model is not None and state is not None:
-            self.model.load_state_dict(state)
+        if self.model is None or state is None:
+            return
+        if self.sharded:
+            raise RuntimeError("Anchor.load_state_dict: load before distribute() (the state is a full one)")
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        if unexpected or any(k in params for k in missing):
+            raise RuntimeError(f"anchor checkpoint does not match the model: missing {missing}, "
+                               f"unexpected {unexpected}")

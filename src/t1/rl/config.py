@@ -97,6 +97,9 @@ class RLTrainConfig:
                                       "per batch, no subset selection, not FSDP/DeepSpeed): keep the policy's "
                                       "graphs until the KL is known and run one backward — one forward fewer")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "autocast precision for training passes")
+    logits_chunk: int = option(2048, "log-probs and entropy over the vocabulary this many positions at a time, "
+                                     "forward and backward (their fp32 temporaries: ~chunk × vocab × 12 bytes; "
+                                     "0 = a whole micro-batch at once)")
     fast_forward: bool = fast_forward_option()
     attention: Attention = attention_option()
     seed: int = option(0, "sampling and data-order seed")
@@ -114,6 +117,7 @@ class RLTrainConfig:
         require(self.steps >= 1, "steps", "must be ≥ 1", self.steps)
         require(self.micro_batch_tokens >= 16, "micro_batch_tokens", "must be ≥ 16", self.micro_batch_tokens)
         require(self.max_bad_steps >= 1, "max_bad_steps", "must be ≥ 1", self.max_bad_steps)
+        require(self.logits_chunk >= 0, "logits_chunk", "must be ≥ 0 (0 = off)", self.logits_chunk)
 
 
 @dataclass(frozen=True)

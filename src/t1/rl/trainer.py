@@ -6,8 +6,12 @@ reward, then the −1 penalties), get the policy's and the anchor's log-probs, s
 group-centred KL and take RLOO advantages, optionally select a subset, run the clipped policy-gradient loss
 with the entropy bonus and step the optimizer; finally move the anchor. The update runs fused (policy
 forward with gradients kept until the KL is known, one backward) when the batch fits in one micro-batch's
-budget, else in two passes (no-gradient pass for the KL, then gradient micro-batches). Losses are normalised by global counts, so any number of processes gives the same
-update as one (tested).
+budget, else in two passes (no-gradient pass for the KL, then gradient micro-batches). Losses are normalised
+by global counts, so any number of processes gives the same update as one (tested).
+
+Memory at scale: log-probs and entropy are taken ``train.logits_chunk`` positions at a time
+(:mod:`t1.rl.logp`), and under FSDP the anchor is sharded like the policy (:mod:`t1.rl.shard`): FSDP runs
+match one process's and resume exactly (tests/test_shard.py, on CPU processes).
 """
 
 from __future__ import annotations
@@ -29,14 +33,17 @@ from t1.data.prompts import load_items
 from t1.data.sft import prompt_ids
 from t1.fastlm import Forward, packed_logits
 from t1.models import count_parameters, load, set_attention
-from t1.rl import algo
+from t1.rl import algo, shard
+from t1.rl import logp as chunked
 from t1.rl.anchor import Anchor
 from t1.rl.batch import Batch, Mismatch, PackedRows, pad, sampler_logp
 from t1.rl.config import RLConfig
 from t1.rl.penalties import check as penalty_flags
 from t1.rl.select import select
+from t1.rl.summary import step_row, summary
 from t1.rollout import memory
 from t1.rollout import SamplingParams, close_engine, make_engine, sample_seed
+from t1.rollout.config import resolve as resolve_engine
 from t1.rollout.weights import full_parameters
 from t1.runtime import (Metrics, Timer, checkpoint_dirs, load_checkpoint_state, lr_factor, make_accelerator,
                         make_optimizer, resolve_precision, rng_state, save_checkpoint, set_lr, set_rng_state)
@@ -71,24 +78,30 @@ class RLTrainer:
         self.prompt_cache: dict[int, list[int]] = {}
         longest = max(len(self._prompt(i)) for i in range(len(self.items)))
         self.attention = set_attention(model, cfg.train.attention, longest + cfg.rollout.max_new_tokens)
+        self.sharding = shard.sharding(acc)  # fsdp1 / fsdp2 / zero3: the policy is split over the processes
+        shard.check_launch(acc, self.sharding, resolve_engine(cfg.rollout.engine),
+                           cfg.anchor.mode != "none" and cfg.algo.kl_beta > 0)
         self.anchor = Anchor(model, cfg.anchor.mode if cfg.algo.kl_beta > 0 else "none",
                              cfg.anchor.ema_decay, cfg.anchor.reset_every)
+        state = load_checkpoint_state(ckpt) if ckpt is not None else None
+        if state is not None:
+            self.anchor.load_state_dict(state["anchor"])  # a full state, before the anchor is sharded
         optimizer = make_optimizer(model, cfg.train.optim)
+        self.n_params = count_parameters(model)  # before FSDP leaves each process its shard
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        if self.anchor.model is not None:
-            self.anchor.model.to(acc.device)
+        self.anchor.distribute(acc)  # sharded like the policy under FSDP (t1.rl.shard), else on the device
         self.start = 0
-        if ckpt is not None:
-            state = load_checkpoint_state(ckpt)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.anchor.load_state_dict(state["anchor"])
+        if state is not None:
+            shard.load_optimizer_state(self.model, self.optimizer, self.sharding, state["optimizer"])
             set_rng_state(state["rng"])
             self.start = state["step"]
         self.raw = acc.unwrap_model(self.model)
-        self.policy_logits = Forward(self.model, self.raw, cfg.train.fast_forward)  # with gradients
-        self.raw_logits = Forward(self.raw, self.raw, cfg.train.fast_forward)  # no-gradient pass 1
-        self.anchor_logits = (Forward(self.anchor.model, fast=cfg.train.fast_forward)
-                              if self.anchor.model is not None else None)
+        fast = cfg.train.fast_forward and not self.sharding  # t1's forward reads whole parameters
+        self.policy_logits = Forward(self.model, self.raw, fast)  # with gradients
+        # no-gradient pass 1: the bare model under DDP (no gradient hooks); FSDP must gather through its wrapper
+        self.raw_logits = Forward(self.model if self.sharding else self.raw, self.raw, fast)
+        self.anchor_logits = Forward(self.anchor.model, fast=fast) if self.anchor.model is not None else None
+        self.chunk = cfg.train.logits_chunk
         self.engine = make_engine(cfg.rollout, self.raw, self.tok, model_path=str(ckpt or cfg.model),
                                   max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out))
         self.scorer = Scorer(cfg.data.task, cfg.data.countdown, timeout=cfg.train.grader_timeout)
@@ -169,17 +182,16 @@ class RLTrainer:
         with self.acc.autocast():  # weights rearranged once for all micro-batches (no gradients here)
             prep = self.raw_logits.prepare()
             ref_prep = self._anchor_prepared()
-        for mb in micro_batches(list(range(N)), lengths, self.cfg.train.micro_batch_tokens, 1,
-                                self.cfg.train.bucket_ratio):
-            ids, attn, mask = pad(batch, mb, self.tok.pad_token_id, self.acc.device)
-            with self.acc.autocast():
-                logits = self.raw_logits(ids, attn, prep)[:, :-1]
-                logp = algo.gather_logp(logits, ids[:, 1:])
-                h = algo.token_entropy(logits)
-                w = mismatch(logits[mask], ids[:, 1:][mask], sampler_logp(batch, mb))
-                if self.anchor.model is not None:
-                    ref = algo.gather_logp(self.anchor_logits(ids, attn, ref_prep)[:, :-1], ids[:, 1:])
-                    d[mb] = algo.sequence_kl(logp, ref, mask, self.cfg.algo.kl_clamp).float().cpu()
+        mbs = micro_batches(list(range(N)), lengths, self.cfg.train.micro_batch_tokens, 1,
+                            self.cfg.train.bucket_ratio)
+        if self.sharding and self.world > 1:  # FSDP's forwards are collectives: as many on every process
+            n_mb = int(self.acc.reduce(torch.tensor(float(len(mbs)), device=self.acc.device), "max"))
+            for _ in range(n_mb - len(mbs)):
+                self._pass1_micro_batch(batch, [0], prep, ref_prep, None)
+        for mb in mbs:
+            mask, logp, h, ref, w = self._pass1_micro_batch(batch, mb, prep, ref_prep, mismatch)
+            if ref is not None:
+                d[mb] = algo.sequence_kl(logp, ref, mask, self.cfg.algo.kl_clamp).float().cpu()
             ent[mb] = (h * mask).sum(-1).float().cpu()
             ntok[mb] = mask.sum(-1).float().cpu()
             if w is not None:
@@ -188,7 +200,24 @@ class RLTrainer:
             if keep_old:
                 for j, i in enumerate(mb):
                     old[i] = logp[j][mask[j]].float().cpu()
+        self.anchor.release()  # FSDP1 would keep its root unit gathered through pass 2
         return d, old, ent, ntok, weights
+
+    @torch.no_grad()
+    def _pass1_micro_batch(self, batch: Batch, rows: list[int], prep, ref_prep, mismatch: Mismatch | None):
+        """(mask, log-probs, entropies, the anchor's log-probs or None, IS weights or None) of ``rows``,
+        without gradients; ``mismatch`` None: a stand-in forward whose results are dropped."""
+        ids, attn, mask = pad(batch, rows, self.tok.pad_token_id, self.acc.device)
+        with self.acc.autocast():
+            logits = self.raw_logits(ids, attn, prep)  # [B, T, V]: position t predicts ids[:, t + 1]
+            logp, h = chunked.shifted(logits, ids, self.chunk)
+            w = None if mismatch is None else \
+                chunked.padded_mismatch(mismatch, logits, ids[:, 1:], mask, sampler_logp(batch, rows))
+            del logits  # before the anchor's
+            ref = None
+            if self.anchor.model is not None:
+                ref, _ = chunked.shifted(self.anchor_logits(ids, attn, ref_prep), ids, self.chunk, entropy=False)
+        return mask, logp, h, ref, w
 
     @torch.no_grad()
     def _anchor_prepared(self):
@@ -226,7 +255,7 @@ class RLTrainer:
                 self._update_two_pass(step, batch, lengths, mismatch)
             out.update(mismatch.stats())
             if not out["skipped"]:
-                self.anchor.update(self.raw, step + 1)
+                self.anchor.update(self.model, step + 1)
         self.version = step + 1
         self._push_weights()
         return out
@@ -296,30 +325,29 @@ class RLTrainer:
                     rows = PackedRows(batch, mb, acc.device)
                     mask = rows.mask
                     logits = packed_logits(prep, rows.packed, rows.select)
-                    logp = rows.spread(algo.gather_logp(logits, rows.targets))
-                    w = mismatch(logits, rows.targets, sampler_logp(batch, mb))
+                    logp, h = (rows.spread(x) for x in chunked.logp_entropy(logits, rows.targets, self.chunk,
+                                                                            grad_in_place=True))
+                    w = chunked.mismatch_rows(mismatch, logits, rows.targets, sampler_logp(batch, mb))
                     w = None if w is None else rows.spread(w)
-                    with torch.set_grad_enabled(bool(cfg.algo.entropy_coef)):
-                        h = rows.spread(algo.token_entropy(logits))
                 else:
                     ids, attn, mask = pad(batch, mb, self.tok.pad_token_id, acc.device)
-                    logits = self.policy_logits(ids, attn, prep)[:, :-1]
-                    logp = algo.gather_logp(logits, ids[:, 1:])
-                    w = mismatch(logits[mask], ids[:, 1:][mask], sampler_logp(batch, mb))
+                    logits = self.policy_logits(ids, attn, prep)
+                    logp, h = chunked.shifted(logits, ids, self.chunk, grad_in_place=True)
+                    w = chunked.padded_mismatch(mismatch, logits, ids[:, 1:], mask, sampler_logp(batch, mb))
                     w = None if w is None else torch.zeros(mask.shape, device=w.device).index_put((mask,), w)
-                    with torch.set_grad_enabled(bool(cfg.algo.entropy_coef)):
-                        h = algo.token_entropy(logits)
+                del logits  # the log-probs' autograd node keeps them, to write their gradient over them
                 if self.anchor.model is not None:
                     with torch.no_grad():
                         if packed:
-                            ref = rows.spread(algo.gather_logp(packed_logits(ref_prep, rows.packed, rows.select),
-                                                               rows.targets))
+                            ref = rows.spread(chunked.logp_entropy(packed_logits(ref_prep, rows.packed, rows.select),
+                                                                   rows.targets, self.chunk, entropy=False)[0])
                         else:
-                            ref = algo.gather_logp(self.anchor_logits(ids, attn, ref_prep)[:, :-1], ids[:, 1:])
+                            ref, _ = chunked.shifted(self.anchor_logits(ids, attn, ref_prep), ids, self.chunk,
+                                                     entropy=False)
                     d[mb] = algo.sequence_kl(logp.detach(), ref, mask, cfg.algo.kl_clamp).float().cpu()
             ent[mb] = (h.detach() * mask).sum(-1).float().cpu()
             ntok[mb] = mask.sum(-1).float().cpu()
-            kept.append((mb, logp, h if cfg.algo.entropy_coef else None, mask, w))
+            kept.append((mb, logp, h if cfg.algo.entropy_coef else None, mask, w))  # h: no gradient unless used
         adv, keep, n_seqs, n_tokens = self._shape(batch, d, ntok)
         lr = self._set_lr(step)
         total, loss_sum, clip_sum = None, 0.0, 0.0
@@ -352,21 +380,23 @@ class RLTrainer:
             for j, mb in enumerate(mbs):
                 rows = mb or [0]
                 ids, attn, mask = pad(batch, rows, self.tok.pad_token_id, acc.device)
-                sync = acc.no_sync(self.model) if j < len(mbs) - 1 else contextlib.nullcontext()
+                # DDP: all-reduce once, at the last micro-batch; FSDP: reduce-scatter every micro-batch (its
+                # no_sync would hold whole unsharded gradients until the last)
+                last = j == len(mbs) - 1
+                sync = contextlib.nullcontext() if last or self.sharding else acc.no_sync(self.model)
                 with sync, acc.autocast():
-                    logits = self.policy_logits(ids, attn)[:, :-1]
-                    logp = algo.gather_logp(logits, ids[:, 1:])
+                    logp, h = chunked.shifted(self.policy_logits(ids, attn), ids, self.chunk,
+                                              entropy=bool(cfg.algo.entropy_coef), grad_in_place=True)
                     if old is None:
                         old_lp = logp.detach()
                     else:
                         old_lp = torch.zeros_like(logp)
                         for r, i in enumerate(rows):
                             old_lp[r][mask[r]] = old[i].to(logp.device)
-                    h = algo.token_entropy(logits) if cfg.algo.entropy_coef else None
                     loss, st = algo.policy_loss(
                         logp, old_lp, adv[rows].to(logp.device), mask, cfg.algo.aggregation, cfg.algo.clip,
                         h, cfg.algo.entropy_coef, n_seqs=n_seqs, n_tokens=n_tokens,
-                        weight=_row_weights(weights, rows, mask))
+                        weight=chunked.row_weights(weights, rows, mask))
                     loss = loss * (0.0 if not mb else self.world)
                     acc.backward(loss)
                 if mb:
@@ -382,51 +412,27 @@ class RLTrainer:
     def _checkpoint(self, step: int) -> None:
         acc = self.acc
         acc.wait_for_everyone()
-        state_dict = acc.get_state_dict(self.model)
-        if acc.is_main_process:
+        state_dict = shard.model_state(acc, self.model, self.sharding)
+        main = acc.is_main_process  # under FSDP the anchor and the optimizer are gathered: every process calls
+        anchor = self.anchor.state_dict(keep=main)
+        optimizer = shard.optimizer_state(self.model, self.optimizer, self.sharding, keep=main)
+        if main:
             def write_model(path: Path) -> None:
                 self.raw.save_pretrained(path, state_dict=state_dict)
                 self.tok.save_pretrained(path)
 
-            save_checkpoint(self.out, step, write_model, {"step": step, "optimizer": self.optimizer.state_dict(),
-                                                          "anchor": self.anchor.state_dict(), "rng": rng_state()},
-                            self.cfg.train.keep_checkpoints)
+            save_checkpoint(self.out, step, write_model, {"step": step, "optimizer": optimizer, "anchor": anchor,
+                                                          "rng": rng_state()}, self.cfg.train.keep_checkpoints)
         acc.wait_for_everyone()
-
-    def _row(self, step: int, batch: Batch, upd: dict, wall: float) -> dict:
-        """The step's metrics row (sums over every process, then means)."""
-        keys = ("kl", "entropy", "tokens", "selected", "logp_diff_sum", "logp_diff_n", "is_weight_sum", "is_clipped")
-        sums = {**batch.stats, **{k: upd[k] for k in keys}}
-        names = list(sums)
-        tot = self.acc.reduce(torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in names]
-                                          ).to(self.acc.device), "sum")
-        s = dict(zip(names, tot.tolist()))
-        diff_max = float(self.acc.reduce(torch.tensor(upd["logp_diff_max"], device=self.acc.device), "max"))
-        times = self.timer.pop()
-        n, n_tok = max(1.0, s["samples"]), max(1.0, s["logp_diff_n"])
-        row = {"step": step + 1, "reward": s["reward"] / n, "accuracy": s["accuracy"] / n,
-               "penalty_truncated": s["penalty_truncated"] / n, "penalty_repetitive": s["penalty_repetitive"] / n,
-               "penalty_garbage": s["penalty_garbage"] / n, "truncation_rate": s["truncated"] / n,
-               "response_length": s["response_tokens"] / n, "entropy": s["entropy"] / max(1.0, s["tokens"]),
-               "kl": s["kl"] / n, "loss": upd["loss"], "grad_norm": upd["grad_norm"], "lr": upd["lr"],
-               "clip_fraction": upd["clip_fraction"], "selected": s["selected"] / n, "skipped": upd["skipped"],
-               "time_sample": times.get("sample", 0.0), "time_score": times.get("score", 0.0),
-               "time_train": times.get("train", 0.0), "time_push": times.get("push", 0.0), "time_step": wall,
-               "tokens_per_s": s["response_tokens"] / wall, "weight_version": self.version}
-        if s["logp_diff_n"]:  # engines that return log-probs: how far the sampler is from the trainer
-            row.update({"sampling/logp_diff_mean": s["logp_diff_sum"] / n_tok, "sampling/logp_diff_max": diff_max})
-        if self.cfg.rollout.is_cap and s["logp_diff_n"]:
-            row.update({"sampling/is_weight_mean": s["is_weight_sum"] / n_tok,
-                        "sampling/is_clipped_fraction": s["is_clipped"] / n_tok})
-        return row
 
     def train(self) -> list[dict]:
         cfg, acc = self.cfg, self.acc
         main = acc.is_main_process
         if main:
-            print(f"rl: {count_parameters(self.raw) / 1e6:.2f}M parameters | {len(self.items)} prompts ({cfg.data.task}) | "
+            print(f"rl: {self.n_params / 1e6:.2f}M parameters | {len(self.items)} prompts ({cfg.data.task}) | "
                   f"{cfg.train.steps} steps × {cfg.rollout.prompts_per_step} prompts × {cfg.rollout.samples_per_prompt} "
-                  f"samples | engine {type(self.engine).__name__} | anchor {self.anchor.mode} | {self.world} process(es) | "
+                  f"samples | engine {type(self.engine).__name__} | anchor {self.anchor.mode}"
+                  f"{f' ({self.sharding}-sharded)' if self.anchor.sharded else ''} | {self.world} process(es) | "
                   f"precision {self.precision} | attention {self.attention}" + (f" | resuming at step {self.start}" if self.start else ""), file=sys.stderr)
         bar = tqdm(total=cfg.train.steps, initial=self.start, desc="rl", unit="step", file=sys.stderr,
                    disable=not (main and self.progress), dynamic_ncols=True)
@@ -441,7 +447,8 @@ class RLTrainer:
                 if bad_streak >= cfg.train.max_bad_steps:
                     raise RuntimeError(f"rl: {bad_streak} consecutive steps with a non-finite loss or gradient "
                                        f"(last at step {step + 1}); lower train.optim.lr or check the data")
-            row = self._row(step, batch, upd, time.perf_counter() - t0)
+            row = step_row(acc, step, batch.stats, upd, time.perf_counter() - t0, self.timer.pop(), self.version,
+                           cfg.rollout.is_cap)
             history.append(row)
             if main and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps):
                 self.metrics.log(row)
@@ -455,9 +462,10 @@ class RLTrainer:
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
                 self._checkpoint(step + 1)
         bar.close()
+        state_dict = shard.model_state(acc, self.model, self.sharding)
         if main:
             final = self.out / "final"
-            self.raw.save_pretrained(final, state_dict=acc.get_state_dict(self.model))
+            self.raw.save_pretrained(final, state_dict=state_dict)
             self.tok.save_pretrained(final)
             self.metrics.close()
             print(summary(history), file=sys.stderr)
@@ -465,37 +473,6 @@ class RLTrainer:
         self.scorer.close()
         close_engine(self.engine)
         return history
-
-
-def _row_weights(weights: list, rows: list[int], mask: torch.Tensor) -> torch.Tensor | None:
-    """Per-sequence token weights (truncated IS) laid into the padded [rows, T] layout; None when off."""
-    if all(weights[i] is None for i in rows):
-        return None
-    out = torch.ones(mask.shape, device=mask.device)
-    for r, i in enumerate(rows):
-        if weights[i] is not None:
-            out[r][mask[r]] = weights[i].to(mask.device)
-    return out
-
-
-def summary(history: list[dict]) -> str:
-    """A short before/after table of the run (first and last tenth of the steps)."""
-    if not history:
-        return "rl: no steps run"
-    w = max(1, len(history) // 10)
-    first, last = history[:w], history[-w:]
-
-    def avg(rows, k):
-        return sum(r[k] for r in rows) / len(rows)
-
-    lines = [f"rl done: {len(history)} steps | mean step {avg(history, 'time_step'):.2f}s "
-             f"(sample {avg(history, 'time_sample'):.2f} / score {avg(history, 'time_score'):.2f} / "
-             f"train {avg(history, 'time_train'):.2f}) | {avg(history, 'tokens_per_s'):,.0f} completion tokens/s",
-             f"{'':22s}{'first ' + str(w):>12s}{'last ' + str(w):>12s}"]
-    for k in ("reward", "accuracy", "response_length", "entropy", "kl", "penalty_truncated", "penalty_repetitive",
-              "penalty_garbage"):
-        lines.append(f"{k:22s}{avg(first, k):12.4f}{avg(last, k):12.4f}")
-    return "\n".join(lines)
 
 
 def train_rl(cfg: RLConfig, resume: bool = False, progress: bool = True) -> list[dict]:

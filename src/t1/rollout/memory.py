@@ -6,9 +6,15 @@
 stage that only samples. Bytes, for N parameters and T = max(train.micro_batch_tokens, one whole sequence):
 
 * policy as `t1.rl.trainer` holds it: fp32 weights 4N and AdamW moments 8N, fp32 gradients 4N in the update,
-  each / world under FSDP or ZeRO-3; unsharded also a bf16 cast in the passes 2N and DDP's buckets 4N.
-* anchor (anchor.mode != none, algo.kl_beta > 0): a full fp32 copy per process, 4N (t1.rl.anchor never shards
-  it), and t1.fastlm.Prepared's bf16 copy of it in the KL pass, 2N (train.fast_forward).
+  each / world under FSDP or ZeRO-3; unsharded also a bf16 cast in the passes 2N and DDP's buckets 4N. Under
+  FSDP the units gathered in the update (a guess from FSDP's behaviour, not measured on GPUs): the root unit
+  (embeddings and lm_head, kept gathered from the forward through the backward) and GATHER_LAYERS decoder
+  layers (the running one and the prefetched one), each in bf16 with its unsharded bf16 gradient (2 + 2 bytes
+  per parameter; 4 + 4 under train.precision fp32). The trainer reduce-scatters every micro-batch under FSDP
+  (no no_sync), so gradients stay sharded.
+* anchor (anchor.mode != none, algo.kl_beta > 0): fp32, 4N, sharded with the policy's FSDP settings under FSDP
+  (4N / world: t1.rl.shard; the trainer refuses DeepSpeed ZeRO-3 with an anchor), else a full copy per process
+  plus t1.fastlm.Prepared's bf16 copy of it in the KL pass, 2N (train.fast_forward).
 * activations: T × layers × (28h + 12kv + 8i) with fp32 weights under bf16 autocast, (18h + 12kv + 8i) with
   FSDP's bf16 weights, h hidden, kv = kv_heads × head_dim, i intermediate: the bytes autograd saves per token
   and layer of a transformers Qwen2 layer with SDPA, measured on CPU (torch 2.13, transformers 5.19; a fit over
@@ -16,9 +22,12 @@ stage that only samples. Bytes, for N parameters and T = max(train.micro_batch_t
   RMSNorms' fp32 tensors and a bf16 cast of the input per projection — cf. Korthikanti et al. 2022 ("Reducing
   Activation Recomputation in Large Transformer Models": 34h per GPT layer). Checkpointed (accelerate's
   --fsdp_activation_checkpointing true): each layer's input (2h under FSDP, else 4h) plus two layers.
-* logits: T × vocab × 22 with the entropy bonus (t1.rl.algo: autograd saves 12 — the fp32 copy for the
-  log-probs, the entropy's log-softmax and its exp, measured as above — plus the bf16 logits 2, the entropy's
-  transient fp32 copy 4 and the fp32 gradient 4), 10 without.
+* logits: T × vocab × 2 (bf16; 4 under train.precision fp32): the logits, which t1.rl.logp saves for the
+  backward and overwrites with their gradient there; plus its log-prob work, min(train.logits_chunk, T) ×
+  vocab × 8 (two fp32 [chunk, vocab] buffers, forward and backward; measured on CPU as the peak resident
+  memory of a bf16 forward + backward), or, with an engine that returns log-probs (fast, vllm, vllm_server),
+  the sampler check's top-p sort over MISMATCH_ROWS positions at a time × vocab × 41 (measured likewise)
+  when that is larger.
 * sampling. ``fast``: bf16 weights 2N kept between calls, dense fp32 KV (the bf16 cache is CPU-kernel only) of
   2 × layers × kv × 4 bytes for min(max_batch, sequences) × (prompt + max_new_tokens) tokens; ``generate``: the
   same cache for ≤ 256 sequences on the policy's weights. ``vllm``: gpu_memory_utilization × device (or
@@ -35,7 +44,7 @@ and at every wake-up, so the static lines must fit in (1 − gpu_memory_utilizat
 torch.cuda.empty_cache() before waking it). A KV cache holding fewer full-length sequences than a step runs at
 once is a note, not a refusal: vLLM runs them in waves (slower, not wrong; shorter responses leave room).
 Prompts count as PROMPT_TOKENS = 1024 tokens unless rollout.vllm.max_model_len caps the sequence (a generous
-guess for MATH-style prompts with a chat template). :class:`Assume`: trainer features `t1.rl.trainer` lacks, for what-ifs.
+guess for MATH-style prompts with a chat template).
 
 Shapes: config.json of Qwen/Qwen2.5-7B, -14B, -32B on the Hugging Face Hub (QWEN25; vocab 152064, untied
 embeddings, q/k/v biases): 7.62e9, 14.77e9, 32.76e9 parameters (the Hub's counts: 7.62B, 14.8B, 32.8B).
@@ -56,6 +65,9 @@ RUNTIME = 2 * GiB  # CUDA context, NCCL, allocator slack
 VLLM_RUNTIME = 2 * GiB  # vLLM besides weights and KV cache
 VLLM_ASLEEP = 1 * GiB  # what a sleeping vLLM keeps
 GENERATE_BATCH = 256
+GATHER_LAYERS = 2  # FSDP: decoder layers gathered at once in the update (running + prefetched)
+CHUNK_BYTES = 8  # t1.rl.logp: bytes per logit of a chunk (two fp32 buffers)
+MISMATCH_BYTES = 41  # t1.rl.batch.Mismatch (processed_logp with top-p): bytes per logit of the rows it takes
 # (hidden, layers, heads, kv_heads, intermediate, vocab): config.json of Qwen/Qwen2.5-{7B,14B,32B}
 QWEN25 = {"7b": (3584, 28, 28, 4, 18944, 152064), "14b": (5120, 48, 40, 8, 13824, 152064),
           "32b": (5120, 64, 40, 8, 27648, 152064)}
@@ -119,14 +131,6 @@ class Shape:
         layer = (18 if bf16_weights else 28) * self.hidden + 12 * self.kv_heads * self.head_dim + 8 * self.inter
         residual = (2 if bf16_weights else 4) * self.hidden
         return self.layers * residual + 2 * layer if checkpointing else self.layers * layer
-
-
-@dataclass(frozen=True)
-class Assume:
-    """Trainer features `t1.rl.trainer` lacks today, for what-ifs; the defaults are the trainer as it stands."""
-
-    anchor_sharded: bool = False  # the anchor sharded like the policy (today: a full fp32 copy per process)
-    logits_chunk: int = 0  # log-probs and entropy over this many tokens at a time (0: the whole micro-batch)
 
 
 @dataclass
@@ -237,28 +241,39 @@ def _vllm(r: Report, v, shape: Shape, max_len: int, need: int, where: str) -> No
                           f"while it samples: {what}shard the trainer / use more GPUs / engine vllm_server")
 
 
-def _trainer(r: Report, cfg, shape: Shape, world: int, sharded: bool, ckpt: bool, tokens: int,
-             a: Assume) -> None:
+def _trainer(r: Report, cfg, engine: str, shape: Shape, world: int, sharded: bool, ckpt: bool, tokens: int) -> None:
     n, div = shape.params, (world if sharded else 1)
     tag = f" /{world}" if sharded and world > 1 else ""
+    half = 4 if cfg.train.precision == "fp32" else 2  # bytes of a bf16 (or fp32) weight, logit, gradient
     r.add(f"policy fp32 weights{tag}", "static", 4 * n / div)
     r.add(f"AdamW moments fp32 ×2{tag}", "static", 8 * n / div)
     r.add(f"gradients fp32{tag}", "update", 4 * n / div)
-    if not sharded:
+    if sharded:
+        head = shape.vocab * shape.hidden * (1 if shape.tied else 2)
+        gathered = head + GATHER_LAYERS * (n - head) / shape.layers
+        r.add(f"FSDP gathered: embed/lm_head + {GATHER_LAYERS} layers", "update", 2 * half * gathered)  # + grads
+    else:
         r.add("policy bf16 cast (autocast cache)", "update", 2 * n)
         r.add("DDP gradient buckets fp32", "static", 4 * n if world > 1 else 0)
     if cfg.anchor.mode != "none" and cfg.algo.kl_beta > 0:
-        r.add(f"anchor fp32 /{world}" if a.anchor_sharded else "anchor fp32 full copy", "static",
-              4 * n / (world if a.anchor_sharded else 1))
-        r.add("anchor bf16 working copy (KL pass)", "update",
-              2 * n if cfg.train.fast_forward and not a.anchor_sharded else 0)
+        r.add(f"anchor fp32{tag}" if sharded else "anchor fp32 full copy", "static", 4 * n / div)
+        r.add("anchor bf16 working copy (KL pass)", "update", 2 * n if cfg.train.fast_forward and not sharded else 0)
     act = shape.act_per_token(ckpt, bf16_weights=sharded)  # FSDP gathers bf16 weights (mixed precision)
     r.add(f"activations, {tokens} tok" + (" (checkpointed)" if ckpt else ""), "update", tokens * act)
-    per_vocab, chunk = (22 if cfg.algo.entropy_coef > 0 else 10), min(tokens, a.logits_chunk or tokens)
-    r.add(f"logits {chunk} × {shape.vocab} × {per_vocab} B", "update", chunk * shape.vocab * per_vocab)
+    V = shape.vocab
+    r.add(f"logits → grads, {tokens} × {V} × {half} B", "update", tokens * V * half)
+    chunk = min(tokens, cfg.train.logits_chunk or tokens)
+    work, what = chunk * V * CHUNK_BYTES, f"log-prob chunk {chunk} × {V} × {CHUNK_BYTES} B"
+    if engine in ("fast", "vllm", "vllm_server"):  # engines that return log-probs: the sampler check
+        from t1.rl.logp import MISMATCH_ROWS
+
+        rows = min(tokens, MISMATCH_ROWS)
+        if rows * V * MISMATCH_BYTES > work:
+            work, what = rows * V * MISMATCH_BYTES, f"sampler check {rows} × {V} × {MISMATCH_BYTES} B"
+    r.add(what, "update", work)
 
 
-def _update_fit(r: Report, cfg, max_len: int, sharded: bool, ckpt: bool, a: Assume) -> None:
+def _update_fit(r: Report, cfg, max_len: int, sharded: bool, ckpt: bool) -> None:
     """Name what to change when static + update (+ vLLM's share without sleep mode) does not fit."""
     need = r.total("static") + r.total("update") + (r.total("sample") if r.overlap else 0)
     if need <= r.device:
@@ -266,6 +281,8 @@ def _update_fit(r: Report, cfg, max_len: int, sharded: bool, ckpt: bool, a: Assu
     fix = ["rollout.vllm.enable_sleep_mode"] if r.overlap else []
     fix.append("train.micro_batch_tokens" if cfg.train.micro_batch_tokens > max_len else
                f"rollout.max_new_tokens (one {max_len}-token sequence is the smallest micro-batch)")
+    if not cfg.train.logits_chunk or cfg.train.logits_chunk > 2048:
+        fix.append("train.logits_chunk (2048 or less)")
     if not ckpt:
         fix.append("FSDP with activation checkpointing (accelerate launch --use_fsdp "
                    "--fsdp_activation_checkpointing true)")
@@ -276,17 +293,13 @@ def _update_fit(r: Report, cfg, max_len: int, sharded: bool, ckpt: bool, a: Assu
         least, P = spread / (r.device - need + spread / r.world), cfg.rollout.prompts_per_step
         gpus = next((w for w in range(r.per_node, P + 1, r.per_node) if w >= least and P % w == 0), 0)
         fix.append(f"{gpus} GPUs (FSDP shards more)" if gpus else "more GPUs than rollout.prompts_per_step")
-    missing = [name for name, m in (("chunked log-probs", not a.logits_chunk),
-                                    ("a sharded anchor", any("anchor fp32 full" in x[0] for x in r.lines))) if m]
-    if missing:
-        fix.append(" / ".join(missing) + " (not in t1.rl.trainer yet)")
     r.problems.append(f"the update needs {need / GiB:.1f} GiB per GPU of {r.device / GiB:.1f} (static "
                       f"{r.total('static') / GiB:.1f} + update {r.total('update') / GiB:.1f}): change "
                       + ", ".join(fix))
 
 
 def check_rl(cfg, model_config, world: int, gpus_per_node: int, device_bytes: int | None = None,
-             sharded: bool | None = None, checkpointing: bool | None = None, assume: Assume = Assume(),
+             sharded: bool | None = None, checkpointing: bool | None = None,
              prompt_tokens: int = PROMPT_TOKENS, refuse: bool = True) -> Report:
     """Estimate `t1 rl`'s memory per GPU for ``cfg`` (an RLConfig) and ``model_config`` (a transformers config,
     a model directory, or a Qwen2.5 name); raise ConfigError naming the fields to change when it cannot fit
@@ -308,7 +321,7 @@ def check_rl(cfg, model_config, world: int, gpus_per_node: int, device_bytes: in
                f"({gpus_per_node}/node){how}, engine {ro.engine}, device {dev / GiB:.1f} GiB", dev, world,
                gpus_per_node)
     r.add("runtime (CUDA, NCCL, slack)", "static", RUNTIME)
-    _trainer(r, cfg, shape, world, sharded, ckpt, max(cfg.train.micro_batch_tokens, max_len), assume)
+    _trainer(r, cfg, ro.engine, shape, world, sharded, ckpt, max(cfg.train.micro_batch_tokens, max_len))
     _sampling(r, ro, shape, max_len, math.ceil(ro.prompts_per_step * ro.samples_per_prompt / world), "rollout.")
     if vllm and (gpus_per_node % tp or world % tp):
         r.problems.append(f"rollout.vllm.tensor_parallel_size {tp} must divide the {gpus_per_node} GPUs per "
@@ -316,7 +329,7 @@ def check_rl(cfg, model_config, world: int, gpus_per_node: int, device_bytes: in
     if vllm and v.max_model_len and v.max_model_len <= ro.max_new_tokens:
         r.problems.append(f"rollout.vllm.max_model_len {v.max_model_len} leaves no room for a prompt "
                           f"before rollout.max_new_tokens {ro.max_new_tokens}")
-    _update_fit(r, cfg, max_len, sharded, ckpt, assume)
+    _update_fit(r, cfg, max_len, sharded, ckpt)
     return _verdict(r) if refuse else r
 
 

@@ -69,6 +69,11 @@ def full_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]
 def _fsdp1(model: torch.nn.Module, FSDP) -> Iterator[tuple[str, torch.Tensor]]:
     """FSDP1: gather one wrapped module's own (non-recursive) parameters at a time."""
     seen: set[str] = set()
+    if isinstance(model, FSDP) and getattr(model, "_is_root", None) is None:
+        # FSDP1 initialises lazily, taking the first instance it meets as the root: before any forward the walk
+        # below would meet a layer first and fail ("Non-root FSDP instance's `_is_root` should not have been set")
+        with FSDP.summon_full_params(model, recurse=False, writeback=False):
+            pass
 
     def walk(module: torch.nn.Module, prefix: str):
         for child_name, child in module.named_children():

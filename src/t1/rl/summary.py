@@ -1,0 +1,53 @@
+"""`t1 rl`'s metrics: one row per step (sums over every process, then means) and the closing table."""
+
+from __future__ import annotations
+
+import torch
+
+ROW_SUMS = ("kl", "entropy", "tokens", "selected", "logp_diff_sum", "logp_diff_n", "is_weight_sum", "is_clipped")
+
+
+def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, version: int, is_cap: float) -> dict:
+    """The step's metrics row from the batch's ``stats`` and the update's ``upd`` (both summed over every
+    process here; a collective), phase ``times`` and the weight ``version`` the engine sampled from."""
+    sums = {**stats, **{k: upd[k] for k in ROW_SUMS}}
+    names = list(sums)
+    tot = acc.reduce(torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in names]).to(acc.device), "sum")
+    s = dict(zip(names, tot.tolist()))
+    diff_max = float(acc.reduce(torch.tensor(upd["logp_diff_max"], device=acc.device), "max"))
+    n, n_tok = max(1.0, s["samples"]), max(1.0, s["logp_diff_n"])
+    row = {"step": step + 1, "reward": s["reward"] / n, "accuracy": s["accuracy"] / n,
+           "penalty_truncated": s["penalty_truncated"] / n, "penalty_repetitive": s["penalty_repetitive"] / n,
+           "penalty_garbage": s["penalty_garbage"] / n, "truncation_rate": s["truncated"] / n,
+           "response_length": s["response_tokens"] / n, "entropy": s["entropy"] / max(1.0, s["tokens"]),
+           "kl": s["kl"] / n, "loss": upd["loss"], "grad_norm": upd["grad_norm"], "lr": upd["lr"],
+           "clip_fraction": upd["clip_fraction"], "selected": s["selected"] / n, "skipped": upd["skipped"],
+           "time_sample": times.get("sample", 0.0), "time_score": times.get("score", 0.0),
+           "time_train": times.get("train", 0.0), "time_push": times.get("push", 0.0), "time_step": wall,
+           "tokens_per_s": s["response_tokens"] / wall, "weight_version": version}
+    if s["logp_diff_n"]:  # engines that return log-probs: how far the sampler is from the trainer
+        row.update({"sampling/logp_diff_mean": s["logp_diff_sum"] / n_tok, "sampling/logp_diff_max": diff_max})
+    if is_cap and s["logp_diff_n"]:
+        row.update({"sampling/is_weight_mean": s["is_weight_sum"] / n_tok,
+                    "sampling/is_clipped_fraction": s["is_clipped"] / n_tok})
+    return row
+
+
+def summary(history: list[dict]) -> str:
+    """A short before/after table of the run (first and last tenth of the steps)."""
+    if not history:
+        return "rl: no steps run"
+    w = max(1, len(history) // 10)
+    first, last = history[:w], history[-w:]
+
+    def avg(rows, k):
+        return sum(r[k] for r in rows) / len(rows)
+
+    lines = [f"rl done: {len(history)} steps | mean step {avg(history, 'time_step'):.2f}s "
+             f"(sample {avg(history, 'time_sample'):.2f} / score {avg(history, 'time_score'):.2f} / "
+             f"train {avg(history, 'time_train'):.2f}) | {avg(history, 'tokens_per_s'):,.0f} completion tokens/s",
+             f"{'':22s}{'first ' + str(w):>12s}{'last ' + str(w):>12s}"]
+    for k in ("reward", "accuracy", "response_length", "entropy", "kl", "penalty_truncated", "penalty_repetitive",
+              "penalty_garbage"):
+        lines.append(f"{k:22s}{avg(first, k):12.4f}{avg(last, k):12.4f}")
+    return "\n".join(lines)
