@@ -3,7 +3,7 @@
 Notation: N = P·K responses, stored group-major (responses i·K … i·K+K−1 answer prompt i); T = the longest
 response in tokens; ``mask`` [N, T] marks real (non-padding) response tokens.
 
-The step, for one batch (DESIGN.md, "The RL step"):
+The step, for one batch (docs/method.md, "The RL step"):
 
 1. r_i ∈ {0, 1} from the task; −1 instead for truncated / repetitive / garbage responses (:func:`penalize`).
 2. d_i = Σ_t clamp(log π_θ − log π_ref, ±c) (:func:`sequence_kl`), centred within its group by the

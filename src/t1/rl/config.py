@@ -1,4 +1,4 @@
-"""`t1 rl` configuration. Defaults are the paper's values where it pins them (DESIGN.md, "The RL step");
+"""`t1 rl` configuration. Defaults are the paper's values where it pins them (docs/method.md, "The RL step");
 fields marked *(our choice)* are ours."""
 
 from __future__ import annotations
