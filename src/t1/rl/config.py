@@ -97,9 +97,11 @@ class RLTrainConfig:
                                       "per batch, no subset selection, not FSDP/DeepSpeed): keep the policy's "
                                       "graphs until the KL is known and run one backward — one forward fewer")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "autocast precision for training passes")
-    logits_chunk: int = option(2048, "log-probs and entropy over the vocabulary this many positions at a time, "
-                                     "forward and backward (their fp32 temporaries: ~chunk × vocab × 12 bytes; "
-                                     "0 = a whole micro-batch at once)")
+    logits_chunk: int = option(0, "log-probs and entropy over the vocabulary this many positions at a time, "
+                                  "forward and backward (their fp32 temporaries: ~chunk × vocab × 12 bytes; "
+                                  "0 = a whole micro-batch at once, fastest for small vocabularies: ~15 % of "
+                                  "the CPU benchmark's update; GPU runs with 150k-token vocabularies need "
+                                  "2048 — the paper configs set it, and the memory estimate asks for it)")
     fast_forward: bool = fast_forward_option()
     attention: Attention = attention_option()
     seed: int = option(0, "sampling and data-order seed")
