@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from t1.data import DATA_DIR
-from t1.grade import grade_file
 from t1.io import read_jsonl
+from t1.stages.grade import grade_file
 from t1.tasks.math import wrap_gold
 
 

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from t1.fastlm import Packed, _attend, _mask_bias
-from t1.kernels import build, ops
-from t1.runtime import keep_freed_memory
+from t1.model.forward import Packed, _attend, _mask_bias
+from t1.model.kernels import build, ops
+from t1.runtime.device import keep_freed_memory
 
 
 def timed(fn, repeat: int) -> float:

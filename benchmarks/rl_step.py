@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from t1 import config as C
-from t1.models import ModelConfig, build_model, build_tokenizer, save
+from t1.model.load import ModelConfig, build_model, build_tokenizer, save
 from t1.rl.config import RLConfig
-from t1.rl.trainer import train_rl
+from t1.stages.rl import train_rl
 from t1.tasks.countdown import CountdownConfig, generate, reward
 
 
@@ -89,11 +89,11 @@ def main() -> None:
                     help="TRL's attention kernel (transformers' default is sdpa; t1 picks eager on CPUs for short "
                          "sequences, so 'eager' gives TRL the same choice)")
     ap.add_argument("--trl-malloc-tuning", action="store_true",
-                    help="give TRL t1's allocator setting too (t1.runtime.keep_freed_memory: freed memory kept "
+                    help="give TRL t1's allocator setting too (t1.runtime.device.keep_freed_memory: freed memory kept "
                          "for reuse, no page faults to get it back); by default TRL runs with glibc's defaults")
     args = ap.parse_args()
     if args.trl_malloc_tuning:
-        from t1.runtime import keep_freed_memory
+        from t1.runtime.device import keep_freed_memory
 
         keep_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:

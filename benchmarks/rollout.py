@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from t1.kernels import build as kernel
-from t1.models import ModelConfig, build_model, build_tokenizer, count_parameters
-from t1.rollout import SamplingParams
+from t1.model.kernels import build as kernel
+from t1.model.load import ModelConfig, build_model, build_tokenizer, count_parameters
+from t1.rollout.base import SamplingParams
 from t1.rollout.config import vllm_installed
 from t1.rollout.fast import FastEngine
 from t1.rollout.hf_generate import GenerateEngine
@@ -61,7 +61,7 @@ def vllm_rows(model, tok, args) -> list:
         return []
     import tempfile
 
-    from t1.models import save
+    from t1.model.load import save
     from t1.rollout.config import VLLMConfig
     from t1.rollout.vllm_engine import VLLMEngine
 

@@ -20,8 +20,8 @@ import torch
 
 from t1 import config as C
 from t1.data.sft import load_examples
-from t1.models import build_model, build_tokenizer
-from t1.sft import SFTConfig, train_sft
+from t1.model.load import build_model, build_tokenizer
+from t1.stages.sft import SFTConfig, train_sft
 
 
 def run_t1(cfg: SFTConfig) -> float:

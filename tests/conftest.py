@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from t1.models import ModelConfig, build_model, build_tokenizer, save
+from t1.model.load import ModelConfig, build_model, build_tokenizer, save
 
 TINY = ModelConfig(hidden=32, layers=2, heads=2, kv_heads=2, ffn=64, max_positions=512)
 

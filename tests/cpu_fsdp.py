@@ -36,10 +36,11 @@ def check_anchor(model_dir: str, mode: str) -> None:
     FSDP policy, the unsharded anchor updates from the gathered policy; the sharded one shard against shard.
     Their forwards (FSDP1's root unit released) and finally their full states must agree, and a full state
     loaded before sharding must come back whole (resume)."""
-    from t1.models import load
+    from t1.model.load import load
     from t1.rl import shard
     from t1.rl.anchor import Anchor
-    from t1.runtime import OptimConfig, make_accelerator, make_optimizer
+    from t1.runtime.device import make_accelerator
+    from t1.runtime.optim import OptimConfig, make_optimizer
 
     acc = make_accelerator("fp32")
     how = shard.sharding(acc)

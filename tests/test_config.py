@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import pytest
 
 from t1 import config as C
-from t1.models import InitConfig, ModelConfig
+from t1.model.load import InitConfig, ModelConfig
 from t1.tasks.countdown import CountdownConfig
 
 
@@ -91,7 +91,7 @@ def test_describe_lists_every_leaf_with_help():
 
 def test_partial_section_keeps_the_sections_own_defaults():
     from t1.rl.config import RLConfig
-    from t1.sft import SFTConfig
+    from t1.stages.sft import SFTConfig
 
     rl = C.load(RLConfig, None, ["model=x", "train.optim.lr=0.01"])
     assert rl.train.optim.lr == 0.01 and rl.train.optim.schedule == "constant" and rl.train.optim.warmup_steps == 10

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from t1 import config as C
-from t1.demo import DemoConfig
+from t1.pipelines.demo import DemoConfig
 from t1.rl.config import RLConfig
-from t1.sft import SFTConfig
+from t1.stages.sft import SFTConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -5,8 +5,17 @@ from fractions import Fraction
 
 import pytest
 
-from t1.tasks.countdown import (CountdownConfig, Problem, generate, reachable, reward, sample_failed, solve,
-                                verify, write_trace)
+from t1.tasks.countdown import (
+    CountdownConfig,
+    Problem,
+    generate,
+    reachable,
+    reward,
+    sample_failed,
+    solve,
+    verify,
+    write_trace,
+)
 
 CFG = CountdownConfig()
 

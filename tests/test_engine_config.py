@@ -5,8 +5,8 @@ import pytest
 from t1 import config as C
 from t1.config import ConfigError
 from t1.rl.config import RLConfig
-from t1.rl.filter import FilterConfig
 from t1.rollout import config as ec
+from t1.stages.filter import FilterConfig
 
 
 def test_auto_is_vllm_only_on_a_gpu_with_vllm(monkeypatch):

@@ -5,10 +5,10 @@ import pytest
 
 from t1.eval.benchmarks import load_bench, load_gpqa
 from t1.eval.metrics import majority_correct, mean_stderr, pass_at_k
-from t1.eval.evaluate import summarize
-from t1.eval.scale import ScaleSettings, scaling_points
-from t1.models import build_tokenizer
-from t1.rollout import Sample
+from t1.model.load import build_tokenizer
+from t1.rollout.base import Sample
+from t1.stages.evaluate import summarize
+from t1.stages.scale import ScaleSettings, scaling_points
 from t1.tasks.scoring import Item, Scorer
 
 
@@ -111,7 +111,7 @@ def test_scaling_sweep_with_a_fake_engine():
 
 
 def test_scaling_with_extension_and_plot(tmp_path):
-    from t1.eval.scale import plot
+    from t1.stages.scale import plot
 
     tok = build_tokenizer(100)
     item = Item(prompt="use 3 5 7 to make 22 :", numbers=(3, 5, 7), target=22, id="x")

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from t1.fastlm import Forward, Packed, Prepared, forward_logits, packed_logits, supports
-from t1.models import ModelConfig, build_model, build_tokenizer
+from t1.model.forward import Forward, Packed, Prepared, forward_logits, packed_logits, supports
+from t1.model.load import ModelConfig, build_model, build_tokenizer
 
 
 def _uneven_norms(model):
@@ -94,7 +94,7 @@ def test_fast_sampler_shares_the_rearrangement_biases_included(make, dtype, atol
     """The sampler builds on the same rearranged weights; its log-probs equal transformers' for models with
     q/k/v biases (Qwen2) and with o_proj and MLP biases (Llama attention_bias / mlp_bias). In bf16 (on CPUs:
     oneDNN-blocked weights, the C decode-attention and SwiGLU kernels) to bf16 rounding."""
-    from t1.rollout import SamplingParams
+    from t1.rollout.base import SamplingParams
     from t1.rollout.fast import FastEngine
 
     model = make()

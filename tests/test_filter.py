@@ -1,9 +1,9 @@
 import json
 
 from t1 import config as C
-from t1.rl.filter import FilterConfig, keep, run_filter
-from t1.rl.trainer import train_rl
 from t1.rl.config import RLConfig
+from t1.stages.filter import FilterConfig, keep, run_filter
+from t1.stages.rl import train_rl
 
 
 def test_keep_interval():

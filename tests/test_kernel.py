@@ -9,10 +9,10 @@ import logging
 import pytest
 import torch
 
-from t1.kernels import build as kernel
-from t1.kernels import ops
-from t1.models import ModelConfig, build_model, build_tokenizer
-from t1.rollout import SamplingParams
+from t1.model.kernels import build as kernel
+from t1.model.kernels import ops
+from t1.model.load import ModelConfig, build_model, build_tokenizer
+from t1.rollout.base import SamplingParams
 from t1.rollout.fast import FastEngine
 
 needs_cc = pytest.mark.skipif(kernel._compiler() is None, reason="no C compiler on this machine")
@@ -75,7 +75,7 @@ def test_load_falls_back_without_a_working_compiler(monkeypatch, tmp_path, caplo
         kernel.load.cache_clear()
         monkeypatch.delenv("T1_KERNELS")
         monkeypatch.setenv("CC", "false")  # a "compiler" that fails every build
-        with caplog.at_level(logging.WARNING, logger="t1.kernels.build"):
+        with caplog.at_level(logging.WARNING, logger="t1.model.kernels.build"):
             assert kernel.load() is None
         assert "could not build t1's C kernels" in caplog.text
         assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.tmp"))  # nothing half-written

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t1.fastlm import Packed, Prepared, packed_logits
-from t1.kernels import build, ops
-from t1.models import ModelConfig, build_model, build_tokenizer
+from t1.model.forward import Packed, Prepared, packed_logits
+from t1.model.kernels import build, ops
+from t1.model.load import ModelConfig, build_model, build_tokenizer
 
 needs_cc = pytest.mark.skipif(build._compiler() is None, reason="no C compiler on this machine")
 BF16_ULP = 2.0 ** -8  # relative spacing of bf16 numbers: one rounding costs at most half of it

@@ -3,7 +3,6 @@ activation checkpointing, as many processes as their headers launch: 8 for 7B an
 that name the fields, and a tiny CPU model."""
 
 import re
-
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 
 from t1 import config as C
 from t1.config import ConfigError
-from t1.models import count_parameters, load
+from t1.model.load import count_parameters, load
 from t1.rl.config import RLConfig, RLTrainConfig, RolloutConfig
 from t1.rollout import memory as M
 from t1.rollout.config import EngineConfig, VLLMConfig

@@ -2,7 +2,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from t1.cli import main
-from t1.models import load
+from t1.model.load import load
 
 
 def test_saved_tiny_model_loads_with_auto_classes(tiny_model_dir):

@@ -1,8 +1,8 @@
 import pytest
 
-from t1.models import build_tokenizer
+from t1.model.load import build_tokenizer
+from t1.rollout.base import SamplingParams
 from t1.rollout.config import OpenAIConfig
-from t1.rollout import SamplingParams
 from t1.rollout.openai import OpenAIEngine, ServerError
 from tests.fake_server import FakeServer
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from t1.rl.anchor import Anchor
+from t1.rl.config import SelectConfig
 from t1.rl.penalties import PenaltyConfig, check, garbage_reason, is_repetitive
 from t1.rl.select import select
-from t1.rl.config import SelectConfig
 
 CFG = PenaltyConfig()
 NORMAL = ("Let x be the number. Then 3x + 5 = 20, so 3x = 15 and x = 5. Check: 3 * 5 + 5 = 20. "

@@ -4,7 +4,7 @@ from t1.cli import main
 from t1.data import DATA_DIR
 
 DATA = DATA_DIR / "math_train.jsonl"
-from t1.data.prepare import Decontaminator
+from t1.stages.prepare import Decontaminator
 
 HEXAGON = ("A regular hexagon can be divided into six equilateral triangles. If the perimeter of one of the "
            "triangles is 21 inches, what is the perimeter, in inches, of the regular hexagon?")  # MATH500

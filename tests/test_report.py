@@ -1,8 +1,8 @@
 import json
 
 from t1.cli import main
-from t1.eval.report import write_report
-from t1.eval.scale import plot
+from t1.stages.report import write_report
+from t1.stages.scale import plot
 
 
 def test_report_renders_a_run(tmp_path):

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from t1 import config as C
 from t1.rl import algo
-from t1.rl.config import RLConfig
 from t1.rl.batch import Mismatch, PackedRows
-from t1.rl.trainer import RLTrainer, train_rl
+from t1.rl.config import RLConfig
+from t1.stages.rl import RLTrainer, train_rl
 
 
 def rl_args(model_dir, out, *extra):

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from t1.models import ModelConfig, build_model, build_tokenizer
-from t1.rollout import SamplingParams, make_engine
+from t1.model.load import ModelConfig, build_model, build_tokenizer
+from t1.rollout import make_engine
+from t1.rollout.base import SamplingParams
 from t1.rollout.fast import FastEngine, sample_tokens, uniform
 from t1.rollout.hf_generate import GenerateEngine
 

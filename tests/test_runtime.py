@@ -8,7 +8,7 @@ import pytest
 # default glibc mmaps it and unmaps it on free).
 _PROBE = """
 import sys, torch
-from t1.runtime import keep_freed_memory
+from t1.runtime.device import keep_freed_memory
 assert keep_freed_memory()
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096

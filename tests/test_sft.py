@@ -10,11 +10,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from t1 import config as C
+from t1.batching import collate, micro_batches
 from t1.cli import main
 from t1.data.sft import Pair, SFTDataConfig, encode, load_examples
 from t1.io import DataError
-from t1.models import build_tokenizer
-from t1.sft import SFTConfig, collate, micro_batches, token_nll_sum, train_sft
+from t1.model.load import build_tokenizer
+from t1.stages.sft import SFTConfig, token_nll_sum, train_sft
 
 SMALL = ["tiny.hidden=32", "tiny.layers=2", "tiny.heads=2", "tiny.kv_heads=2", "tiny.ffn=64",
          "data.num_examples=96", "train.epochs=1", "train.batch_size=16", "train.micro_batch_tokens=600",
@@ -58,7 +59,7 @@ def test_prompt_tokens_carry_no_loss():
     ids, attn, mask = collate([ex], tok.pad_token_id, "cpu")
     assert mask[0].tolist() == [False] * 8 + [True] * (len(ex.ids) - 8)
     # the loss is exactly the response tokens' NLL: changing a prompt token's prediction target changes nothing
-    from t1.models import ModelConfig, build_model
+    from t1.model.load import ModelConfig, build_model
     model = build_model(ModelConfig(hidden=32, layers=1, heads=2, kv_heads=2, ffn=64), tok)
     logp = torch.log_softmax(model(ids).logits.float(), -1)[0]
     by_hand = -sum(logp[t - 1, ids[0, t]] for t in range(8, len(ex.ids)))

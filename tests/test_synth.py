@@ -6,7 +6,7 @@ import pytest
 
 from t1 import config as C
 from t1.cli import main
-from t1.data.synth import SynthConfig, run_synth
+from t1.stages.synth import SynthConfig, run_synth
 from tests.fake_server import FakeServer
 
 PROBLEMS = [{"id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(1, 5)]
@@ -58,7 +58,7 @@ def test_synth_end_to_end_with_429_timeout_and_malformed_reply(tmp_path, problem
     # are the same text, so their two critique requests are identical and made once: 22 calls, none lost
     assert report["calls_made"] == 22
     # the output trains directly
-    from t1.data.sft import SFTDataConfig, read_pairs, DataStats
+    from t1.data.sft import DataStats, SFTDataConfig, read_pairs
     pairs = read_pairs(C.from_dict(SFTDataConfig, {"source": "jsonl", "paths": [str(tmp_path / "sft.jsonl")]}),
                        DataStats())
     assert len(pairs) == 2

@@ -10,14 +10,14 @@ import torch
 pytest.importorskip("vllm")
 
 from t1 import config as C  # noqa: E402
-from t1.models import load  # noqa: E402
+from t1.model.load import load  # noqa: E402
 from t1.rl.config import RLConfig  # noqa: E402
-from t1.rl.trainer import train_rl  # noqa: E402
-from t1.rollout import SamplingParams  # noqa: E402
+from t1.rollout.base import SamplingParams  # noqa: E402
 from t1.rollout.config import VLLMConfig  # noqa: E402
 from t1.rollout.logprobs import processed_logp  # noqa: E402
 from t1.rollout.vllm_engine import StaleEngineError, VLLMEngine  # noqa: E402
 from t1.rollout.weights import full_parameters  # noqa: E402
+from t1.stages.rl import train_rl  # noqa: E402
 
 PARAMS = SamplingParams(temperature=1.2, top_p=0.95, max_new_tokens=24)
 
@@ -149,9 +149,10 @@ def test_rl_through_vllm_resumes_exactly(vllm_model_dir, tmp_path):
 def test_eval_and_scale_with_vllm_agree_with_the_fast_engine(vllm_model_dir, tmp_path):
     """Both engines sample the same distribution: the share of samples that end by themselves (and the
     accuracy) agree within sampling noise over 200 samples; scale runs end to end through vLLM."""
-    from t1.eval.evaluate import EvalSettings, run_eval
-    from t1.eval.scale import ScaleSettings, run_scale
+    from t1.eval.sample import EvalSettings
     from t1.rollout.config import EngineConfig
+    from t1.stages.evaluate import run_eval
+    from t1.stages.scale import ScaleSettings, run_scale
 
     vllm = EngineConfig(engine="vllm", vllm=VLLMConfig(dtype="float32"))
     finished, acc = {}, {}

@@ -17,8 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from t1.models import ModelConfig, build_model, build_tokenizer, load, save
-from t1.rollout import SamplingParams, vllm_server
+from t1.model.load import ModelConfig, build_model, build_tokenizer, load, save
+from t1.rollout import vllm_server
+from t1.rollout.base import SamplingParams
 from t1.rollout.config import VLLMServerConfig
 from t1.rollout.logprobs import processed_logp
 from t1.rollout.openai import ServerError, post_json
@@ -323,7 +324,7 @@ def test_rl_through_a_server_samples_from_every_steps_policy(served, tmp_path):
     step through the disk sync, and the sampler-trainer log-prob gap stays at fp32 rounding."""
     from t1 import config as C
     from t1.rl.config import RLConfig
-    from t1.rl.trainer import train_rl
+    from t1.stages.rl import train_rl
 
     url, model_dir, _ = served
     out = tmp_path / "run"

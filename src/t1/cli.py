@@ -15,7 +15,7 @@ from pathlib import Path
 
 from t1 import config as cfglib
 from t1.io import DataError
-from t1.rollout import EngineError
+from t1.rollout.base import EngineError
 from t1.rollout.config import ENGINES
 
 
@@ -51,7 +51,7 @@ def _load_config(cls, args: argparse.Namespace):
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from t1.models import InitConfig, build_model, build_tokenizer, count_parameters, save
+    from t1.model.load import InitConfig, build_model, build_tokenizer, count_parameters, save
 
     cfg, done = _load_config(InitConfig, args)
     if done:
@@ -109,14 +109,14 @@ def _stage(config_ref: str, runner_ref: str, flags: tuple[str, ...] = ()):
     return run
 
 
-cmd_sft = _stage("t1.sft.SFTConfig", "t1.sft.train_sft", ("resume",))
-cmd_rl = _stage("t1.rl.config.RLConfig", "t1.rl.trainer.train_rl", ("resume",))
-cmd_filter = _stage("t1.rl.filter.FilterConfig", "t1.rl.filter.run_filter")
-cmd_synth = _stage("t1.data.synth.SynthConfig", "t1.data.synth.run_synth", ("dry_run",))
+cmd_sft = _stage("t1.stages.sft.SFTConfig", "t1.stages.sft.train_sft", ("resume",))
+cmd_rl = _stage("t1.rl.config.RLConfig", "t1.stages.rl.train_rl", ("resume",))
+cmd_filter = _stage("t1.stages.filter.FilterConfig", "t1.stages.filter.run_filter")
+cmd_synth = _stage("t1.stages.synth.SynthConfig", "t1.stages.synth.run_synth", ("dry_run",))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from t1.data.prepare import PrepareConfig, prepare
+    from t1.stages.prepare import PrepareConfig, prepare
 
     cfg, done = _load_config(PrepareConfig, args)
     if not done:
@@ -135,7 +135,8 @@ def _budgets(text: str) -> tuple[int, ...]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from t1.eval.evaluate import EvalSettings, run_eval
+    from t1.eval.sample import EvalSettings
+    from t1.stages.evaluate import run_eval
 
     s = EvalSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                      seed=args.seed, engine=_engine(args))
@@ -145,7 +146,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from t1.eval.scale import ScaleSettings, run_scale
+    from t1.stages.scale import ScaleSettings, run_scale
 
     labels = args.label or []
     models = [(labels[i] if i < len(labels) else f"model{i + 1}", path) for i, path in enumerate(args.model)]
@@ -180,14 +181,14 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from t1.eval.report import write_report
+    from t1.stages.report import write_report
 
     print(f"wrote {write_report(args.run_dir)}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from t1.demo import DemoConfig, run_demo
+    from t1.pipelines.demo import DemoConfig, run_demo
 
     cfg, done = _load_config(DemoConfig, args)
     if done:
@@ -199,7 +200,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from t1.grade import grade_file
+    from t1.stages.grade import grade_file
 
     summary = grade_file(args.input, args.output, task=args.task, skip_bad=args.skip_bad,
                          workers=args.workers, timeout=args.timeout, progress=not args.quiet)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from t1.chat import has_chat_template, prompt_ids
 from t1.config import option, require
 from t1.io import DataError, iter_jsonl
 from t1.tasks.countdown import CountdownConfig
@@ -176,21 +177,6 @@ def read_pairs(cfg: SFTDataConfig, stats: DataStats) -> list[Pair]:
 
 
 # ------------------------------------------------------------------------------------------- tokenizing
-
-
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def prompt_ids(tokenizer, prompt: str | list, use_chat_template: bool = True) -> list[int]:
-    """Token ids of a prompt as the model sees it before its response (also used for generation)."""
-    if use_chat_template and has_chat_template(tokenizer):
-        msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
-                                                  return_dict=False))
-    if isinstance(prompt, list):
-        prompt = "\n".join(m["content"] for m in prompt)
-    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
 def encode(pair: Pair, tokenizer, cfg: SFTDataConfig) -> Example:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+from t1.batching import collate
 from t1.data.sft import Example
-from t1.fastlm import Packed
+from t1.model.forward import Packed
 from t1.rollout.logprobs import processed_logp
-from t1.sft import collate
 
 
 @dataclass
@@ -32,7 +32,7 @@ def pad(batch: Batch, rows: list[int], pad_id: int, device):
 
 
 class PackedRows:
-    """Rows of a batch laid end to end for :func:`t1.fastlm.packed_logits` (no padding; each prompt's tokens
+    """Rows of a batch laid end to end for :func:`t1.model.forward.packed_logits` (no padding; each prompt's tokens
     once for its K samples), with the flat positions whose next token is a response token (``select``),
     those tokens (``targets``), and ``spread`` to put per-position values into the right-padded [rows, T-1]
     layout that ``pad``'s mask and the loss use."""

@@ -8,11 +8,11 @@ from typing import Literal
 
 from t1.config import option, require
 from t1.data.prompts import PromptDataConfig
-from t1.fastlm import fast_forward_option
-from t1.models import Attention, attention_option
+from t1.model.forward import fast_forward_option
+from t1.model.load import Attention, attention_option
 from t1.rl.penalties import PenaltyConfig
 from t1.rollout.config import EngineConfig
-from t1.runtime import OptimConfig
+from t1.runtime.optim import OptimConfig
 
 
 @dataclass(frozen=True)

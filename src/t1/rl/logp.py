@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from t1.rollout.logprobs import MISMATCH_ROWS
+
 
 def _chunk_stats(x: torch.Tensor, t: torch.Tensor, entropy: bool):
     """(log p(target), entropy or None, log-probs of every token, probabilities or None) of one chunk of
@@ -110,7 +112,6 @@ def shifted(logits: torch.Tensor, ids: torch.Tensor, chunk: int = 0, entropy: bo
     return logp[:, :-1], (h[:, :-1] if h is not None else None)
 
 
-MISMATCH_ROWS = 256  # positions per call of the sampler check: its top-p sort holds ~41 bytes per logit
 
 
 def mismatch_rows(mismatch, logits: torch.Tensor, targets: torch.Tensor, sampled: torch.Tensor | None,

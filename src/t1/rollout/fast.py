@@ -10,7 +10,7 @@ chunk drawn up front, and finished rows swapped out of the batch so they stop co
 rearranged weights are cached until a parameter changes (its in-place version counter moves), and the
 logits match transformers' (tested to 1e-5 in fp32).
 
-Attention while decoding on the CPU runs in a small C kernel (:mod:`t1.kernels`, compiled at first
+Attention while decoding on the CPU runs in a small C kernel (:mod:`t1.model.kernels`, compiled at first
 use) that reads the cache once and widens bf16 in registers, so with bf16 weights the cache is bf16 — half
 the bytes that each step must stream; for bf16 models the whole attention block of a step (RoPE, cache
 write, attention) is one kernel call, and RMSNorm and SwiGLU one each, so a layer costs about eight calls.
@@ -28,11 +28,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from t1.fastlm import Prepared, rope_table
-from t1.fastlm import llama_family as supports  # noqa: F401  (the engine computes exactly this family)
-from t1.kernels import build as _kernels
-from t1.kernels import ops
-from t1.rollout import Sample, SamplingParams
+from t1.model.forward import Prepared, rope_table
+from t1.model.kernels import build as _kernels
+from t1.model.kernels import ops
+from t1.rollout.base import Sample, SamplingParams
 
 # -------------------------------------------------------------------------------------------- random
 
@@ -177,7 +176,7 @@ class FastEngine:
 
     def __init__(self, model, tokenizer, max_batch: int = 512, dtype: str = "auto", compact_at: float = 0.05,
                  kernel: bool = True):
-        """``kernel``: decode attention on the CPU through :mod:`t1.kernels` where it can be built (False:
+        """``kernel``: decode attention on the CPU through :mod:`t1.model.kernels` where it can be built (False:
         batched matmuls over an fp32 cache, as without a C compiler)."""
         self.model, self.tokenizer = model, tokenizer
         self.max_batch = max_batch
@@ -193,7 +192,7 @@ class FastEngine:
         """"auto": bf16 where the hardware has fast bf16 (the sampler's logits then differ from the fp32
         policy's by bf16 rounding; training recomputes log-probs in its own precision), else the model's."""
         if self.dtype == "auto":
-            from t1.runtime import resolve_precision
+            from t1.runtime.device import resolve_precision
 
             device = next(self.model.parameters()).device
             if resolve_precision("auto", device) == "bf16":
@@ -247,7 +246,7 @@ class FastEngine:
         their positions; bias: [B, 1, S, t0+S] additive attention mask or None; lib: t1's kernels (decode
         attention when S == 1: for bf16 models the whole block, for fp32 ones the attention; RMSNorm and SwiGLU
         in bf16). Writes k/v into the caches. Returns last-position logits [B, V]. Norm weights are folded into the
-        next matrix (:class:`t1.fastlm.Prepared`), so the norms here have none."""
+        next matrix (:class:`t1.model.forward.Prepared`), so the norms here have none."""
         B, S = x.shape
         h = F.embedding(x, w.embed)
         nq, nkv, hd = w.n_heads, w.n_kv, w.head_dim

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from t1.rollout import Sample, SamplingParams
+from t1.rollout.base import Sample, SamplingParams
 
 
 class GenerateEngine:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+MISMATCH_ROWS = 256  # positions per call of the sampler check: its top-p sort holds ~41 bytes per logit
+
 
 @torch.no_grad()
 def processed_logp(logits: torch.Tensor, targets: torch.Tensor, temperature: float, top_p: float,

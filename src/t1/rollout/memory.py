@@ -5,7 +5,7 @@
 :class:`Report` (:func:`format_report` prints it; ``notes`` warn); :func:`check_sampling` does the same for a
 stage that only samples. Bytes, for N parameters and T = max(train.micro_batch_tokens, one whole sequence):
 
-* policy as `t1.rl.trainer` holds it: fp32 weights 4N and AdamW moments 8N, fp32 gradients 4N in the update,
+* policy as `t1.stages.rl` holds it: fp32 weights 4N and AdamW moments 8N, fp32 gradients 4N in the update,
   each / world under FSDP or ZeRO-3; unsharded also a bf16 cast in the passes 2N and DDP's buckets 4N. Under
   FSDP the units gathered in the update (a guess from FSDP's behaviour, not measured on GPUs): the root unit
   (embeddings and lm_head, kept gathered from the forward through the backward) and GATHER_LAYERS decoder
@@ -14,7 +14,7 @@ stage that only samples. Bytes, for N parameters and T = max(train.micro_batch_t
   (no no_sync), so gradients stay sharded.
 * anchor (anchor.mode != none, algo.kl_beta > 0): fp32, 4N, sharded with the policy's FSDP settings under FSDP
   (4N / world: t1.rl.shard; the trainer refuses DeepSpeed ZeRO-3 with an anchor), else a full copy per process
-  plus t1.fastlm.Prepared's bf16 copy of it in the KL pass, 2N (train.fast_forward).
+  plus t1.model.forward.Prepared's bf16 copy of it in the KL pass, 2N (train.fast_forward).
 * activations: T × layers × (28h + 12kv + 8i) with fp32 weights under bf16 autocast, (18h + 12kv + 8i) with
   FSDP's bf16 weights, h hidden, kv = kv_heads × head_dim, i intermediate: the bytes autograd saves per token
   and layer of a transformers Qwen2 layer with SDPA, measured on CPU (torch 2.13, transformers 5.19; a fit over
@@ -265,7 +265,7 @@ def _trainer(r: Report, cfg, engine: str, shape: Shape, world: int, sharded: boo
     chunk = min(tokens, cfg.train.logits_chunk or tokens)
     work, what = chunk * V * CHUNK_BYTES, f"log-prob chunk {chunk} × {V} × {CHUNK_BYTES} B"
     if engine in ("fast", "vllm", "vllm_server"):  # engines that return log-probs: the sampler check
-        from t1.rl.logp import MISMATCH_ROWS
+        from t1.rollout.logprobs import MISMATCH_ROWS
 
         rows = min(tokens, MISMATCH_ROWS)
         if rows * V * MISMATCH_BYTES > work:

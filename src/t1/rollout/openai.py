@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from t1.rollout import EngineError, Sample, SamplingParams
+from t1.rollout.base import EngineError, Sample, SamplingParams
 
 
 class ServerError(EngineError):

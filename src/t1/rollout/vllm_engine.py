@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 import torch
 
-from t1.rollout import EngineError, Sample, SamplingParams
+from t1.rollout.base import EngineError, Sample, SamplingParams
 from t1.rollout.config import VLLMConfig
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from t1.rollout import Sample, SamplingParams
+from t1.rollout.base import Sample, SamplingParams
 from t1.rollout.config import VLLMServerConfig
 from t1.rollout.openai import ServerError, post_json
 from t1.rollout.vllm_engine import StaleEngineError

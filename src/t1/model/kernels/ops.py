@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from t1.kernels.build import load
+from t1.model.kernels.build import load
 
 
 def _lib() -> ctypes.CDLL | None:
@@ -211,7 +211,7 @@ def rms_norm_to(x: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor
 
 @dataclass(frozen=True)
 class PackedLayout:
-    """Which flat rows make up each sequence of a packed batch (built by :class:`t1.fastlm.Packed`), as int32
+    """Which flat rows make up each sequence of a packed batch (built by :class:`t1.model.forward.Packed`), as int32
     CPU tensors: sequence s is rows ``seq_idx[seq_ptr[s]:seq_ptr[s + 1]]`` in order, and computes its queries
     from position ``own_from[s]`` on (earlier ones are a shared prefix computed by another sequence); unit u,
     sequences ``unit_seqs[unit_ptr[u]:unit_ptr[u + 1]]``, is every sequence sharing rows with the others."""

@@ -27,10 +27,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from t1.data.sft import prompt_ids
+from t1.chat import prompt_ids
 from t1.eval.metrics import mean_stderr
 from t1.io import fill
-from t1.rollout import Sample, SamplingParams
+from t1.rollout.base import Sample, SamplingParams
 from t1.tasks.scoring import Item, Scorer
 
 ANSWER_CUES = {"countdown": "answer \\boxed{", "math": "\n\nFinal answer: \\boxed{", "choice": "\n\nANSWER: "}
@@ -115,7 +115,7 @@ def _generate_with_extensions(engine, tok, prompts, seeds, s: ScaleSettings, bud
 def scaling_points(engine, tok, task: str, items: list[Item], s: ScaleSettings, scorer: Scorer,
                    summarizer=None, progress: bool = True) -> list[dict]:
     """[{budget, accuracy, stderr, finished_rate, mean_tokens}] for one model."""
-    from t1.rollout import sample_seed
+    from t1.rollout.base import sample_seed
 
     cue = s.cue if s.cue is not None else ANSWER_CUES[task]
     cue_ids = tok(cue, add_special_tokens=False)["input_ids"]
@@ -217,7 +217,7 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
     from t1.eval.benchmarks import load_bench
     from t1.io import atomic_write_text
     from t1.rollout import close_engine, open_engine
-    from t1.runtime import quiet_libraries
+    from t1.runtime.device import quiet_libraries
 
     quiet_libraries()
     task, items = load_bench(bench, data_dir, gpqa_csv, countdown_cfg)

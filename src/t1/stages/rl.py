@@ -27,11 +27,12 @@ import torch
 from tqdm import tqdm
 
 from t1 import config as cfglib
+from t1.batching import epoch_order, micro_batches
+from t1.chat import prompt_ids
 from t1.config import ConfigError
 from t1.data.prompts import load_items
-from t1.data.sft import prompt_ids
-from t1.fastlm import Forward, packed_logits
-from t1.models import count_parameters, load, set_attention
+from t1.model.forward import Forward, packed_logits
+from t1.model.load import count_parameters, load, set_attention
 from t1.rl import algo, shard
 from t1.rl import logp as chunked
 from t1.rl.anchor import Anchor
@@ -40,13 +41,21 @@ from t1.rl.config import RLConfig
 from t1.rl.penalties import check as penalty_flags
 from t1.rl.select import select
 from t1.rl.summary import step_row, summary
-from t1.rollout import memory
-from t1.rollout import SamplingParams, close_engine, make_engine, sample_seed
+from t1.rollout import close_engine, make_engine, memory
+from t1.rollout.base import SamplingParams, sample_seed
 from t1.rollout.config import resolve as resolve_engine
 from t1.rollout.weights import full_parameters
-from t1.runtime import (Metrics, Timer, checkpoint_dirs, load_checkpoint_state, lr_factor, make_accelerator,
-                        make_optimizer, resolve_precision, rng_state, save_checkpoint, set_lr, set_rng_state)
-from t1.sft import epoch_order, micro_batches
+from t1.runtime.device import make_accelerator, resolve_precision
+from t1.runtime.optim import lr_factor, make_optimizer, set_lr
+from t1.runtime.run import (
+    Metrics,
+    Timer,
+    checkpoint_dirs,
+    load_checkpoint_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from t1.tasks.scoring import Scorer
 
 
@@ -313,7 +322,7 @@ class RLTrainer:
         with acc.autocast():  # one graph for the rearranged weights, shared by every micro-batch
             prep = self.policy_logits.prepare()
             ref_prep = self._anchor_prepared()
-        # t1's own forward on one process: the whole batch in one pass with no padding (see fastlm.Packed)
+        # t1's own forward on one process: the whole batch in one pass with no padding (see t1.model.forward.Packed)
         packed = self.policy_logits.fast and (self.anchor.model is None or self.anchor_logits.fast)
         if packed:
             mbs = [list(range(N))]

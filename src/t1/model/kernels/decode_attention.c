@@ -1,5 +1,5 @@
-/* Decode-step attention for t1's CPU sampler (t1/rollout/fast.py, via t1/kernels/ops.py), built by
- * t1/kernels/build.py with the system C compiler at first use (-O3 -march=native, OpenMP where available) and cached.
+/* Decode-step attention for t1's CPU sampler (t1/rollout/fast.py, via t1/model/kernels/ops.py), built by
+ * t1/model/kernels/build.py with the system C compiler at first use (-O3 -march=native, OpenMP where available) and cached.
  *
  * Why: one decoding step asks, for every (row, head) pair, for a mat-vec against that row's keys and one
  * against its values. As batched matmuls that is a few hundred tiny GEMMs per layer with per-call overhead.

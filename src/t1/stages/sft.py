@@ -27,13 +27,30 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from t1 import config as cfglib
+from t1.batching import collate, epoch_order, micro_batches
 from t1.config import ConfigError, option, require
-from t1.data.sft import Example, SFTDataConfig, load_examples, source_description
-from t1.fastlm import Forward, fast_forward_option
-from t1.models import (Attention, ModelConfig, attention_option, build_model, build_tokenizer, count_parameters, load,
-                       set_attention)
-from t1.runtime import (Metrics, OptimConfig, checkpoint_dirs, load_checkpoint_state, lr_factor,
-                        make_accelerator, make_optimizer, resolve_precision, rng_state, save_checkpoint, set_lr, set_rng_state)
+from t1.data.sft import SFTDataConfig, load_examples, source_description
+from t1.model.forward import Forward, fast_forward_option
+from t1.model.load import (
+    Attention,
+    ModelConfig,
+    attention_option,
+    build_model,
+    build_tokenizer,
+    count_parameters,
+    load,
+    set_attention,
+)
+from t1.runtime.device import make_accelerator, resolve_precision
+from t1.runtime.optim import OptimConfig, lr_factor, make_optimizer, set_lr
+from t1.runtime.run import (
+    Metrics,
+    checkpoint_dirs,
+    load_checkpoint_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 def _sft_optim() -> OptimConfig:
@@ -78,53 +95,9 @@ class SFTConfig:
     train: SFTTrainConfig = option(help="training loop", factory=SFTTrainConfig)
 
 
-# -------------------------------------------------------------------------------------------- batching
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
-def micro_batches(batch: list[int], lengths: list[int], token_budget: int, world: int,
-                  ratio: float = 0.0) -> list[list[int]]:
-    """Split a global batch into length-sorted micro-batches of ≤ token_budget padded tokens whose shortest
-    example is ≥ ratio × their longest, as many as a multiple of ``world`` (splitting the largest, or adding
-    empty ones) so every process runs the same count."""
-    order = sorted(batch, key=lambda i: (-lengths[i], i))
-    mbs: list[list[int]] = []
-    for i in order:
-        width = lengths[mbs[-1][0]] if mbs else 0
-        if mbs and (len(mbs[-1]) + 1) * width <= token_budget and lengths[i] >= ratio * width:
-            mbs[-1].append(i)
-        else:
-            mbs.append([i])
-    while len(mbs) % world:
-        biggest = max(range(len(mbs)), key=lambda k: len(mbs[k]))
-        if len(mbs[biggest]) < 2:
-            mbs.append([])
-            continue
-        mb = mbs.pop(biggest)
-        mbs[biggest:biggest] = [mb[: len(mb) // 2], mb[len(mb) // 2:]]
-    return mbs
-
-
-def collate(examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask, loss_mask), each [B, T]; loss_mask marks response tokens."""
-    width = max(len(e.ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(examples), width), dtype=torch.long)
-    loss = torch.zeros((len(examples), width), dtype=torch.bool)
-    for row, e in enumerate(examples):
-        ids[row, : len(e.ids)] = torch.tensor(e.ids)
-        attn[row, : len(e.ids)] = 1
-        loss[row, e.n_prompt: len(e.ids)] = True
-    return ids.to(device), attn.to(device), loss.to(device)
-
-
 def token_nll_sum(forward, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Sum over response tokens of −log p(token | prefix); only the selected rows of logits go to fp32.
-    ``forward``: (ids, attention_mask) -> logits, see :class:`t1.fastlm.Forward`."""
+    ``forward``: (ids, attention_mask) -> logits, see :class:`t1.model.forward.Forward`."""
     logits = forward(ids, attn)  # [B, T, V]
     sel = loss_mask[:, 1:]  # token t is predicted at position t-1
     return F.cross_entropy(logits[:, :-1][sel].float(), ids[:, 1:][sel], reduction="sum")

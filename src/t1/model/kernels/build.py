@@ -10,7 +10,7 @@ OpenMP is used where the compiler has it (it then shares PyTorch's thread pool w
 OpenMP, as its Linux wheels do), else the loops run on one thread.
 
 Everything works without them: where no compiler is found, a build fails, or ``T1_KERNELS=0`` is set,
-:func:`load` returns None (logging why, once) and :mod:`t1.kernels.ops` uses plain PyTorch ops instead.
+:func:`load` returns None (logging why, once) and :mod:`t1.model.kernels.ops` uses plain PyTorch ops instead.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-/* Fused element-wise passes for t1's bf16 training passes and sampler on CPUs (t1/fastlm.py via
- * t1/kernels/ops.py), built with the decode-attention kernel (see build.py).
+/* Fused element-wise passes for t1's bf16 training passes and sampler on CPUs (t1/model/forward.py via
+ * t1/model/kernels/ops.py), built with the decode-attention kernel (see build.py).
  *
  * Why: on a CPU, PyTorch runs an RMSNorm's backward as about ten passes (its forward as an up-cast, the fused
  * norm and a down-cast), SwiGLU as silu and multiply (backward: silu_backward, two multiplies and a

@@ -19,7 +19,7 @@ from t1.data.prompts import PromptDataConfig, load_items
 from t1.io import atomic_write_text
 from t1.rollout import close_engine, open_engine
 from t1.rollout.config import EngineConfig
-from t1.runtime import quiet_libraries
+from t1.runtime.device import quiet_libraries
 from t1.tasks.scoring import Scorer
 
 
@@ -47,7 +47,7 @@ class FilterConfig:
 
 def pass_rates(engine, tok, items, cfg: FilterConfig, scorer: Scorer, progress: bool = True) -> list[float]:
     """Each prompt's share of ``cfg.samples`` responses that end by themselves with a correct answer."""
-    from t1.eval.evaluate import EvalSettings, sample_and_grade
+    from t1.eval.sample import EvalSettings, sample_and_grade
 
     s = EvalSettings(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                      seed=cfg.seed, engine=cfg.rollout, use_chat_template=cfg.data.use_chat_template,

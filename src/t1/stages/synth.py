@@ -32,10 +32,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from t1.config import option, require
+from t1.data import DATA_DIR
 from t1.io import DataError, atomic_write_text, fill, iter_jsonl
 from t1.rollout.openai import ServerError, post_json
 
-PROMPTS = Path(__file__).parent / "synth_prompts"
+PROMPTS = DATA_DIR / "synth_prompts"
 REFLECTION = re.compile(r"\b(wait|mistake|wrong|incorrect|error|re-?check|reconsider|let me)\b", re.I)
 
 

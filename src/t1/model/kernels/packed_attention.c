@@ -1,5 +1,5 @@
 /* Causal attention over packed sequences, forward and backward, for t1's bf16 training passes on CPUs
- * (t1/fastlm.py's packed_logits, via t1/kernels/ops.py).
+ * (t1/model/forward.py's packed_logits, via t1/model/kernels/ops.py).
  *
  * Why: PyTorch computes attention over packed ("padding-free") sequences as batched matmuls over groups of
  * similar-length sequences padded to the group's longest, which means a gather into the padded layout, an

@@ -12,7 +12,7 @@ computes the same function with about half the activation passes:
   complex multiply on q and k together (q·k is unchanged: both sides get the same permutation);
 - the fused ``rms_norm`` kernel; attention as ``baddbmm`` with an additive causal/padding bias;
 - in bf16 on CPUs, SwiGLU, RoPE and RMSNorm (forward and backward) in one pass each, and attention over
-  packed sequences in one kernel that never pads or materialises T×T scores (:mod:`t1.kernels`).
+  packed sequences in one kernel that never pads or materialises T×T scores (:mod:`t1.model.kernels`).
 
 The fast sampler (:mod:`t1.rollout.fast`) starts from the same rearranged weights (:class:`Prepared`).
 It reads the parameters on every call (nothing to keep in sync), matches transformers' logits to 1e-5 in
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from t1.config import option
-from t1.kernels import ops
+from t1.model.kernels import ops
 
 _FAMILY = {"llama", "qwen2", "mistral"}
 
@@ -281,7 +281,7 @@ class Packed:
 
     @functools.cached_property
     def layout(self) -> ops.PackedLayout:
-        """The same structure for the attention kernel (:func:`t1.kernels.ops.packed_attention`): each
+        """The same structure for the attention kernel (:func:`t1.model.kernels.ops.packed_attention`): each
         sequence's flat rows and the first of them it computes as a query (later than 0 when it reads
         another's prefix); sequences that share rows form one unit of the backward. Built at first use."""
         units: dict[int, list[int]] = {}

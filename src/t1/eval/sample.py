@@ -1,0 +1,47 @@
+"""Sample n responses per problem with any engine and grade them: the rows that `t1 eval`, `t1 filter` and
+`t1 scale` summarise."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from t1.chat import prompt_ids
+from t1.rollout.base import SamplingParams, sample_seed
+from t1.tasks.scoring import Item, Scorer
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    seed: int = 0
+    engine: object = "auto"  # an engine name or a t1.rollout.config.EngineConfig
+    use_chat_template: bool = True
+    batch_problems: int = 256
+
+
+def sample_and_grade(engine, tok, task: str, items: list[Item], s: EvalSettings, scorer: Scorer,
+                     desc: str = "eval", progress: bool = True) -> list[dict]:
+    """One row per (problem, sample): prompt, response, extracted, correct, tokens, finished. ``engine``: a
+    sampling engine (:func:`t1.rollout.open_engine`)."""
+    params = SamplingParams(s.temperature, s.top_p, s.max_new_tokens)
+    rows: list[dict] = []
+    bar = tqdm(total=len(items) * s.n, desc=desc, unit="sample", file=sys.stderr, disable=not progress)
+    for start in range(0, len(items), s.batch_problems):
+        chunk = list(range(start, min(len(items), start + s.batch_problems)))
+        prompts = [prompt_ids(tok, items[i].prompt, s.use_chat_template) for i in chunk for _ in range(s.n)]
+        seeds = [sample_seed(s.seed, 0, i, k) for i in chunk for k in range(s.n)]
+        samples = engine.generate(prompts, seeds, params)
+        its = [items[i] for i in chunk for _ in range(s.n)]
+        for j, (it, smp, sc) in enumerate(zip(its, samples, scorer([x.text for x in samples], its))):
+            rows.append({"id": it.id, "sample": j % s.n, "prompt": it.prompt, "response": smp.text,
+                         "extracted": sc.extracted, "correct": bool(sc.correct and smp.finished),
+                         "tokens": len(smp.token_ids), "finished": smp.finished, **it.to_row()})
+        bar.update(len(samples))
+    bar.close()
+    return rows

@@ -1,0 +1,59 @@
+"""The optimizer (AdamW without decay on biases and norms) and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from t1.config import option, require
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = option(1e-5, "peak learning rate")
+    schedule: str = option("cosine", "learning-rate schedule after warm-up: cosine | constant | linear")
+    warmup_steps: int = option(0, "linear warm-up steps (added to warmup_ratio × total)")
+    warmup_ratio: float = option(0.03, "warm-up as a fraction of all optimizer steps")
+    min_lr_ratio: float = option(0.0, "final learning rate as a fraction of the peak (cosine / linear)")
+    weight_decay: float = option(0.1, "AdamW weight decay (not applied to biases and norms)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    eps: float = option(1e-8, "AdamW epsilon")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)")
+
+    def validate(self) -> None:
+        require(self.lr > 0, "lr", "must be > 0", self.lr)
+        require(self.schedule in ("cosine", "constant", "linear"), "schedule",
+                "must be cosine, constant or linear", self.schedule)
+        require(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
+        require(self.warmup_steps >= 0, "warmup_steps", "must be ≥ 0", self.warmup_steps)
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
+        require(self.grad_clip >= 0, "grad_clip", "must be ≥ 0", self.grad_clip)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based) of ``total``."""
+    warmup = cfg.warmup_steps + int(cfg.warmup_ratio * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
