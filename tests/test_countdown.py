@@ -142,9 +142,11 @@ def test_division_rules():
     "",
 ])
 def test_hostile_input_returns_zero_fast(hostile):
+    # a hang guard, not a speed test (each case takes milliseconds; benchmarks/grade.py measures speed): a
+    # verifier that parsed these naively would run for minutes
     start = time.perf_counter()
     assert reward(hostile, [1, 2, 3], 6) == 0.0
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 20
 
 
 def test_non_string_response_is_zero():

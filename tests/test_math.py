@@ -86,7 +86,7 @@ def test_pathological_expression_times_out_without_hanging():
         assert [o.status for o in out] == ["timeout", "ok", "timeout", "ok"]
         assert [o.correct for o in out] == [False, True, False, True]
         assert out[0].extracted == "9^{9^{9^{9}}}"
-        assert elapsed < 6
+        assert elapsed < 60  # each check is cut at 1 s; unbounded, these two would never finish
         assert g.pool.restarts == 2
         assert g.grade(["\\boxed{5}"], ["5"])[0].correct  # the pool still works afterwards
 

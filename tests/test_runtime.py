@@ -26,4 +26,4 @@ def test_keep_freed_memory_keeps_a_freed_block(mib):
     trim threshold once reached glibc as 0 ("trim always") through ctypes' silent int truncation; and blocks
     above 32 MiB were mmapped and unmapped on every free."""
     out = subprocess.run([sys.executable, "-c", _PROBE, str(mib)], capture_output=True, text=True, check=True)
-    assert int(out.stdout.strip()) < 4, f"{out.stdout.strip()} of {mib} MiB went back to the kernel on free"
+    assert int(out.stdout.strip()) < mib // 2, f"{out.stdout.strip()} of {mib} MiB went back to the kernel on free"

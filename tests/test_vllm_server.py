@@ -146,7 +146,7 @@ def test_stale_servers_bad_replies_and_missing_dev_mode_are_clear_errors():
         t = time.time()
         with pytest.raises(ServerError, match="gave up after 2 attempts"):
             engine.generate([[1]] * 3, [0, 1, 2], SamplingParams())
-        assert time.time() - t < 10
+        assert time.time() - t < 60  # a hang guard: two attempts with short back-offs take about a second
     finally:
         for f in fakes:
             f.close()
