@@ -106,19 +106,17 @@ def parallel_sft(runs: list[tuple[Path, SFTConfig]], out: Path, progress: bool) 
         log = open(out / f"{run_dir.name}.log", "w")
         procs.append((run_dir, log, subprocess.Popen([sys.executable, "-m", "t1", "sft", str(path), "--quiet"],
                                                      env=env, stdout=log, stderr=subprocess.STDOUT)))
-    totals = {d: None for d, _ in runs}
+    epochs = {d: c.train.epochs for d, c in runs}
     bar = tqdm(total=100, desc="sft (both)", unit="%", file=sys.stderr, disable=not progress)
     while any(p.poll() is None for _, _, p in procs):
         time.sleep(2)
         done = []
-        for d, _, _ in procs:
+        for d, _, _ in procs:  # each metrics row says how far through its epochs the run is
             rows = (d / "metrics.jsonl").read_text().splitlines() if (d / "metrics.jsonl").exists() else []
-            if totals[d] is None and (out / f"{d.name}.log").exists():
-                for line in (out / f"{d.name}.log").read_text().splitlines():
-                    if " of " in line and " steps" in line:
-                        totals[d] = int(line.split(" of ")[1].split()[0])
-            step = json.loads(rows[-1])["step"] if rows else 0
-            done.append(step / totals[d] if totals[d] else 0.0)
+            try:
+                done.append(min(1.0, json.loads(rows[-1])["epoch"] / epochs[d]) if rows else 0.0)
+            except (ValueError, KeyError):  # a row being written
+                done.append(0.0)
         bar.n = int(100 * min(done))
         bar.refresh()
     bar.n = 100
