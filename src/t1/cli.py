@@ -211,62 +211,48 @@ def cmd_grade(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="t1", description="Train language models to reason with RL (the T1 recipe); measure inference scaling."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# (command, help, handler, extra flags) of the commands configured by CONFIG.yaml + key=value overrides
+CONFIG_COMMANDS = [
+    ("demo", "the whole T1 pipeline on Countdown with a tiny model, CPU, < 10 minutes", "cmd_demo",
+     ("out", "quiet")),
+    ("init", "build a tiny tokenizer and model locally and save them (HF format)", "cmd_init", ()),
+    ("countdown", "write Countdown problems with T1-style traces as JSON Lines", "cmd_countdown", ("countdown",)),
+    ("sft", "supervised fine-tuning on (prompt, response) data; loss on responses only", "cmd_sft",
+     ("resume", "quiet")),
+    ("rl", "RL with the T1 recipe (oversampling, entropy bonus, dynamic-anchor KL, penalties)", "cmd_rl",
+     ("resume", "quiet")),
+    ("synth", "trial-and-error, self-verifying SFT data from teacher/critic/writer models", "cmd_synth",
+     ("dry_run", "quiet")),
+    ("prepare", "raw math sources -> gradable, de-duplicated, decontaminated RL prompts", "cmd_prepare", ()),
+    ("filter", "keep prompts whose pass rate under a model lies in an interval", "cmd_filter", ("quiet",)),
+]
 
-    p = sub.add_parser("demo", help="the whole T1 pipeline on Countdown with a tiny model, CPU, < 10 minutes")
-    _add_config_args(p)
-    p.add_argument("--out", default=None, help="run directory (default: runs/demo under the current directory)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("init", help="build a tiny tokenizer and model locally and save them (HF format)")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_init)
+def _add_flag(p: argparse.ArgumentParser, flag: str) -> None:
+    if flag == "out":
+        p.add_argument("--out", default=None,
+                       help="run directory (default: runs/demo under the current directory)")
+    elif flag == "quiet":
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+    elif flag == "resume":
+        p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    elif flag == "dry_run":
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the prompts for the first problem; call nothing")
+    elif flag == "countdown":
+        p.add_argument("--n", type=int, default=5, help="how many problems")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--failed", type=int, default=None,
+                       help="failed attempts per trace (default: geometric, see stop_prob)")
+        p.add_argument("--out", default=None, help="output file (default: standard output)")
 
-    p = sub.add_parser("countdown", help="write Countdown problems with T1-style traces as JSON Lines")
-    _add_config_args(p)
-    p.add_argument("--n", type=int, default=5, help="how many problems")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--failed", type=int, default=None,
-                   help="failed attempts per trace (default: geometric, see stop_prob)")
-    p.add_argument("--out", default=None, help="output file (default: standard output)")
-    p.set_defaults(func=cmd_countdown)
 
-    p = sub.add_parser("sft", help="supervised fine-tuning on (prompt, response) data; loss on responses only")
-    _add_config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_sft)
-
-    p = sub.add_parser("rl", help="RL with the T1 recipe (oversampling, entropy bonus, dynamic-anchor KL, penalties)")
-    _add_config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_rl)
-
-    p = sub.add_parser("synth", help="trial-and-error, self-verifying SFT data from teacher/critic/writer models")
-    _add_config_args(p)
-    p.add_argument("--dry-run", action="store_true", help="print the prompts for the first problem; call nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_synth)
-
-    p = sub.add_parser("prepare", help="raw math sources -> gradable, de-duplicated, decontaminated RL prompts")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("filter", help="keep prompts whose pass rate under a model lies in an interval")
-    _add_config_args(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_filter)
-
+def _add_eval_commands(sub) -> None:
     p = sub.add_parser("eval", help="pass@1 ± s.e., pass@k and majority vote on benchmarks")
     p.add_argument("--model", required=True, help="checkpoint path or hub name")
     p.add_argument("--bench", required=True,
-                   help="comma-separated: math500, aime24, aime25, amc23, omni_math, omni500, gpqa, countdown, *.jsonl")
+                   help="comma-separated: math500, aime24, aime25, amc23, omni_math, omni500, gpqa, countdown, "
+                        "*.jsonl")
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--out", default="runs/eval", help="output directory")
     _add_sampling_args(p, temperature=1.0)
@@ -288,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p, temperature=1.0)
     p.set_defaults(func=cmd_scale)
 
+
+def _add_tool_commands(sub) -> None:
     p = sub.add_parser("report", help="a self-contained HTML report of a run (training curves, evals, scaling)")
     p.add_argument("run_dir", help="a demo, SFT or RL run directory")
     p.set_defaults(func=cmd_report)
@@ -301,7 +289,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per answer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_grade)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t1",
+        description="Train language models to reason with RL (the T1 recipe); measure inference scaling."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    handlers = globals()
+    for name, help_text, handler, flags in CONFIG_COMMANDS:
+        _config_command(sub, name, help_text, handlers[handler], flags)
+    _add_eval_commands(sub)
+    _add_tool_commands(sub)
     return parser
+
+
+def _config_command(sub, name: str, help_text: str, func, flags: tuple[str, ...]) -> None:
+    p = sub.add_parser(name, help=help_text)
+    _add_config_args(p)
+    for flag in flags:
+        _add_flag(p, flag)
+    p.set_defaults(func=func)
 
 
 def main(argv: list[str] | None = None) -> int:
