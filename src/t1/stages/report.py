@@ -95,43 +95,59 @@ def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
-def write_report(run_dir: str | Path) -> Path:
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"{run}: not a run directory")
-    parts: list[str] = []
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0} td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}
+td:first-child,th:first-child{text-align:left} th{background:#f4f4f4} img{max-width:100%}
+.checks{list-style:none;padding:0} .checks .ok{color:#17752b} .checks .no{color:#b3261e}
+.rollout{border-left:4px solid #999;margin:.8em 0;padding:.2em .8em;background:#fafafa}
+.rollout.correct{border-color:#2e9d4b} .rollout.wrong{border-color:#c77c02}
+.rollout.penalised{border-color:#b3261e}
+.meta{font-size:.85em;color:#555} .prompt{font-weight:600;margin:.3em 0} pre{white-space:pre-wrap;margin:.2em 0}
+"""
 
-    if summary:
-        b = summary["accuracy_budget"]
-        parts.append("<h2>Result</h2>")
-        parts.append(_table(["model", f"accuracy @ {b} tokens (RL budget)", "pass@1, full budget"], [
-            [name, _pct(summary[key]), f"{_pct(summary['full_budget_pass@1'][k2])} ± "
-                                       f"{100 * summary['full_budget_pass@1_stderr'][k2]:.1f}"]
-            for name, key, k2 in (("SFT, trial-and-error traces", "sft_accuracy", "sft"),
-                                  ("RL (T1 recipe) from that SFT", "rl_accuracy", "rl"),
-                                  ("SFT, direct solutions (equal compute)", "direct_sft_accuracy", "direct_sft"))]))
-        checks = summary.get("checks", {})
-        parts.append("<ul class='checks'>" + "".join(
-            f"<li class='{'ok' if v else 'no'}'>{'✓' if v else '✗'} {html.escape(k.replace('_', ' '))}</li>"
-            for k, v in checks.items()) + "</ul>")
-        parts.append(f"<p>Sampled pass@1 at temperature 1.0 on {summary['eval_problems']} held-out problems "
-                     f"(never in any training set); ± is one standard error. Wall time "
-                     f"{summary['wall_seconds']:.0f} s: " + ", ".join(
-                         f"{html.escape(k)} {v:.0f} s" for k, v in summary["stage_seconds"].items()) + ".</p>")
 
+def _result(run: Path) -> list[str]:
+    """The demo's headline table and checks (from summary.json)."""
+    if not (run / "summary.json").exists():
+        return []
+    summary = json.loads((run / "summary.json").read_text())
+    b = summary["accuracy_budget"]
+    parts = ["<h2>Result</h2>", _table(["model", f"accuracy @ {b} tokens (RL budget)", "pass@1, full budget"], [
+        [name, _pct(summary[key]), f"{_pct(summary['full_budget_pass@1'][k2])} ± "
+                                   f"{100 * summary['full_budget_pass@1_stderr'][k2]:.1f}"]
+        for name, key, k2 in (("SFT, trial-and-error traces", "sft_accuracy", "sft"),
+                              ("RL (T1 recipe) from that SFT", "rl_accuracy", "rl"),
+                              ("SFT, direct solutions (equal compute)", "direct_sft_accuracy", "direct_sft"))])]
+    checks = summary.get("checks", {})
+    parts.append("<ul class='checks'>" + "".join(
+        f"<li class='{'ok' if v else 'no'}'>{'✓' if v else '✗'} {html.escape(k.replace('_', ' '))}</li>"
+        for k, v in checks.items()) + "</ul>")
+    parts.append(f"<p>Sampled pass@1 at temperature 1.0 on {summary['eval_problems']} held-out problems "
+                 f"(never in any training set); ± is one standard error. Wall time "
+                 f"{summary['wall_seconds']:.0f} s: " + ", ".join(
+                     f"{html.escape(k)} {v:.0f} s" for k, v in summary["stage_seconds"].items()) + ".</p>")
+    return parts
+
+
+def _scaling(run: Path) -> list[str]:
     scaling = run / "eval" / "scaling.png"
-    if scaling.exists():
-        data = json.loads((run / "eval" / "scaling.json").read_text())
-        budgets = [p["budget"] for p in next(iter(data["curves"].values()))]
-        parts.append("<h2>Inference scaling</h2>")
-        parts.append("<p>Accuracy of a single generation whose thinking is cut at each budget; a cut response is "
-                     "completed by appending the answer cue and letting the same model answer (no verifier, no "
-                     "voting) — the paper's Figure 1.</p>" + _img(scaling, "accuracy vs thinking budget"))
-        parts.append(_table(["model"] + [str(x) for x in budgets], [
-            [lab] + [f"{_pct(p['accuracy'])} ± {100 * p['stderr']:.1f}" for p in pts]
-            for lab, pts in data["curves"].items()]))
+    if not scaling.exists():
+        return []
+    data = json.loads((run / "eval" / "scaling.json").read_text())
+    budgets = [p["budget"] for p in next(iter(data["curves"].values()))]
+    return ["<h2>Inference scaling</h2>",
+            "<p>Accuracy of a single generation whose thinking is cut at each budget; a cut response is "
+            "completed by appending the answer cue and letting the same model answer (no verifier, no "
+            "voting) — the paper's Figure 1.</p>" + _img(scaling, "accuracy vs thinking budget"),
+            _table(["model"] + [str(x) for x in budgets], [
+                [lab] + [f"{_pct(p['accuracy'])} ± {100 * p['stderr']:.1f}" for p in pts]
+                for lab, pts in data["curves"].items()])]
 
+
+def _training(run: Path) -> list[str]:
+    """SFT loss curves and RL curves, from a demo directory or a single SFT / RL run directory."""
     sft_runs = {lab: _rows(run / d / "metrics.jsonl") for lab, d in
                 (("trial-and-error", "sft"), ("direct", "sft_direct"))}
     sft_runs = {k: v for k, v in sft_runs.items() if v and "loss" in v[0] and "reward" not in v[0]}
@@ -141,6 +157,7 @@ def write_report(run_dir: str | Path) -> Path:
         rl_rows = own
     elif own and "loss" in own[0]:
         sft_runs = {"sft": own}
+    parts = []
     if sft_runs:
         parts.append("<h2>SFT</h2>" + _img(plot_sft(sft_runs, run / "report_sft.png"), "SFT loss"))
     if rl_rows:
@@ -150,41 +167,48 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append(_table(["metric", "first 10% of steps", "last 10% of steps"], [
             [k, f"{avg(first, k):.4f}", f"{avg(last, k):.4f}"]
             for k in ("reward", "accuracy", "response_length", "entropy", "kl", "penalty_truncated")]))
+    return parts
 
+
+def _evaluations(run: Path) -> list[str]:
     evals = sorted((run / "eval").glob("*/summary.json")) if (run / "eval").is_dir() else []
-    if evals:
-        rows = []
-        for path in evals:
-            data = json.loads(path.read_text())
-            for bench, s in data["benchmarks"].items():
-                n = s["samples_per_problem"]
-                rows.append([path.parent.name, bench, s["problems"], n, f"{_pct(s['pass@1'])} ± {100 * s['pass@1_stderr']:.1f}",
-                             _pct(s.get(f"maj@{n}")), f"{s['mean_tokens']:.0f}", _pct(s["truncated_rate"])])
-        parts.append("<h2>Evaluation</h2>" + _table(
-            ["model", "benchmark", "problems", "n", "pass@1 ± s.e.", "maj@n", "mean tokens", "truncated"], rows))
+    if not evals:
+        return []
+    rows = []
+    for path in evals:
+        data = json.loads(path.read_text())
+        for bench, s in data["benchmarks"].items():
+            n = s["samples_per_problem"]
+            rows.append([path.parent.name, bench, s["problems"], n,
+                         f"{_pct(s['pass@1'])} ± {100 * s['pass@1_stderr']:.1f}",
+                         _pct(s.get(f"maj@{n}")), f"{s['mean_tokens']:.0f}", _pct(s["truncated_rate"])])
+    return ["<h2>Evaluation</h2>" + _table(
+        ["model", "benchmark", "problems", "n", "pass@1 ± s.e.", "maj@n", "mean tokens", "truncated"], rows)]
 
+
+def _rollouts(run: Path) -> list[str]:
     shown = _rows(run / "rl" / "rollouts.jsonl") or _rows(run / "rollouts.jsonl")
-    if shown:
-        last_step = shown[-1]["step"]
-        picked = [r for r in shown if r["step"] == last_step][:6]
-        parts.append(f"<h2>Sampled rollouts (RL step {last_step})</h2>")
-        for r in picked:
-            verdict = "correct" if r["correct"] else ("penalised" if r["reward"] < 0 else "wrong")
-            parts.append(f"<div class='rollout {verdict}'><div class='meta'>{verdict} · reward {r['reward']:+.0f} · "
-                         f"{r['tokens']} tokens</div><div class='prompt'>{html.escape(r['prompt'])}</div>"
-                         f"<pre>{html.escape(r['response'])}</pre></div>")
+    if not shown:
+        return []
+    last_step = shown[-1]["step"]
+    parts = [f"<h2>Sampled rollouts (RL step {last_step})</h2>"]
+    for r in [r for r in shown if r["step"] == last_step][:6]:
+        verdict = "correct" if r["correct"] else ("penalised" if r["reward"] < 0 else "wrong")
+        parts.append(f"<div class='rollout {verdict}'><div class='meta'>{verdict} · reward {r['reward']:+.0f} · "
+                     f"{r['tokens']} tokens</div><div class='prompt'>{html.escape(r['prompt'])}</div>"
+                     f"<pre>{html.escape(r['response'])}</pre></div>")
+    return parts
 
-    title = f"t1 report — {run.resolve().name}"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
-body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
-h1{{font-size:1.6em}} h2{{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}}
-table{{border-collapse:collapse;margin:.6em 0}} td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:right}}
-td:first-child,th:first-child{{text-align:left}} th{{background:#f4f4f4}} img{{max-width:100%}}
-.checks{{list-style:none;padding:0}} .checks .ok{{color:#17752b}} .checks .no{{color:#b3261e}}
-.rollout{{border-left:4px solid #999;margin:.8em 0;padding:.2em .8em;background:#fafafa}}
-.rollout.correct{{border-color:#2e9d4b}} .rollout.wrong{{border-color:#c77c02}} .rollout.penalised{{border-color:#b3261e}}
-.meta{{font-size:.85em;color:#555}} .prompt{{font-weight:600;margin:.3em 0}} pre{{white-space:pre-wrap;margin:.2em 0}}
-</style></head><body><h1>{html.escape(title)}</h1>{''.join(parts) or '<p>No metrics found.</p>'}</body></html>"""
+
+def write_report(run_dir: str | Path) -> Path:
+    """``report.html`` in ``run_dir`` (a demo, SFT or RL run directory): every section whose data is there."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: not a run directory")
+    parts = _result(run) + _scaling(run) + _training(run) + _evaluations(run) + _rollouts(run)
+    title = html.escape(f"t1 report — {run.resolve().name}")
+    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head>'
+            f"<body><h1>{title}</h1>{''.join(parts) or '<p>No metrics found.</p>'}</body></html>")
     out = run / "report.html"
     out.write_text(page, encoding="utf-8")
     return out
