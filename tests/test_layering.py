@@ -154,3 +154,17 @@ def test_the_checks_catch_what_they_are_for():
     known = modules()
     assert "t1.rollout.fast" in imports("t1.rollout", known["t1.rollout"], known) or \
         "t1.rollout.config" in imports("t1.rollout", known["t1.rollout"], known)
+
+
+def test_no_function_over_80_lines_and_no_file_over_500():
+    """The size limits the layout promises (README, Layout): past them a module or function stops being one idea."""
+    too_long = []
+    for name, path in sorted(modules().items()):
+        text = path.read_text()
+        if len(text.splitlines()) > 500:
+            too_long.append(f"{path.relative_to(PACKAGE.parent)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                too_long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: "
+                                f"{node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, "over the size limits:\n" + "\n".join(too_long)
