@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,10 +26,21 @@ ENGINES = ("auto", "fast", "generate", "vllm", "vllm_server", "openai")
 
 
 @dataclass(frozen=True)
-class OpenAIConfig:
+class ServerAddress:
+    """Where an OpenAI-compatible server is and which key it takes: the ``openai`` engine's server and each of
+    ``t1 synth``'s models. The key is read from the environment when a request is made and sent only to
+    ``base_url``'s host."""
+
     base_url: str = option("http://127.0.0.1:30000/v1", "OpenAI-compatible server (SGLang, vLLM, a hosted API)")
     model: str = option("default", "model name the server expects")
     api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the API key (may be unset)")
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None
+
+
+@dataclass(frozen=True)
+class OpenAIConfig(ServerAddress):
     timeout: float = option(600.0, "seconds per request")
     max_retries: int = option(5, "retries on 429 / 5xx / time-outs, with exponential backoff")
     concurrency: int = option(32, "requests in flight")

@@ -14,7 +14,6 @@ exponential backoff (honouring ``Retry-After``) up to ``max_retries`` times; a m
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 import urllib.error
@@ -72,7 +71,7 @@ class OpenAIEngine:
         self.cfg = cfg or OpenAIConfig()
         self.url = (base_url or self.cfg.base_url).rstrip("/") + "/completions"
         self.model_name = model or self.cfg.model
-        self.api_key = os.environ.get(self.cfg.api_key_env)
+        self.api_key = self.cfg.api_key()
         self.tokenizer = tokenizer
         self.eos = tokenizer.eos_token_id
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
 import threading
@@ -34,6 +33,7 @@ from tqdm import tqdm
 from t1.config import option, require
 from t1.data import DATA_DIR
 from t1.io import DataError, atomic_write_text, fill, iter_jsonl
+from t1.rollout.config import ServerAddress
 from t1.rollout.openai import ServerError, post_json
 
 PROMPTS = DATA_DIR / "synth_prompts"
@@ -41,10 +41,9 @@ REFLECTION = re.compile(r"\b(wait|mistake|wrong|incorrect|error|re-?check|recons
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    base_url: str = option("http://127.0.0.1:30000/v1", "OpenAI-compatible base URL")
-    model: str = option("default", "model name")
-    api_key_env: str = option("OPENAI_API_KEY", "environment variable with the API key (may be unset)")
+class Endpoint(ServerAddress):
+    """A chat model: where it is served (:class:`t1.rollout.config.ServerAddress`) and how to sample it."""
+
     temperature: float = option(0.7, "sampling temperature")
     max_tokens: int = option(4096, "longest reply")
 
@@ -115,7 +114,7 @@ class Client:
         last = ""
         for attempt in range(self.cfg.max_retries + 1):
             try:
-                reply = post_json(url, {**payload, "seed": sample}, api_key=os.environ.get(ep.api_key_env),
+                reply = post_json(url, {**payload, "seed": sample}, api_key=ep.api_key(),
                                   timeout=self.cfg.timeout, max_retries=self.cfg.max_retries)
                 text = reply["choices"][0]["message"]["content"]
                 if not isinstance(text, str):
@@ -150,7 +149,7 @@ def synthesize_one(problem: str, answer: str, cfg: SynthConfig, client: Client, 
             text = client.chat(teacher, fill(prompts["attempt"], problem=problem), sample=t * 1000 + k)
             attempts.append(text)
     verdicts = grade(attempts, [answer] * len(attempts))
-    critiques = [client.chat(cfg.critic, fill(prompts["critique"], 
+    critiques = [client.chat(cfg.critic, fill(prompts["critique"],
         problem=problem, answer=answer, attempt=a, verdict="correct" if ok else "incorrect"))
         for a, ok in zip(attempts, verdicts)]
     blocks = "\n\n".join(f"Attempt {i + 1} ({'correct' if ok else 'incorrect'}):\n{a}\n\nCritique {i + 1}:\n{c}"
