@@ -90,6 +90,18 @@ def test_resume_gives_bit_identical_weights(tmp_path):
     assert len(list((cut / "checkpoints").iterdir())) == 2  # keep_checkpoints
 
 
+def test_non_finite_loss_skips_then_stops(tmp_path, monkeypatch, capsys):
+    """As in `t1 rl`: a NaN loss skips the optimizer step with a warning; train.max_bad_steps in a row stop."""
+    import t1.stages.sft as sft
+
+    real = sft.token_nll_sum
+    monkeypatch.setattr(sft, "token_nll_sum", lambda *args: real(*args) * float("nan"))
+    with pytest.raises(RuntimeError, match="sft: 2 consecutive steps with a non-finite loss"):
+        train_sft(small_cfg(tmp_path / "nan", "train.max_bad_steps=2"), progress=False)
+    assert capsys.readouterr().err.count("update skipped") == 2
+    assert not (tmp_path / "nan" / "final").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

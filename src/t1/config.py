@@ -286,9 +286,11 @@ def dump(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
-def save(cfg: Any, path: str | Path) -> Path:
-    """Write the resolved config atomically (``config.yaml`` in a run directory)."""
-    return atomic_write_text(Path(path), dump(cfg))
+def save(cfg: Any, path: str | Path, note: str = "") -> Path:
+    """Write the resolved config atomically (``config.yaml`` in a run directory); ``note``: YAML comment
+    lines above it (why a value differs from what was asked, say)."""
+    header = "".join(f"# {line}\n" for line in note.splitlines())
+    return atomic_write_text(Path(path), header + dump(cfg))
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:

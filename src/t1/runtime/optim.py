@@ -1,8 +1,10 @@
-"""The optimizer (AdamW without decay on biases and norms) and the learning-rate schedule."""
+"""The optimizer (AdamW without decay on biases and norms), the learning-rate schedule, and the optimizer step
+both trainers take: clip the gradient, then step unless the loss or the gradient is not finite."""
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -57,3 +59,34 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def clip_and_step(acc, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+                  loss_sum: float) -> tuple[float, bool]:
+    """Clip the global gradient norm to ``grad_clip`` (0 = off), then step unless the loss or the gradient
+    is not finite; gradients are cleared either way. Returns (grad norm before clipping, skipped)."""
+    grad_norm = float(acc.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf")))
+    skipped = not math.isfinite(grad_norm) or not math.isfinite(loss_sum)
+    if not skipped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, skipped
+
+
+class BadSteps:
+    """Counts consecutive skipped steps (a NaN/inf loss or gradient): a warning for each, and an error once
+    ``limit`` come in a row. ``stage``: the command that prefixes the messages (sft, rl)."""
+
+    def __init__(self, stage: str, limit: int):
+        self.stage, self.limit, self.streak = stage, limit, 0
+
+    def check(self, step: int, skipped: bool) -> None:
+        """After 0-based ``step``: raise RuntimeError at the ``limit``-th skipped step in a row."""
+        self.streak = self.streak + 1 if skipped else 0
+        if not skipped:
+            return
+        print(f"{self.stage}: warning: step {step + 1}: non-finite loss or gradient; update skipped",
+              file=sys.stderr)
+        if self.streak >= self.limit:
+            raise RuntimeError(f"{self.stage}: {self.streak} consecutive steps with a non-finite loss or gradient "
+                               f"(last at step {step + 1}); lower train.optim.lr or check the data")

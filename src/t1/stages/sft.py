@@ -10,6 +10,9 @@ Loss: summed token cross-entropy over response tokens, divided by the number of 
 *global* batch, so gradient accumulation and any number of processes give the same update as one process
 with the whole batch (up to float summation order). Every process computes the same layout from the same
 seed, so they always agree on the number of micro-batches.
+
+A step whose loss or gradient norm is NaN/inf is skipped with a warning (as in `t1 rl`); ``train.max_bad_steps``
+of them in a row stop the run. The run directory, checkpoints and resume: :class:`t1.runtime.run.RunDir`.
 """
 
 from __future__ import annotations
@@ -26,9 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from t1 import config as cfglib
 from t1.batching import collate, epoch_order, micro_batches
-from t1.config import ConfigError, option, require
+from t1.config import option, require
 from t1.data.sft import SFTDataConfig, load_examples, source_description
 from t1.model.forward import Forward, fast_forward_option
 from t1.model.load import (
@@ -42,15 +44,8 @@ from t1.model.load import (
     set_attention,
 )
 from t1.runtime.device import make_accelerator, resolve_precision
-from t1.runtime.optim import OptimConfig, lr_factor, make_optimizer, set_lr
-from t1.runtime.run import (
-    Metrics,
-    checkpoint_dirs,
-    load_checkpoint_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from t1.runtime.optim import BadSteps, OptimConfig, clip_and_step, lr_factor, make_optimizer, set_lr
+from t1.runtime.run import RunDir, set_rng_state
 
 
 def _sft_optim() -> OptimConfig:
@@ -74,6 +69,8 @@ class SFTTrainConfig:
     keep_checkpoints: int = option(2, "newest checkpoints to keep")
     max_steps: int = option(0, "stop after this many optimizer steps; the schedule still spans all epochs "
                                "(0 = run all epochs)")
+    max_bad_steps: int = option(3, "stop after this many consecutive steps with a NaN/inf loss or gradient "
+                                   "(each is skipped)")
     optim: OptimConfig = option(help="optimizer and schedule (the paper: lr 1e-5, cosine)", factory=_sft_optim)
 
     def validate(self) -> None:
@@ -84,6 +81,7 @@ class SFTTrainConfig:
         require(self.log_every >= 1, "log_every", "must be ≥ 1", self.log_every)
         require(self.save_every >= 0, "save_every", "must be ≥ 0", self.save_every)
         require(self.max_steps >= 0, "max_steps", "must be ≥ 0", self.max_steps)
+        require(self.max_bad_steps >= 1, "max_bad_steps", "must be ≥ 1", self.max_bad_steps)
 
 
 @dataclass(frozen=True)
@@ -115,34 +113,62 @@ class SFTResult:
     wall_s: float
 
 
-def _prepare_run_dir(out: Path, resume: bool) -> Path | None:
-    ckpts = checkpoint_dirs(out)
-    if resume:
-        return ckpts[-1] if ckpts else None
-    if ckpts or (out / "final").exists():
-        raise ConfigError(f"out: {out} already holds a run; pass --resume to continue it or choose another out")
-    return None
+def _load_model(cfg: SFTConfig, run: RunDir):
+    """The checkpoint being resumed, else the configured model, else a freshly built tiny one."""
+    if run.checkpoint is not None:
+        return load(run.checkpoint, dtype="float32")
+    if cfg.model:
+        return load(cfg.model, dtype="float32")
+    tokenizer = build_tokenizer(cfg.data.countdown.max_value)
+    return build_model(cfg.tiny, tokenizer), tokenizer
+
+
+def _global_batch(order_cache: dict[int, list[int]], n_examples: int, step: int, steps_per_epoch: int,
+                  train: SFTTrainConfig) -> list[int]:
+    """The examples of optimizer step ``step``: a slice of its epoch's seeded order (one epoch cached)."""
+    epoch, k = divmod(step, steps_per_epoch)
+    if epoch not in order_cache:
+        order_cache.clear()
+        order_cache[epoch] = epoch_order(n_examples, train.seed, epoch)
+    return order_cache[epoch][k * train.batch_size: (k + 1) * train.batch_size]
+
+
+def _accumulate(acc, model, forward, examples, lengths: list[int], batch: list[int], pad_id: int,
+                train: SFTTrainConfig) -> tuple[int, torch.Tensor, int, int]:
+    """Forward and backward over this process's micro-batches of the global ``batch``. Returns (response
+    tokens in the global batch, this process's NLL sum, its real tokens, its padded tokens)."""
+    world, rank = acc.num_processes, acc.process_index
+    global_loss_tokens = sum(examples[i].n_loss for i in batch)
+    mine = micro_batches(batch, lengths, train.micro_batch_tokens, world, train.bucket_ratio)[rank::world]
+    nll_sum = torch.zeros((), device=acc.device)
+    seen = padded = 0
+    for j, mb in enumerate(mine):
+        sync = acc.no_sync(model) if j < len(mine) - 1 else contextlib.nullcontext()
+        dummy = not mb  # an empty share still joins the gradient all-reduce, with zero weight
+        ids, attn, mask = collate([examples[i] for i in (mb or batch[:1])], pad_id, acc.device)
+        with sync, acc.autocast():
+            nll = token_nll_sum(forward, ids, attn, mask)
+            loss = nll * (0.0 if dummy else world / global_loss_tokens)
+            acc.backward(loss)
+        if not dummy:
+            nll_sum += nll.detach()
+            seen += int(attn.sum())
+            padded += ids.numel()
+    return global_loss_tokens, nll_sum, seen, padded
 
 
 def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SFTResult:
     from accelerate.utils import set_seed
 
     out = Path(cfg.out)
-    probe_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = resolve_precision(cfg.train.precision, probe_device)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(cfg.train.precision, device)
     acc = make_accelerator(precision)
-    main, world, rank = acc.is_main_process, acc.num_processes, acc.process_index
-    ckpt = _prepare_run_dir(out, resume)
-    acc.wait_for_everyone()
+    main, world = acc.is_main_process, acc.num_processes
+    run = RunDir(out, resume, acc)
     set_seed(cfg.train.seed)
 
-    if ckpt is not None:
-        model, tokenizer = load(ckpt, dtype="float32")
-    elif cfg.model:
-        model, tokenizer = load(cfg.model, dtype="float32")
-    else:
-        tokenizer = build_tokenizer(cfg.data.countdown.max_value)
-        model = build_model(cfg.tiny, tokenizer)
+    model, tokenizer = _load_model(cfg, run)
     examples, stats = load_examples(cfg.data, tokenizer)
     lengths = [len(e.ids) for e in examples]
     attention = set_attention(model, cfg.train.attention, max(lengths, default=0))
@@ -153,57 +179,34 @@ def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SF
     optimizer = make_optimizer(model, cfg.train.optim)
     model, optimizer = acc.prepare(model, optimizer)
     forward = Forward(model, acc.unwrap_model(model), cfg.train.fast_forward)
-    start = 0
-    if ckpt is not None:
-        state = load_checkpoint_state(ckpt)
+    start, state = 0, run.state()
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start = state["step"]
+    run.start_metrics(cfg, start)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfglib.save(cfg, out / "config.yaml")
         print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters | {source_description(cfg.data)} | "
-              f"{stats.text()} | {stop} of {total} steps × {cfg.train.batch_size} examples | {world} process(es) | "
-              f"precision {precision} | attention {attention}" + (f" | resuming at step {start}" if start else ""), file=sys.stderr)
-    metrics = Metrics(out / "metrics.jsonl", resume_step=start if ckpt is not None else None) if main else None
+              f"{stats.text()} | {stop} of {total} steps × {cfg.train.batch_size} examples | "
+              f"{world} process(es) | precision {precision} | attention {attention}"
+              + (f" | resuming at step {start}" if start else ""), file=sys.stderr)
 
     bar = tqdm(total=stop, initial=start, desc="sft", unit="step", disable=not (main and progress),
                file=sys.stderr, dynamic_ncols=True)
     order_cache: dict[int, list[int]] = {}
+    bad_steps = BadSteps("sft", cfg.train.max_bad_steps)
     window = {"nll": 0.0, "tokens": 0, "seen": 0, "padded": 0, "time": 0.0}
     t_start, loss_value, tok_rate = time.perf_counter(), float("nan"), 0.0
     for step in range(start, stop):
         t0 = time.perf_counter()
-        epoch, k = divmod(step, steps_per_epoch)
-        if epoch not in order_cache:
-            order_cache.clear()
-            order_cache[epoch] = epoch_order(len(examples), cfg.train.seed, epoch)
-        batch = order_cache[epoch][k * cfg.train.batch_size: (k + 1) * cfg.train.batch_size]
-        global_loss_tokens = sum(examples[i].n_loss for i in batch)
-        mine = micro_batches(batch, lengths, cfg.train.micro_batch_tokens, world,
-                             cfg.train.bucket_ratio)[rank::world]
-        nll_sum = torch.zeros((), device=acc.device)
-        seen = padded = 0
-        for j, mb in enumerate(mine):
-            sync = acc.no_sync(model) if j < len(mine) - 1 else contextlib.nullcontext()
-            dummy = not mb  # an empty share still joins the gradient all-reduce, with zero weight
-            ids, attn, mask = collate([examples[i] for i in (mb or batch[:1])], tokenizer.pad_token_id, acc.device)
-            with sync, acc.autocast():
-                nll = token_nll_sum(forward, ids, attn, mask)
-                loss = nll * (0.0 if dummy else world / global_loss_tokens)
-                acc.backward(loss)
-            if not dummy:
-                nll_sum += nll.detach()
-                seen += int(attn.sum())
-                padded += ids.numel()
-        clip = cfg.train.optim.grad_clip
-        grad_norm = acc.clip_grad_norm_(model.parameters(), clip if clip > 0 else float("inf"))
+        batch = _global_batch(order_cache, len(examples), step, steps_per_epoch, cfg.train)
+        global_loss_tokens, nll_sum, seen, padded = _accumulate(acc, model, forward, examples, lengths, batch,
+                                                                tokenizer.pad_token_id, cfg.train)
+        totals = acc.reduce(torch.tensor([float(nll_sum), seen, padded], device=acc.device), reduction="sum")
         lr = cfg.train.optim.lr * lr_factor(step, total, cfg.train.optim)
         set_lr(optimizer, lr)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        totals = acc.reduce(torch.tensor([float(nll_sum), seen, padded], device=acc.device), reduction="sum")
+        grad_norm, skipped = clip_and_step(acc, model, optimizer, cfg.train.optim.grad_clip, float(totals[0]))
+        bad_steps.check(step, skipped)
         window["nll"] += float(totals[0])
         window["tokens"] += global_loss_tokens
         window["seen"] += int(totals[1])
@@ -214,23 +217,19 @@ def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SF
         if done % cfg.train.log_every == 0 or done == stop:
             loss_value = window["nll"] / max(1, window["tokens"])
             tok_rate = window["seen"] / max(1e-9, window["time"])
-            if main:
-                metrics.log({"step": done, "epoch": round(done / steps_per_epoch, 4), "loss": loss_value,
-                             "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_rate,
-                             "pad_fraction": 1 - window["seen"] / max(1, window["padded"]),
-                             "elapsed_s": time.perf_counter() - t_start})
+            run.log({"step": done, "epoch": round(done / steps_per_epoch, 4), "loss": loss_value,
+                     "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_rate,
+                     "pad_fraction": 1 - window["seen"] / max(1, window["padded"]),
+                     "elapsed_s": time.perf_counter() - t_start})
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_rate:,.0f}")
             window = dict.fromkeys(window, 0)
         if (cfg.train.save_every and done % cfg.train.save_every == 0) or done == stop:
-            _checkpoint(acc, model, optimizer, tokenizer, out, done, cfg.train.keep_checkpoints)
+            run.save_checkpoint(done, acc.unwrap_model(model), tokenizer,
+                                lambda: (acc.get_state_dict(model), {"optimizer": optimizer.state_dict()}),
+                                cfg.train.keep_checkpoints)
     bar.close()
-
-    if main:
-        final = out / "final"
-        acc.unwrap_model(model).save_pretrained(final, state_dict=acc.get_state_dict(model))
-        tokenizer.save_pretrained(final)
-        metrics.close()
-    acc.wait_for_everyone()
+    run.save_final(acc.unwrap_model(model), tokenizer, acc.get_state_dict(model))
+    run.close()
     wall = time.perf_counter() - t_start
     result = SFTResult(out, stop, loss_value, tok_rate, wall)
     if main:
@@ -238,16 +237,3 @@ def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SF
               f"model in {out / 'final'}", file=sys.stderr)
     acc.end_training()
     return result
-
-
-def _checkpoint(acc, model, optimizer, tokenizer, out: Path, step: int, keep: int) -> None:
-    acc.wait_for_everyone()
-    state_dict = acc.get_state_dict(model)
-    if acc.is_main_process:
-        def write_model(path: Path) -> None:  # the gathered state dict keeps this FSDP/DeepSpeed safe
-            acc.unwrap_model(model).save_pretrained(path, state_dict=state_dict)
-            tokenizer.save_pretrained(path)
-
-        save_checkpoint(out, step, write_model,
-                        {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()}, keep)
-    acc.wait_for_everyone()
