@@ -9,7 +9,8 @@ from t1.model.load import build_tokenizer
 from t1.rollout.base import Sample
 from t1.stages.evaluate import summarize
 from t1.stages.scale import ScaleSettings, scaling_points
-from t1.tasks.scoring import Item, Scorer
+from t1.tasks.base import Item
+from t1.tasks.countdown import CountdownTask
 
 
 @pytest.mark.parametrize("n, c, k", [(5, 0, 1), (5, 2, 1), (5, 2, 2), (6, 3, 3), (8, 1, 4), (7, 6, 5), (4, 4, 2)])
@@ -102,7 +103,7 @@ def test_scaling_sweep_with_a_fake_engine():
     item = Item(prompt="use 3 5 7 to make 22 :", numbers=(3, 5, 7), target=22, id="x")
     engine = BudgetEngine(tok, need=40, prompt_len=len(tok(item.prompt)["input_ids"]))
     s = ScaleSettings(budgets=(16, 32, 64, 128), n=2)
-    pts = scaling_points(engine, tok, "countdown", [item, item], s, Scorer("countdown"), progress=False)
+    pts = scaling_points(engine, tok, CountdownTask(), [item, item], s, progress=False)
     assert [p["budget"] for p in pts] == [16, 32, 64, 128]
     assert [p["accuracy"] for p in pts] == [0.0, 0.0, 1.0, 1.0]  # answers right once the budget allows
     assert [p["finished_rate"] for p in pts] == [0.0, 0.0, 1.0, 1.0]
@@ -117,7 +118,7 @@ def test_scaling_with_extension_and_plot(tmp_path):
     item = Item(prompt="use 3 5 7 to make 22 :", numbers=(3, 5, 7), target=22, id="x")
     engine = BudgetEngine(tok, need=10, prompt_len=len(tok(item.prompt)["input_ids"]))
     s = ScaleSettings(budgets=(32, 64), n=1, extend="try", max_extensions=2)
-    pts = scaling_points(engine, tok, "countdown", [item], s, Scorer("countdown"), progress=False)
+    pts = scaling_points(engine, tok, CountdownTask(), [item], s, progress=False)
     assert len(pts) == 2 and all(0 <= p["accuracy"] <= 1 for p in pts)
     png = plot({"a": pts, "b": pts}, tmp_path / "s.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -156,15 +157,14 @@ def test_truncated_samples_that_already_answered_are_graded_on_that_answer():
     inside_box = engine.long.index(engine.cue[-1]) + 4  # cut after "\boxed{ 3 * 5"
     answered = engine.long.index(tok("}", add_special_tokens=False)["input_ids"][0]) + 2
     budgets = (4, inside_box, answered, 64)
-    pts = scaling_points(engine, tok, "countdown", [item], ScaleSettings(budgets=budgets), Scorer("countdown"),
-                         progress=False)
+    pts = scaling_points(engine, tok, CountdownTask(), [item], ScaleSettings(budgets=budgets), progress=False)
     # 4 tokens: no answer yet, the cue is appended and the (wrong) forced answer graded; inside the box: the
     # model finishes its own answer, no cue; once answered: the prefix is graded, nothing is generated
     assert [p["accuracy"] for p in pts] == [0.0, 1.0, 1.0, 1.0]
     assert engine.requests == [engine.long[:4] + engine.cue, engine.long[:inside_box]]
     forced = AnsweredEngine(tok, prompt_len)
-    pts = scaling_points(forced, tok, "countdown", [item], ScaleSettings(budgets=budgets, force_answer=True),
-                         Scorer("countdown"), progress=False)
+    pts = scaling_points(forced, tok, CountdownTask(), [item], ScaleSettings(budgets=budgets, force_answer=True),
+                         progress=False)
     assert [p["accuracy"] for p in pts] == [0.0, 0.0, 0.0, 0.0]  # always forcing: the wrong second answer wins
     assert all(r[-len(forced.cue):] == forced.cue for r in forced.requests) and len(forced.requests) == 4
 

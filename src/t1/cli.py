@@ -283,7 +283,7 @@ def _add_tool_commands(sub) -> None:
     p = sub.add_parser("grade", help="grade a JSON Lines file of responses against gold answers")
     p.add_argument("input", help="JSON Lines with response + answer (math) or response + numbers + target")
     p.add_argument("-o", "--output", default=None, help="write graded rows here (default: standard output)")
-    p.add_argument("--task", choices=["math", "countdown"], default="math")
+    p.add_argument("--task", choices=["math", "countdown", "choice"], default="math")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of stopping")
     p.add_argument("--workers", type=int, default=None, help="grader processes (default: all cores)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per answer")

@@ -6,15 +6,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 from t1.config import option, require
-from t1.io import DataError, fill, iter_jsonl
-from t1.tasks.countdown import CountdownConfig, generate, heldout_keys
-from t1.tasks.scoring import CHOICE_TEMPLATE, MATH_TEMPLATE, Item, Task
+from t1.io import DataError, iter_jsonl
+from t1.tasks import TaskName, get_task
+from t1.tasks.base import Item
+from t1.tasks.countdown import CountdownConfig, CountdownTask, generate, heldout_keys
 
 
 @dataclass(frozen=True)
 class PromptDataConfig:
-    task: Task = option("countdown", "how answers are graded: countdown | math | choice")
-    source: Literal["countdown", "jsonl"] = option("countdown", "generated Countdown problems, or JSON Lines files")
+    task: TaskName = option("countdown", "how answers are graded: countdown | math | choice")
+    source: Literal["countdown", "jsonl"] = option("countdown",
+                                                   "generated Countdown problems, or JSON Lines files")
     paths: tuple[str, ...] = option((), "JSON Lines files (source=jsonl)")
     problem_field: str = option("problem", "field with the problem text")
     answer_field: str = option("answer", "field with the gold answer (math: LaTeX; choice: a letter)")
@@ -33,42 +35,24 @@ class PromptDataConfig:
             require("{problem}" in self.template, "template", "must contain {problem}", self.template)
 
 
-def _template(cfg: PromptDataConfig) -> str:
-    if cfg.template is not None:
-        return cfg.template
-    return {"math": MATH_TEMPLATE, "choice": CHOICE_TEMPLATE}.get(cfg.task, "{problem}")
-
-
 def load_items(cfg: PromptDataConfig) -> list[Item]:
+    """The prompts: generated Countdown problems (outside the held-out set), or every row of the JSON Lines
+    files made into an :class:`Item` by the task (:meth:`~t1.tasks.base.Task.item`), up to ``num_prompts``."""
     if cfg.source == "countdown":
         if cfg.task != "countdown":
             raise DataError(f"data.source=countdown needs data.task=countdown (got {cfg.task})")
+        task = CountdownTask(cfg.countdown)
         exclude = heldout_keys(cfg.countdown, cfg.exclude_heldout) if cfg.exclude_heldout else frozenset()
-        return [Item(prompt=p.prompt(), numbers=p.numbers, target=p.target, id=f"countdown-{cfg.seed}-{i}",
-                     problem=p.prompt())
+        return [task.item_from_problem(p, f"countdown-{cfg.seed}-{i}")
                 for i, p in enumerate(generate(cfg.countdown, cfg.num_prompts, cfg.seed, exclude))]
-    template, items = _template(cfg), []
-    for path in cfg.paths:
-        for line in iter_jsonl(path):
-            row, where = line.data, f"{path}:{line.number}"
-            if cfg.task == "countdown":
-                for name in ("numbers", "target"):
-                    if name not in row:
-                        raise DataError(f"{where}: missing field '{name}'")
-                problem = row.get(cfg.problem_field)
-                prompt = problem if isinstance(problem, str) else f"use {' '.join(map(str, row['numbers']))} " \
-                                                                  f"to make {row['target']} :"
-                items.append(Item(prompt=prompt, numbers=tuple(row["numbers"]), target=int(row["target"]),
-                                  id=str(row.get("id", where)), problem=prompt))
-            else:
-                for name in (cfg.problem_field, cfg.answer_field):
-                    if name not in row:
-                        raise DataError(f"{where}: missing field '{name}'")
-                problem = str(row[cfg.problem_field])
-                items.append(Item(prompt=fill(template, problem=problem), answer=str(row[cfg.answer_field]),
-                                  id=str(row.get("id", where)), problem=problem))
-            if cfg.num_prompts and len(items) >= cfg.num_prompts:
-                return items
+    items = []
+    with get_task(cfg.task, countdown=cfg.countdown) as task:
+        for path in cfg.paths:
+            for line in iter_jsonl(path):
+                items.append(task.item(line.data, f"{path}:{line.number}", cfg.problem_field, cfg.answer_field,
+                                       cfg.template))
+                if cfg.num_prompts and len(items) >= cfg.num_prompts:
+                    return items
     if not items:
         raise DataError("no prompts found in " + ", ".join(cfg.paths))
     return items

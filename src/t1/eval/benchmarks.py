@@ -1,4 +1,5 @@
-"""Benchmark loaders. Each returns (task, items); see t1/data/SOURCES.md for the files and their origins.
+"""Benchmark loaders. Each returns (task name, items), the name for :func:`t1.tasks.get_task`; see
+t1/data/SOURCES.md for the files and their origins.
 
 Names: ``math500``, ``aime24``, ``aime25``, ``amc23``, ``omni_math`` (the rule-gradable Omni-MATH set),
 ``omni500`` (a seeded 500-problem stand-in for the paper's unpublished Omni-MATH-500), ``gpqa`` (GPQA
@@ -16,8 +17,9 @@ from pathlib import Path
 from t1.data import DATA_DIR
 from t1.data.prompts import PromptDataConfig, load_items
 from t1.io import DataError, fill
-from t1.tasks.countdown import CountdownConfig, heldout
-from t1.tasks.scoring import CHOICE_TEMPLATE, Item
+from t1.tasks.base import Item
+from t1.tasks.choice import ChoiceTask
+from t1.tasks.countdown import CountdownConfig, CountdownTask, heldout
 
 FILES = {"math500": "math500.jsonl", "aime24": "aime24.jsonl", "aime25": "aime25.jsonl", "amc23": "amc23.jsonl",
          "omni_math": "omni_math_rule.jsonl", "omni500": "omni_math_rule_500.jsonl"}
@@ -41,9 +43,11 @@ def load_gpqa(path: str | Path, seed: int = 0) -> list[Item]:
             order = list(range(4))
             random.Random(f"{seed}-{i}").shuffle(order)
             letters = "ABCD"
-            body = row["Question"].strip() + "\n\n" + "\n".join(f"{letters[j]}) {options[o]}" for j, o in enumerate(order))
+            body = row["Question"].strip() + "\n\n" + "\n".join(f"{letters[j]}) {options[o]}"
+                                                                for j, o in enumerate(order))
             gold = letters[order.index(0)]
-            items.append(Item(prompt=fill(CHOICE_TEMPLATE, problem=body), answer=gold, id=f"gpqa-{i}", problem=body))
+            items.append(Item(prompt=fill(ChoiceTask.template, problem=body), answer=gold, id=f"gpqa-{i}",
+                              problem=body))
     if not items:
         raise DataError(f"{path}: no questions")
     return items
@@ -51,10 +55,11 @@ def load_gpqa(path: str | Path, seed: int = 0) -> list[Item]:
 
 def load_bench(name: str, data_dir: str | Path | None = None, gpqa_csv: str | None = None,
                countdown: CountdownConfig | None = None, n_countdown: int = 500) -> tuple[str, list[Item]]:
+    """(task name, items) of the benchmark ``name`` (see the module doc)."""
     if name == "countdown":
-        cfg = countdown or CountdownConfig()
-        return "countdown", [Item(prompt=p.prompt(), numbers=p.numbers, target=p.target, id=f"heldout-{i}",
-                                  problem=p.prompt()) for i, p in enumerate(heldout(cfg, n_countdown))]
+        task = CountdownTask(countdown)
+        return "countdown", [task.item_from_problem(p, f"heldout-{i}")
+                             for i, p in enumerate(heldout(task.cfg, n_countdown))]
     if name == "gpqa":
         if not gpqa_csv:
             raise DataError("bench gpqa: give the official GPQA Diamond CSV with --gpqa-csv PATH")

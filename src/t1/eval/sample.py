@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from t1.chat import prompt_ids
 from t1.rollout.base import SamplingParams, sample_seed
-from t1.tasks.scoring import Item, Scorer
+from t1.tasks.base import Item, Task
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,10 @@ class EvalSettings:
     batch_problems: int = 256
 
 
-def sample_and_grade(engine, tok, task: str, items: list[Item], s: EvalSettings, scorer: Scorer,
-                     desc: str = "eval", progress: bool = True) -> list[dict]:
+def sample_and_grade(engine, tok, task: Task, items: list[Item], s: EvalSettings, desc: str = "eval",
+                     progress: bool = True) -> list[dict]:
     """One row per (problem, sample): prompt, response, extracted, correct, tokens, finished. ``engine``: a
-    sampling engine (:func:`t1.rollout.open_engine`)."""
+    sampling engine (:func:`t1.rollout.open_engine`); ``task`` grades the responses."""
     params = SamplingParams(s.temperature, s.top_p, s.max_new_tokens)
     rows: list[dict] = []
     bar = tqdm(total=len(items) * s.n, desc=desc, unit="sample", file=sys.stderr, disable=not progress)
@@ -38,7 +38,7 @@ def sample_and_grade(engine, tok, task: str, items: list[Item], s: EvalSettings,
         seeds = [sample_seed(s.seed, 0, i, k) for i in chunk for k in range(s.n)]
         samples = engine.generate(prompts, seeds, params)
         its = [items[i] for i in chunk for _ in range(s.n)]
-        for j, (it, smp, sc) in enumerate(zip(its, samples, scorer([x.text for x in samples], its))):
+        for j, (it, smp, sc) in enumerate(zip(its, samples, task.score([x.text for x in samples], its))):
             rows.append({"id": it.id, "sample": j % s.n, "prompt": it.prompt, "response": smp.text,
                          "extracted": sc.extracted, "correct": bool(sc.correct and smp.finished),
                          "tokens": len(smp.token_ids), "finished": smp.finished, **it.to_row()})

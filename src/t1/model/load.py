@@ -13,17 +13,15 @@ number into digits and discards our word-level pipeline. For a ``llama`` checkpo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from t1.config import option, require
-from t1.tasks.countdown import CountdownConfig
+from t1.tasks.countdown import CountdownConfig, CountdownTask
 
 SPECIAL = {"pad": "<pad>", "eos": "<eos>", "unk": "<unk>"}
-# Every word and symbol a Countdown prompt or trace uses (see t1.tasks.countdown); numbers are added per range.
-WORDS = ["use", "to", "make", ":", "try", "?", "no", "yes", ",", ".", "too", "big", "small", "answer",
-         "check", "\\boxed{", "}", "(", ")", "+", "-", "*", "/", "="]
 
 
 @dataclass(frozen=True)
@@ -48,8 +46,9 @@ class ModelConfig:
         require(self.heads % self.kv_heads == 0, "kv_heads", f"must divide heads ({self.heads})", self.kv_heads)
 
 
-def build_tokenizer(max_number: int = 100):
-    """A word-level tokenizer: every integer 0..max_number is one token, plus the Countdown words.
+def build_tokenizer(max_number: int = 100, words: Sequence[str] | None = None):
+    """A word-level tokenizer: the special tokens, then ``words`` (default: the Countdown task's
+    :meth:`~t1.tasks.base.Task.vocabulary`), then every integer 0..max_number, each one token.
 
     Text is split on whitespace and decoded with single spaces, so space-separated text round-trips
     exactly. Anything outside the vocabulary becomes ``<unk>``. No chat template: prompts are plain text.
@@ -57,7 +56,8 @@ def build_tokenizer(max_number: int = 100):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab_list = list(SPECIAL.values()) + WORDS + [str(i) for i in range(max_number + 1)]
+    words = CountdownTask().vocabulary() if words is None else list(words)
+    vocab_list = list(SPECIAL.values()) + words + [str(i) for i in range(max_number + 1)]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL["unk"]))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

@@ -10,7 +10,7 @@ from t1.eval.metrics import majority_correct, pass1_stats, pass_at_k
 from t1.eval.sample import EvalSettings, sample_and_grade
 from t1.io import atomic_write_text
 from t1.rollout import close_engine, open_engine
-from t1.tasks.scoring import Scorer
+from t1.tasks import get_task
 
 
 def summarize(rows: list[dict], n: int) -> dict:
@@ -36,9 +36,9 @@ def table(summaries: dict[str, dict]) -> str:
              f"{'tokens':>8s} {'trunc':>6s}"]
     for name, s in summaries.items():
         n = s["samples_per_problem"]
-        lines.append(f"{name:14s} {s['problems']:8d} {n:4d} {100 * s['pass@1']:8.1f} ± {100 * s['pass@1_stderr']:4.1f} "
-                     f"{100 * s.get(f'pass@{n}', s['pass@1']):8.1f} {100 * s[f'maj@{n}']:8.1f} {s['mean_tokens']:8.0f} "
-                     f"{100 * s['truncated_rate']:5.1f}%")
+        lines.append(f"{name:14s} {s['problems']:8d} {n:4d} {100 * s['pass@1']:8.1f} ± "
+                     f"{100 * s['pass@1_stderr']:4.1f} {100 * s.get(f'pass@{n}', s['pass@1']):8.1f} "
+                     f"{100 * s[f'maj@{n}']:8.1f} {s['mean_tokens']:8.0f} {100 * s['truncated_rate']:5.1f}%")
     return "\n".join(lines)
 
 
@@ -53,19 +53,18 @@ def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettin
     out.mkdir(parents=True, exist_ok=True)
     summaries = {}
     for name in benches:
-        task, items = load_bench(name, data_dir, gpqa_csv, countdown_cfg)
+        task_name, items = load_bench(name, data_dir, gpqa_csv, countdown_cfg)
         if limit:
             items = items[:limit]
-        scorer = Scorer(task, countdown_cfg)
-        try:
-            rows = sample_and_grade(engine, tok, task, items, s, scorer, desc=name, progress=progress)
-        finally:
-            scorer.close()
+        with get_task(task_name, countdown=countdown_cfg) as task:
+            rows = sample_and_grade(engine, tok, task, items, s, desc=name, progress=progress)
         stem = Path(name).stem
-        atomic_write_text(out / f"{stem}.samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_text(out / f"{stem}.samples.jsonl",
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         summaries[stem] = summarize(rows, s.n)
     close_engine(engine)
-    atomic_write_text(out / "summary.json", json.dumps({"model": str(model_path), "settings": {**s.__dict__, "engine": kind},
+    atomic_write_text(out / "summary.json", json.dumps({"model": str(model_path),
+                                                        "settings": {**s.__dict__, "engine": kind},
                                                         "benchmarks": summaries}, indent=2))
     print(table(summaries), file=sys.stderr)
     return summaries

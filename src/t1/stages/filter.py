@@ -20,7 +20,8 @@ from t1.io import atomic_write_text
 from t1.rollout import close_engine, open_engine
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
-from t1.tasks.scoring import Scorer
+from t1.tasks import get_task
+from t1.tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -36,23 +37,25 @@ class FilterConfig:
     top_p: float = option(1.0, "nucleus sampling")
     max_new_tokens: int = option(1024, "generation budget; a truncated sample counts as wrong")
     prompts_per_batch: int = option(64, "prompts sampled together")
-    rollout: EngineConfig = option(help="the sampling engine (the table in t1.rollout.config)", factory=EngineConfig)
+    rollout: EngineConfig = option(help="the sampling engine (the table in t1.rollout.config)",
+                                   factory=EngineConfig)
     seed: int = option(0, "sampling seed")
 
     def validate(self) -> None:
         require(bool(self.model), "model", "is required", self.model)
         require(self.samples >= 1, "samples", "must be ≥ 1", self.samples)
-        require(0 <= self.min_pass <= self.max_pass <= 1, "max_pass", "need 0 ≤ min_pass ≤ max_pass ≤ 1", self.max_pass)
+        require(0 <= self.min_pass <= self.max_pass <= 1, "max_pass", "need 0 ≤ min_pass ≤ max_pass ≤ 1",
+                self.max_pass)
 
 
-def pass_rates(engine, tok, items, cfg: FilterConfig, scorer: Scorer, progress: bool = True) -> list[float]:
+def pass_rates(engine, tok, items, cfg: FilterConfig, task: Task, progress: bool = True) -> list[float]:
     """Each prompt's share of ``cfg.samples`` responses that end by themselves with a correct answer."""
     from t1.eval.sample import EvalSettings, sample_and_grade
 
-    s = EvalSettings(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                     seed=cfg.seed, engine=cfg.rollout, use_chat_template=cfg.data.use_chat_template,
-                     batch_problems=cfg.prompts_per_batch)
-    rows = sample_and_grade(engine, tok, cfg.data.task, items, s, scorer, desc="filter", progress=progress)
+    s = EvalSettings(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, engine=cfg.rollout,
+                     use_chat_template=cfg.data.use_chat_template, batch_problems=cfg.prompts_per_batch)
+    rows = sample_and_grade(engine, tok, task, items, s, desc="filter", progress=progress)
     n = cfg.samples
     return [sum(r["correct"] for r in rows[i * n:(i + 1) * n]) / n for i in range(len(items))]
 
@@ -67,11 +70,10 @@ def run_filter(cfg: FilterConfig, progress: bool = True) -> dict:
     items = load_items(cfg.data)
     engine, tok, _ = open_engine(cfg.rollout, cfg.model, batch=cfg.prompts_per_batch * cfg.samples,
                                  budget=cfg.max_new_tokens)
-    scorer = Scorer(cfg.data.task, cfg.data.countdown)
     try:
-        rates = pass_rates(engine, tok, items, cfg, scorer, progress)
+        with get_task(cfg.data.task, countdown=cfg.data.countdown) as task:
+            rates = pass_rates(engine, tok, items, cfg, task, progress)
     finally:
-        scorer.close()
         close_engine(engine)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""`t1 grade`: grade a JSON Lines file of responses (math or Countdown) and report the accuracy."""
+"""`t1 grade`: grade a JSON Lines file of responses (math, Countdown or multiple choice) and report the
+accuracy. Each row holds a ``response`` and the task's gold fields (:attr:`t1.tasks.base.Task.gold_fields`)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from t1.io import DataError, atomic_write_text, iter_jsonl
-from t1.tasks import countdown
-from t1.tasks.math import MathGrader
-
-FIELDS = {"math": ("response", "answer"), "countdown": ("response", "numbers", "target")}
+from t1.tasks import TASKS, get_task
+from t1.tasks.base import Item, Task
 
 
 @dataclass
@@ -36,56 +35,44 @@ class GradeSummary:
                 f"{self.bad_lines}")
 
 
-def _check_row(path: Path, number: int, row: dict, task: str) -> None:
-    for name in FIELDS[task]:
-        if name not in row:
-            raise DataError(f"{path}:{number}: missing field '{name}'")
+def _gold(task: Task, path: Path, number: int, row: dict) -> Item:
+    """The row's gold answer; a missing or ill-typed field raises :class:`DataError` naming the line."""
+    where = f"{path}:{number}"
+    if "response" not in row:
+        raise DataError(f"{where}: missing field 'response'")
+    task.check_gold_fields(row, where)
     if not isinstance(row["response"], str):
-        raise DataError(f"{path}:{number}: field 'response' must be a string")
-    if task == "countdown":
-        nums = row["numbers"]
-        if not isinstance(nums, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in nums):
-            raise DataError(f"{path}:{number}: field 'numbers' must be a list of integers")
-        if not isinstance(row["target"], int) or isinstance(row["target"], bool):
-            raise DataError(f"{path}:{number}: field 'target' must be an integer")
+        raise DataError(f"{where}: field 'response' must be a string")
+    return task.gold(row, where)
 
 
 def grade_file(path: str | Path, out: str | Path | None = None, task: str = "math", skip_bad: bool = False,
                workers: int | None = None, timeout: float = 5.0, progress: bool = True) -> GradeSummary:
     """Grade every row of ``path``; write rows with ``extracted``, ``correct`` and ``status`` to ``out``
     (or standard output). A bad line raises :class:`DataError` naming it, or is counted with ``skip_bad``."""
-    if task not in FIELDS:
-        raise ValueError(f"--task must be one of {', '.join(FIELDS)} (got {task!r})")
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
     path = Path(path)
     bad: list = []
-    rows = []
-    for line in iter_jsonl(path, skip_bad=skip_bad, bad=bad):
-        try:
-            _check_row(path, line.number, line.data, task)
-        except DataError as e:
-            if not skip_bad:
-                raise
-            bad.append((line.number, str(e)))
-            continue
-        rows.append(line.data)
+    rows, golds = [], []
+    with get_task(task, timeout=timeout, workers=workers) as grader:
+        for line in iter_jsonl(path, skip_bad=skip_bad, bad=bad):
+            try:
+                golds.append(_gold(grader, path, line.number, line.data))
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                bad.append((line.number, str(e)))
+                continue
+            rows.append(line.data)
 
-    bar = tqdm(total=len(rows), desc=f"grading ({task})", unit="ans", disable=not progress, file=sys.stderr)
+        bar = tqdm(total=len(rows), desc=f"grading ({task})", unit="ans", disable=not progress, file=sys.stderr)
+        scores = grader.score([r["response"] for r in rows], golds, on_result=lambda i, g: bar.update())
+        bar.close()
     status = Counter()
-    if task == "math":
-        with MathGrader(workers=workers, timeout=timeout) as grader:
-            grades = grader.grade([r["response"] for r in rows], [r["answer"] for r in rows],
-                                  on_result=lambda i, g: bar.update())
-        for row, g in zip(rows, grades):
-            row.update(extracted=g.extracted, correct=g.correct, status=g.status)
-            status[g.status] += 1
-    else:
-        for row in rows:
-            v = countdown.verify(row["response"], row["numbers"], row["target"])
-            row.update(extracted=v.extracted, correct=v.correct,
-                       status="ok" if v.extracted is not None else "no_answer")
-            status[row["status"]] += 1
-            bar.update()
-    bar.close()
+    for row, g in zip(rows, scores):
+        row.update(extracted=g.extracted, correct=g.correct, status=g.status)
+        status[g.status] += 1
 
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if out is None:

@@ -56,7 +56,7 @@ from t1.runtime.run import (
     save_checkpoint,
     set_rng_state,
 )
-from t1.tasks.scoring import Scorer
+from t1.tasks import get_task
 
 
 class RLTrainer:
@@ -112,7 +112,7 @@ class RLTrainer:
         self.chunk = cfg.train.logits_chunk
         self.engine = make_engine(cfg.rollout, self.raw, self.tok, model_path=str(ckpt or cfg.model),
                                   max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out))
-        self.scorer = Scorer(cfg.data.task, cfg.data.countdown, timeout=cfg.train.grader_timeout)
+        self.task = get_task(cfg.data.task, countdown=cfg.data.countdown, timeout=cfg.train.grader_timeout)
         self.bad_ids = frozenset(self.tok.all_special_ids) - {self.tok.eos_token_id}
         self.params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
         self.timer = Timer()
@@ -153,7 +153,7 @@ class RLTrainer:
             self.raw.train()
         with self.timer("score"):
             items = [self.items[i] for i in mine for _ in range(K)]
-            scores = self.scorer([s.text for s in samples], items)
+            scores = self.task.score([s.text for s in samples], items)
             flags = [penalty_flags(s.text, it.prompt, s.finished, s.token_ids, self.bad_ids, self.cfg.penalties)
                      for s, it in zip(samples, items)]
         correct = torch.tensor([float(sc.correct) for sc in scores])
@@ -478,7 +478,7 @@ class RLTrainer:
             self.metrics.close()
             print(summary(history), file=sys.stderr)
         acc.wait_for_everyone()
-        self.scorer.close()
+        self.task.close()
         close_engine(self.engine)
         return history
 

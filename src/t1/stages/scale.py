@@ -31,9 +31,7 @@ from t1.chat import prompt_ids
 from t1.eval.metrics import mean_stderr
 from t1.io import fill
 from t1.rollout.base import Sample, SamplingParams
-from t1.tasks.scoring import Item, Scorer
-
-ANSWER_CUES = {"countdown": "answer \\boxed{", "math": "\n\nFinal answer: \\boxed{", "choice": "\n\nANSWER: "}
+from t1.tasks.base import Item, Task
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ class ScaleSettings:
     top_p: float = 1.0
     seed: int = 0
     answer_tokens: int = 24
-    cue: str | None = None  # default: ANSWER_CUES[task]
+    cue: str | None = None  # default: the task's answer_cue
     extend: str | None = None
     max_extensions: int = 0
     use_chat_template: bool = True
@@ -112,12 +110,12 @@ def _generate_with_extensions(engine, tok, prompts, seeds, s: ScaleSettings, bud
     return [Sample(d, _decode(tok, d[:-1] if f else d), f) for d, f in zip(done, finished)]
 
 
-def scaling_points(engine, tok, task: str, items: list[Item], s: ScaleSettings, scorer: Scorer,
-                   summarizer=None, progress: bool = True) -> list[dict]:
-    """[{budget, accuracy, stderr, finished_rate, mean_tokens}] for one model."""
+def scaling_points(engine, tok, task: Task, items: list[Item], s: ScaleSettings, summarizer=None,
+                   progress: bool = True) -> list[dict]:
+    """[{budget, accuracy, stderr, finished_rate, mean_tokens}] for one model; ``task`` grades the answers."""
     from t1.rollout.base import sample_seed
 
-    cue = s.cue if s.cue is not None else ANSWER_CUES[task]
+    cue = s.cue if s.cue is not None else task.answer_cue
     cue_ids = tok(cue, add_special_tokens=False)["input_ids"]
     sep = " " if _word_level(tok) else ""
     base = [prompt_ids(tok, it.prompt, s.use_chat_template) for it in items for _ in range(s.n)]
@@ -139,7 +137,7 @@ def scaling_points(engine, tok, task: str, items: list[Item], s: ScaleSettings, 
         grades = [None] * len(samples)
         if need and not s.force_answer:  # prefixes that already state an answer are graded as they are
             prefixes = [_decode(tok, toks) for _, toks in need]
-            for (j, _), text, g in zip(need, prefixes, scorer(prefixes, [its[j] for j, _ in need])):
+            for (j, _), text, g in zip(need, prefixes, task.score(prefixes, [its[j] for j, _ in need])):
                 if g.extracted is not None:
                     texts[j], grades[j] = text, g
             need = [(j, toks) for j, toks in need if grades[j] is None]
@@ -150,19 +148,21 @@ def scaling_points(engine, tok, task: str, items: list[Item], s: ScaleSettings, 
                 opened = [not s.force_answer and _open_box(_decode(tok, toks)) for _, toks in need]
                 rest = [[] if o else cue_ids[_overlap(toks, cue_ids):] for (_, toks), o in zip(need, opened)]
                 reqs = [base[j] + toks + r for (j, toks), r in zip(need, rest)]
-                outs = engine.generate(reqs, [seeds[j] for j, _ in need], SamplingParams(0.0, 1.0, s.answer_tokens))
+                outs = engine.generate(reqs, [seeds[j] for j, _ in need],
+                                       SamplingParams(0.0, 1.0, s.answer_tokens))
             else:
-                outs = summarizer.complete([(its[j], _decode(tok, toks)) for j, toks in need], cue, s.answer_tokens)
+                outs = summarizer.complete([(its[j], _decode(tok, toks)) for j, toks in need], cue,
+                                           s.answer_tokens)
                 rest = [cue_ids] * len(need)
             for (j, toks), o, r in zip(need, outs, rest):
                 texts[j] = sep.join(p for p in (_decode(tok, toks), _decode(tok, r), o.text) if p)
         todo = [j for j, g in enumerate(grades) if g is None]
-        for j, g in zip(todo, scorer([texts[j] for j in todo], [its[j] for j in todo])):
+        for j, g in zip(todo, task.score([texts[j] for j in todo], [its[j] for j in todo])):
             grades[j] = g
         per_problem = [sum(g.correct for g in grades[i * s.n:(i + 1) * s.n]) / s.n for i in range(len(items))]
         acc, se = mean_stderr(per_problem)
-        points.append({"budget": b, "accuracy": acc, "stderr": se,
-                       "finished_rate": sum(smp.finished and len(smp.token_ids) <= b for smp in samples) / len(samples),
+        finished = sum(smp.finished and len(smp.token_ids) <= b for smp in samples)
+        points.append({"budget": b, "accuracy": acc, "stderr": se, "finished_rate": finished / len(samples),
                        "mean_tokens": sum(min(len(smp.token_ids), b) for smp in samples) / len(samples)})
     return points
 
@@ -179,8 +179,8 @@ class Summarizer:
 
     def complete(self, pairs: list[tuple[Item, str]], cue: str, max_tokens: int) -> list[Sample]:
         cue_ids = self.tok(cue, add_special_tokens=False)["input_ids"]
-        prompts = [prompt_ids(self.tok, fill(self.TEMPLATE, problem=it.problem or it.prompt, partial=partial)) + cue_ids
-                   for it, partial in pairs]
+        prompts = [prompt_ids(self.tok, fill(self.TEMPLATE, problem=it.problem or it.prompt, partial=partial))
+                   + cue_ids for it, partial in pairs]
         return self.engine.generate(prompts, list(range(len(prompts))), SamplingParams(0.0, 1.0, max_tokens))
 
 
@@ -218,23 +218,21 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
     from t1.io import atomic_write_text
     from t1.rollout import close_engine, open_engine
     from t1.runtime.device import quiet_libraries
+    from t1.tasks import get_task
 
     quiet_libraries()
-    task, items = load_bench(bench, data_dir, gpqa_csv, countdown_cfg)
+    task_name, items = load_bench(bench, data_dir, gpqa_csv, countdown_cfg)
     if limit:
         items = items[:limit]
     summarizer = Summarizer(summarizer_path, engine) if summarizer_path else None
-    scorer = Scorer(task, countdown_cfg)
     curves = {}
-    try:
+    with get_task(task_name, countdown=countdown_cfg) as task:
         for label, path in models:
             eng, tok, _ = open_engine(engine, path, batch=len(items) * s.n, budget=max(s.budgets))
             try:
-                curves[label] = scaling_points(eng, tok, task, items, s, scorer, summarizer, progress)
+                curves[label] = scaling_points(eng, tok, task, items, s, summarizer, progress)
             finally:
                 close_engine(eng)
-    finally:
-        scorer.close()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "scaling.json", json.dumps({"bench": bench, "settings": s.__dict__, "curves": curves},

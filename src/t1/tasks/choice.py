@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from t1.tasks.base import Item, Score, Task
 from t1.tasks.boxed import last_boxed
 
 _LINE = re.compile(r"answer\s*(?:is)?\s*[:：]?\s*\(?\s*([A-J])\s*\)?(?![A-Za-z])", re.I)
@@ -25,6 +26,23 @@ def extract_letter(response: str, letters: str = "ABCD") -> str | None:
     return None
 
 
-def grade_choice(response: str, gold: str, letters: str = "ABCD") -> tuple[str | None, bool]:
+def grade_choice(response: str, gold: str, letters: str = "ABCD") -> Score:
+    """Correct when the chosen letter is ``gold``; status "no_answer" when no letter is chosen."""
     letter = extract_letter(response, letters)
-    return letter, letter is not None and letter == gold.strip().upper()
+    return Score(letter is not None and letter == gold.strip().upper(), letter,
+                 "ok" if letter is not None else "no_answer")
+
+
+class ChoiceTask(Task):
+    """Multiple choice: the gold answer is a letter (GPQA; see :func:`t1.eval.benchmarks.load_gpqa`)."""
+
+    name = "choice"
+    template = ("{problem}\nThink step by step, then give your final answer on its own line as "
+                "'ANSWER: X' where X is one of the letters.")
+    answer_cue = "\n\nANSWER: "
+
+    def __init__(self, letters: str = "ABCD"):
+        self.letters = letters
+
+    def score_one(self, response: str, item: Item) -> Score:
+        return grade_choice(response, item.answer or "", self.letters)

@@ -18,7 +18,10 @@ Every attempt carries out its arithmetic and then restates the target before its
 which a feasibility probe found decisive (61 % vs 14 % held-out accuracy with the verdict first). A wrong
 attempt is followed by a reflection on why it fails (too big / too small), then a new attempt; the answer is
 boxed, then verified by recomputing it. Tokens are separated by single spaces, so the tiny word-level
-tokenizer round-trips every trace exactly.
+tokenizer (built from :data:`VOCABULARY` and the numbers) round-trips every trace exactly.
+
+:class:`CountdownTask` is the task behind the :class:`~t1.tasks.base.Task` interface; its
+:meth:`~CountdownTask.item_from_problem` is the one conversion of a problem into a prompt.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from t1.config import option, require
+from t1.io import DataError
 from t1.tasks.arith import ArithError, evaluate
+from t1.tasks.base import Item, Score, Task
 from t1.tasks.boxed import last_answer_tag, last_boxed
 
 # ------------------------------------------------------------------------------------------------- config
@@ -267,49 +272,107 @@ def write_trace(problem: Problem, cfg: CountdownConfig, failed: int, rng: random
 # ---------------------------------------------------------------------------------------------- verifying
 
 
-@dataclass(frozen=True)
-class Verdict:
-    correct: bool
-    extracted: str | None
-    reason: str  # "ok", or why the answer is wrong
-
-
-def verify(response: str, numbers, target: int, cfg: CountdownConfig | None = None) -> Verdict:
+def verify(response: str, numbers, target: int, cfg: CountdownConfig | None = None) -> Score:
     """Grade a response: its last ``\\boxed{}`` (or ``<answer>`` tag) must be an expression that follows the
-    rules and equals ``target``. An optional ``= target`` after the expression is allowed.
+    rules and equals ``target``. An optional ``= target`` after the expression is allowed. The score's
+    ``reason`` is "ok" or the rule the answer breaks; its status is "no_answer" when there is no answer.
 
     Never raises on the response and never runs it: the expression goes through the whitelist parser of
     :mod:`t1.tasks.arith`, which bounds length, digits, nesting and magnitude, so any input returns fast.
     """
     cfg = cfg or CountdownConfig()
     if not isinstance(response, str):
-        return Verdict(False, None, "response is not text")
+        return Score(False, None, "no_answer", "response is not text")
     extracted = last_boxed(response)
     if extracted is None:
         extracted = last_answer_tag(response)
     if extracted is None:
-        return Verdict(False, None, "no boxed answer")
+        return Score(False, None, "no_answer", "no boxed answer")
+    broken = _broken_rule(extracted, numbers, target, cfg)
+    return Score(broken is None, extracted, "ok", broken or "ok")
+
+
+def _broken_rule(extracted: str, numbers, target: int, cfg: CountdownConfig) -> str | None:
+    """The first rule that the extracted answer breaks, or None when it is right."""
     expr = extracted
     if "=" in expr:
         expr, _, rhs = expr.partition("=")
         if rhs.strip() != str(target):
-            return Verdict(False, extracted, f"right-hand side {rhs.strip()[:20]!r} is not the target")
+            return f"right-hand side {rhs.strip()[:20]!r} is not the target"
     try:
         result = evaluate(expr)
     except ArithError as e:
-        return Verdict(False, extracted, f"not a valid expression: {e}")
+        return f"not a valid expression: {e}"
     used, given = Counter(result.numbers), Counter(int(x) for x in numbers)
     if cfg.use_all and used != given:
-        return Verdict(False, extracted, f"uses {sorted(result.numbers)}, must use exactly {sorted(given.elements())}")
+        return f"uses {sorted(result.numbers)}, must use exactly {sorted(given.elements())}"
     if not cfg.use_all and used - given:
-        return Verdict(False, extracted, f"uses {sorted((used - given).elements())} beyond the given numbers")
+        return f"uses {sorted((used - given).elements())} beyond the given numbers"
     if cfg.exact_division and result.inexact_division:
-        return Verdict(False, extracted, "a division is not exact")
+        return "a division is not exact"
     if result.value != target:
-        return Verdict(False, extracted, f"value {result.value} is not {target}")
-    return Verdict(True, extracted, "ok")
+        return f"value {result.value} is not {target}"
+    return None
 
 
 def reward(response: str, numbers, target: int, cfg: CountdownConfig | None = None) -> float:
     """1.0 for a correct answer, else 0.0."""
     return 1.0 if verify(response, numbers, target, cfg).correct else 0.0
+
+
+# ------------------------------------------------------------------------------------------------- the task
+
+# Every word and symbol a Countdown prompt or trace uses, in the tiny tokenizer's order (its ids depend on it);
+# the numbers 0..max_value are added after them.
+VOCABULARY = ("use", "to", "make", ":", "try", "?", "no", "yes", ",", ".", "too", "big", "small", "answer",
+              "check", "\\boxed{", "}", "(", ")", "+", "-", "*", "/", "=")
+
+
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class CountdownTask(Task):
+    """Countdown behind the :class:`~t1.tasks.base.Task` interface; ``cfg`` holds the rules the verifier
+    applies (``use_all``, ``exact_division``)."""
+
+    name = "countdown"
+    template = "{problem}"
+    answer_cue = "answer \\boxed{"
+    gold_fields = ("numbers", "target")
+
+    def __init__(self, cfg: CountdownConfig | None = None):
+        self.cfg = cfg or CountdownConfig()
+
+    def item_from_problem(self, problem: Problem, id: str, text: str | None = None) -> Item:
+        """The one Countdown problem → :class:`Item` conversion. The prompt is :meth:`Problem.prompt`, or
+        ``text`` when the data gives its own problem text."""
+        prompt = problem.prompt() if text is None else text
+        return Item(prompt=prompt, numbers=tuple(problem.numbers), target=int(problem.target), id=id,
+                    problem=prompt)
+
+    def item(self, row: dict, where: str, problem_field: str = "problem", answer_field: str = "answer",
+             template: str | None = None) -> Item:
+        """A row with ``numbers`` and ``target`` (and optionally the problem text in ``problem_field``, used
+        as the prompt as it is: no template applies to Countdown, no answer field is read)."""
+        for name in ("numbers", "target"):
+            if name not in row:
+                raise DataError(f"{where}: missing field '{name}'")
+        text = row.get(problem_field)
+        return self.item_from_problem(Problem(tuple(row["numbers"]), row["target"]), str(row.get("id", where)),
+                                      text if isinstance(text, str) else None)
+
+    def gold(self, row: dict, where: str) -> Item:
+        self.check_gold_fields(row, where)
+        numbers, target = row["numbers"], row["target"]
+        if not isinstance(numbers, list) or not all(_integer(x) for x in numbers):
+            raise DataError(f"{where}: field 'numbers' must be a list of integers")
+        if not _integer(target):
+            raise DataError(f"{where}: field 'target' must be an integer")
+        return Item(prompt="", numbers=tuple(numbers), target=target)
+
+    def vocabulary(self) -> list[str]:
+        return list(VOCABULARY)
+
+    def score_one(self, response: str, item: Item) -> Score:
+        return verify(response, item.numbers, item.target, self.cfg)

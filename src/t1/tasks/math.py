@@ -8,6 +8,9 @@
 * Time: math-verify bounds its own work with ``signal.alarm``, which fails outside a main thread. Grading
   here always runs in worker processes of a :class:`~t1.pool.DeadlinePool`, which kills a check that runs
   past ``timeout`` seconds and reports it as timed out — from any calling thread — and uses every core.
+
+:class:`MathTask` is the task behind the :class:`~t1.tasks.base.Task` interface; it starts its
+:class:`MathGrader` on the first batch it grades.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from t1.pool import DeadlinePool, Outcome
+from t1.tasks.base import Item, OnResult, Score, Task
 from t1.tasks.boxed import last_boxed
 
 MAX_EXTRACTED = 1000  # characters of an extracted answer kept; longer is garbage, not an answer
@@ -69,19 +72,11 @@ def grade_math(response: str, gold: str) -> tuple[str | None, bool]:
     return extracted, bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
-@dataclass(frozen=True)
-class Grade:
-    extracted: str | None
-    correct: bool
-    status: str  # "ok" | "no_answer" | "timeout" | "error"
-    error: str = ""
-
-
-def _to_grade(outcome: Outcome) -> Grade:
+def _to_score(outcome: Outcome) -> Score:
     if outcome.status != "ok":
-        return Grade(None, False, outcome.status, outcome.error)
+        return Score(False, None, outcome.status, outcome.error)
     extracted, correct = outcome.value
-    return Grade(extracted, correct, "ok" if extracted is not None else "no_answer")
+    return Score(correct, extracted, "ok" if extracted is not None else "no_answer")
 
 
 def default_workers() -> int:
@@ -111,12 +106,43 @@ class MathGrader:
         self.pool.close()
 
     def grade(self, responses: Sequence[str], golds: Sequence[str],
-              on_result: Callable[[int, Grade], None] | None = None) -> list[Grade]:
+              on_result: OnResult | None = None) -> list[Score]:
+        """A :class:`~t1.tasks.base.Score` per response; ``reason`` holds the error of a check that failed."""
         if len(responses) != len(golds):
             raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
-        callback = None if on_result is None else (lambda i, o: on_result(i, _to_grade(o)))
+        callback = None if on_result is None else (lambda i, o: on_result(i, _to_score(o)))
         outcomes = self.pool.map([(r, str(g)) for r, g in zip(responses, golds)], on_result=callback)
-        grades = [_to_grade(o) for o in outcomes]
+        scores = [_to_score(o) for o in outcomes]
         # a check that timed out or crashed still shows what it was checking (extraction is cheap)
         return [g if g.status == "ok" or g.status == "no_answer" else
-                Grade(extract_answer(r), False, g.status, g.error) for g, r in zip(grades, responses)]
+                Score(False, extract_answer(r), g.status, g.reason) for g, r in zip(scores, responses)]
+
+
+class MathTask(Task):
+    """Math with a LaTeX gold answer, graded by math-verify in a :class:`MathGrader` pool of ``workers``
+    processes (default: every core), each check bounded by ``timeout`` seconds. The pool starts on the first
+    batch and lives until :meth:`close`."""
+
+    name = "math"
+    template = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
+    answer_cue = "\n\nFinal answer: \\boxed{"
+
+    def __init__(self, timeout: float = 5.0, workers: int | None = None):
+        self.timeout, self.workers = timeout, workers
+        self._grader: MathGrader | None = None
+
+    def score(self, responses: Sequence[str], items: Sequence[Item],
+              on_result: OnResult | None = None) -> list[Score]:
+        if len(responses) != len(items):
+            raise ValueError(f"{len(responses)} responses but {len(items)} items")
+        if self._grader is None:
+            self._grader = MathGrader(workers=self.workers, timeout=self.timeout)
+        return self._grader.grade(responses, [it.answer or "" for it in items], on_result=on_result)
+
+    def score_one(self, response: str, item: Item) -> Score:
+        return self.score([response], [item])[0]
+
+    def close(self) -> None:
+        if self._grader is not None:
+            self._grader.close()
+            self._grader = None
