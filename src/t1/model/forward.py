@@ -14,7 +14,8 @@ computes the same function with about half the activation passes:
 - in bf16 on CPUs, SwiGLU, RoPE and RMSNorm (forward and backward) in one pass each, and attention over
   packed sequences in one kernel that never pads or materialises T×T scores (:mod:`t1.model.kernels`).
 
-The fast sampler (:mod:`t1.rollout.fast`) starts from the same rearranged weights (:class:`Prepared`).
+The decode step (:mod:`t1.model.decode`, behind the fast sampler) starts from the same rearranged weights
+(:class:`Prepared`), RoPE table and mask rule (:mod:`t1.model.attention`).
 It reads the parameters on every call (nothing to keep in sync), matches transformers' logits to 1e-5 in
 fp32 (tested), and is used only where nothing wraps the forward: a single process. Under DDP / FSDP /
 DeepSpeed the trainers call the wrapped model, whose forward arms the gradient all-reduce.
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from t1.config import option
+from t1.model.attention import causal_pairs, mask_bias
 from t1.model.kernels import ops
 
 _FAMILY = {"llama", "qwen2", "mistral"}
@@ -100,7 +102,7 @@ def _cat(*ts):
 
 class Prepared:
     """The weights rearranged for :func:`forward_logits` / :func:`packed_logits` (and, cast to its dtype, for the
-    fast sampler in :mod:`t1.rollout.fast`), built from the parameters by differentiable ops (concatenation,
+    decode step in :mod:`t1.model.decode`), built from the parameters by differentiable ops (concatenation,
     row permutation, scaling, and the cast to the autocast dtype when autocast is on), so gradients reach the
     original parameters. Each RMSNorm's weight is folded into the columns of the matrix that reads its output
     (W·diag(g)), so the passes normalise without a weight: one activation-sized multiply fewer per norm
@@ -134,8 +136,8 @@ class Prepared:
         for layer in core.layers:
             a, m = layer.self_attn, layer.mlp
             ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
-            qkv = torch.cat([_heads(a.q_proj.weight, nq, hd, order, scale), _heads(a.k_proj.weight, nkv, hd, order),
-                             a.v_proj.weight])
+            qkv = torch.cat([_heads(a.q_proj.weight, nq, hd, order, scale),
+                             _heads(a.k_proj.weight, nkv, hd, order), a.v_proj.weight])
             self.layers.append((
                 cast(qkv * ln1),
                 cast(_cat(_heads(a.q_proj.bias, nq, hd, order, scale), _heads(a.k_proj.bias, nkv, hd, order),
@@ -167,11 +169,10 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
 
 
 def _mask_bias(allowed: torch.Tensor, nq: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, T, T] allowed-pairs mask -> [B·nq, T, T] additive bias; a pad query may see itself (no NaN)."""
+    """[B, T, T] allowed-pairs mask -> [B·nq, T, T] additive bias (:func:`t1.model.attention.mask_bias`: a pad
+    query may see itself, no NaN), one copy per query head."""
     B, T, _ = allowed.shape
-    allowed = allowed | torch.eye(T, dtype=torch.bool, device=allowed.device)[None]
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
-    return bias[:, None].expand(B, nq, T, T).reshape(B * nq, T, T)
+    return mask_bias(allowed, dtype)[:, None].expand(B, nq, T, T).reshape(B * nq, T, T)
 
 
 def _layers(w: Prepared, h: torch.Tensor, rot: torch.Tensor, attend) -> torch.Tensor:
@@ -196,9 +197,8 @@ def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     w = prepared if prepared is not None else Prepared(model)
     B, T = input_ids.shape
     device = input_ids.device
-    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-    allowed = causal[None] if attention_mask is None else causal[None] & attention_mask.bool()[:, None, :]
-    bias = _mask_bias(allowed.expand(B, T, T), w.nq, w.dtype)
+    valid = torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
+    bias = _mask_bias(causal_pairs(valid), w.nq, w.dtype)
     rot = rope_table(w.inv_freq, T)[:, None]  # [T, 1, hd/2]
     nq, g = w.nq, w.nq // w.nkv
 
@@ -272,8 +272,7 @@ class Packed:
                         back[f] = slot + t
                 valid[r, : len(idx)] = True
                 slot += T
-            allowed = torch.ones(T, T, dtype=torch.bool).tril()[None] & valid[:, None, :]
-            self.groups.append((allowed.to(device), len(rows), T))
+            self.groups.append((causal_pairs(valid).to(device), len(rows), T))
             first = j
         self.gather = torch.tensor(gather, dtype=torch.long, device=device)
         self.back = torch.tensor(back, dtype=torch.long, device=device)
