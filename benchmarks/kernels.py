@@ -8,7 +8,7 @@ tokens; ``demo``: the demo's ~1M-parameter model, 48 prompts × 8 samples). Rows
 
 - packed attention, forward and forward+backward (the kernel vs grouped batched matmuls over padded groups);
 - RMSNorm forward (fp32 residual stream -> bf16), SwiGLU forward+backward, RoPE forward+backward;
-- one decoding step's attention block (RoPE, cache write, attention) vs the sampler's PyTorch ops.
+- one decoding step's attention block (RoPE, cache write, attention) vs the op's PyTorch ops.
 """
 
 from __future__ import annotations
@@ -54,12 +54,25 @@ def rl_batch(prompts: int, samples: int, seed: int = 0) -> tuple[list[list[int]]
     return seqs, prefixes
 
 
+def decode_step(hidden: int, heads: int, gen: torch.Generator):
+    """One decoding step's attention block (:func:`t1.model.kernels.ops.decode_block`: the kernel, or its
+    PyTorch ops), B rows, a bf16 cache of 170 slots with 100 in use. Returns (B, t0, the step)."""
+    B, slots, t0, hd = 64, 170, 100, hidden // heads
+    dqkv = (torch.randn(B, 3 * hidden, generator=gen) * 0.5).bfloat16()
+    cache = torch.randn(2, B, heads, slots, hd, generator=gen).bfloat16()
+    drot = torch.polar(torch.ones(B, hd // 2), torch.rand(B, hd // 2, generator=gen))
+
+    def run():
+        ops.decode_block(dqkv, drot, cache[0], cache[1], t0, None, heads)
+    return B, t0, run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=["bench", "demo"], default="bench")
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()
-    keep_freed_memory()  # as t1's trainers run (freed blocks kept: no page faults on the PyTorch path's big tensors)
+    keep_freed_memory()  # as t1's trainers run (freed blocks kept: no page faults on the PyTorch path's tensors)
     if build.load() is None:
         raise SystemExit("the C kernels could not be built here (see the log above); nothing to compare")
     hidden, heads, ffn, prompts = (256, 4, 1024, 8) if args.model == "bench" else (128, 4, 512, 48)
@@ -74,10 +87,10 @@ def main() -> None:
     dout = torch.randn(n, hidden, generator=gen).bfloat16()
     groups = [(_mask_bias(allowed, heads, torch.bfloat16), b, T) for allowed, b, T in packed.groups]
 
-    def grouped(q, w):  # t1's PyTorch path (fastlm.packed_logits without the kernel)
+    def grouped(q, w):  # t1's PyTorch path (forward.packed_logits without the kernel)
         sizes = [b * T for _, b, T in groups]
-        out = [_attend(*qg.view(b, T, 2 * heads, hd).split([heads, heads], dim=2), vg.view(b, T, heads, hd), bias, 1)
-               .view(b * T, hidden)
+        out = [_attend(*qg.view(b, T, 2 * heads, hd).split([heads, heads], dim=2), vg.view(b, T, heads, hd),
+                       bias, 1).view(b * T, hidden)
                for qg, vg, (bias, b, T) in zip(q.index_select(0, packed.gather).split(sizes),
                                                w.index_select(0, packed.gather).split(sizes), groups)]
         return torch.cat(out).index_select(0, packed.back)
@@ -105,33 +118,17 @@ def main() -> None:
         x = qk.detach().requires_grad_()
         torch.autograd.grad(ops.rope(x, rot, torch.bfloat16), x, qk)
 
-    # one decoding step: B rows, cache of 170 slots with 100 in use
-    B, slots, t0 = 64, 170, 100
-    dqkv = (torch.randn(B, 3 * hidden, generator=gen) * 0.5).bfloat16()
-    cache = torch.randn(2, B, heads, slots, hd, generator=gen).bfloat16()
-    drot = torch.polar(torch.ones(B, hd // 2), torch.rand(B, hd // 2, generator=gen))
-
-    def decode_kernel():
-        ops.decode_block(build.load(), dqkv, drot, cache[0], cache[1], t0, None, heads)
-
-    def decode_torch():  # the sampler's ops without the block kernel (rollout/fast.py, fp32 attention)
-        x = dqkv.float()
-        q_k = torch.view_as_real(torch.view_as_complex(x[:, : 2 * hidden].unflatten(-1, (2 * heads, hd // 2, 2)))
-                                 * drot[:, None]).flatten(-2)
-        cache[0][:, :, t0] = q_k[:, heads:]
-        cache[1][:, :, t0] = x[:, 2 * hidden:].unflatten(-1, (heads, hd))
-        k, w = cache[0][:, :, : t0 + 1].float(), cache[1][:, :, : t0 + 1].float()
-        s = torch.softmax(torch.einsum("bhd,bhtd->bht", q_k[:, :heads], k), -1)
-        torch.einsum("bht,bhtd->bhd", s, w).flatten(1).bfloat16()
+    B, t0, decode = decode_step(hidden, heads, gen)
 
     rows = [("packed attention forward", attention(False), attention(False)),
             ("packed attention forward+backward", attention(True), attention(True)),
             ("RMSNorm forward (fp32 -> bf16)", rms, rms),
             ("SwiGLU forward+backward", swiglu, swiglu),
             ("RoPE forward+backward", rope, rope),
-            ("decode step attention block", decode_kernel, decode_torch)]
-    print(f"{args.model} model shapes: {len(seqs)} sequences, {n:,} packed tokens (prompts shared), hidden {hidden}, "
-          f"{heads} heads, ffn {ffn}; decode step {B} rows x {t0 + 1} slots; {torch.get_num_threads()} threads")
+            ("decode step attention block", decode, decode)]
+    print(f"{args.model} model shapes: {len(seqs)} sequences, {n:,} packed tokens (prompts shared), "
+          f"hidden {hidden}, {heads} heads, ffn {ffn}; decode step {B} rows x {t0 + 1} slots; "
+          f"{torch.get_num_threads()} threads")
     print(f"{'op':36s} {'PyTorch ms':>11s} {'t1 kernel ms':>13s} {'speed-up':>9s}")
     for name, kernel_fn, torch_fn in rows:
         with_kernels(False)

@@ -68,7 +68,8 @@ def vllm_rows(model, tok, args) -> list:
     path = save(model, tok, tempfile.mkdtemp(prefix="t1-bench-") + "/model")
     longest = args.new_tokens + 64
     return [(f"vLLM {vllm.__version__} (in process), {dt}",
-             VLLMEngine(str(path), tok, VLLMConfig(dtype=dt, max_num_seqs=args.prompts * args.samples), max_len=longest))
+             VLLMEngine(str(path), tok, VLLMConfig(dtype=dt, max_num_seqs=args.prompts * args.samples),
+                        max_len=longest))
             for dt in ("bfloat16", "float32") for vllm in [__import__("vllm")]]
 
 
@@ -100,11 +101,13 @@ def main() -> None:
     n_params = count_parameters(model) - model.model.embed_tokens.weight.numel()  # embedding lookups are free
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"sampling: {args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens, "
-          f"{count_parameters(model) / 1e6:.1f}M-parameter Llama, {torch.get_num_threads()} threads, best of {args.repeat}")
+          f"{count_parameters(model) / 1e6:.1f}M-parameter Llama, {torch.get_num_threads()} threads, "
+          f"best of {args.repeat}")
     print(f"decode-attention kernel: {'built' if kernel.load() else 'unavailable (fallback rows only)'}")
     print(f"measured matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
     base = results[0][1] / results[0][2]
-    print(f"{'engine':32s} {'tokens':>7s} {'seconds':>8s} {'tokens/s':>9s} {'vs generate fp32':>17s} {'% of peak':>9s}")
+    print(f"{'engine':32s} {'tokens':>7s} {'seconds':>8s} {'tokens/s':>9s} {'vs generate fp32':>17s} "
+          f"{'% of peak':>9s}")
     for name, tokens, secs in results:
         rate = tokens / secs
         flops = 2 * n_params * rate

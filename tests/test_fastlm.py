@@ -18,16 +18,17 @@ def _uneven_norms(model):
 
 
 def _qwen2_with_biases():
-    cfg = Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    cfg = Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False)
     torch.manual_seed(1)
     return Qwen2ForCausalLM(cfg).eval()
 
 
 def _llama_mlp_bias():
-    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=4, max_position_embeddings=64, attention_bias=True, mlp_bias=True,
-                      rope_theta=500.0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                      attention_bias=True, mlp_bias=True, rope_theta=500.0)
     torch.manual_seed(2)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # non-zero biases, so that a dropped bias would show
@@ -138,8 +139,8 @@ def test_packed_logits_and_gradients_match_transformers(make, ratio):
         return packed_logits(Prepared(model), packed, select)
 
     torch.testing.assert_close(got(), ref(), atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(packed_logits(Prepared(model), packed)[flat], model(input_ids=ids, attention_mask=attn)
-                               .logits[real], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(packed_logits(Prepared(model), packed)[flat],
+                               model(input_ids=ids, attention_mask=attn).logits[real], atol=2e-5, rtol=1e-5)
     grads = []
     for fn in (ref, got):
         model.zero_grad()

@@ -10,7 +10,8 @@ from t1.rollout.hf_generate import GenerateEngine
 
 def _model(kv_heads=2, seed=0):
     tok = build_tokenizer(100)
-    model = build_model(ModelConfig(hidden=64, layers=2, heads=4, kv_heads=kv_heads, ffn=128, seed=seed), tok).eval()
+    cfg = ModelConfig(hidden=64, layers=2, heads=4, kv_heads=kv_heads, ffn=128, seed=seed)
+    model = build_model(cfg, tok).eval()
     with torch.no_grad():  # a peaked, non-uniform distribution so that samples differ and EOS occurs
         for p in model.parameters():
             p.mul_(4.0)
@@ -97,8 +98,9 @@ def test_fused_weights_are_rebuilt_after_an_optimizer_step_only():
     second = engine.weights()
     assert second is not first
     layer = model.model.layers[0]  # gate/up fused, the norm before them folded in: the updated values
-    torch.testing.assert_close(second.layers[0]["gu"].w, torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])
-                               * layer.post_attention_layernorm.weight)
+    gate_up = torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])
+    fused = gate_up * layer.post_attention_layernorm.weight
+    torch.testing.assert_close(second.layers[0]["gu"].w, fused)
     with torch.no_grad():
         model.lm_head.weight.copy_(torch.zeros_like(model.lm_head.weight))  # e.g. loading a checkpoint
     assert engine.weights() is not second

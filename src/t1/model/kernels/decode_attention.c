@@ -1,4 +1,4 @@
-/* Decode-step attention for t1's CPU sampler (t1/rollout/fast.py, via t1/model/kernels/ops.py), built by
+/* Decode-step attention for t1's CPU sampler (t1/model/decode.py, via t1/model/kernels/ops.py), built by
  * t1/model/kernels/build.py with the system C compiler at first use (-O3 -march=native, OpenMP where available) and cached.
  *
  * Why: one decoding step asks, for every (row, head) pair, for a mat-vec against that row's keys and one

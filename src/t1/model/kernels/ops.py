@@ -1,16 +1,19 @@
 """The tensor ops behind t1's C kernels, each with its PyTorch fallback (see the package doc).
 
-- :func:`decode_attention`: one decoding step's attention over an fp32 KV cache (the fast sampler);
+- :func:`decode_attention`: one decoding step's attention over an fp32 KV cache (the decode step);
 - :func:`decode_block`: one decoding step's whole attention block for bf16 models — RoPE, cache write,
-  attention — in one call (the fast sampler);
+  attention — in one call (the decode step);
 - :func:`swiglu`: ``silu(gate) * up`` on a fused gate/up projection, differentiable;
 - :func:`rope`: rotary position embedding as a complex multiply, differentiable;
 - :func:`rms_norm_to`: an RMSNorm without weight, cast to the matrix dtype, differentiable;
 - :func:`packed_attention`: causal attention over packed sequences (shared prefixes included), differentiable.
 
-``swiglu``, ``rope``, ``rms_norm_to`` and ``packed_attention`` take the kernel path for bf16 CPU tensors when the kernels are built (else the
-PyTorch ops, which compute the same function); their results differ from the PyTorch ops' by bf16 rounding
-only (one rounding at the end instead of one per op). Tested against fp64 references.
+One calling convention: each op finds the compiled library itself (:func:`t1.model.kernels.build.load`,
+through ``_lib``, the one indirection tests and benchmarks replace) and takes the kernel path for the CPU
+tensors a kernel handles when the library is built, else PyTorch ops that compute the same function. The
+kernels' results differ from the PyTorch ops' by rounding only (bf16: one rounding at the end instead of one
+per op; fp32: summation order). Tested against fp64 references. :func:`available` says whether the library
+is built (the reason it is not is logged once, by ``load``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ def _lib() -> ctypes.CDLL | None:
     return load()
 
 
+def available() -> bool:
+    """Whether the C kernels are usable here (built at the first call; where they cannot be, ``load`` logs
+    why, once)."""
+    return _lib() is not None
+
+
 def _threads() -> int:
     return torch.get_num_threads()
 
@@ -36,18 +45,31 @@ def _threads() -> int:
 # ------------------------------------------------------------------------------------- decode attention
 
 
-def decode_attention(lib: ctypes.CDLL, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     bias: torch.Tensor | None) -> torch.Tensor:
-    """One decoding step's attention through the kernel, for fp32 models (bf16 ones take
-    :func:`decode_block`). q [B, Hq, D] fp32 (scaled, rotated); k and v [B, Hkv, T, D] fp32 slices of the
-    caches (same strides, last dimension contiguous); bias [B, T] additive (0 / -inf) or None -> [B, Hq * D]
-    fp32. CPU tensors only."""
+def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
+                       ) -> torch.Tensor:
+    """The decode ops' PyTorch path, in fp32: q [B, Hq, D] (scaled, rotated), k and v [B, Hkv, T, D] (any float
+    dtype), bias [B, ≥ T] additive or None -> [B, Hq·D] fp32."""
+    B, Hq, D = q.shape
+    Hkv, T = k.shape[1], k.shape[2]
+    scores = torch.matmul(q.float().view(B, Hkv, Hq // Hkv, D), k.float().transpose(-1, -2))  # [B, Hkv, g, T]
+    if bias is not None:
+        scores = scores + bias[:, None, None, :T]
+    return torch.matmul(torch.softmax(scores, dim=-1), v.float()).reshape(B, Hq * D)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One decoding step's attention, for fp32 caches (bf16 ones take :func:`decode_block`). q [B, Hq, D] fp32
+    (scaled, rotated); k and v [B, Hkv, T, D] fp32 slices of the caches (same strides, last dimension
+    contiguous); bias [B, T] additive (0 / -inf) or None -> [B, Hq * D] fp32. The kernel for CPU tensors."""
     B, Hq, D = q.shape
     Hkv, T = k.shape[1], k.shape[2]
     if (k.shape != v.shape or k.stride() != v.stride() or k.dtype != torch.float32 or v.dtype != torch.float32
-            or k.stride(-1) != 1 or k.shape[0] != B or k.shape[3] != D or Hq % Hkv or k.device.type != "cpu"):
+            or k.stride(-1) != 1 or k.shape[0] != B or k.shape[3] != D or Hq % Hkv):
         raise ValueError(f"decode attention: bad cache slices k {tuple(k.shape)} {k.stride()} {k.dtype}, "
                          f"v {tuple(v.shape)} {v.stride()} {v.dtype}, for q {tuple(q.shape)}")
+    lib = _lib() if k.device.type == "cpu" else None
+    if lib is None:
+        return _softmax_attention(q, k, v, bias)
     q = q.to(torch.float32).contiguous()
     pairs = B * Hq
     scores = torch.empty(pairs, T)
@@ -61,13 +83,23 @@ def decode_attention(lib: ctypes.CDLL, q: torch.Tensor, k: torch.Tensor, v: torc
     return out
 
 
-def decode_block(lib: ctypes.CDLL, qkv: torch.Tensor, rot: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t0: int,
+def _decode_block_torch(qkv: torch.Tensor, rot: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t0: int,
+                        bias: torch.Tensor | None, n_heads: int) -> torch.Tensor:
+    B, Hkv, _, D = k.shape
+    x = qkv.float()
+    qk = rope(x[:, : (n_heads + Hkv) * D].unflatten(-1, (n_heads + Hkv, D)), rot[:, None], torch.float32)
+    k[:, :, t0] = qk[:, n_heads:]
+    v[:, :, t0] = x[:, (n_heads + Hkv) * D:].unflatten(-1, (Hkv, D))
+    return _softmax_attention(qk[:, :n_heads], k[:, :, : t0 + 1], v[:, :, : t0 + 1], bias).to(torch.bfloat16)
+
+
+def decode_block(qkv: torch.Tensor, rot: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t0: int,
                  bias: torch.Tensor | None, n_heads: int) -> torch.Tensor:
-    """One decoding step's attention block for bf16 models through the kernel: RoPE on the new token's q and
-    k, k and v written into the caches at slot ``t0``, attention over slots 0..t0. qkv [B, (Hq + 2·Hkv)·D]
-    bf16 (the fused projection, q pre-scaled); rot [B, D/2] complex64, the rotation of each row's new
-    position; k and v [B, Hkv, slots, D] bf16 cache slices (same strides, last dimension contiguous, slots >
-    t0); bias [B, ≥ t0 + 1] additive (0 / -inf, fp32) or None -> [B, Hq·D] bf16. CPU tensors only."""
+    """One decoding step's attention block for bf16 models: RoPE on the new token's q and k, k and v written
+    into the caches at slot ``t0``, attention over slots 0..t0. qkv [B, (Hq + 2·Hkv)·D] bf16 (the fused
+    projection, q pre-scaled); rot [B, D/2] complex64, the rotation of each row's new position; k and v
+    [B, Hkv, slots, D] bf16 cache slices (same strides, last dimension contiguous, slots > t0); bias
+    [B, ≥ t0 + 1] additive (0 / -inf, fp32) or None -> [B, Hq·D] bf16. One kernel call for CPU tensors."""
     B, Hkv, slots, D = k.shape
     if (k.shape != v.shape or k.stride() != v.stride() or k.dtype != torch.bfloat16 or v.dtype != torch.bfloat16
             or k.stride(-1) != 1 or not 0 <= t0 < slots or n_heads % Hkv or D % 2
@@ -77,6 +109,9 @@ def decode_block(lib: ctypes.CDLL, qkv: torch.Tensor, rot: torch.Tensor, k: torc
         raise ValueError(f"decode block: bad inputs qkv {tuple(qkv.shape)} {qkv.dtype}, rot {tuple(rot.shape)} "
                          f"{rot.dtype}, caches {tuple(k.shape)} {k.stride()} {k.dtype} / {tuple(v.shape)} "
                          f"{v.stride()} {v.dtype}, slot {t0}, {n_heads} query heads")
+    lib = _lib() if k.device.type == "cpu" else None
+    if lib is None:
+        return _decode_block_torch(qkv, rot, k, v, t0, bias, n_heads)
     qkv, rot = qkv.contiguous(), torch.view_as_real(rot.contiguous())
     if bias is not None and bias.stride(-1) != 1:
         bias = bias.contiguous()
@@ -211,8 +246,8 @@ def rms_norm_to(x: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor
 
 @dataclass(frozen=True)
 class PackedLayout:
-    """Which flat rows make up each sequence of a packed batch (built by :class:`t1.model.forward.Packed`), as int32
-    CPU tensors: sequence s is rows ``seq_idx[seq_ptr[s]:seq_ptr[s + 1]]`` in order, and computes its queries
+    """Which flat rows make up each sequence of a packed batch (built by :class:`t1.model.forward.Packed`), as
+    int32 CPU tensors: sequence s is rows ``seq_idx[seq_ptr[s]:seq_ptr[s + 1]]`` in order, and computes its queries
     from position ``own_from[s]`` on (earlier ones are a shared prefix computed by another sequence); unit u,
     sequences ``unit_seqs[unit_ptr[u]:unit_ptr[u + 1]]``, is every sequence sharing rows with the others."""
 
