@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from t1 import config as C
-from t1.rl import algo
+from t1.rl import algo, step
 from t1.rl.batch import Mismatch, PackedRows
 from t1.rl.config import RLConfig
 from t1.stages.rl import RLTrainer, train_rl
@@ -116,6 +116,16 @@ def test_bad_configs_are_clear(tiny_model_dir, tmp_path):
         rl_cfg(tiny_model_dir, tmp_path, "algo.aggregation=sum")
 
 
+def test_kl_beta_zero_keeps_no_anchor_and_config_yaml_says_so(tiny_model_dir, tmp_path, capsys):
+    """No KL term, no anchor: the run's config.yaml says anchor.mode none, with the reason above it."""
+    out = tmp_path / "run"
+    tr = RLTrainer(rl_cfg(tiny_model_dir, out, "train.steps=1", "algo.kl_beta=0"), progress=False)
+    assert tr.anchor.model is None and tr.cfg.anchor.mode == "none"
+    assert (out / "config.yaml").read_text().startswith("# anchor.mode: none, not ema, because algo.kl_beta = 0")
+    assert C.load(RLConfig, out / "config.yaml").anchor.mode == "none"
+    assert "because algo.kl_beta = 0" in capsys.readouterr().err
+
+
 def test_several_updates_per_batch_use_the_clipped_ratio(tiny_model_dir, tmp_path):
     """updates_per_batch > 1 keeps the sampling policy's log-probs; after the first update the ratio moves
     off 1, so a large learning rate makes the PPO clip bind."""
@@ -127,8 +137,8 @@ def test_several_updates_per_batch_use_the_clipped_ratio(tiny_model_dir, tmp_pat
     assert all(h["clip_fraction"] == 0.0 for h in one)  # one update per batch: ratio 1, nothing clipped
 
 
-def test_packed_update_equals_padded_update(tiny_model_dir, tmp_path):
-    """The fused update on one process runs the whole batch unpadded through t1's forward (fastlm.Packed);
+def test_packed_update_equals_padded_update(tiny_model_dir, tmp_path, monkeypatch):
+    """The fused update on one process runs the whole batch unpadded through t1's forward (model.forward.Packed);
     it must give the gradients, KL, entropy and loss of the padded micro-batch path through transformers."""
     cfg = rl_cfg(tiny_model_dir, tmp_path / "run", "train.steps=1", "train.precision=fp32", "algo.kl_beta=0.05",
                  "algo.entropy_coef=0.01", "rollout.max_new_tokens=12", "train.micro_batch_tokens=4096")
@@ -143,19 +153,20 @@ def test_packed_update_equals_padded_update(tiny_model_dir, tmp_path):
             p.add_(torch.randn_like(p) * 0.02)
     grads = {}
 
-    def capture(loss_sum):
+    def capture(acc, model, optimizer, grad_clip, loss_sum):
         grads[len(grads)] = {n: p.grad.clone() for n, p in tr.raw.named_parameters()}
-        tr.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         return 0.0, True  # "skipped": the weights stay as they are for the second pass
 
-    tr._optimizer_step = capture
-    mbs = tr._fused_micro_batches([len(ids) for ids in batch.ids])
+    monkeypatch.setattr(step, "clip_and_step", capture)
+    update = tr.update_step
+    mbs = update.fused_micro_batches([len(ids) for ids in batch.ids])
     assert mbs is not None and len(mbs) > 1
     r = cfg.rollout  # with the truncated-IS correction on: both layouts must weight the same tokens alike
     m_packed, m_padded = Mismatch(r.temperature, r.top_p, 1.5), Mismatch(r.temperature, r.top_p, 1.5)
-    packed = tr._update_fused(0, batch, mbs, m_packed)
-    tr.policy_logits.fast = False  # transformers' forward on padded micro-batches
-    padded = tr._update_fused(0, batch, mbs, m_padded)
+    packed = update.fused(batch, mbs, m_packed)
+    update.policy.fast = False  # transformers' forward on padded micro-batches
+    padded = update.fused(batch, mbs, m_padded)
     assert float(packed["kl"]) != 0
     assert m_packed.n == m_padded.n == sum(len(ids) - n for ids, n in zip(batch.ids, batch.n_prompt))
     for key, value in m_packed.stats().items():

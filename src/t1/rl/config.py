@@ -3,6 +3,7 @@ fields marked *(our choice)* are ours."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -135,3 +136,12 @@ class RLConfig:
 
     def validate(self) -> None:
         require(bool(self.model), "model", "is required: a checkpoint path or hub name", self.model)
+
+
+def resolve_anchor(cfg: RLConfig) -> tuple[RLConfig, str]:
+    """With ``algo.kl_beta = 0`` there is no KL term, so the run keeps no anchor: ``anchor.mode`` becomes
+    none, and the note says why (for the run's ``config.yaml`` and its log). Else ``cfg`` as it is, no note."""
+    if cfg.algo.kl_beta > 0 or cfg.anchor.mode == "none":
+        return cfg, ""
+    note = f"anchor.mode: none, not {cfg.anchor.mode}, because algo.kl_beta = 0 (no KL term: no anchor is kept)"
+    return dataclasses.replace(cfg, anchor=dataclasses.replace(cfg.anchor, mode="none")), note
