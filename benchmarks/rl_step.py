@@ -31,8 +31,9 @@ from t1.tasks.countdown import CountdownConfig, generate, reward
 
 def run_t1(model_dir: Path, out: Path, args) -> tuple[float, float]:
     cfg = C.load(RLConfig, None, [
-        f"model={model_dir}", f"out={out}", f"train.steps={args.steps}", f"rollout.prompts_per_step={args.prompts}",
-        f"rollout.samples_per_prompt={args.samples}", f"rollout.max_new_tokens={args.new_tokens}",
+        f"model={model_dir}", f"out={out}", f"train.steps={args.steps}",
+        f"rollout.prompts_per_step={args.prompts}", f"rollout.samples_per_prompt={args.samples}",
+        f"rollout.max_new_tokens={args.new_tokens}",
         "rollout.temperature=1.0", "rollout.top_p=1.0", "algo.kl_beta=0.04", "train.precision=bf16",
         "train.optim.lr=1e-5", "train.save_every=1000000", "train.rollouts_every=0"])
     history = train_rl(cfg, progress=False)[args.warmup:]
@@ -49,7 +50,8 @@ def run_trl(model_dir: Path, out: Path, args) -> tuple[float, float]:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     problems = generate(CountdownConfig(), args.prompts * (args.steps + 1), seed=1)
-    data = Dataset.from_list([{"prompt": p.prompt(), "numbers": list(p.numbers), "target": p.target} for p in problems])
+    data = Dataset.from_list([{"prompt": p.prompt(), "numbers": list(p.numbers), "target": p.target}
+                              for p in problems])
 
     def countdown_reward(completions, numbers, target, **_):
         return [reward(c, n, t) for c, n, t in zip(completions, numbers, target)]
@@ -89,8 +91,9 @@ def main() -> None:
                     help="TRL's attention kernel (transformers' default is sdpa; t1 picks eager on CPUs for short "
                          "sequences, so 'eager' gives TRL the same choice)")
     ap.add_argument("--trl-malloc-tuning", action="store_true",
-                    help="give TRL t1's allocator setting too (t1.runtime.device.keep_freed_memory: freed memory kept "
-                         "for reuse, no page faults to get it back); by default TRL runs with glibc's defaults")
+                    help="give TRL t1's allocator setting too (t1.runtime.device.keep_freed_memory: freed memory "
+                         "kept for reuse, no page faults to get it back); by default TRL runs with glibc's "
+                         "defaults")
     args = ap.parse_args()
     if args.trl_malloc_tuning:
         from t1.runtime.device import keep_freed_memory
@@ -102,8 +105,9 @@ def main() -> None:
                          Path(tmp) / "model")
         trl_tokens, trl_s = run_trl(model_dir, Path(tmp) / "trl", args)
         t1_tokens, t1_s = run_t1(model_dir, Path(tmp) / "t1", args)
-    print(f"RL steps: {args.prompts} prompts x {args.samples} samples x {args.new_tokens} tokens, beta 0.04, bf16, "
-          f"TRL attention {args.trl_attention}{', TRL with t1 malloc tuning' if args.trl_malloc_tuning else ''}, "
+    print(f"RL steps: {args.prompts} prompts x {args.samples} samples x {args.new_tokens} tokens, beta 0.04, "
+          f"bf16, TRL attention {args.trl_attention}"
+          f"{', TRL with t1 malloc tuning' if args.trl_malloc_tuning else ''}, "
           f"{args.steps - args.warmup} timed steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
     print(f"{'trainer':22s} {'completion tokens':>18s} {'seconds':>8s} {'tokens/s':>9s}")
     print(f"{'TRL GRPOTrainer':22s} {trl_tokens:18,.0f} {trl_s:8.2f} {trl_tokens / trl_s:9,.0f}")

@@ -34,7 +34,8 @@ class FakeServer:
                 if action and action[0] == "sleep":
                     import time
                     time.sleep(action[1])
-                body = action[1] if action and action[0] == "garbage" else json.dumps(server.reply(payload)).encode()
+                body = (action[1] if action and action[0] == "garbage"
+                        else json.dumps(server.reply(payload)).encode())
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()

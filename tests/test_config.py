@@ -94,6 +94,7 @@ def test_partial_section_keeps_the_sections_own_defaults():
     from t1.stages.sft import SFTConfig
 
     rl = C.load(RLConfig, None, ["model=x", "train.optim.lr=0.01"])
-    assert rl.train.optim.lr == 0.01 and rl.train.optim.schedule == "constant" and rl.train.optim.warmup_steps == 10
+    assert rl.train.optim.lr == 0.01 and rl.train.optim.schedule == "constant"
+    assert rl.train.optim.warmup_steps == 10
     sft = C.load(SFTConfig, None, ["train.optim.lr=0.003"])
     assert sft.train.optim.weight_decay == 0.0 and sft.train.optim.lr == 0.003

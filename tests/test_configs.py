@@ -27,7 +27,8 @@ def test_paper_rl_values(size, length):
     assert (cfg.algo.kl_beta, cfg.algo.kl_clamp, cfg.anchor.mode) == (2e-4, 0.5, "ema")
     assert (cfg.penalties.repetition_span, cfg.penalties.repetition_times, cfg.penalties.value) == (80, 20, -1.0)
     o = cfg.train.optim
-    assert (o.lr, o.beta1, o.beta2, o.weight_decay, o.grad_clip, o.schedule) == (1.5e-6, 0.9, 0.95, 0.1, 1.0, "constant")
+    assert ((o.lr, o.beta1, o.beta2, o.weight_decay, o.grad_clip, o.schedule)
+            == (1.5e-6, 0.9, 0.95, 0.1, 1.0, "constant"))
     sft = C.load(SFTConfig, CONFIGS / f"sft_qwen2.5_{size}.yaml")
     assert (sft.train.epochs, sft.train.optim.lr, sft.train.optim.schedule) == (3, 1e-5, "cosine")
     assert sft.data.hub_name == "THUDM/T1"

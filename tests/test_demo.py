@@ -23,7 +23,8 @@ def test_demo_smoke(tmp_path, capsys):
     assert set(s["scaling"]) >= {"sft", "rl"}
     assert [p["budget"] for p in s["scaling"]["rl"]] == [8, 16, 32, 64]
     assert all(0 <= p["accuracy"] <= 1 for p in s["scaling"]["sft"])
-    for done in ("sft/final", "sft_direct/final", "filter/kept.jsonl", "rl/final", "eval/scaling.png", "report.html"):
+    for done in ("sft/final", "sft_direct/final", "filter/kept.jsonl", "rl/final", "eval/scaling.png",
+                 "report.html"):
         assert (out / done).exists(), done
     assert "t1 demo" in capsys.readouterr().err
     # a second run finds every stage done and only re-summarises

@@ -90,7 +90,8 @@ class BudgetEngine:
                 ids = self.tok(ans, add_special_tokens=False)["input_ids"]
                 out.append(Sample(ids, ans, False))
             else:
-                ids = [self.think] * self.need + self.tok("answer \\boxed{ 3 * 5 + 7 } .", add_special_tokens=False)["input_ids"]
+                tail = self.tok("answer \\boxed{ 3 * 5 + 7 } .", add_special_tokens=False)["input_ids"]
+                ids = [self.think] * self.need + tail
                 ids = ids[: params.max_new_tokens]
                 finished = len(ids) < params.max_new_tokens
                 text = self.tok.decode(ids)
@@ -175,6 +176,7 @@ def test_eval_engine_options_are_checked_before_anything_runs(capsys):
     code = main(["eval", "--model", "nowhere", "--bench", "countdown", "--engine", "vllm",
                  "--engine-opt", "vllm.gpu_memory_utilizaton=0.5"])
     err = capsys.readouterr().err
-    assert code == 2 and "vllm.gpu_memory_utilizaton: unknown field; did you mean 'vllm.gpu_memory_utilization'" in err
+    assert code == 2
+    assert "vllm.gpu_memory_utilizaton: unknown field; did you mean 'vllm.gpu_memory_utilization'" in err
     assert main(["eval", "--model", "nowhere", "--bench", "countdown", "--engine-opt", "max_batch=0"]) == 2
     assert "max_batch: must be ≥ 1" in capsys.readouterr().err

@@ -16,9 +16,9 @@ def test_filter_writes_pass_rates_and_kept_prompts_that_rl_reads(tiny_model_dir,
     """A random tiny model solves no Countdown problem, so every pass rate is 0 and the interval [0, 0] keeps
     them all: checks the files, the summary, and that kept.jsonl is a valid RL prompt source."""
     out = tmp_path / "f"
-    summary = run_filter(C.load(FilterConfig, None, [f"model={tiny_model_dir}", f"out={out}", "data.num_prompts=12",
-                                                      "samples=4", "max_new_tokens=8", "include_min=true",
-                                                      "max_pass=0.0"]), progress=False)
+    cfg = C.load(FilterConfig, None, [f"model={tiny_model_dir}", f"out={out}", "data.num_prompts=12", "samples=4",
+                                      "max_new_tokens=8", "include_min=true", "max_pass=0.0"])
+    summary = run_filter(cfg, progress=False)
     rates = [json.loads(line) for line in (out / "pass_rates.jsonl").read_text().splitlines()]
     kept = [json.loads(line) for line in (out / "kept.jsonl").read_text().splitlines()]
     assert len(rates) == 12 and all(r["pass_rate"] == 0.0 for r in rates)

@@ -71,7 +71,8 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             if base.split(".")[0] != "t1":
                 continue
             for a in node.names:  # `from t1.rl import algo` imports the module t1.rl.algo
@@ -157,7 +158,8 @@ def test_the_checks_catch_what_they_are_for():
 
 
 def test_no_function_over_80_lines_and_no_file_over_500():
-    """The size limits the layout promises (README, Layout): past them a module or function stops being one idea."""
+    """The size limits the layout promises (README, Layout): past them a module or function stops being
+    one idea."""
     too_long = []
     for name, path in sorted(modules().items()):
         text = path.read_text()

@@ -160,7 +160,8 @@ def test_32b_needs_32_gpus():
 def test_a_full_anchor_per_process_is_what_sharding_saves():
     """Without FSDP (DDP) every process holds the whole anchor, 4 bytes per parameter: 28.4 GiB at 7B."""
     r = M.check_rl(paper("7b"), M.qwen25("7b"), 8, 8, M.GPU_80GB, sharded=False, checkpointing=True, refuse=False)
-    assert line(r, "anchor fp32 full copy") == pytest.approx(4 * 7_615_616_512 / GiB) == pytest.approx(28.4, abs=0.05)
+    anchor = line(r, "anchor fp32 full copy")
+    assert anchor == pytest.approx(4 * 7_615_616_512 / GiB) == pytest.approx(28.4, abs=0.05)
     assert "FSDP (accelerate launch --use_fsdp)" in r.problems[-1]
 
 

@@ -13,12 +13,13 @@ def completion(payload):
     """Echo: 'try <seed mod 10> .' ending by itself; token ids returned vLLM-style."""
     text = f"try {payload['seed'] % 10} ."
     ids = TOK(text, add_special_tokens=False)["input_ids"]
-    return {"choices": [{"text": text, "finish_reason": "stop",
-                         "logprobs": {"tokens": [f"token_id:{i}" for i in ids], "token_logprobs": [-0.5] * len(ids)}}]}
+    logprobs = {"tokens": [f"token_id:{i}" for i in ids], "token_logprobs": [-0.5] * len(ids)}
+    return {"choices": [{"text": text, "finish_reason": "stop", "logprobs": logprobs}]}
 
 
 def engine(url, **kw):
-    return OpenAIEngine(TOK, OpenAIConfig(base_url=url, timeout=kw.get("timeout", 5.0), max_retries=3, concurrency=4))
+    cfg = OpenAIConfig(base_url=url, timeout=kw.get("timeout", 5.0), max_retries=3, concurrency=4)
+    return OpenAIEngine(TOK, cfg)
 
 
 def test_samples_through_a_real_http_server_with_retries():

@@ -51,7 +51,8 @@ def test_ema_anchor_closed_form():
         anchor.update(policy, step)
     n = len(thetas)
     for j, ref in enumerate(anchor.model.parameters()):
-        expected = lam ** n * theta0[j] + sum((1 - lam) * lam ** (n - k) * thetas[k - 1][j] for k in range(1, n + 1))
+        expected = lam ** n * theta0[j] + sum((1 - lam) * lam ** (n - k) * thetas[k - 1][j]
+                                              for k in range(1, n + 1))
         torch.testing.assert_close(ref, expected)
         assert not ref.requires_grad
 

@@ -17,7 +17,8 @@ def _work(kind, x):
 
 
 def test_results_in_order_with_timeouts_errors_and_crashes():
-    tasks = [("ok", 1), ("sleep", 30), ("ok", 2), ("raise", 5), ("die", 0), ("ok", 3)] + [("ok", i) for i in range(20)]
+    tasks = ([("ok", 1), ("sleep", 30), ("ok", 2), ("raise", 5), ("die", 0), ("ok", 3)]
+             + [("ok", i) for i in range(20)])
     seen = []
     with DeadlinePool(_work, workers=2, timeout=0.5, prefetch=3) as pool:
         start = time.perf_counter()

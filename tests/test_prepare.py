@@ -2,9 +2,9 @@ import json
 
 from t1.cli import main
 from t1.data import DATA_DIR
+from t1.stages.prepare import Decontaminator
 
 DATA = DATA_DIR / "math_train.jsonl"
-from t1.stages.prepare import Decontaminator
 
 HEXAGON = ("A regular hexagon can be divided into six equilateral triangles. If the perimeter of one of the "
            "triangles is 21 inches, what is the perimeter, in inches, of the regular hexagon?")  # MATH500
@@ -29,7 +29,7 @@ def test_prepare_end_to_end_reports_its_counts(tmp_path, capsys):
         {"problem": "Who proved the theorem?", "answer": "Leonhard Euler and Joseph Lagrange"},  # free text
         {"problem": "Compute $6 \\cdot 7$.", "solution": "We get $\\boxed{42}$."},       # answer from solution
         {"problem": "What is the answer?"},                                              # no answer
-        {"problem": HEXAGON.replace("21", "24"), "answer": "48"},                        # near-duplicate of MATH500
+        {"problem": HEXAGON.replace("21", "24"), "answer": "48"},                       # near-duplicate of MATH500
         {"problem": "Which is largest? (A) 1 (B) 2 (C) 3", "answer": "\\text{(C)}"},    # choice: gradable
     ]
     src = tmp_path / "raw.jsonl"

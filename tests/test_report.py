@@ -11,10 +11,12 @@ def test_report_renders_a_run(tmp_path):
     (run / "sft").mkdir()
     (run / "eval" / "sft").mkdir(parents=True)
     rl_rows = [{"step": i, "reward": 0.1 * i, "accuracy": 0.05 * i, "entropy": 1 / i, "kl": 0.01 * i,
-                "response_length": 50 - i, "penalty_truncated": 0.1, "penalty_repetitive": 0.0, "penalty_garbage": 0.0,
-                "time_sample": 1.0, "time_score": 0.1, "time_train": 2.0, "tokens_per_s": 1000.0} for i in range(1, 11)]
+                "response_length": 50 - i, "penalty_truncated": 0.1, "penalty_repetitive": 0.0,
+                "penalty_garbage": 0.0, "time_sample": 1.0, "time_score": 0.1, "time_train": 2.0,
+                "tokens_per_s": 1000.0} for i in range(1, 11)]
     (run / "rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rl_rows))
-    (run / "sft" / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 3 / i}) + "\n" for i in range(1, 6)))
+    sft_rows = [{"step": i, "loss": 3 / i} for i in range(1, 6)]
+    (run / "sft" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft_rows))
     (run / "rl" / "rollouts.jsonl").write_text(json.dumps({
         "step": 10, "prompt": "use 1 2 to make 3 :", "response": "try 1 + 2 = 3 <script>", "reward": 1.0,
         "correct": True, "tokens": 8}) + "\n")

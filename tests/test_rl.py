@@ -44,8 +44,9 @@ def test_reward_rises_on_an_easily_learnable_reward(tiny_model_dir, tmp_path):
     assert first < -0.6 and last > first + 0.4, (first, last)
     m = rows(out / "metrics.jsonl")
     assert len(m) == 30
-    for key in ("reward", "accuracy", "penalty_truncated", "penalty_repetitive", "penalty_garbage", "truncation_rate",
-                "response_length", "entropy", "kl", "time_sample", "time_score", "time_train", "tokens_per_s"):
+    for key in ("reward", "accuracy", "penalty_truncated", "penalty_repetitive", "penalty_garbage",
+                "truncation_rate", "response_length", "entropy", "kl", "time_sample", "time_score", "time_train",
+                "tokens_per_s"):
         assert key in m[0]
     assert m[-1]["kl"] != 0  # the EMA anchor lags the policy
     # the fast engine samples in bf16 from the trainer's fp32 weights: close, not equal
@@ -63,7 +64,8 @@ def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
     train_rl(rl_cfg(tiny_model_dir, cut, "train.steps=4", "train.save_every=2"), resume=True, progress=False)
     a, b = weights(full / "final"), weights(cut / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["reward"] for r in rows(cut / "metrics.jsonl")] == [r["reward"] for r in rows(full / "metrics.jsonl")]
+    assert ([r["reward"] for r in rows(cut / "metrics.jsonl")]
+            == [r["reward"] for r in rows(full / "metrics.jsonl")])
 
 
 def test_two_processes_match_one(tiny_model_dir, tmp_path):
@@ -78,13 +80,15 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m",
-           "t1", "rl", *rl_args(tiny_model_dir, two, *extra), "--quiet"]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "t1", "rl", *rl_args(tiny_model_dir, two, *extra), "--quiet"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stderr
     r1, r2 = rows(one / "metrics.jsonl")[0], rows(two / "metrics.jsonl")[0]
-    assert r1["reward"] == pytest.approx(r2["reward"]) and r1["loss"] == pytest.approx(r2["loss"], rel=1e-3, abs=1e-6)
+    assert r1["reward"] == pytest.approx(r2["reward"])
+    assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-3, abs=1e-6)
     a, b = weights(one / "final"), weights(two / "final")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
@@ -133,7 +137,8 @@ def test_several_updates_per_batch_use_the_clipped_ratio(tiny_model_dir, tmp_pat
                               "algo.clip=0.05", "train.optim.lr=0.05"), progress=False)
     assert all(h["loss"] == h["loss"] and not h["skipped"] for h in history)  # finite, applied
     assert max(h["clip_fraction"] for h in history) > 0.0
-    one = train_rl(rl_cfg(tiny_model_dir, tmp_path / "one", "train.steps=3", "train.optim.lr=0.05"), progress=False)
+    one = train_rl(rl_cfg(tiny_model_dir, tmp_path / "one", "train.steps=3", "train.optim.lr=0.05"),
+                   progress=False)
     assert all(h["clip_fraction"] == 0.0 for h in one)  # one update per batch: ratio 1, nothing clipped
 
 
@@ -172,7 +177,8 @@ def test_packed_update_equals_padded_update(tiny_model_dir, tmp_path, monkeypatc
     for key, value in m_packed.stats().items():
         assert abs(value - m_padded.stats()[key]) <= 1e-4 * max(1.0, abs(value)), key
     for key in ("kl", "entropy", "tokens", "loss"):
-        torch.testing.assert_close(torch.as_tensor(packed[key]), torch.as_tensor(padded[key]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.as_tensor(packed[key]), torch.as_tensor(padded[key]),
+                                   rtol=1e-5, atol=1e-6)
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)

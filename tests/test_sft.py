@@ -63,7 +63,8 @@ def test_prompt_tokens_carry_no_loss():
     model = build_model(ModelConfig(hidden=32, layers=1, heads=2, kv_heads=2, ffn=64), tok)
     logp = torch.log_softmax(model(ids).logits.float(), -1)[0]
     by_hand = -sum(logp[t - 1, ids[0, t]] for t in range(8, len(ex.ids)))
-    torch.testing.assert_close(token_nll_sum(lambda i, a: model(input_ids=i, attention_mask=a).logits, ids, attn, mask), by_hand)
+    nll = token_nll_sum(lambda i, a: model(input_ids=i, attention_mask=a).logits, ids, attn, mask)
+    torch.testing.assert_close(nll, by_hand)
 
 
 def test_micro_batches_are_length_sorted_and_divisible():

@@ -20,7 +20,8 @@ from t1.config import ConfigError
 HERE = Path(__file__).resolve().parent
 
 
-def torchrun(args: list[str], fsdp: int | None, timeout: int = 240, **env_extra: str) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], fsdp: int | None, timeout: int = 240,
+             **env_extra: str) -> subprocess.CompletedProcess:
     """``args`` on two CPU processes (``fsdp``: accelerate's FSDP version, through tests/cpu_fsdp.py), or
     ``python -m t1 …`` on one process (``fsdp`` None); ``env_extra``: more of accelerate's variables."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -30,8 +31,9 @@ def torchrun(args: list[str], fsdp: int | None, timeout: int = 240, **env_extra:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION=str(fsdp), FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP",
-                   FSDP_USE_ORIG_PARAMS="true", FSDP_STATE_DICT_TYPE="FULL_STATE_DICT", **env_extra)
+        env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION=str(fsdp),
+                   FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP", FSDP_USE_ORIG_PARAMS="true",
+                   FSDP_STATE_DICT_TYPE="FULL_STATE_DICT", **env_extra)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                str(HERE / "cpu_fsdp.py"), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -54,9 +56,9 @@ def test_sharded_anchor_equals_the_unsharded_one(tiny_model_dir, version, mode, 
 def rl_args(model_dir, out, *extra):
     return ["rl", f"model={model_dir}", f"out={out}", "rollout.engine=vllm", "rollout.vllm.dtype=float32",
             "train.precision=fp32", "train.fast_forward=false", "rollout.prompts_per_step=4",
-            "rollout.samples_per_prompt=4", "rollout.max_new_tokens=12", "data.num_prompts=32", "algo.kl_beta=0.05",
-            "train.optim.lr=0.02", "train.optim.warmup_steps=0", "train.save_every=2", "train.logits_chunk=5",
-            *extra, "--quiet"]
+            "rollout.samples_per_prompt=4", "rollout.max_new_tokens=12", "data.num_prompts=32",
+            "algo.kl_beta=0.05", "train.optim.lr=0.02", "train.optim.warmup_steps=0", "train.save_every=2",
+            "train.logits_chunk=5", *extra, "--quiet"]
 
 
 def metrics(out: Path) -> list[dict]:

@@ -31,7 +31,8 @@ def engine(vllm_model_dir):
 
 
 def prompts(tok):
-    return [tok(f"{a} {b} {c}", add_special_tokens=False)["input_ids"] for a, b, c in [(3, 4, 5), (9, 1, 7), (2, 2, 8)]]
+    return [tok(f"{a} {b} {c}", add_special_tokens=False)["input_ids"]
+            for a, b, c in [(3, 4, 5), (9, 1, 7), (2, 2, 8)]]
 
 
 @torch.no_grad()
@@ -166,7 +167,7 @@ def test_eval_and_scale_with_vllm_agree_with_the_fast_engine(vllm_model_dir, tmp
     se = (finished["fast"] * (1 - finished["fast"]) / 200 + finished["vllm"] * (1 - finished["vllm"]) / 200) ** 0.5
     assert 0.05 < finished["vllm"] < 0.6 and abs(finished["fast"] - finished["vllm"]) <= 4 * se + 1e-9, finished
     assert abs(acc["fast"] - acc["vllm"]) <= 0.05, acc
-    curves = run_scale([("m", str(vllm_model_dir))], "countdown", tmp_path / "scale", ScaleSettings(budgets=(8, 16)),
-                       engine=vllm, limit=10, progress=False)
+    curves = run_scale([("m", str(vllm_model_dir))], "countdown", tmp_path / "scale",
+                       ScaleSettings(budgets=(8, 16)), engine=vllm, limit=10, progress=False)
     assert [p["budget"] for p in curves["m"]] == [8, 16]
     assert json.loads((tmp_path / "scale" / "scaling.json").read_text())["curves"]["m"] == curves["m"]

@@ -29,7 +29,8 @@ class SFTDataConfig:
     hub_split: str = option("train", "hub dataset split")
     prompt_field: str = option("prompt", "field holding the prompt")
     response_field: str = option("response", "field holding the target response")
-    messages_field: str | None = option(None, "field holding a chat (list of {role, content}); overrides the two above")
+    messages_field: str | None = option(
+        None, "field holding a chat (list of {role, content}); overrides the two above")
     separator: str = option(" ", "between prompt and response when the tokenizer has no chat template")
     use_chat_template: bool = option(True, "use the tokenizer's chat template when it has one")
     max_length: int = option(512, "longest tokenized example (prompt + response)")

@@ -61,8 +61,8 @@ class DemoConfig:
     rl_entropy: float = option(1e-3, "entropy bonus α")
     eval_problems: int = option(500, "held-out problems")
     budgets: tuple[int, ...] = option(
-        (24, 48, 96, 128, 256), "thinking budgets for the scaling sweep (from ~one attempt up; below that a forced "
-        "answer completes a half-written first attempt — see BENCHMARKS.md)")
+        (24, 48, 96, 128, 256), "thinking budgets for the scaling sweep (from ~one attempt up; below that a "
+        "forced answer completes a half-written first attempt — see BENCHMARKS.md)")
     seed: int = option(0, "seed")
 
 
@@ -70,7 +70,8 @@ def _sft_config(cfg: DemoConfig, out: Path, direct: bool, examples: int) -> SFTC
     data = SFTDataConfig(source="countdown", num_examples=examples, seed=cfg.seed, countdown=cfg.countdown,
                          failed_attempts=0 if direct else None, max_length=cfg.tiny.max_positions)
     train = SFTTrainConfig(epochs=cfg.sft_epochs, batch_size=64, seed=cfg.seed, log_every=20,
-                           optim=OptimConfig(lr=cfg.sft_lr, schedule="cosine", warmup_ratio=0.03, weight_decay=0.0))
+                           optim=OptimConfig(lr=cfg.sft_lr, schedule="cosine", warmup_ratio=0.03,
+                                             weight_decay=0.0))
     return SFTConfig(out=str(out), model=None, tiny=cfg.tiny, data=data, train=train)
 
 
@@ -85,9 +86,10 @@ def _rl_config(cfg: DemoConfig, out: Path, sft_model: Path, prompts: Path) -> RL
         anchor=AnchorConfig(mode="ema", ema_decay=0.99),
         penalties=PenaltyConfig(),  # the T1 values; Countdown traces repeat short phrases legitimately
         # the whole step's batch (~50k tokens) in one token budget, so the update runs fused (one forward fewer)
-        train=RLTrainConfig(steps=cfg.rl_steps, seed=cfg.seed, save_every=15, rollouts_every=5, micro_batch_tokens=1 << 17,
-                            optim=OptimConfig(lr=cfg.rl_lr, schedule=cfg.rl_schedule, warmup_steps=3, warmup_ratio=0.0,
-                                              min_lr_ratio=0.1,
+        train=RLTrainConfig(steps=cfg.rl_steps, seed=cfg.seed, save_every=15, rollouts_every=5,
+                            micro_batch_tokens=1 << 17,
+                            optim=OptimConfig(lr=cfg.rl_lr, schedule=cfg.rl_schedule, warmup_steps=3,
+                                              warmup_ratio=0.0, min_lr_ratio=0.1,
                                               weight_decay=0.0, beta1=0.9, beta2=0.95, grad_clip=1.0)),
     )
 
@@ -197,21 +199,23 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     ev = EvalSettings(n=1, temperature=1.0, top_p=1.0, max_new_tokens=max(cfg.budgets), seed=cfg.seed + 7)
     for label, path in models:
         st.run(f"evaluate {label}", out / "eval" / label / "summary.json",
-               lambda p=path, lab=label: run_eval(str(p), ["countdown"], out / "eval" / lab, ev, limit=cfg.eval_problems,
-                                                  progress=progress, countdown_cfg=cfg.countdown))
+               lambda p=path, lab=label: run_eval(str(p), ["countdown"], out / "eval" / lab, ev,
+                                                  limit=cfg.eval_problems, progress=progress,
+                                                  countdown_cfg=cfg.countdown))
     sc = ScaleSettings(budgets=tuple(cfg.budgets), n=1, temperature=1.0, top_p=1.0, seed=cfg.seed + 11)
     st.run("inference-scaling sweep", out / "eval" / "scaling.json",
            lambda: run_scale([(lab, str(p)) for lab, p in models], "countdown", out / "eval", sc,
                              limit=cfg.eval_problems, countdown_cfg=cfg.countdown, progress=progress))
 
     curves = json.loads((out / "eval" / "scaling.json").read_text())["curves"]
-    at_budget = {lab: next(p["accuracy"] for p in pts if p["budget"] == cfg.rl_budget) if cfg.rl_budget in cfg.budgets
-                 else None for lab, pts in curves.items()}
+    at_budget = {lab: next(p["accuracy"] for p in pts if p["budget"] == cfg.rl_budget)
+                 if cfg.rl_budget in cfg.budgets else None for lab, pts in curves.items()}
     evals = {lab: json.loads((out / "eval" / lab / "summary.json").read_text())["benchmarks"]["countdown"]
              for lab, _ in models}
     wall = time.perf_counter() - t0
     summary = {
-        "sft_accuracy": at_budget["sft"], "rl_accuracy": at_budget["rl"], "direct_sft_accuracy": at_budget["direct_sft"],
+        "sft_accuracy": at_budget["sft"], "rl_accuracy": at_budget["rl"],
+        "direct_sft_accuracy": at_budget["direct_sft"],
         "accuracy_budget": cfg.rl_budget,
         "full_budget_pass@1": {lab: e["pass@1"] for lab, e in evals.items()},
         "full_budget_pass@1_stderr": {lab: e["pass@1_stderr"] for lab, e in evals.items()},
@@ -257,6 +261,7 @@ def demo_table(s: dict) -> str:
     lines += ["", "accuracy vs thinking budget", f"{'model':14s}" + "".join(f"{x:>8d}" for x in budgets)]
     for key, pts in s["scaling"].items():
         lines.append(f"{key:14s}" + "".join(f"{100 * p['accuracy']:7.1f}%" for p in pts))
+    stage_times = " | ".join(f"{k} {v:.0f}s" for k, v in s["stage_seconds"].items())
     lines += ["", "checks: " + ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in s["checks"].items()),
-              f"wall time {s['wall_seconds']:.0f}s | " + " | ".join(f"{k} {v:.0f}s" for k, v in s["stage_seconds"].items())]
+              f"wall time {s['wall_seconds']:.0f}s | " + stage_times]
     return "\n".join(lines)

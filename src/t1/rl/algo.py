@@ -29,7 +29,8 @@ def penalize(reward: torch.Tensor, truncated: torch.Tensor, repetitive: torch.Te
     return torch.where(bad, torch.full_like(reward, penalty), reward)
 
 
-def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, clamp: float = 0.5) -> torch.Tensor:
+def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+                clamp: float = 0.5) -> torch.Tensor:
     """d_i = Σ_t clamp(logp − ref_logp, −clamp, clamp) over real tokens. [N, T] × 2, [N, T] -> [N]."""
     diff = (logp - ref_logp).clamp(-clamp, clamp) if clamp > 0 else logp - ref_logp
     return (diff * mask).sum(-1)

@@ -137,7 +137,8 @@ def local_pairs(ref: torch.nn.Module, cur: torch.nn.Module) -> Iterator[tuple[to
     for (na, pa), (nb, pb) in zip(a, b):
         la, lb = local(pa), local(pb)
         if clean_name(na) != clean_name(nb) or la.shape != lb.shape:
-            raise RuntimeError(f"anchor {na} {tuple(la.shape)} and policy {nb} {tuple(lb.shape)}: not wrapped alike")
+            raise RuntimeError(f"anchor {na} {tuple(la.shape)} and policy {nb} {tuple(lb.shape)}: "
+                               "not wrapped alike")
         yield la, lb
 
 

@@ -7,12 +7,14 @@ import torch
 ROW_SUMS = ("kl", "entropy", "tokens", "selected", "logp_diff_sum", "logp_diff_n", "is_weight_sum", "is_clipped")
 
 
-def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, version: int, is_cap: float) -> dict:
+def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, version: int,
+             is_cap: float) -> dict:
     """The step's metrics row from the batch's ``stats`` and the update's ``upd`` (both summed over every
     process here; a collective), phase ``times`` and the weight ``version`` the engine sampled from."""
     sums = {**stats, **{k: upd[k] for k in ROW_SUMS}}
     names = list(sums)
-    tot = acc.reduce(torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in names]).to(acc.device), "sum")
+    stacked = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in names])
+    tot = acc.reduce(stacked.to(acc.device), "sum")
     s = dict(zip(names, tot.tolist()))
     diff_max = float(acc.reduce(torch.tensor(upd["logp_diff_max"], device=acc.device), "max"))
     n, n_tok = max(1.0, s["samples"]), max(1.0, s["logp_diff_n"])

@@ -52,7 +52,8 @@ class VLLMConfig:
         0.35, "share of each GPU vLLM may take (weights + KV cache); colocated, the trainer keeps the rest")
     kv_cache_memory_bytes: int = option(
         0, "KV cache size in bytes, overriding gpu_memory_utilization (0 = from it; on CPU 0 means 1 GiB)")
-    max_model_len: int = option(0, "longest prompt + response vLLM accepts (0 = the run's longest prompt + budget)")
+    max_model_len: int = option(
+        0, "longest prompt + response vLLM accepts (0 = the run's longest prompt + budget)")
     tensor_parallel_size: int = option(1, "GPUs per vLLM instance (a group of one node's training ranks)")
     max_num_seqs: int = option(256, "sequences decoded together")
     max_num_batched_tokens: int = option(0, "tokens per scheduler step (0 = vLLM's default; on CPU ≥ the "
@@ -82,7 +83,8 @@ class VLLMServerConfig:
         "disk", "disk: write safetensors to sync_dir and have each server reload them (works anywhere); "
                 "nccl: broadcast from training rank 0 to every server's GPUs (vLLM's weight-transfer API)")
     sync_dir: str = option("", "disk sync: a directory every server can read (empty: <run dir>/engine_weights)")
-    nccl_host: str = option("", "nccl sync: this trainer's address the servers can reach (empty: this host's name)")
+    nccl_host: str = option(
+        "", "nccl sync: this trainer's address the servers can reach (empty: this host's name)")
     nccl_port: int = option(29600, "nccl sync: the port of the weight-broadcast group")
     timeout: float = option(1800.0, "seconds per request (a 16k-token sample can take minutes)")
     sync_timeout: float = option(600.0, "seconds allowed for one weight push to all servers")

@@ -241,7 +241,8 @@ def _vllm(r: Report, v, shape: Shape, max_len: int, need: int, where: str) -> No
                           f"while it samples: {what}shard the trainer / use more GPUs / engine vllm_server")
 
 
-def _trainer(r: Report, cfg, engine: str, shape: Shape, world: int, sharded: bool, ckpt: bool, tokens: int) -> None:
+def _trainer(r: Report, cfg, engine: str, shape: Shape, world: int, sharded: bool, ckpt: bool,
+             tokens: int) -> None:
     n, div = shape.params, (world if sharded else 1)
     tag = f" /{world}" if sharded and world > 1 else ""
     half = 4 if cfg.train.precision == "fp32" else 2  # bytes of a bf16 (or fp32) weight, logit, gradient
@@ -257,7 +258,8 @@ def _trainer(r: Report, cfg, engine: str, shape: Shape, world: int, sharded: boo
         r.add("DDP gradient buckets fp32", "static", 4 * n if world > 1 else 0)
     if cfg.anchor.mode != "none" and cfg.algo.kl_beta > 0:
         r.add(f"anchor fp32{tag}" if sharded else "anchor fp32 full copy", "static", 4 * n / div)
-        r.add("anchor bf16 working copy (KL pass)", "update", 2 * n if cfg.train.fast_forward and not sharded else 0)
+        r.add("anchor bf16 working copy (KL pass)", "update",
+              2 * n if cfg.train.fast_forward and not sharded else 0)
     act = shape.act_per_token(ckpt, bf16_weights=sharded)  # FSDP gathers bf16 weights (mixed precision)
     r.add(f"activations, {tokens} tok" + (" (checkpointed)" if ckpt else ""), "update", tokens * act)
     V = shape.vocab

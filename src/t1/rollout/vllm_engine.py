@@ -79,8 +79,8 @@ class VLLMEngine:
                       max_num_batched_tokens=max(cfg.max_num_batched_tokens, max_model_len or 0, 8192))
         eager = cfg.enforce_eager if cfg.enforce_eager is not None else not self.cuda
         rank = torch.distributed.get_rank() if self.tp_group is not None else 0
-        self.llm = LLM(model=str(model_path), tokenizer=str(model_path), dtype=cfg.dtype, max_model_len=max_model_len,
-                       tensor_parallel_size=self.tp, max_num_seqs=cfg.max_num_seqs,
+        self.llm = LLM(model=str(model_path), tokenizer=str(model_path), dtype=cfg.dtype,
+                       max_model_len=max_model_len, tensor_parallel_size=self.tp, max_num_seqs=cfg.max_num_seqs,
                        enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=eager,
                        logprobs_mode="processed_logprobs", seed=cfg.seed + rank // self.tp,
                        skip_tokenizer_init=False, **kw)
@@ -133,8 +133,8 @@ class VLLMEngine:
                  version: int | None = None) -> list[Sample]:
         held = None if version is None else self.engine_version()
         if held != version:
-            raise StaleEngineError(f"vLLM engine holds weight version {held}, the trainer is at {version}: a weight "
-                                   "push was skipped or failed")
+            raise StaleEngineError(f"vLLM engine holds weight version {held}, the trainer is at {version}: a "
+                                   "weight push was skipped or failed")
         if self.sleeping:
             raise StaleEngineError("vLLM engine is asleep: push weights before sampling")
         if self.tp_group is None:
@@ -175,6 +175,7 @@ def _tp_group(tp: int):
     world = torch.distributed.get_world_size()
     if world % tp:
         raise ValueError(f"vllm.tensor_parallel_size {tp} must divide the {world} training processes")
-    group, _ = torch.distributed.new_subgroups_by_enumeration([list(range(i, i + tp)) for i in range(0, world, tp)])
+    ranks = [list(range(i, i + tp)) for i in range(0, world, tp)]
+    group, _ = torch.distributed.new_subgroups_by_enumeration(ranks)
     return group
 

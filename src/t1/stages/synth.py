@@ -141,7 +141,8 @@ def load_prompts(prompts_dir: str | None) -> dict[str, str]:
     return out
 
 
-def synthesize_one(problem: str, answer: str, cfg: SynthConfig, client: Client, prompts: dict, grade) -> tuple[dict | None, str]:
+def synthesize_one(problem: str, answer: str, cfg: SynthConfig, client: Client, prompts: dict,
+                   grade) -> tuple[dict | None, str]:
     """(row, "kept") or (None, rejection reason)."""
     attempts = []
     for t, teacher in enumerate(cfg.teachers):
