@@ -21,9 +21,11 @@ demo: $(STAMP)
 	$(BIN)/t1 demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
