@@ -17,7 +17,7 @@ from typing import Literal
 from t1.chat import has_chat_template, prompt_ids
 from t1.config import option, require
 from t1.io import DataError, iter_jsonl
-from t1.tasks.countdown import CountdownConfig
+from t1.tasks.countdown import CountdownConfig, generate, heldout_keys, sample_failed, write_trace
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,6 @@ class DataStats:
 
 
 def countdown_pairs(cfg: SFTDataConfig) -> list[Pair]:
-    from t1.tasks.countdown import generate, heldout_keys, sample_failed, write_trace
-
     rng = random.Random(cfg.seed + 1)
     pairs = []
     exclude = heldout_keys(cfg.countdown, cfg.exclude_heldout) if cfg.exclude_heldout else frozenset()

@@ -26,12 +26,18 @@ from pathlib import Path
 from t1 import config as cfglib
 from t1.config import option
 from t1.data.prompts import PromptDataConfig
-from t1.data.sft import SFTDataConfig
+from t1.data.sft import SFTDataConfig, countdown_pairs
+from t1.eval.sample import EvalSettings
 from t1.io import atomic_write_text
 from t1.model.load import ModelConfig
 from t1.rl.config import AlgoConfig, AnchorConfig, RLConfig, RLTrainConfig, RolloutConfig
 from t1.rl.penalties import PenaltyConfig
 from t1.runtime.optim import OptimConfig
+from t1.stages.evaluate import run_eval
+from t1.stages.filter import FilterConfig, run_filter
+from t1.stages.report import write_report
+from t1.stages.rl import train_rl
+from t1.stages.scale import ScaleSettings, run_scale
 from t1.stages.sft import SFTConfig, SFTTrainConfig
 from t1.tasks.countdown import CountdownConfig
 
@@ -160,13 +166,6 @@ class _Stages:
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
-    from t1.data.sft import countdown_pairs
-    from t1.eval.sample import EvalSettings
-    from t1.stages.evaluate import run_eval
-    from t1.stages.filter import FilterConfig, run_filter
-    from t1.stages.rl import train_rl
-    from t1.stages.scale import ScaleSettings, run_scale
-
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,8 +224,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     }
     summary["checks"] = demo_checks(summary, cfg)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    from t1.stages.report import write_report
-
     write_report(out)
     print(demo_table(summary), file=sys.stderr)
     return summary

@@ -18,6 +18,7 @@ import torch
 from t1.model import decode
 from t1.model.kernels import ops
 from t1.rollout.base import Sample, SamplingParams
+from t1.runtime.device import resolve_precision
 
 # -------------------------------------------------------------------------------------------- random
 
@@ -87,8 +88,6 @@ class FastEngine:
         """"auto": bf16 where the hardware has fast bf16 (the sampler's logits then differ from the fp32
         policy's by bf16 rounding; training recomputes log-probs in its own precision), else the model's."""
         if self.dtype == "auto":
-            from t1.runtime.device import resolve_precision
-
             device = next(self.model.parameters()).device
             if resolve_precision("auto", device) == "bf16":
                 return torch.bfloat16

@@ -57,6 +57,8 @@ import os
 from dataclasses import dataclass, field, replace
 
 from t1.config import ConfigError
+from t1.rollout.config import resolve
+from t1.rollout.logprobs import MISMATCH_ROWS
 
 GiB = 1 << 30
 GPU_80GB = int(79.1 * GiB)  # what torch reports for an 80 GB A100 / H100
@@ -267,8 +269,6 @@ def _trainer(r: Report, cfg, engine: str, shape: Shape, world: int, sharded: boo
     chunk = min(tokens, cfg.train.logits_chunk or tokens)
     work, what = chunk * V * CHUNK_BYTES, f"log-prob chunk {chunk} × {V} × {CHUNK_BYTES} B"
     if engine in ("fast", "vllm", "vllm_server"):  # engines that return log-probs: the sampler check
-        from t1.rollout.logprobs import MISMATCH_ROWS
-
         rows = min(tokens, MISMATCH_ROWS)
         if rows * V * MISMATCH_BYTES > work:
             work, what = rows * V * MISMATCH_BYTES, f"sampler check {rows} × {V} × {MISMATCH_BYTES} B"
@@ -308,8 +308,6 @@ def check_rl(cfg, model_config, world: int, gpus_per_node: int, device_bytes: in
     (``refuse=False``: return the Report with its ``problems``), else return the Report. ``world``: training
     processes; ``device_bytes``: one GPU's memory (default: this GPU's); ``sharded`` (FSDP/ZeRO-3 trainer state)
     and ``checkpointing`` (activations) default to what ``accelerate launch`` set up."""
-    from t1.rollout.config import resolve
-
     shape, dev = Shape.of(model_config), device_memory(device_bytes)
     sharded = launched()[0] if sharded is None else sharded
     ckpt = launched()[1] if checkpointing is None else checkpointing
@@ -339,8 +337,6 @@ def check_sampling(engine_cfg, model_config, max_len: int, batch: int, device_by
                    refuse: bool = True) -> Report:
     """:func:`check_rl` for one process that only samples ``batch`` sequences of up to ``max_len`` tokens
     (eval, filter, scale); ``engine_cfg``: a t1.rollout.config.EngineConfig."""
-    from t1.rollout.config import resolve
-
     shape, dev = Shape.of(model_config), device_memory(device_bytes)
     ecfg = replace(engine_cfg, engine=resolve(engine_cfg.engine)) if engine_cfg.engine == "auto" else engine_cfg
     r = Report(f"sampling memory per GPU (GiB): {shape.params / 1e9:.2f}B params, engine {ecfg.engine}, "

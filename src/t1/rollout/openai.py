@@ -21,6 +21,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from t1.rollout.base import EngineError, Sample, SamplingParams
+from t1.rollout.config import OpenAIConfig
 
 
 class ServerError(EngineError):
@@ -66,8 +67,6 @@ class OpenAIEngine:
     shares_weights = False  # and no push_weights: never for RL (RolloutConfig refuses it)
 
     def __init__(self, tokenizer, cfg=None, base_url: str | None = None, model: str | None = None):
-        from t1.rollout.config import OpenAIConfig
-
         self.cfg = cfg or OpenAIConfig()
         self.url = (base_url or self.cfg.base_url).rstrip("/") + "/completions"
         self.model_name = model or self.cfg.model

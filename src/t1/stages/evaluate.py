@@ -6,10 +6,12 @@ import json
 import sys
 from pathlib import Path
 
+from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import majority_correct, pass1_stats, pass_at_k
 from t1.eval.sample import EvalSettings, sample_and_grade
 from t1.io import atomic_write_text
 from t1.rollout import close_engine, open_engine
+from t1.runtime.device import quiet_libraries
 from t1.tasks import get_task
 
 
@@ -44,9 +46,6 @@ def table(summaries: dict[str, dict]) -> str:
 
 def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettings, gpqa_csv: str | None = None,
              data_dir: str | None = None, limit: int = 0, progress: bool = True, countdown_cfg=None) -> dict:
-    from t1.eval.benchmarks import load_bench
-    from t1.runtime.device import quiet_libraries
-
     quiet_libraries()
     engine, tok, kind = open_engine(s.engine, model_path, batch=s.batch_problems * s.n, budget=s.max_new_tokens)
     out = Path(out)

@@ -16,6 +16,7 @@ from pathlib import Path
 from t1 import config as cfglib
 from t1.config import option, require
 from t1.data.prompts import PromptDataConfig, load_items
+from t1.eval.sample import EvalSettings, sample_and_grade
 from t1.io import atomic_write_text
 from t1.rollout import close_engine, open_engine
 from t1.rollout.config import EngineConfig
@@ -50,8 +51,6 @@ class FilterConfig:
 
 def pass_rates(engine, tok, items, cfg: FilterConfig, task: Task, progress: bool = True) -> list[float]:
     """Each prompt's share of ``cfg.samples`` responses that end by themselves with a correct answer."""
-    from t1.eval.sample import EvalSettings, sample_and_grade
-
     s = EvalSettings(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, engine=cfg.rollout,
                      use_chat_template=cfg.data.use_chat_template, batch_problems=cfg.prompts_per_batch)

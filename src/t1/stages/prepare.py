@@ -22,7 +22,9 @@ from pathlib import Path
 from t1.config import option, require
 from t1.data import DATA_DIR
 from t1.io import DataError, atomic_write_text, iter_jsonl
+from t1.pool import DeadlinePool
 from t1.tasks.boxed import last_boxed
+from t1.tasks.math import wrap_gold
 
 EVAL_FILES = ("math500.jsonl", "aime24.jsonl", "aime25.jsonl", "amc23.jsonl", "omni_math_rule.jsonl")
 _PROOF = re.compile(r"\b(prove|show that|demonstrate that|justify|explain why)\b", re.I)
@@ -121,8 +123,6 @@ def _parses(label: str) -> bool:  # runs in a grader worker process
     from math_verify import parse
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    from t1.tasks.math import wrap_gold
-
     return bool(parse(wrap_gold(label), parsing_timeout=None))
 
 
@@ -148,8 +148,6 @@ def prepare(cfg: PrepareConfig) -> dict:
             rows.append({"id": str(r.get("id", where)), "problem": problem.strip(), "answer": answer.strip(),
                          "source": where})
     if cfg.check_parse and rows:
-        from t1.pool import DeadlinePool
-
         with DeadlinePool(_parses, workers=2, timeout=5.0, preload=["math_verify"]) as pool:
             ok = pool.map([(r["answer"],) for r in rows])
         kept = []

@@ -28,9 +28,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from t1.chat import prompt_ids
+from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import mean_stderr
-from t1.io import fill
-from t1.rollout.base import Sample, SamplingParams
+from t1.io import atomic_write_text, fill
+from t1.rollout import close_engine, open_engine
+from t1.rollout.base import Sample, SamplingParams, sample_seed
+from t1.runtime.device import quiet_libraries
+from t1.tasks import get_task
 from t1.tasks.base import Item, Task
 
 
@@ -113,8 +117,6 @@ def _generate_with_extensions(engine, tok, prompts, seeds, s: ScaleSettings, bud
 def scaling_points(engine, tok, task: Task, items: list[Item], s: ScaleSettings, summarizer=None,
                    progress: bool = True) -> list[dict]:
     """[{budget, accuracy, stderr, finished_rate, mean_tokens}] for one model; ``task`` grades the answers."""
-    from t1.rollout.base import sample_seed
-
     cue = s.cue if s.cue is not None else task.answer_cue
     cue_ids = tok(cue, add_special_tokens=False)["input_ids"]
     sep = " " if _word_level(tok) else ""
@@ -173,8 +175,6 @@ class Summarizer:
     TEMPLATE = ("{problem}\n\nHere is an unfinished solution:\n{partial}\n\nBased on it, state the final answer.")
 
     def __init__(self, path: str, engine="auto"):
-        from t1.rollout import open_engine
-
         self.engine, self.tok, _ = open_engine(engine, path)
 
     def complete(self, pairs: list[tuple[Item, str]], cue: str, max_tokens: int) -> list[Sample]:
@@ -214,12 +214,6 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
               engine="auto", limit: int = 0, gpqa_csv=None, data_dir=None, countdown_cfg=None,
               progress: bool = True) -> dict[str, list[dict]]:
     """``models``: (label, path) pairs. Writes scaling.json and scaling.png to ``out``."""
-    from t1.eval.benchmarks import load_bench
-    from t1.io import atomic_write_text
-    from t1.rollout import close_engine, open_engine
-    from t1.runtime.device import quiet_libraries
-    from t1.tasks import get_task
-
     quiet_libraries()
     task_name, items = load_bench(bench, data_dir, gpqa_csv, countdown_cfg)
     if limit:

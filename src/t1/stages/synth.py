@@ -35,6 +35,7 @@ from t1.data import DATA_DIR
 from t1.io import DataError, atomic_write_text, fill, iter_jsonl
 from t1.rollout.config import ServerAddress
 from t1.rollout.openai import ServerError, post_json
+from t1.tasks.math import MathGrader
 
 PROMPTS = DATA_DIR / "synth_prompts"
 REFLECTION = re.compile(r"\b(wait|mistake|wrong|incorrect|error|re-?check|reconsider|let me)\b", re.I)
@@ -191,7 +192,6 @@ def run_synth(cfg: SynthConfig, dry_run: bool = False, progress: bool = True) ->
             print(f"──── {name} prompt ({pid}) ────\n{text}")
         return {"dry_run": True, "problems": len(problems)}
 
-    from t1.tasks.math import MathGrader
 
     out = Path(cfg.out)
     cache = Cache(Path(cfg.cache) if cfg.cache else out.with_suffix(".cache.jsonl"))
