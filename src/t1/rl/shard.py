@@ -17,7 +17,7 @@ FSDP goes through ``torch.distributed.checkpoint.state_dict`` as a full state di
 (saving rank 0's ``optimizer.state_dict()``, as before, handed every rank rank 0's moments on resume).
 
 Tested on CPU processes over gloo with accelerate's FSDP (versions 1 and 2) forced on (accelerate enables
-FSDP only on accelerators): tests/test_shard.py — the sharded EMA/reset against the unsharded one, and `t1
+FSDP only on accelerators): tests/rl/test_shard.py — the sharded EMA/reset against the unsharded one, and `t1
 rl` runs that match one process and resume exactly (activation checkpointing in the former only). Not tested:
 GPUs, NCCL, bf16 mixed precision under FSDP, CPU offload. DeepSpeed ZeRO-3 with an anchor is refused:
 DeepSpeed is not installed here to build and test the equivalent (its partitions and bf16 weights).

@@ -11,7 +11,7 @@ Then the engine gets the new weights, and metrics, sampled rollouts and checkpoi
 
 Memory at scale: log-probs and entropy are taken ``train.logits_chunk`` positions at a time
 (:mod:`t1.rl.logp`), and under FSDP the anchor is sharded like the policy (:mod:`t1.rl.shard`): FSDP runs
-match one process's and resume exactly (tests/test_shard.py, on CPU processes).
+match one process's and resume exactly (tests/rl/test_shard.py, on CPU processes).
 """
 
 from __future__ import annotations

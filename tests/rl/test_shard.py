@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from t1.config import ConfigError
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where cpu_fsdp.py is
 
 
 def torchrun(args: list[str], fsdp: int | None, timeout: int = 240,

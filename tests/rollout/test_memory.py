@@ -16,7 +16,7 @@ from t1.rl.config import RLConfig, RLTrainConfig, RolloutConfig
 from t1.rollout import memory as M
 from t1.rollout.config import EngineConfig, VLLMConfig
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 GiB = M.GiB
 V = 152064  # Qwen2.5's vocabulary
 

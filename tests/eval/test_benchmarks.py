@@ -1,0 +1,43 @@
+"""Benchmark loaders (t1.eval.benchmarks): GPQA from its CSV, the shipped files."""
+
+import csv
+
+import pytest
+
+from t1.eval.benchmarks import load_bench, load_gpqa
+
+
+def test_gpqa_loader_on_a_made_up_csv(tmp_path):
+    path = tmp_path / "gpqa.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+                                          "Incorrect Answer 3", "Subdomain", "High-level domain", "Explanation"])
+        w.writeheader()
+        for i in range(20):
+            w.writerow({"Question": f"Q{i}?", "Correct Answer": f"right{i}", "Incorrect Answer 1": f"w1-{i}",
+                        "Incorrect Answer 2": f"w2-{i}", "Incorrect Answer 3": f"w3-{i}", "Subdomain": "x",
+                        "High-level domain": "y", "Explanation": "z"})
+    items = load_gpqa(path)
+    assert items == load_gpqa(path)  # the shuffle is seeded
+    letters = set()
+    for i, it in enumerate(items):
+        line = next(line for line in it.prompt.splitlines() if line.endswith(f"right{i}"))
+        assert line.startswith(f"{it.answer})")  # the recorded letter is where the correct option landed
+        letters.add(it.answer)
+    assert len(letters) > 1
+    task, _ = load_bench("gpqa", gpqa_csv=str(path))
+    assert task == "choice"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Question,Correct Answer\nq,a\n")
+    with pytest.raises(Exception, match="missing column"):
+        load_gpqa(bad)
+
+
+
+def test_shipped_benchmarks_load():
+    sizes = {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 40, "omni500": 500, "countdown": 500}
+    for name, n in sizes.items():
+        task, items = load_bench(name)
+        assert len(items) == n and task in ("math", "countdown")
+        assert "\\boxed{}" in items[0].prompt or task == "countdown"
+
