@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -98,3 +99,22 @@ def test_partial_section_keeps_the_sections_own_defaults():
     assert rl.train.optim.warmup_steps == 10
     sft = C.load(SFTConfig, None, ["train.optim.lr=0.003"])
     assert sft.train.optim.weight_decay == 0.0 and sft.train.optim.lr == 0.003
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.optim.lr=inf", "train.optim.lr: must be a finite number"),
+    ("train.optim.lr=nan", "train.optim.lr: must be a finite number"),
+    ("train.optim.lr=1e30", "train.optim.lr: must be in (0, 1]"),
+    ("train.optim.beta2=1.0", "train.optim.beta2: must be in [0, 1)"),
+    ("train.grader_timeout=-1", "train.grader_timeout: must be > 0 seconds"),
+    ("train.save_every=0", "train.save_every: must be ≥ 1"),
+    ("algo.kl_clamp=-0.5", "algo.kl_clamp: must be ≥ 0"),
+    ("data.exclude_heldout=-3", "data.exclude_heldout: must be ≥ 0"),
+])
+def test_every_numeric_field_is_checked_at_load_time(override, message):
+    """Out-of-range and non-finite numbers are refused before anything runs, naming the field (lr=inf and
+    lr=1e30 once trained to a 100 % NaN final model)."""
+    from t1.rl.config import RLConfig
+
+    with pytest.raises(C.ConfigError, match=re.escape(message)):
+        C.load(RLConfig, None, ["model=x", override])

@@ -134,10 +134,16 @@ def _budgets(text: str) -> tuple[int, ...]:
     return out
 
 
+def _check_limit(args: argparse.Namespace) -> None:
+    if args.limit < 0:
+        raise cfglib.ConfigError(f"--limit: must be ≥ 0 (0 = all problems) (got {args.limit})")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from t1.eval.sample import EvalSettings
     from t1.stages.evaluate import run_eval
 
+    _check_limit(args)
     s = EvalSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                      seed=args.seed, engine=_engine(args))
     run_eval(args.model, [b.strip() for b in args.bench.split(",") if b.strip()], args.out, s, args.gpqa_csv,
@@ -148,6 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_scale(args: argparse.Namespace) -> int:
     from t1.stages.scale import ScaleSettings, run_scale
 
+    _check_limit(args)
     labels = args.label or []
     models = [(labels[i] if i < len(labels) else f"model{i + 1}", path) for i, path in enumerate(args.model)]
     s = ScaleSettings(budgets=_budgets(args.budgets), n=args.n, temperature=args.temperature, top_p=args.top_p,

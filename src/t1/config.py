@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -110,11 +111,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, str):
             try:  # YAML 1.1 reads `1e-5` (no dot) as a string
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number (got {value!r})")
+        if not math.isfinite(value):  # no field means "infinite": inf and nan only ever poison a run
+            raise ConfigError(f"{where}: must be a finite number (got {value!r})")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

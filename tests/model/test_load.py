@@ -2,6 +2,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from t1.cli import main
+from t1.config import ConfigError
 from t1.model.load import load
 
 
@@ -45,9 +46,24 @@ def test_hub_names_with_dots_reach_the_hub_and_missing_local_paths_are_clear(mon
         raise OSError("stub: no hub here")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
-    with pytest.raises(OSError, match="stub"):
+    with pytest.raises(ConfigError, match="cannot load the weights of .*: stub"):
         load("Qwen/Qwen2.5-7B")  # Path(...).suffix is ".5-7B": once mistaken for a missing local file
     assert asked == ["Qwen/Qwen2.5-7B"]
     with pytest.raises(FileNotFoundError, match="model path ./no/such/model does not exist"):
         load("./no/such/model")
     assert asked == ["Qwen/Qwen2.5-7B"]
+
+
+def test_a_model_that_cannot_be_one_is_named_in_one_line(tmp_path, capsys, monkeypatch):
+    """An empty directory, a file, a missing path and an unreachable hub name: one line each, exit 2."""
+    from t1.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = {str(tmp_path / "empty"): "has no config.json", str(tmp_path / "file"): "is a file",
+             str(tmp_path / "missing"): "does not exist", "no-such-org/no-such-model": "cannot load the weights"}
+    for model, message in cases.items():
+        assert main(["sft", f"model={model}", f"out={tmp_path / 'run'}", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -26,3 +26,18 @@ def test_eval_engine_options_are_checked_before_anything_runs(capsys):
     assert main(["eval", "--model", "nowhere", "--bench", "countdown", "--engine-opt", "max_batch=0"]) == 2
     assert "max_batch: must be ≥ 1" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--limit", "-2"], "--limit: must be ≥ 0"), (["--n", "0"], "n: must be ≥ 1"),
+    (["--temperature", "-1"], "temperature: must be ≥ 0"), (["--top-p", "1.5"], "top_p: must be in (0, 1]"),
+    (["--max-new-tokens", "0"], "max_new_tokens: must be ≥ 1"),
+])
+def test_eval_numbers_out_of_range_are_refused_before_anything_runs(args, message, capsys):
+    from t1.cli import main
+
+    assert main(["eval", "--model", "nowhere", "--bench", "countdown", *args]) == 2
+    assert message in capsys.readouterr().err
+    if args[0] != "--max-new-tokens":  # t1 scale takes budgets instead
+        assert main(["scale", "--model", "nowhere", "--bench", "countdown", *args]) == 2
+        assert message in capsys.readouterr().err

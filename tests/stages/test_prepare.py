@@ -52,3 +52,14 @@ def test_prepare_on_the_shipped_math_train_pool(tmp_path):
     report = json.loads((tmp_path / "p.report.json").read_text())
     assert report["rows"] == 7474 and 6500 < report["kept"] < 7474
     assert report["contamination_by_eval_set"].get("math500", 0) > 10
+
+
+def test_an_output_that_is_an_input_or_unwritable_is_refused_before_any_work(tmp_path, capsys):
+    src = tmp_path / "raw.jsonl"
+    src.write_text(json.dumps({"problem": "What is 1 + 1?", "answer": "2"}) + "\n")
+    before = src.read_text()
+    assert main(["prepare", f"inputs=[{src}]", f"out={src}"]) == 2
+    assert "is also an input" in capsys.readouterr().err and src.read_text() == before
+    (tmp_path / "taken").write_text("a file where a folder should be")
+    assert main(["prepare", f"inputs=[{src}]", f"out={tmp_path / 'taken' / 'out.jsonl'}"]) == 2
+    assert "cannot create its folder" in capsys.readouterr().err

@@ -29,6 +29,7 @@ class PromptDataConfig:
 
     def validate(self) -> None:
         require(self.num_prompts >= 0, "num_prompts", "must be ≥ 0", self.num_prompts)
+        require(self.exclude_heldout >= 0, "exclude_heldout", "must be ≥ 0", self.exclude_heldout)
         if self.source == "jsonl":
             require(len(self.paths) > 0, "paths", "source=jsonl needs at least one file", self.paths)
         if self.template is not None:

@@ -46,6 +46,7 @@ class SFTDataConfig:
     def validate(self) -> None:
         require(self.max_length >= 8, "max_length", "must be ≥ 8", self.max_length)
         require(self.num_examples >= 0, "num_examples", "must be ≥ 0", self.num_examples)
+        require(self.exclude_heldout >= 0, "exclude_heldout", "must be ≥ 0", self.exclude_heldout)
         if self.source == "jsonl":
             require(len(self.paths) > 0, "paths", "source=jsonl needs at least one file", self.paths)
         if self.failed_attempts is not None:

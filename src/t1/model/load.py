@@ -14,11 +14,12 @@ number into digits and discards our word-level pipeline. For a ``llama`` checkpo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from t1.config import option, require
+from t1.config import ConfigError, option, require
 from t1.tasks.countdown import CountdownConfig, CountdownTask
 
 SPECIAL = {"pad": "<pad>", "eos": "<eos>", "unk": "<unk>"}
@@ -44,6 +45,7 @@ class ModelConfig:
         require(self.hidden % self.heads == 0, "hidden", f"must be divisible by heads ({self.heads})",
                 self.hidden)
         require(self.heads % self.kv_heads == 0, "kv_heads", f"must divide heads ({self.heads})", self.kv_heads)
+        require(self.rope_theta > 0, "rope_theta", "must be > 0", self.rope_theta)
 
 
 def build_tokenizer(max_number: int = 100, words: Sequence[str] | None = None):
@@ -106,10 +108,36 @@ def save(model, tokenizer, out: str | Path) -> Path:
     return out
 
 
+def check_model(name_or_path: str | Path) -> None:
+    """Refuse, in one line naming it, a model that cannot be one: a missing local path, a file, a directory
+    without ``config.json``. Anything else that does not exist locally is taken as a hub name."""
+    path = Path(name_or_path).expanduser()
+    looks_local = str(name_or_path).startswith((".", "/", "~")) or path.exists()
+    if looks_local and not path.exists():
+        raise FileNotFoundError(f"model path {name_or_path} does not exist")
+    if path.is_file():
+        raise ConfigError(f"model: {name_or_path} is a file; expected a model directory (config.json, weights, "
+                          "tokenizer) or a hub name")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ConfigError(f"model: {name_or_path} has no config.json; not a Hugging Face model directory")
+
+
+@contextmanager
+def _loading(name_or_path: str | Path, what: str):
+    """transformers' errors for a model it cannot get (no network for a hub name, a broken config) as one line."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ConfigError(f"model: cannot load the {what} of {name_or_path!s}: {first[:300]}") from None
+
+
 def load_tokenizer(name_or_path: str | Path):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    check_model(name_or_path)
+    with _loading(name_or_path, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(str(name_or_path))
     if tok.pad_token is None:  # many causal LMs ship without one; padding is masked anyway
         tok.pad_token = tok.eos_token
     return tok
@@ -123,11 +151,10 @@ def load(name_or_path: str | Path, dtype: str = "auto", device: str | None = Non
     import torch
     from transformers import AutoModelForCausalLM
 
-    # an explicit local path must exist; anything else ("Qwen/Qwen2.5-7B" — note the dot) may be a hub name
-    if str(name_or_path).startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists():
-        raise FileNotFoundError(f"model path {name_or_path} does not exist")
+    check_model(name_or_path)  # an explicit local path must be a model; anything else may be a hub name
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype)
+    with _loading(name_or_path, "weights"):
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype)
     if device is not None:
         model.to(device)
     return model, load_tokenizer(name_or_path)

@@ -69,6 +69,7 @@ class AlgoConfig:
         require(self.entropy_coef >= 0, "entropy_coef", "must be ≥ 0", self.entropy_coef)
         require(self.updates_per_batch >= 1, "updates_per_batch", "must be ≥ 1", self.updates_per_batch)
         require(0 <= self.clip < 1, "clip", "must be in [0, 1)", self.clip)
+        require(self.kl_clamp >= 0, "kl_clamp", "must be ≥ 0 (0 = off)", self.kl_clamp)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,13 @@ class RLTrainConfig:
         require(self.micro_batch_tokens >= 16, "micro_batch_tokens", "must be ≥ 16", self.micro_batch_tokens)
         require(self.max_bad_steps >= 1, "max_bad_steps", "must be ≥ 1", self.max_bad_steps)
         require(self.logits_chunk >= 0, "logits_chunk", "must be ≥ 0 (0 = off)", self.logits_chunk)
+        require(0 <= self.bucket_ratio <= 1, "bucket_ratio", "must be in [0, 1]", self.bucket_ratio)
+        require(self.log_every >= 1, "log_every", "must be ≥ 1", self.log_every)
+        require(self.save_every >= 1, "save_every", "must be ≥ 1", self.save_every)
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1", self.keep_checkpoints)
+        require(self.rollouts_every >= 0, "rollouts_every", "must be ≥ 0 (0 = never)", self.rollouts_every)
+        require(self.rollouts_kept >= 0, "rollouts_kept", "must be ≥ 0", self.rollouts_kept)
+        require(self.grader_timeout > 0, "grader_timeout", "must be > 0 seconds", self.grader_timeout)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from t1.config import option, require
 from t1.data import DATA_DIR
-from t1.io import DataError, atomic_write_text, iter_jsonl
+from t1.io import DataError, atomic_write_text, check_output, iter_jsonl
 from t1.pool import DeadlinePool
 from t1.tasks.boxed import last_boxed
 from t1.tasks.math import wrap_gold
@@ -51,6 +51,8 @@ class PrepareConfig:
         require(len(self.inputs) > 0, "inputs", "give at least one file", self.inputs)
         require(self.ngram >= 2, "ngram", "must be ≥ 2", self.ngram)
         require(0 < self.overlap <= 1, "overlap", "must be in (0, 1]", self.overlap)
+        require(self.min_shared >= 1, "min_shared", "must be ≥ 1", self.min_shared)
+        require(self.max_answer_chars >= 1, "max_answer_chars", "must be ≥ 1", self.max_answer_chars)
 
 
 def normalize(text: str) -> list[str]:
@@ -127,6 +129,8 @@ def _parses(label: str) -> bool:  # runs in a grader worker process
 
 
 def prepare(cfg: PrepareConfig) -> dict:
+    out = check_output(cfg.out, *cfg.inputs, what="out")  # before any work: never an input, writable
+    check_output(out.with_suffix(".report.json"), *cfg.inputs, what="out's report")
     rows, reasons = [], Counter()
     for path in cfg.inputs:
         for line in iter_jsonl(path):
@@ -174,10 +178,10 @@ def prepare(cfg: PrepareConfig) -> dict:
             hits[pid.split(":")[0]] += 1
             continue
         final.append(r)
-    atomic_write_text(Path(cfg.out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in final))
+    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in final))
     total = len(final) + sum(reasons.values())
     report = {"rows": total, "kept": len(final), "dropped": dict(reasons), "contamination_by_eval_set": dict(hits)}
-    atomic_write_text(Path(cfg.out).with_suffix(".report.json"), json.dumps(report, indent=2))
+    atomic_write_text(out.with_suffix(".report.json"), json.dumps(report, indent=2))
     print(f"prepare: kept {len(final)} of {total} rows -> {cfg.out}", file=sys.stderr)
     for why, n in reasons.most_common():
         print(f"  dropped {n:6d}  {why}", file=sys.stderr)

@@ -28,8 +28,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from t1.chat import prompt_ids
+from t1.config import require
 from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import mean_stderr
+from t1.eval.sample import check_sampling
 from t1.io import atomic_write_text, fill
 from t1.rollout import close_engine, open_engine
 from t1.rollout.base import Sample, SamplingParams, sample_seed
@@ -51,6 +53,13 @@ class ScaleSettings:
     max_extensions: int = 0
     use_chat_template: bool = True
     force_answer: bool = False  # force an answer even when the truncated prefix already states one
+
+    def __post_init__(self):
+        check_sampling(self.n, self.temperature, self.top_p)
+        require(len(self.budgets) > 0 and all(b >= 1 for b in self.budgets), "budgets",
+                "must be one or more token budgets ≥ 1", self.budgets)
+        require(self.answer_tokens >= 1, "answer_tokens", "must be ≥ 1", self.answer_tokens)
+        require(self.max_extensions >= 0, "max_extensions", "must be ≥ 0", self.max_extensions)
 
 
 def _decode(tok, ids: list[int]) -> str:
