@@ -118,3 +118,12 @@ def test_every_numeric_field_is_checked_at_load_time(override, message):
 
     with pytest.raises(C.ConfigError, match=re.escape(message)):
         C.load(RLConfig, None, ["model=x", override])
+
+
+def test_a_config_path_that_is_a_directory_or_huge_is_one_line(tmp_path):
+    with pytest.raises(C.ConfigError, match="is a directory, expected a YAML config file"):
+        C.read_yaml(tmp_path)
+    big = tmp_path / "big.yaml"
+    big.write_text("a: " + "x" * (C.MAX_CONFIG_BYTES + 1))
+    with pytest.raises(C.ConfigError, match="is not a config file"):
+        C.read_yaml(big)

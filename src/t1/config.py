@@ -237,12 +237,22 @@ def _deepcopy(data: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ file I/O
 
 
+MAX_CONFIG_BYTES = 4 << 20
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML config file")
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size >> 20} MB is not a config file (limit "
+                              f"{MAX_CONFIG_BYTES >> 20} MB)")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     try:

@@ -5,6 +5,7 @@ import csv
 import pytest
 
 from t1.eval.benchmarks import load_bench, load_gpqa
+from t1.io import DataError
 
 
 def test_gpqa_loader_on_a_made_up_csv(tmp_path):
@@ -41,3 +42,21 @@ def test_shipped_benchmarks_load():
         assert len(items) == n and task in ("math", "countdown")
         assert "\\boxed{}" in items[0].prompt or task == "countdown"
 
+
+
+def test_a_malformed_gpqa_csv_is_one_line_naming_it(tmp_path):
+    cols = ["Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]
+    huge = tmp_path / "huge.csv"
+    with open(huge, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerow(["q1", "a", "b", "c", "d"])
+        w.writerow(["x" * 300_000, "a", "b", "c", "d"])  # over the csv module's field limit
+    with pytest.raises(DataError, match=r"huge.csv:\d+: not a readable CSV row"):
+        load_gpqa(huge)
+    empty = tmp_path / "empty_option.csv"
+    empty.write_text(",".join(cols) + "\nq1,a,,c,d\n")
+    with pytest.raises(DataError, match=r"empty_option.csv:2: a question or option is empty"):
+        load_gpqa(empty)
+    with pytest.raises(DataError, match="is a directory"):
+        load_gpqa(tmp_path)

@@ -11,12 +11,13 @@ Diamond from the official CSV at a path you give: its authors ask that it not be
 from __future__ import annotations
 
 import csv
+import io
 import random
 from pathlib import Path
 
 from t1.data import DATA_DIR
 from t1.data.prompts import PromptDataConfig, load_items
-from t1.io import DataError, fill
+from t1.io import DataError, clean_text, fill, open_input
 from t1.tasks.base import Item
 from t1.tasks.choice import ChoiceTask
 from t1.tasks.countdown import CountdownConfig, CountdownTask, heldout
@@ -28,26 +29,35 @@ GPQA_COLUMNS = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect A
 
 def load_gpqa(path: str | Path, seed: int = 0) -> list[Item]:
     """GPQA from its official CSV: the four options shuffled per question with a fixed seed; the gold answer
-    is the letter where the correct option landed."""
+    is the letter where the correct option landed. A malformed file is a one-line error naming path:line."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: GPQA CSV not found (give the official gpqa_diamond.csv with --gpqa-csv)")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_input(path, "GPQA CSV file") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in GPQA_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-        items = []
-        for i, row in enumerate(reader):
-            options = [row["Correct Answer"].strip()] + [row[f"Incorrect Answer {k}"].strip() for k in (1, 2, 3)]
-            order = list(range(4))
-            random.Random(f"{seed}-{i}").shuffle(order)
-            letters = "ABCD"
-            body = row["Question"].strip() + "\n\n" + "\n".join(f"{letters[j]}) {options[o]}"
-                                                                for j, o in enumerate(order))
-            gold = letters[order.index(0)]
-            items.append(Item(prompt=fill(ChoiceTask.template, problem=body), answer=gold, id=f"gpqa-{i}",
-                              problem=body))
+        try:
+            return _gpqa_items(path, reader, seed)
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"{path}:{reader.line_num}: not a readable CSV row: {e}") from None
+
+
+def _gpqa_items(path: Path, reader: csv.DictReader, seed: int) -> list[Item]:
+    missing = [c for c in GPQA_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    items = []
+    for i, row in enumerate(reader):
+        if any(not isinstance(row.get(c), str) or not row[c].strip() for c in GPQA_COLUMNS):
+            raise DataError(f"{path}:{reader.line_num}: a question or option is empty")
+        options = [row["Correct Answer"].strip()] + [row[f"Incorrect Answer {k}"].strip() for k in (1, 2, 3)]
+        order = list(range(4))
+        random.Random(f"{seed}-{i}").shuffle(order)
+        letters = "ABCD"
+        body = clean_text(row["Question"].strip() + "\n\n" + "\n".join(f"{letters[j]}) {options[o]}"
+                                                                     for j, o in enumerate(order)))
+        gold = letters[order.index(0)]
+        items.append(Item(prompt=fill(ChoiceTask.template, problem=body), answer=gold, id=f"gpqa-{i}",
+                          problem=body))
     if not items:
         raise DataError(f"{path}: no questions")
     return items
