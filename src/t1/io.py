@@ -19,7 +19,7 @@ class DataError(ValueError):
     """Bad input data; the message names the file and line."""
 
 
-MAX_RECORD_BYTES = 32 << 20  # one JSON Lines record; a longer line is refused before it is parsed
+MAX_RECORD_BYTES = 8 << 20  # one JSON Lines record (a 16k-token response is ~64 KB); longer is refused unparsed
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
