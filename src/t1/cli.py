@@ -16,7 +16,6 @@ from pathlib import Path
 from t1 import config as cfglib
 from t1.io import DataError
 from t1.rollout.base import EngineError
-from t1.rollout.config import ENGINES
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -113,6 +112,8 @@ cmd_sft = _stage("t1.stages.sft.SFTConfig", "t1.stages.sft.train_sft", ("resume"
 cmd_rl = _stage("t1.rl.config.RLConfig", "t1.stages.rl.train_rl", ("resume",))
 cmd_filter = _stage("t1.stages.filter.FilterConfig", "t1.stages.filter.run_filter")
 cmd_synth = _stage("t1.stages.synth.SynthConfig", "t1.stages.synth.run_synth", ("dry_run",))
+cmd_eval = _stage("t1.stages.evaluate.EvalConfig", "t1.stages.evaluate.evaluate")
+cmd_scale = _stage("t1.stages.scale.ScaleConfig", "t1.stages.scale.scale")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -122,69 +123,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if not done:
         prepare(cfg)
     return 0
-
-
-def _budgets(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise cfglib.ConfigError(f"--budgets: expected comma-separated integers (got {text!r})") from None
-    if not out or min(out) < 1:
-        raise cfglib.ConfigError(f"--budgets: need positive integers (got {text!r})")
-    return out
-
-
-def _check_limit(args: argparse.Namespace) -> None:
-    if args.limit < 0:
-        raise cfglib.ConfigError(f"--limit: must be ≥ 0 (0 = all problems) (got {args.limit})")
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from t1.eval.sample import EvalSettings
-    from t1.stages.evaluate import run_eval
-
-    _check_limit(args)
-    s = EvalSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                     seed=args.seed, engine=_engine(args))
-    run_eval(args.model, [b.strip() for b in args.bench.split(",") if b.strip()], args.out, s, args.gpqa_csv,
-             args.data_dir, args.limit, progress=not args.quiet)
-    return 0
-
-
-def cmd_scale(args: argparse.Namespace) -> int:
-    from t1.stages.scale import ScaleSettings, run_scale
-
-    _check_limit(args)
-    labels = args.label or []
-    models = [(labels[i] if i < len(labels) else f"model{i + 1}", path) for i, path in enumerate(args.model)]
-    s = ScaleSettings(budgets=_budgets(args.budgets), n=args.n, temperature=args.temperature, top_p=args.top_p,
-                      seed=args.seed, answer_tokens=args.answer_tokens, cue=args.cue, extend=args.extend,
-                      max_extensions=args.max_extensions, force_answer=args.force_answer)
-    run_scale(models, args.bench, args.out, s, args.summarizer, _engine(args), args.limit, args.gpqa_csv,
-              args.data_dir, progress=not args.quiet)
-    return 0
-
-
-def _engine(args: argparse.Namespace):
-    from t1.rollout.config import EngineConfig
-
-    return cfglib.load(EngineConfig, None, [f"engine={args.engine}", *args.engine_opt])
-
-
-def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
-    p.add_argument("--n", type=int, default=1, help="samples per problem")
-    p.add_argument("--temperature", type=float, default=temperature)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--engine", default="auto", choices=ENGINES,
-                   help="sampling engine: auto = vLLM on a GPU where installed, else fast")
-    p.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="an engine setting, e.g. vllm.tensor_parallel_size=8 (repeatable; t1 rl --help-config "
-                        "lists them under rollout.)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N problems (0 = all)")
-    p.add_argument("--gpqa-csv", default=None, help="the official GPQA Diamond CSV (for --bench gpqa)")
-    p.add_argument("--data-dir", default=None, help="benchmark files (default: the copies shipped with t1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -232,6 +170,9 @@ CONFIG_COMMANDS = [
      ("dry_run", "quiet")),
     ("prepare", "raw math sources -> gradable, de-duplicated, decontaminated RL prompts", "cmd_prepare", ()),
     ("filter", "keep prompts whose pass rate under a model lies in an interval", "cmd_filter", ("quiet",)),
+    ("eval", "pass@1 ± s.e., pass@k and majority vote on benchmarks (preset=r1 | greedy: published protocols)",
+     "cmd_eval", ("quiet",)),
+    ("scale", "accuracy vs thinking budget for one or more models, with a plot", "cmd_scale", ("quiet",)),
 ]
 
 
@@ -252,34 +193,6 @@ def _add_flag(p: argparse.ArgumentParser, flag: str) -> None:
         p.add_argument("--failed", type=int, default=None,
                        help="failed attempts per trace (default: geometric, see stop_prob)")
         p.add_argument("--out", default=None, help="output file (default: standard output)")
-
-
-def _add_eval_commands(sub) -> None:
-    p = sub.add_parser("eval", help="pass@1 ± s.e., pass@k and majority vote on benchmarks")
-    p.add_argument("--model", required=True, help="checkpoint path or hub name")
-    p.add_argument("--bench", required=True,
-                   help="comma-separated: math500, aime24, aime25, amc23, omni_math, omni500, gpqa, countdown, "
-                        "*.jsonl")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--out", default="runs/eval", help="output directory")
-    _add_sampling_args(p, temperature=1.0)
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("scale", help="accuracy vs thinking budget for one or more models, with a plot")
-    p.add_argument("--model", action="append", required=True, help="checkpoint (repeat for several)")
-    p.add_argument("--label", action="append", help="a name per --model, in order")
-    p.add_argument("--bench", required=True, help="one benchmark (as for t1 eval)")
-    p.add_argument("--budgets", default="16,32,64,128,256", help="comma-separated token budgets")
-    p.add_argument("--answer-tokens", type=int, default=24, help="tokens allowed after the answer cue")
-    p.add_argument("--cue", default=None, help="answer cue appended to truncated thinking (default per task)")
-    p.add_argument("--summarizer", default=None, help="a model that turns truncated thinking into an answer")
-    p.add_argument("--force-answer", action="store_true",
-                   help="force an answer after every truncated sample, even one that already states an answer")
-    p.add_argument("--extend", default=None, help="s1 budget forcing: replace an early stop by this word")
-    p.add_argument("--max-extensions", type=int, default=0)
-    p.add_argument("--out", default="runs/scale", help="output directory")
-    _add_sampling_args(p, temperature=1.0)
-    p.set_defaults(func=cmd_scale)
 
 
 def _add_tool_commands(sub) -> None:
@@ -307,7 +220,6 @@ def build_parser() -> argparse.ArgumentParser:
     handlers = globals()
     for name, help_text, handler, flags in CONFIG_COMMANDS:
         _config_command(sub, name, help_text, handlers[handler], flags)
-    _add_eval_commands(sub)
     _add_tool_commands(sub)
     return parser
 

@@ -269,9 +269,19 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Read ``path`` (optional), apply overrides, validate. Errors from the file name the file."""
+    """Read ``path`` (optional), apply overrides, validate. Errors from the file name the file.
+
+    A config class with ``PRESETS`` (name -> values) and a ``preset`` field takes the named preset's values
+    as its defaults: precedence is class defaults < preset < file < overrides."""
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(cls, data, overrides)
+    presets = getattr(cls, "PRESETS", None)
+    if presets is not None and data.get("preset") not in (None, "none"):
+        name = data["preset"]
+        if name not in presets:
+            raise ConfigError(f"preset: unknown preset {name!r}; use one of none, {', '.join(presets)}")
+        fields = {f.name for f in dataclasses.fields(cls)}  # a preset may set fields this config lacks
+        data = _merge({k: _deepcopy(v) for k, v in presets[name].items() if k in fields}, data)
     try:
         return from_dict(cls, data)
     except ConfigError as e:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
+from t1.config import option, require
 from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import majority_correct, pass1_stats, pass_at_k
-from t1.eval.sample import EvalSettings, sample_and_grade
+from t1.eval.protocols import PRESETS, describe, samples_for
+from t1.eval.sample import EvalSettings, check_sampling, sample_and_grade
 from t1.io import atomic_write_text
 from t1.rollout import close_engine, open_engine
+from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
 from t1.tasks import get_task
 
@@ -44,26 +49,81 @@ def table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """`t1 eval`: ``t1 eval [CONFIG.yaml] model=M bench=[math500,aime24] [preset=r1] [key=value …]``."""
+
+    PRESETS = PRESETS
+
+    model: str | None = option(None, "checkpoint path or hub name (required)")
+    bench: tuple[str, ...] = option(("math500",), "benchmarks: math500, aime24, aime25, amc23, omni_math, "
+                                                  "omni500, gpqa, countdown, or *.jsonl paths")
+    out: str = option("runs/eval", "output directory: summary.json and <bench>.samples.jsonl")
+    preset: Literal["none", "r1", "greedy"] = option(
+        "none", "a published protocol's sampling values as defaults: r1 (DeepSeek-R1 / open-r1: T 0.6, top-p "
+                "0.95, 32,768 tokens, n by benchmark) | greedy (lighteval's default) | none")
+    n: int = option(1, "samples per problem; 0 = the r1 protocol's n per benchmark (64 AIME/AMC, 8 GPQA, 4 else)")
+    temperature: float = option(1.0, "sampling temperature (0 = greedy)")
+    top_p: float = option(1.0, "nucleus sampling mass")
+    max_new_tokens: int = option(1024, "thinking + answer budget per sample")
+    seed: int = option(0, "sampling seed (each sample has its own, derived from it)")
+    limit: int = option(0, "only the first N problems of each benchmark (0 = all)")
+    gpqa_csv: str | None = option(None, "the official GPQA Diamond CSV (for bench gpqa; not redistributed)")
+    data_dir: str | None = option(None, "benchmark files (null = the copies shipped with t1)")
+    use_chat_template: bool = option(True, "wrap prompts in the tokenizer's chat template when it has one")
+    batch_problems: int = option(256, "problems sampled together (× n sequences)")
+    rollout: EngineConfig = option(help="the sampling engine and its settings", factory=EngineConfig)
+
+    def validate(self) -> None:
+        require(bool(self.model), "model", "is required: a checkpoint path or hub name", self.model)
+        require(len(self.bench) > 0, "bench", "give at least one benchmark", self.bench)
+        require(self.n >= 0, "n", "must be ≥ 1, or 0 for the r1 protocol's n per benchmark", self.n)
+        check_sampling(max(1, self.n), self.temperature, self.top_p, self.max_new_tokens)
+        require(self.limit >= 0, "limit", "must be ≥ 0 (0 = all problems)", self.limit)
+        require(self.batch_problems >= 1, "batch_problems", "must be ≥ 1", self.batch_problems)
+
+    def settings(self) -> EvalSettings:
+        return EvalSettings(n=max(1, self.n), temperature=self.temperature, top_p=self.top_p,
+                            max_new_tokens=self.max_new_tokens, seed=self.seed, engine=self.rollout,
+                            use_chat_template=self.use_chat_template, batch_problems=self.batch_problems)
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
+    """`t1 eval` on a loaded config: the protocol printed, then :func:`run_eval` with n per benchmark."""
+    if cfg.preset != "none" or cfg.n == 0:
+        print(f"eval: {describe(cfg, list(cfg.bench))}", file=sys.stderr)
+    samples = {b: samples_for(cfg.n, b) for b in cfg.bench}
+    return run_eval(cfg.model, list(cfg.bench), cfg.out, cfg.settings(), cfg.gpqa_csv, cfg.data_dir, cfg.limit,
+                    progress=progress, samples=samples, protocol={"preset": cfg.preset})
+
+
 def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettings, gpqa_csv: str | None = None,
-             data_dir: str | None = None, limit: int = 0, progress: bool = True, countdown_cfg=None) -> dict:
+             data_dir: str | None = None, limit: int = 0, progress: bool = True, countdown_cfg=None,
+             samples: dict[str, int] | None = None, protocol: dict | None = None) -> dict:
+    """Sample and grade ``benches``; ``samples``: n per benchmark (default ``s.n``); writes summary.json (with
+    the settings, ``protocol`` and n per benchmark) and <bench>.samples.jsonl under ``out``."""
     quiet_libraries()
-    engine, tok, kind = open_engine(s.engine, model_path, batch=s.batch_problems * s.n, budget=s.max_new_tokens)
+    samples = {b: (samples or {}).get(b, s.n) for b in benches}
+    engine, tok, kind = open_engine(s.engine, model_path, batch=s.batch_problems * max(samples.values()),
+                                    budget=s.max_new_tokens)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summaries = {}
-    for name in benches:
-        task_name, items = load_bench(name, data_dir, gpqa_csv, countdown_cfg)
-        if limit:
-            items = items[:limit]
-        with get_task(task_name, countdown=countdown_cfg) as task:
-            rows = sample_and_grade(engine, tok, task, items, s, desc=name, progress=progress)
-        stem = Path(name).stem
-        atomic_write_text(out / f"{stem}.samples.jsonl",
-                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        summaries[stem] = summarize(rows, s.n)
-    close_engine(engine)
-    atomic_write_text(out / "summary.json", json.dumps({"model": str(model_path),
-                                                        "settings": {**s.__dict__, "engine": kind},
-                                                        "benchmarks": summaries}, indent=2))
+    try:
+        for name in benches:
+            task_name, items = load_bench(name, data_dir, gpqa_csv, countdown_cfg)
+            items = items[:limit] if limit else items
+            bench_s = replace(s, n=samples[name])
+            with get_task(task_name, countdown=countdown_cfg) as task:
+                rows = sample_and_grade(engine, tok, task, items, bench_s, desc=name, progress=progress)
+            stem = Path(name).stem
+            atomic_write_text(out / f"{stem}.samples.jsonl",
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            summaries[stem] = summarize(rows, bench_s.n)
+    finally:
+        close_engine(engine)
+    settings = {**asdict(s), "engine": kind, "samples_per_benchmark": samples, **(protocol or {})}
+    atomic_write_text(out / "summary.json", json.dumps({"model": str(model_path), "settings": settings,
+                                                        "benchmarks": summaries}, indent=2, default=str))
     print(table(summaries), file=sys.stderr)
     return summaries

@@ -24,17 +24,20 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
 from t1.chat import prompt_ids
-from t1.config import require
+from t1.config import option, require
 from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import mean_stderr
+from t1.eval.protocols import PRESETS, describe, samples_for
 from t1.eval.sample import check_sampling
 from t1.io import atomic_write_text, fill
 from t1.rollout import close_engine, open_engine
 from t1.rollout.base import Sample, SamplingParams, sample_seed
+from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
 from t1.tasks import get_task
 from t1.tasks.base import Item, Task
@@ -221,7 +224,7 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str = "") -> Path:
 
 def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: ScaleSettings, summarizer_path=None,
               engine="auto", limit: int = 0, gpqa_csv=None, data_dir=None, countdown_cfg=None,
-              progress: bool = True) -> dict[str, list[dict]]:
+              progress: bool = True, protocol: dict | None = None) -> dict[str, list[dict]]:
     """``models``: (label, path) pairs. Writes scaling.json and scaling.png to ``out``."""
     quiet_libraries()
     task_name, items = load_bench(bench, data_dir, gpqa_csv, countdown_cfg)
@@ -238,11 +241,64 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
                 close_engine(eng)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "scaling.json", json.dumps({"bench": bench, "settings": s.__dict__, "curves": curves},
+    settings = {**s.__dict__, **(protocol or {})}
+    atomic_write_text(out / "scaling.json", json.dumps({"bench": bench, "settings": settings, "curves": curves},
                                                        indent=2))
     plot(curves, out / "scaling.png", f"{bench}: accuracy vs thinking budget")
     print(scaling_table(curves), file=sys.stderr)
     return curves
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """`t1 scale`: ``t1 scale [CONFIG.yaml] models=[A,B] labels=[sft,rl] bench=aime24 budgets=[…] [preset=r1]``."""
+
+    PRESETS = PRESETS
+
+    models: tuple[str, ...] = option((), "checkpoints (paths or hub names) to sweep (required)")
+    labels: tuple[str, ...] = option((), "a name per model, in order (default model1, model2, …)")
+    bench: str = option("math500", "one benchmark (as for t1 eval)")
+    budgets: tuple[int, ...] = option((16, 32, 64, 128, 256), "thinking budgets in tokens")
+    out: str = option("runs/scale", "output directory: scaling.json and scaling.png")
+    preset: Literal["none", "r1", "greedy"] = option("none", "a published protocol's sampling values as "
+                                                             "defaults (see t1 eval --help-config)")
+    n: int = option(1, "samples per problem; 0 = the r1 protocol's n for the benchmark")
+    temperature: float = option(1.0, "sampling temperature (0 = greedy)")
+    top_p: float = option(1.0, "nucleus sampling mass")
+    seed: int = option(0, "sampling seed")
+    answer_tokens: int = option(24, "tokens allowed after the answer cue")
+    cue: str | None = option(None, "answer cue appended to truncated thinking (null = the task's)")
+    summarizer: str | None = option(None, "a model that turns truncated thinking into an answer")
+    force_answer: bool = option(False, "force an answer after every truncated sample, even one that already "
+                                       "states an answer")
+    extend: str | None = option(None, "s1 budget forcing: replace an early stop by this word")
+    max_extensions: int = option(0, "s1 budget forcing: how many times")
+    limit: int = option(0, "only the first N problems (0 = all)")
+    gpqa_csv: str | None = option(None, "the official GPQA Diamond CSV (for bench gpqa)")
+    data_dir: str | None = option(None, "benchmark files (null = the copies shipped with t1)")
+    rollout: EngineConfig = option(help="the sampling engine and its settings", factory=EngineConfig)
+
+    def validate(self) -> None:
+        require(len(self.models) > 0, "models", "give at least one checkpoint", self.models)
+        require(len(self.labels) <= len(self.models), "labels", "at most one per model", self.labels)
+        require(self.n >= 0, "n", "must be ≥ 1, or 0 for the r1 protocol's n", self.n)
+        require(self.limit >= 0, "limit", "must be ≥ 0 (0 = all problems)", self.limit)
+        self.settings()  # the sampling values' own checks
+
+    def settings(self) -> ScaleSettings:
+        return ScaleSettings(budgets=self.budgets, n=samples_for(self.n, self.bench),
+                             temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                             answer_tokens=self.answer_tokens, cue=self.cue, extend=self.extend,
+                             max_extensions=self.max_extensions, force_answer=self.force_answer)
+
+
+def scale(cfg: ScaleConfig, progress: bool = True) -> dict[str, list[dict]]:
+    """`t1 scale` on a loaded config."""
+    if cfg.preset != "none" or cfg.n == 0:
+        print(f"scale: {describe(cfg, [cfg.bench])}", file=sys.stderr)
+    models = [(cfg.labels[i] if i < len(cfg.labels) else f"model{i + 1}", m) for i, m in enumerate(cfg.models)]
+    return run_scale(models, cfg.bench, cfg.out, cfg.settings(), cfg.summarizer, cfg.rollout, cfg.limit,
+                     cfg.gpqa_csv, cfg.data_dir, progress=progress, protocol={"preset": cfg.preset})
 
 
 def scaling_table(curves: dict[str, list[dict]]) -> str:
