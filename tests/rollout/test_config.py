@@ -38,3 +38,19 @@ def test_rl_and_filter_share_the_engine_sections():
         C.load(FilterConfig, None, ["model=m", "rollout.vllm.gpu_memory_utilization=1.5"])
     with pytest.raises(ConfigError, match="rollout.is_cap: must be 0 .off. or ≥ 1"):
         C.load(RLConfig, None, ["model=m", "rollout.is_cap=0.5"])
+
+
+def test_bad_client_settings_name_their_field():
+    for field, value, message in (("timeout", 0, "must be a finite number of seconds > 0"),
+                                  ("timeout", ".inf", "must be a finite number"),
+                                  ("max_retries", -1, "must be ≥ 0"), ("concurrency", 0, "must be ≥ 1"),
+                                  ("base_url", "localhost:8000", "must be an http:// or https:// URL")):
+        with pytest.raises(ConfigError, match=f"^rollout.openai.{field}: {message}"):
+            C.load(FilterConfig, None, ["model=m", f"rollout.openai.{field}={value}"])
+    for field, value, message in (("timeout", -1, "must be a finite number"), ("max_retries", -1, "must be ≥ 0"),
+                                  ("sync_timeout", 0, "must be a finite number"),
+                                  ("concurrency", 0, "must be ≥ 1"),
+                                  ("urls", "[ftp://a]", "each must be an http:// or https:// URL"),
+                                  ("nccl_port", 0, "must be a port number")):
+        with pytest.raises(ConfigError, match=f"^rollout.vllm_server.{field}: {message}"):
+            C.load(FilterConfig, None, ["model=m", f"rollout.vllm_server.{field}={value}"])

@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+import urllib.parse
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,12 +40,36 @@ class ServerAddress:
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) or None
 
+    def validate(self) -> None:
+        require(http_url(self.base_url), "base_url", "must be an http:// or https:// URL", self.base_url)
+
 
 @dataclass(frozen=True)
 class OpenAIConfig(ServerAddress):
-    timeout: float = option(600.0, "seconds per request")
+    timeout: float = option(600.0, "seconds per request, all of it (connecting, waiting, reading the reply)")
     max_retries: int = option(5, "retries on 429 / 5xx / time-outs, with exponential backoff")
     concurrency: int = option(32, "requests in flight")
+
+    def validate(self) -> None:
+        super().validate()
+        check_client(self.timeout, self.max_retries, self.concurrency)
+
+
+def http_url(url: str) -> bool:
+    """Whether ``url`` is an http(s) URL with a host (what t1's HTTP client can reach)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a malformed port or IPv6 address
+        return False
+
+
+def check_client(timeout: float, max_retries: int, concurrency: int) -> None:
+    """The HTTP client's settings, for the ``validate()`` of every config that has them."""
+    require(math.isfinite(timeout) and timeout > 0, "timeout", "must be a finite number of seconds > 0",
+            timeout)
+    require(max_retries >= 0, "max_retries", "must be ≥ 0", max_retries)
+    require(concurrency >= 1, "concurrency", "must be ≥ 1", concurrency)
 
 
 @dataclass(frozen=True)
@@ -86,14 +112,19 @@ class VLLMServerConfig:
     nccl_host: str = option(
         "", "nccl sync: this trainer's address the servers can reach (empty: this host's name)")
     nccl_port: int = option(29600, "nccl sync: the port of the weight-broadcast group")
-    timeout: float = option(1800.0, "seconds per request (a 16k-token sample can take minutes)")
+    timeout: float = option(1800.0, "seconds per request, all of it (a 16k-token sample can take minutes)")
     sync_timeout: float = option(600.0, "seconds allowed for one weight push to all servers")
     max_retries: int = option(2, "retries on 429 / 5xx / connection errors before the step fails")
     concurrency: int = option(64, "requests in flight per server")
 
     def validate(self) -> None:
         require(len(self.urls) >= 1, "urls", "needs at least one server", self.urls)
-        require(self.concurrency >= 1, "concurrency", "must be ≥ 1", self.concurrency)
+        for url in self.urls:
+            require(http_url(url), "urls", "each must be an http:// or https:// URL", url)
+        check_client(self.timeout, self.max_retries, self.concurrency)
+        require(math.isfinite(self.sync_timeout) and self.sync_timeout > 0, "sync_timeout",
+                "must be a finite number of seconds > 0", self.sync_timeout)
+        require(1 <= self.nccl_port <= 65535, "nccl_port", "must be a port number (1..65535)", self.nccl_port)
 
 
 @dataclass(frozen=True)
