@@ -1,9 +1,14 @@
+import json
+import time
+import tracemalloc
+
 import pytest
 
 from t1.model.load import build_tokenizer
+from t1.rollout import openai
 from t1.rollout.base import SamplingParams
 from t1.rollout.config import OpenAIConfig
-from t1.rollout.openai import OpenAIEngine, ServerError
+from t1.rollout.openai import OpenAIEngine, ServerError, post_json
 from tests.fake_server import FakeServer
 
 TOK = build_tokenizer(100)
@@ -44,3 +49,85 @@ def test_timeout_is_retried_and_malformed_reply_is_a_clear_error():
     with FakeServer(completion, script=[("status", 400)]) as server:
         with pytest.raises(ServerError, match="HTTP 400"):
             engine(server.url).generate([[1]], [3], SamplingParams())
+
+
+def test_a_server_dripping_bytes_cannot_stretch_the_timeout():
+    """One byte a second, status line and headers included: every socket read succeeds within a per-read
+    time-out, so only a deadline for the whole attempt ends it."""
+    cfg = OpenAIConfig(base_url="", timeout=2.0, max_retries=0)
+    with FakeServer(completion, script=[("drip", 1.0)]) as server:
+        t = time.monotonic()
+        with pytest.raises(ServerError, match="gave up after 1 attempts .TimeoutError"):
+            OpenAIEngine(TOK, cfg, base_url=server.url).generate([[1]], [3], SamplingParams())
+        assert time.monotonic() - t < 3 * cfg.timeout
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_reply_over_the_cap_is_refused_quickly_in_bounded_memory(declared):
+    size = openai.MAX_REPLY_BYTES + (8 << 20)
+    with FakeServer(completion, script=[("huge", size, declared)]) as server:
+        tracemalloc.start()
+        t = time.monotonic()
+        try:
+            with pytest.raises(ServerError, match=f"{server.url}/completions: reply.* refused: over the limit of "
+                                                  f"{openai.MAX_REPLY_BYTES} bytes .*MAX_REPLY_BYTES"):
+                post_json(server.url + "/completions", {}, api_key=None, timeout=30, max_retries=3)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert time.monotonic() - t < 20
+    assert len(server.requests) == 1  # refused, not retried
+    assert peak < (1 << 20) if declared else peak < 1.5 * openai.MAX_REPLY_BYTES
+
+
+def test_redirects_are_not_followed_and_the_key_never_shows(monkeypatch):
+    key = "sk-secret-1234567890"
+    monkeypatch.setenv("T1_TEST_KEY", key)
+    cfg = OpenAIConfig(base_url="", timeout=5.0, max_retries=0, api_key_env="T1_TEST_KEY")
+    with FakeServer(completion) as other:
+        script = [("redirect", other.url + "/completions"), ("echo", 401), ("echo", 503),
+                  ("garbage", b'{"choices": "' + key.encode() + b'"}')]
+        with FakeServer(completion, script=script) as server:
+            engine = OpenAIEngine(TOK, cfg, base_url=server.url)
+            errors = []
+            for expected in ("redirected .HTTP 307. to http://127.0.0.1.*set the URL to the final address",
+                             r"HTTP 401: .*\*\*\*", r"gave up after 1 attempts .HTTP 503: .*\*\*\*",
+                             r"malformed completion reply: .*\*\*\*"):
+                with pytest.raises(ServerError, match=expected) as err:
+                    engine.generate([[1]], [3], SamplingParams())
+                errors.append(str(err.value))
+            assert engine.generate([[1]], [3], SamplingParams())[0].text == "try 3 ."
+        assert other.requests == []  # the redirect's target never heard from us, let alone got the key
+    assert all(h["Authorization"] == f"Bearer {key}" for h in server.headers)  # the key goes to base_url only
+    assert not any(key in e for e in errors), errors
+
+
+def test_replies_are_cleaned_of_lone_surrogates():
+    body = b'{"choices": [{"text": "a\\ud800b", "finish_reason": "length"}], "x\\udfff": ["\\ud83d"]}'
+    with FakeServer(completion, script=[("garbage", body)]) as server:
+        reply = post_json(server.url, {}, api_key=None, timeout=5, max_retries=0)
+    assert reply == {"choices": [{"text": "a\ufffdb", "finish_reason": "length"}], "x\ufffd": ["\ufffd"]}
+    json.dumps(reply, ensure_ascii=False).encode()  # writable as UTF-8
+    for bad in (b"[1, 2]", b"[" * 100_000, b'"\xff"'):
+        with FakeServer(completion, script=[("garbage", bad)]) as server:
+            with pytest.raises(openai.MalformedReply, match=f"{server.url}: reply is not"):
+                post_json(server.url, {}, api_key=None, timeout=5, max_retries=0)
+
+
+@pytest.mark.parametrize("tokens, message", [
+    (["token_id:5", "token_id:-1"], "token id -1 is outside the vocabulary .0..127."),
+    (["token_id:5", f"token_id:{len(TOK)}"], f"token id {len(TOK)} is outside the vocabulary"),
+    (["token_id:5", "token_id:1.5"], "token 'token_id:1.5' is not token_id:<integer>"),
+    (["token_id:5", "token_id:"], "token 'token_id:' is not token_id:<integer>"),
+    (["token_id:5"] * 9, "returned 9 tokens, more than max_tokens=8"),
+])
+def test_bad_token_ids_from_a_server_are_refused(tokens, message):
+    def reply(payload):
+        return {"choices": [{"text": "x", "finish_reason": "length",
+                             "logprobs": {"tokens": tokens, "token_logprobs": [-0.5] * len(tokens)}}]}
+
+    with FakeServer(reply) as server:
+        with pytest.raises(ServerError, match=f"{server.url}/completions: {message}"):
+            engine(server.url).generate([[1]], [3], SamplingParams(max_new_tokens=8))
+    assert OpenAIEngine(TOK, OpenAIConfig(), vocab_size=200).vocab_size == 200  # the model's rows, when known
+

@@ -140,7 +140,8 @@ def test_stale_servers_bad_replies_and_missing_dev_mode_are_clear_errors():
         text_tokens = {"index": 0, "finish_reason": "stop", "logprobs": {"tokens": ["a"], "token_logprobs": [0]}}
         for bad in ({"choices": "nope"}, {"choices": []}, b"not json", {"choices": [text_tokens]}):
             good.routes["POST /v1/completions"] = bad
-            with pytest.raises(ServerError, match=f"{good.url}.*(malformed completion reply|not JSON)"):
+            with pytest.raises(ServerError,
+                               match=f"{good.url}.*(malformed completion reply|not JSON|not token_id:<integer>)"):
                 engine.generate([[1]], [0], SamplingParams())
         good.routes["POST /v1/completions"] = 503
         t = time.time()
@@ -205,6 +206,34 @@ def test_nccl_client_gives_each_server_its_ranks():
             client.init_weight_transfer_engine({"rank_offset": 1})
     finally:
         a.close(), b.close()
+
+
+def test_a_bad_reply_inside_t1_rl_is_one_line_naming_the_server(tiny_model_dir, tmp_path, capsys):
+    """A server returning a token id beyond the vocabulary, mid-run: the ServerError (an EngineError) names the
+    server and the id, and `t1 rl` prints it as one line and exits 3 — no traceback, no IndexError later."""
+    from t1.cli import main
+
+    version = {"v": "0"}
+    routes = weight_routes()
+    routes["GET /weight_info"] = lambda _: {"weight_version": version["v"]}
+    routes["POST /update_weight_version"] = lambda p: version.update(v=p["new_version"]) or {"success": True}
+    routes["POST /v1/completions"] = lambda p: {"choices": [
+        {"index": k, "text": "", "finish_reason": "length",
+         "logprobs": {"tokens": ["token_id:7", f"token_id:{len(TOK)}"], "token_logprobs": [-0.5, -0.5]}}
+        for k in range(p["n"])]}
+    fake = Fake(routes)
+    try:
+        code = main(["rl", f"model={tiny_model_dir}", f"out={tmp_path / 'run'}", "rollout.engine=vllm_server",
+                     f"rollout.vllm_server.urls=[{fake.url}]", "rollout.vllm_server.max_retries=0",
+                     "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4",
+                     "data.num_prompts=8", "train.steps=1", "--quiet"])
+    finally:
+        fake.close()
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert f"t1 rl: error: sampling engine: {fake.url}/v1/completions: token id {len(TOK)} is outside the " \
+           f"vocabulary (0..{len(TOK) - 1})\n" in err
+    assert "Traceback" not in err and any(path == "/v1/completions" for _, path, _ in fake.requests)
 
 
 # ------------------------------------------------------------------------------------ a real vllm serve

@@ -50,10 +50,26 @@ def make_engine(cfg, model, tokenizer, *, model_path: str | None = None, max_len
     if kind == "vllm_server":
         from t1.rollout.vllm_server import VLLMServerEngine
 
-        return VLLMServerEngine(tokenizer, cfg.vllm_server, run_dir=run_dir)
+        return VLLMServerEngine(tokenizer, cfg.vllm_server, run_dir=run_dir,
+                                vocab_size=_vocab_size(model, model_path))
     from t1.rollout.openai import OpenAIEngine
 
-    return OpenAIEngine(tokenizer=tokenizer, cfg=cfg.openai)
+    return OpenAIEngine(tokenizer=tokenizer, cfg=cfg.openai, vocab_size=_vocab_size(model, model_path))
+
+
+def _vocab_size(model, model_path: str | None) -> int:
+    """The model's vocabulary (its embedding rows, which may exceed the tokenizer's), from the loaded model or
+    the checkpoint's config.json; 0 when neither says. Bounds the token ids a server may return."""
+    import json
+    from pathlib import Path
+
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if size is None and model_path and (Path(model_path) / "config.json").is_file():
+        try:
+            size = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+        except (OSError, ValueError, AttributeError):
+            size = None
+    return size if isinstance(size, int) else 0
 
 
 def open_engine(cfg, model_path: str, *, max_len: int = 0, run_dir: str | None = None, batch: int = 0,

@@ -11,7 +11,8 @@ its own); both are checked at construction (bounded by ``sync_timeout``). Recipe
   the same seeds. Requests go round-robin over the servers (offset by the training rank), ``concurrency`` in
   flight per server, each bounded by ``timeout`` and retried ``max_retries`` times (``post_json``); a
   malformed reply or a dead server raises a one-line ``ServerError`` naming the server. Token ids come back
-  exactly (``return_tokens_as_token_ids``), the server's end-of-sequence token included; a sample that
+  exactly (``return_tokens_as_token_ids``) and are checked (integers within the model's vocabulary, at most
+  ``max_tokens``: ``t1.rollout.openai.token_ids``), the server's end-of-sequence token included; a sample that
   stopped without it gets one appended with log-prob 0.0 (as ``t1.rollout.openai``). Text is decoded here
   without special tokens. Knobs a ``generation_config.json`` could set on the server (top-k, min-p,
   penalties) are sent switched off.
@@ -35,11 +36,8 @@ An API key in ``VLLM_API_KEY`` (what ``vllm serve`` reads) is sent as a bearer t
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,7 +46,7 @@ import torch
 
 from t1.rollout.base import Sample, SamplingParams
 from t1.rollout.config import VLLMServerConfig
-from t1.rollout.openai import ServerError, post_json
+from t1.rollout.openai import ServerError, get_json, post_json, reply_limit, scrubbed, token_ids, token_logprobs
 from t1.rollout.vllm_engine import StaleEngineError
 from t1.rollout.weights import write_safetensors
 
@@ -79,12 +77,14 @@ def _groups(prompts: list[list[int]], seeds: list[int]) -> list[tuple[int, int, 
 class VLLMServerEngine:
     shares_weights = False
 
-    def __init__(self, tokenizer, cfg: VLLMServerConfig | None = None, run_dir: str | None = None):
+    def __init__(self, tokenizer, cfg: VLLMServerConfig | None = None, run_dir: str | None = None,
+                 vocab_size: int = 0):
         self.cfg = cfg = cfg or VLLMServerConfig()
         self.urls = [u.rstrip("/") for u in cfg.urls]
         if not self.urls:
             raise ValueError("vllm_server.urls: needs at least one server")
         self.tokenizer, self.eos = tokenizer, tokenizer.eos_token_id
+        self.vocab_size = vocab_size or len(tokenizer)  # ids a reply may hold: the model's embedding rows
         self.api_key = os.environ.get("VLLM_API_KEY") or None
         self.run_dir = run_dir
         self.rank = _rank(int(os.environ.get("RANK", "0")))  # offsets the round-robin
@@ -96,24 +96,12 @@ class VLLMServerEngine:
 
     def _get(self, url: str, path: str, timeout: float, missing: str | None = None) -> dict:
         """GET a JSON object; one attempt (a dead server fails here at once). ``missing``: the message of a 404."""
-        req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {self.api_key}"}
-                                     if self.api_key else {})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                body = resp.read(16 << 20)
-        except urllib.error.HTTPError as e:
-            if e.code == 404 and missing:
-                raise ServerError(f"{url}: {missing}") from None
-            raise ServerError(f"{url}{path}: HTTP {e.code}: {e.read(200)!r}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-            raise ServerError(f"{url}{path}: {type(e).__name__}: {e}") from None
-        try:
-            reply = json.loads(body)
-        except ValueError:
-            reply = None
-        if not isinstance(reply, dict):
-            raise ServerError(f"{url}{path}: reply is not a JSON object: {body[:200]!r}")
-        return reply
+            return get_json(url + path, api_key=self.api_key, timeout=timeout)
+        except ServerError as e:
+            if e.status == 404 and missing:
+                raise ServerError(f"{url}: {missing}", 404) from None
+            raise
 
     def _post(self, url: str, path: str, body: dict, retries: int | None = None) -> dict:
         """An administrative POST (weights), bounded by ``sync_timeout``."""
@@ -187,21 +175,22 @@ class VLLMServerEngine:
                    "return_tokens_as_token_ids": True}
         url = self.urls[s] + "/v1/completions"
         reply = post_json(url, payload, api_key=self.api_key, timeout=self.cfg.timeout,
-                          max_retries=self.cfg.max_retries)
+                          max_retries=self.cfg.max_retries, max_bytes=reply_limit(n * params.max_new_tokens))
+        return scrubbed(self.api_key, self._samples, url, reply, n, params.max_new_tokens)
+
+    def _samples(self, url: str, reply: dict, n: int, max_tokens: int) -> list[Sample]:
         try:
             choices = sorted(reply["choices"], key=lambda c: c["index"])
             if len(choices) != n:
                 raise ValueError
-            return [self._sample(c) for c in choices]
+            return [self._sample(url, c, max_tokens) for c in choices]
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             raise ServerError(f"{url}: malformed completion reply: {str(reply)[:200]}") from None
 
-    def _sample(self, choice: dict) -> Sample:
+    def _sample(self, url: str, choice: dict, max_tokens: int) -> Sample:
         lp = choice["logprobs"]
-        tokens, values = lp["tokens"], lp["token_logprobs"]
-        if len(tokens) != len(values) or not all(isinstance(t, str) and t.startswith("token_id:") for t in tokens):
-            raise ValueError("tokens are not token_id:N")
-        ids, lps = [int(t[9:]) for t in tokens], [float(v) for v in values]
+        ids = token_ids(url, lp["tokens"], self.vocab_size, max_tokens)  # checked: the trainer indexes them
+        lps = token_logprobs(url, lp["token_logprobs"], len(ids))
         finished = choice["finish_reason"] == "stop"
         if finished and (not ids or ids[-1] != self.eos):  # a stop token other than ours: train to stop
             ids.append(self.eos)
