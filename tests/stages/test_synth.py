@@ -85,3 +85,47 @@ def test_dry_run_prints_prompts_and_calls_nothing(tmp_path, problems, capsys):
     for name in ("attempt", "critique", "merge", "rewrite"):
         assert f"──── {name} prompt (p1)" in out
     assert "What is 1 + 1?" in out
+
+
+def test_lone_surrogates_in_replies_are_written_and_cached_sanely(tmp_path, problems):
+    """A reply holding "\\ud800" (valid JSON, not valid Unicode) is cleaned where it enters: the output and the
+    cache are written, and reruns work — from this cache, and from an old one that holds the surrogates."""
+    def surrogate_chat(payload):
+        reply = chat(payload)
+        reply["choices"][0]["message"]["content"] += " \ud800"
+        return reply
+
+    cache = tmp_path / "sft.cache.jsonl"
+    with FakeServer(surrogate_chat) as server:
+        first = run_synth(cfg_for(server.url, tmp_path), progress=False)
+        out = (tmp_path / "sft.jsonl").read_text(encoding="utf-8")
+        assert first["kept"] == 2 and "\ufffd" in out
+        lines = cache.read_text(encoding="ascii").splitlines()
+        assert all("\\ud800" not in line for line in lines) and "\\ufffd" in lines[0]
+        assert run_synth(cfg_for(server.url, tmp_path), progress=False)["calls_made"] == 0
+        # a cache from before replies were cleaned, its last record torn by a kill
+        old = [line.replace("\\ufffd", "\\ud800") for line in lines]
+        cache.write_text("\n".join(old[:-1]) + "\n" + old[-1][:-20], encoding="ascii")
+        again = run_synth(cfg_for(server.url, tmp_path), progress=False)
+        assert again["calls_made"] == 1 and again["kept"] == 2  # only the torn record is paid for again
+        assert (tmp_path / "sft.jsonl").read_text(encoding="utf-8") == out
+        assert run_synth(cfg_for(server.url, tmp_path), progress=False)["calls_made"] == 0  # appended sanely
+
+
+def test_output_over_an_input_and_bad_settings_are_one_line_errors(tmp_path, problems, capsys):
+    inputs = tmp_path / "problems.jsonl"
+    before = inputs.read_text()
+    with FakeServer(chat) as server:
+        base = ["synth", f"inputs=[{inputs}]", f"teachers=[{{base_url: {server.url}}}]"]
+        for args, message in (([f"out={inputs}"], f"output {inputs}: is also an input"),
+                              ([f"cache={inputs}"], f"cache {inputs}: is also an input"),
+                              (["concurrency=0"], "concurrency: must be ≥ 1"),
+                              (["max_retries=-1"], "max_retries: must be ≥ 0"),
+                              (["timeout=0"], "timeout: must be a finite number of seconds > 0"),
+                              (["grader_timeout=-1"], "grader_timeout: must be a finite number of seconds > 0"),
+                              (["critic={base_url: localhost}"], "critic.base_url: must be an http")):
+            assert main(base + [f"out={tmp_path / 'sft.jsonl'}"] + args) == 2, args
+            err = capsys.readouterr().err
+            assert err.startswith(f"t1 synth: error: {message}") and err.count("\n") == 1, err
+        assert server.requests == []
+    assert inputs.read_text() == before

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import sys
 import threading
@@ -32,9 +33,9 @@ from tqdm import tqdm
 
 from t1.config import option, require
 from t1.data import DATA_DIR
-from t1.io import DataError, atomic_write_text, fill, iter_jsonl
-from t1.rollout.config import ServerAddress
-from t1.rollout.openai import ServerError, post_json
+from t1.io import DataError, atomic_write_text, check_output, clean_text, fill, iter_jsonl
+from t1.rollout.config import ServerAddress, check_client
+from t1.rollout.openai import MalformedReply, ServerError, post_json, reply_limit
 from t1.tasks.math import MathGrader
 
 PROMPTS = DATA_DIR / "synth_prompts"
@@ -47,6 +48,11 @@ class Endpoint(ServerAddress):
 
     temperature: float = option(0.7, "sampling temperature")
     max_tokens: int = option(4096, "longest reply")
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.temperature >= 0, "temperature", "must be ≥ 0", self.temperature)
+        require(self.max_tokens >= 1, "max_tokens", "must be ≥ 1", self.max_tokens)
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class SynthConfig:
     prompts_dir: str | None = option(None, "directory overriding attempt/critique/merge/rewrite .txt prompts")
     concurrency: int = option(8, "problems in flight")
     max_retries: int = option(5, "retries per call on 429 / 5xx / time-outs / malformed replies")
-    timeout: float = option(300.0, "seconds per call")
+    timeout: float = option(300.0, "seconds per call, all of it (connecting, waiting, reading the reply)")
     cache: str | None = option(None, "request cache (default: next to out, .cache.jsonl)")
     grader_timeout: float = option(5.0, "seconds per answer check")
     limit: int = option(0, "only the first N problems (0 = all)")
@@ -71,21 +77,29 @@ class SynthConfig:
         require(len(self.inputs) > 0, "inputs", "give at least one file", self.inputs)
         require(len(self.teachers) > 0, "teachers", "give at least one teacher", self.teachers)
         require(self.attempts_per_teacher >= 1, "attempts_per_teacher", "must be ≥ 1", self.attempts_per_teacher)
-        require(self.concurrency >= 1, "concurrency", "must be ≥ 1", self.concurrency)
+        check_client(self.timeout, self.max_retries, self.concurrency)
+        require(math.isfinite(self.grader_timeout) and self.grader_timeout > 0, "grader_timeout",
+                "must be a finite number of seconds > 0", self.grader_timeout)
+        require(self.limit >= 0, "limit", "must be ≥ 0 (0 = all)", self.limit)
 
 
 class Cache:
-    """Append-only JSON Lines of {key, reply}; a torn last line (killed mid-write) is ignored."""
+    """Append-only JSON Lines of {key, reply}. Read tolerantly: a torn line (killed mid-write) is ignored, and
+    so is anything else that is not a {key, reply} record; replies are cleaned (a cache written before replies
+    were cleaned may hold lone surrogates). An append after a torn last line starts on a line of its own."""
 
     def __init__(self, path: Path):
         self.path, self.lock, self.data = path, threading.Lock(), {}
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                    self.data[row["key"]] = row["reply"]
-                except (ValueError, KeyError):
-                    continue
+        raw = path.read_bytes() if path.is_file() else b""
+        for line in raw.decode("utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                key, reply = row["key"], row["reply"]
+            except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+                continue
+            if isinstance(key, str) and isinstance(reply, str):
+                self.data[key] = clean_text(reply)
+        self.torn = bool(raw) and not raw.endswith(b"\n")
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def get(self, key: str) -> str | None:
@@ -95,7 +109,8 @@ class Cache:
         with self.lock:
             self.data[key] = reply
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"key": key, "reply": reply}) + "\n")
+                f.write(("\n" if self.torn else "") + json.dumps({"key": key, "reply": reply}) + "\n")
+            self.torn = False
 
 
 class Client:
@@ -115,17 +130,15 @@ class Client:
         last = ""
         for attempt in range(self.cfg.max_retries + 1):
             try:
-                reply = post_json(url, {**payload, "seed": sample}, api_key=ep.api_key(),
-                                  timeout=self.cfg.timeout, max_retries=self.cfg.max_retries)
-                text = reply["choices"][0]["message"]["content"]
+                reply = post_json(url, {**payload, "seed": sample}, api_key=ep.api_key(), timeout=self.cfg.timeout,
+                                  max_retries=self.cfg.max_retries, max_bytes=reply_limit(ep.max_tokens))
+                text = reply["choices"][0]["message"]["content"]  # cleaned by post_json
                 if not isinstance(text, str):
                     raise TypeError("content is not a string")
             except (KeyError, IndexError, TypeError) as e:
                 last = f"malformed reply ({type(e).__name__})"
-            except ServerError as e:
-                if "not JSON" not in str(e):
-                    raise
-                last = "reply is not JSON"
+            except MalformedReply:  # not a JSON object: retried here (post_json retries only the network)
+                last = "reply is not a JSON object"
             else:
                 self.calls["made"] += 1
                 self.cache.put(key, text)
@@ -181,6 +194,8 @@ def run_synth(cfg: SynthConfig, dry_run: bool = False, progress: bool = True) ->
         problems = problems[: cfg.limit]
     prompts = load_prompts(cfg.prompts_dir)
     if dry_run:
+        if not problems:
+            raise DataError(f"{', '.join(cfg.inputs)}: no problems to show")
         pid, problem, answer = problems[0]
         demo_blocks = "Attempt 1 (incorrect):\n<attempt text>\n\nCritique 1:\n<critique text>"
         for name, text in (("attempt", fill(prompts["attempt"], problem=problem)),
@@ -193,8 +208,10 @@ def run_synth(cfg: SynthConfig, dry_run: bool = False, progress: bool = True) ->
         return {"dry_run": True, "problems": len(problems)}
 
 
-    out = Path(cfg.out)
-    cache = Cache(Path(cfg.cache) if cfg.cache else out.with_suffix(".cache.jsonl"))
+    out = check_output(cfg.out, *cfg.inputs)  # before any call: never an input, writable
+    cache_path = check_output(cfg.cache or out.with_suffix(".cache.jsonl"), out, *cfg.inputs, what="cache")
+    check_output(out.with_suffix(".report.json"), out, cache_path, *cfg.inputs, what="report")
+    cache = Cache(cache_path)
     client = Client(cfg, cache)
     grader, grade_lock = MathGrader(timeout=cfg.grader_timeout), threading.Lock()
 
