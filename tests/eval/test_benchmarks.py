@@ -60,3 +60,21 @@ def test_a_malformed_gpqa_csv_is_one_line_naming_it(tmp_path):
         load_gpqa(empty)
     with pytest.raises(DataError, match="is a directory"):
         load_gpqa(tmp_path)
+
+
+def test_gpqa_options_are_shuffled_per_sample_with_a_recorded_seed():
+    """Every sample of a multiple-choice question sees its own seeded option order, and its gold letter follows
+    the correct option: a model's letter preference cannot pass for accuracy, and a rerun sees the same orders."""
+    from t1.eval.benchmarks import choice_item, for_sample
+
+    item = choice_item("q7", "Which is right?", ("right", "w1", "w2", "w3"), [2, 0, 3, 1])
+    assert item.answer == "B" and item.extra["option_order"] == [2, 0, 3, 1]
+    views = [for_sample(item, seed=0, k=k) for k in range(8)]
+    assert len({tuple(v.extra["option_order"]) for v in views}) > 2  # orders differ between samples
+    for v in views:
+        line = next(line for line in v.prompt.splitlines() if line.endswith(") right"))
+        assert line.startswith(f"{v.answer})")
+    assert [v.prompt for v in views] == [for_sample(item, 0, k).prompt for k in range(8)]  # seeded
+    assert [v.prompt for v in views] != [for_sample(item, 1, k).prompt for k in range(8)]
+    plain = load_bench("countdown", n_countdown=2)[1][0]
+    assert for_sample(plain, 0, 3) is plain  # other items are unchanged

@@ -49,18 +49,34 @@ def _gpqa_items(path: Path, reader: csv.DictReader, seed: int) -> list[Item]:
     for i, row in enumerate(reader):
         if any(not isinstance(row.get(c), str) or not row[c].strip() for c in GPQA_COLUMNS):
             raise DataError(f"{path}:{reader.line_num}: a question or option is empty")
-        options = [row["Correct Answer"].strip()] + [row[f"Incorrect Answer {k}"].strip() for k in (1, 2, 3)]
+        options = tuple(clean_text(row[c].strip()) for c in GPQA_COLUMNS[1:])  # the correct one first
         order = list(range(4))
         random.Random(f"{seed}-{i}").shuffle(order)
-        letters = "ABCD"
-        body = clean_text(row["Question"].strip() + "\n\n" + "\n".join(f"{letters[j]}) {options[o]}"
-                                                                     for j, o in enumerate(order)))
-        gold = letters[order.index(0)]
-        items.append(Item(prompt=fill(ChoiceTask.template, problem=body), answer=gold, id=f"gpqa-{i}",
-                          problem=body))
+        items.append(choice_item(f"gpqa-{i}", clean_text(row["Question"].strip()), options, order))
     if not items:
         raise DataError(f"{path}: no questions")
     return items
+
+
+def choice_item(id: str, question: str, options: tuple[str, ...], order: list[int]) -> Item:
+    """A multiple-choice item whose options (``options[0]`` the correct one) are shown in ``order``; the gold
+    answer is the letter where the correct option landed. ``extra`` keeps what :func:`for_sample` needs."""
+    letters = "ABCDEFGHIJ"[: len(options)]
+    body = question + "\n\n" + "\n".join(f"{letters[j]}) {options[o]}" for j, o in enumerate(order))
+    return Item(prompt=fill(ChoiceTask.template, problem=body), answer=letters[order.index(0)], id=id,
+                problem=body, extra={"question": question, "options": options, "option_order": list(order)})
+
+
+def for_sample(item: Item, seed: int, k: int) -> Item:
+    """The item as sample ``k`` sees it: a multiple-choice item with its options shuffled anew for every sample
+    (seeded by ``seed``, the item's id and ``k``, so a rerun shows the same orders), which keeps a model's
+    preference for a letter out of its accuracy; any other item unchanged."""
+    options = item.extra.get("options")
+    if not options:
+        return item
+    order = list(range(len(options)))
+    random.Random(f"{seed}-{item.id}-{k}").shuffle(order)
+    return choice_item(item.id, item.extra["question"], options, order)
 
 
 def load_bench(name: str, data_dir: str | Path | None = None, gpqa_csv: str | None = None,

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from t1.chat import prompt_ids
 from t1.config import require
+from t1.eval.benchmarks import for_sample
 from t1.rollout.base import SamplingParams, sample_seed
 from t1.tasks.base import Item, Task
 
@@ -49,14 +50,15 @@ def sample_and_grade(engine, tok, task: Task, items: list[Item], s: EvalSettings
     bar = tqdm(total=len(items) * s.n, desc=desc, unit="sample", file=sys.stderr, disable=not progress)
     for start in range(0, len(items), s.batch_problems):
         chunk = list(range(start, min(len(items), start + s.batch_problems)))
-        prompts = [prompt_ids(tok, items[i].prompt, s.use_chat_template) for i in chunk for _ in range(s.n)]
+        its = [for_sample(items[i], s.seed, k) for i in chunk for k in range(s.n)]  # choice: options reshuffled
+        prompts = [prompt_ids(tok, it.prompt, s.use_chat_template) for it in its]
         seeds = [sample_seed(s.seed, 0, i, k) for i in chunk for k in range(s.n)]
         samples = engine.generate(prompts, seeds, params)
-        its = [items[i] for i in chunk for _ in range(s.n)]
         for j, (it, smp, sc) in enumerate(zip(its, samples, task.score([x.text for x in samples], its))):
+            order = {"option_order": it.extra["option_order"]} if "option_order" in it.extra else {}
             rows.append({"id": it.id, "sample": j % s.n, "prompt": it.prompt, "response": smp.text,
                          "extracted": sc.extracted, "correct": bool(sc.correct and smp.finished),
-                         "tokens": len(smp.token_ids), "finished": smp.finished, **it.to_row()})
+                         "tokens": len(smp.token_ids), "finished": smp.finished, **it.to_row(), **order})
         bar.update(len(samples))
     bar.close()
     return rows
