@@ -33,3 +33,20 @@ def test_report_renders_a_run(tmp_path):
     assert page.count("data:image/png;base64,") == 3
     assert "&lt;script&gt;" in page and "<script>" not in page  # model output is escaped
     assert main(["report", str(run)]) == 0
+
+
+def test_report_drops_a_torn_last_line_and_names_damage_before_it(tmp_path, capsys):
+    """A run killed mid-write leaves half a row at the end of metrics.jsonl: the report drops it with a
+    warning; a bad line before the last is one error naming the file and line."""
+    run = tmp_path / "sft"
+    run.mkdir()
+    rows = "".join(json.dumps({"step": i, "loss": 3 / i}) + "\n" for i in range(1, 6))
+    (run / "metrics.jsonl").write_text(rows + '{"step": 6, "lo')
+    assert main(["report", str(run)]) == 0
+    assert "<h2>SFT" in (run / "report.html").read_text()
+    assert "metrics.jsonl:6: dropped a torn last line" in capsys.readouterr().err
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo\n' + rows)
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("t1 report: error: ") and "metrics.jsonl:2: not a valid JSON object" in err
+    assert len(err.strip().splitlines()) == 1

@@ -68,6 +68,31 @@ def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
             == [r["reward"] for r in rows(full / "metrics.jsonl")])
 
 
+def test_killed_run_resumes_without_repeated_log_rows(tiny_model_dir, tmp_path, monkeypatch):
+    """Killed after logging a step past its last checkpoint: on --resume metrics.jsonl and rollouts.jsonl both
+    drop that step's rows before it is run again, so each log equals the uninterrupted run's."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    extra = ["train.steps=4", "train.save_every=2", "train.rollouts_every=1", "train.rollouts_kept=2"]
+    train_rl(rl_cfg(tiny_model_dir, full, *extra), progress=False)
+    real = RLTrainer.rollout
+
+    def killed_at_step_4(self, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(self, step)
+
+    monkeypatch.setattr(RLTrainer, "rollout", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_rl(rl_cfg(tiny_model_dir, cut, *extra), progress=False)
+    assert [r["step"] for r in rows(cut / "rollouts.jsonl")] == [1, 1, 2, 2, 3, 3]
+    monkeypatch.undo()
+    train_rl(rl_cfg(tiny_model_dir, cut, *extra), resume=True, progress=False)  # the lock went with the error
+    for log in ("metrics.jsonl", "rollouts.jsonl"):
+        a, b = rows(full / log), rows(cut / log)
+        assert [r["step"] for r in b] == [r["step"] for r in a]
+        assert [r["reward"] for r in b] == [r["reward"] for r in a]
+
+
 def test_two_processes_match_one(tiny_model_dir, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     # fp32: under bf16 a near-zero gradient element can flip sign with summation order, and Adam's first

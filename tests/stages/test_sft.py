@@ -15,6 +15,7 @@ from t1.cli import main
 from t1.data.sft import Pair, SFTDataConfig, encode, load_examples
 from t1.io import DataError
 from t1.model.load import build_tokenizer
+from t1.runtime.run import RunError
 from t1.stages.sft import SFTConfig, token_nll_sum, train_sft
 
 SMALL = ["tiny.hidden=32", "tiny.layers=2", "tiny.heads=2", "tiny.kv_heads=2", "tiny.ffn=64",
@@ -91,16 +92,33 @@ def test_resume_gives_bit_identical_weights(tmp_path):
     assert len(list((cut / "checkpoints").iterdir())) == 2  # keep_checkpoints
 
 
+def test_resume_falls_back_past_a_broken_newest_checkpoint(tmp_path, capsys):
+    """The newest checkpoint's model file is empty (a power cut before the data reached the disk): --resume
+    continues from the previous whole one, says so, and still ends bit-identical to an uninterrupted run."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train_sft(small_cfg(full, "train.save_every=2"), progress=False)
+    train_sft(small_cfg(cut, "train.save_every=2", "train.max_steps=5"), progress=False)
+    (cut / "checkpoints" / "step-0000005" / "model.safetensors").write_bytes(b"")
+    train_sft(small_cfg(cut, "train.save_every=2"), resume=True, progress=False)
+    assert "step-0000005: incomplete (model.safetensors: 0 bytes" in capsys.readouterr().err
+    a, b = weights(full / "final"), weights(cut / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["step"] for m in metrics(cut)] == [m["step"] for m in metrics(full)]
+
+
 def test_non_finite_loss_skips_then_stops(tmp_path, monkeypatch, capsys):
     """As in `t1 rl`: a NaN loss skips the optimizer step with a warning; train.max_bad_steps in a row stop."""
     import t1.stages.sft as sft
 
     real = sft.token_nll_sum
     monkeypatch.setattr(sft, "token_nll_sum", lambda *args: real(*args) * float("nan"))
-    with pytest.raises(RuntimeError, match="sft: 2 consecutive steps with a non-finite loss"):
+    with pytest.raises(RunError, match="sft: 2 consecutive steps with a non-finite loss"):
         train_sft(small_cfg(tmp_path / "nan", "train.max_bad_steps=2"), progress=False)
     assert capsys.readouterr().err.count("update skipped") == 2
     assert not (tmp_path / "nan" / "final").exists()
+    # the command says it in one line, no traceback
+    assert main(["sft", *SMALL, f"out={tmp_path / 'nan2'}", "train.max_bad_steps=2", "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("t1 sft: error: sft: 2 consecutive steps")
 
 
 def _free_port() -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from t1.config import option, require
+from t1.runtime.run import RunError
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,13 @@ class BadSteps:
         self.stage, self.limit, self.streak = stage, limit, 0
 
     def check(self, step: int, skipped: bool) -> None:
-        """After 0-based ``step``: raise RuntimeError at the ``limit``-th skipped step in a row."""
+        """After 0-based ``step``: raise :class:`t1.runtime.run.RunError` (one line at the command) at the
+        ``limit``-th skipped step in a row."""
         self.streak = self.streak + 1 if skipped else 0
         if not skipped:
             return
         print(f"{self.stage}: warning: step {step + 1}: non-finite loss or gradient; update skipped",
               file=sys.stderr)
         if self.streak >= self.limit:
-            raise RuntimeError(f"{self.stage}: {self.streak} consecutive steps with a non-finite loss or gradient "
-                               f"(last at step {step + 1}); lower train.optim.lr or check the data")
+            raise RunError(f"{self.stage}: {self.streak} consecutive steps with a non-finite loss or gradient "
+                           f"(last at step {step + 1}); lower train.optim.lr or check the data")

@@ -11,6 +11,8 @@ import html
 import json
 from pathlib import Path
 
+from t1.io import read_log
+
 RL_PANELS = [("reward", "mean reward"), ("accuracy", "accuracy"), ("entropy", "token entropy"),
              ("kl", "KL to anchor (per response)"), ("response_length", "response length (tokens)"),
              ("penalties", "penalty rates"), ("time", "step time (s)"), ("tokens_per_s", "completion tokens/s"),
@@ -18,9 +20,8 @@ RL_PANELS = [("reward", "mean reward"), ("accuracy", "accuracy"), ("entropy", "t
 
 
 def _rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """A run's log; a torn last line (a killed or failed write) is dropped with a warning."""
+    return read_log(path)
 
 
 def _fig():

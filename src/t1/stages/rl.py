@@ -16,7 +16,6 @@ match one process's and resume exactly (tests/rl/test_shard.py, on CPU processes
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -60,6 +59,15 @@ class RLTrainer:
             raise ConfigError(f"rollout.prompts_per_step: must be divisible by the {self.world} processes "
                               f"(got {P})")
         self.run = RunDir(self.out, resume, acc)
+        try:  # the run's lock is released if the setup fails
+            self._setup(note)
+        except BaseException:
+            self.run.close()
+            raise
+
+    def _setup(self, note: str) -> None:
+        """The model (the checkpoint's when resuming), prompts, anchor, optimizer, engine and task."""
+        cfg, acc = self.cfg, self.acc
         ckpt = self.run.checkpoint
         torch.manual_seed(cfg.train.seed)
 
@@ -98,7 +106,7 @@ class RLTrainer:
         self.timer = Timer()
         self.version = self.start  # optimizer steps taken: the weights the engine must sample from
         self._push_weights()
-        self.run.start_metrics(cfg, self.start, note)
+        self.run.start_metrics(cfg, self.start, note, logs=("metrics", "rollouts"))
         if note and acc.is_main_process:
             print(f"rl: {note}", file=sys.stderr)
 
@@ -187,12 +195,18 @@ class RLTrainer:
         cfg = self.cfg
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
             self.run.log(row)
-        if self.acc.is_main_process and cfg.train.rollouts_every and (step + 1) % cfg.train.rollouts_every == 0:
-            with open(self.out / "rollouts.jsonl", "a", encoding="utf-8") as f:
-                for r in shown[: cfg.train.rollouts_kept]:
-                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        if cfg.train.rollouts_every and (step + 1) % cfg.train.rollouts_every == 0:
+            self.run.log(*shown[: cfg.train.rollouts_kept], to="rollouts")
 
     def train(self) -> list[dict]:
+        """Steps ``start`` … ``train.steps``, then ``final/``; the run's lock and logs are released however it
+        ends."""
+        try:
+            return self._train()
+        finally:
+            self.run.close()
+
+    def _train(self) -> list[dict]:
         cfg, acc = self.cfg, self.acc
         main = acc.is_main_process
         if main:
@@ -221,7 +235,6 @@ class RLTrainer:
                 self._checkpoint(step + 1)
         bar.close()
         self.run.save_final(self.raw, self.tok, shard.model_state(acc, self.model, self.sharding))
-        self.run.close()
         if main:
             print(summary(history), file=sys.stderr)
         self.task.close()

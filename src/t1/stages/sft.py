@@ -158,14 +158,23 @@ def _accumulate(acc, model, forward, examples, lengths: list[int], batch: list[i
 
 
 def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SFTResult:
-    from accelerate.utils import set_seed
-
-    out = Path(cfg.out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg.train.precision, device)
     acc = make_accelerator(precision)
+    run = RunDir(cfg.out, resume, acc)
+    try:  # the run's lock and logs are released however it ends
+        result = _train(cfg, acc, run, precision, progress)
+    finally:
+        run.close()
+    acc.end_training()
+    return result
+
+
+def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> SFTResult:
+    from accelerate.utils import set_seed
+
+    out = Path(cfg.out)
     main, world = acc.is_main_process, acc.num_processes
-    run = RunDir(out, resume, acc)
     set_seed(cfg.train.seed)
 
     model, tokenizer = _load_model(cfg, run)
@@ -229,11 +238,9 @@ def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SF
                                 cfg.train.keep_checkpoints)
     bar.close()
     run.save_final(acc.unwrap_model(model), tokenizer, acc.get_state_dict(model))
-    run.close()
     wall = time.perf_counter() - t_start
     result = SFTResult(out, stop, loss_value, tok_rate, wall)
     if main:
         print(f"sft done: {stop} steps in {wall:.1f}s | final loss {loss_value:.4f} | {tok_rate:,.0f} tokens/s | "
               f"model in {out / 'final'}", file=sys.stderr)
-    acc.end_training()
     return result
