@@ -1,7 +1,7 @@
 """`t1 demo`: the whole T1 pipeline on Countdown with a tiny model, on a laptop CPU, in under ten minutes.
 
 Stages (each writes under the run directory and is skipped when its output already exists, so an
-interrupted demo resumes where it stopped):
+interrupted demo resumes where it stopped; SFT and RL continue from their newest checkpoint):
 
 1. SFT on trial-and-error traces (``sft/``) and, at equal compute (the same number of training tokens), SFT
    on direct solutions with no failed attempts (``sft_direct/``) — the paper's reason for its SFT data. The
@@ -17,7 +17,11 @@ interrupted demo resumes where it stopped):
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -33,6 +37,7 @@ from t1.model.load import ModelConfig
 from t1.rl.config import AlgoConfig, AnchorConfig, RLConfig, RLTrainConfig, RolloutConfig
 from t1.rl.penalties import PenaltyConfig
 from t1.runtime.optim import OptimConfig
+from t1.runtime.run import RunError
 from t1.stages.evaluate import run_eval
 from t1.stages.filter import FilterConfig, run_filter
 from t1.stages.report import write_report
@@ -75,7 +80,7 @@ class DemoConfig:
 def _sft_config(cfg: DemoConfig, out: Path, direct: bool, examples: int) -> SFTConfig:
     data = SFTDataConfig(source="countdown", num_examples=examples, seed=cfg.seed, countdown=cfg.countdown,
                          failed_attempts=0 if direct else None, max_length=cfg.tiny.max_positions)
-    train = SFTTrainConfig(epochs=cfg.sft_epochs, batch_size=64, seed=cfg.seed, log_every=20,
+    train = SFTTrainConfig(epochs=cfg.sft_epochs, batch_size=64, seed=cfg.seed, log_every=20, save_every=100,
                            optim=OptimConfig(lr=cfg.sft_lr, schedule="cosine", warmup_ratio=0.03,
                                              weight_decay=0.0))
     return SFTConfig(out=str(out), model=None, tiny=cfg.tiny, data=data, train=train)
@@ -100,26 +105,31 @@ def _rl_config(cfg: DemoConfig, out: Path, sft_model: Path, prompts: Path) -> RL
     )
 
 
-def parallel_sft(runs: list[tuple[Path, SFTConfig]], out: Path, progress: bool) -> None:
-    """Run ``t1 sft`` for each config as a single-threaded subprocess, all at once, with one progress bar."""
-    import os
-    import subprocess
+def _die_with_parent():
+    """A ``preexec_fn`` after which the child gets SIGKILL from the kernel when this process dies, however it
+    dies (Linux ``PR_SET_PDEATHSIG``); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    parent = os.getpid()
 
+    def preexec() -> None:
+        prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def _watch(procs: list, epochs: dict[Path, float], progress: bool) -> None:
+    """One progress bar over the runs (from their metrics rows) until all end or one fails."""
     from tqdm import tqdm
 
-    procs = []
-    for run_dir, c in runs:
-        path = cfglib.save(c, out / f"{run_dir.name}.yaml")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        log = open(out / f"{run_dir.name}.log", "w")
-        procs.append((run_dir, log, subprocess.Popen([sys.executable, "-m", "t1", "sft", str(path), "--quiet"],
-                                                     env=env, stdout=log, stderr=subprocess.STDOUT)))
-    epochs = {d: c.train.epochs for d, c in runs}
     bar = tqdm(total=100, desc="sft (both)", unit="%", file=sys.stderr, disable=not progress)
-    while any(p.poll() is None for _, _, p in procs):
+    while any(p.poll() is None for _, p in procs) and not any(p.poll() for _, p in procs):
         time.sleep(2)
         done = []
-        for d, _, _ in procs:  # each metrics row says how far through its epochs the run is
+        for d, _ in procs:  # each metrics row says how far through its epochs the run is
             rows = (d / "metrics.jsonl").read_text().splitlines() if (d / "metrics.jsonl").exists() else []
             try:
                 done.append(min(1.0, json.loads(rows[-1])["epoch"] / epochs[d]) if rows else 0.0)
@@ -129,11 +139,40 @@ def parallel_sft(runs: list[tuple[Path, SFTConfig]], out: Path, progress: bool) 
         bar.refresh()
     bar.n = 100
     bar.close()
-    for run_dir, log, p in procs:
-        log.close()
-        if p.returncode != 0:
-            raise RuntimeError(f"demo: SFT for {run_dir} failed; see {out / (run_dir.name + '.log')}")
-        print((out / f"{run_dir.name}.log").read_text().strip().splitlines()[-1], file=sys.stderr)
+
+
+def parallel_sft(runs: list[tuple[Path, SFTConfig]], out: Path, progress: bool) -> None:
+    """Run ``t1 sft --resume`` for each config as a single-threaded subprocess, all at once, with one progress
+    bar; ``--resume``: a run the demo left unfinished continues from its newest checkpoint (none: from the
+    start). The children never outlive the demo: they are stopped when it returns or raises (one failing stops
+    the others), and the kernel kills them if the demo is killed."""
+    procs: list[tuple[Path, subprocess.Popen]] = []
+    try:
+        for run_dir, c in runs:
+            path = cfglib.save(c, out / f"{run_dir.name}.yaml")
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            with open(out / f"{run_dir.name}.log", "w") as log:
+                procs.append((run_dir, subprocess.Popen(
+                    [sys.executable, "-m", "t1", "sft", str(path), "--resume", "--quiet"], env=env, stdout=log,
+                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent())))
+        _watch(procs, {d: c.train.epochs for d, c in runs}, progress)
+    finally:
+        stopped = [p for _, p in procs if p.poll() is None]
+        for p in stopped:
+            p.terminate()
+        for p in stopped:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    for run_dir, p in procs:
+        lines = (out / f"{run_dir.name}.log").read_text(errors="replace").strip().splitlines() or [""]
+        if p.returncode != 0 and p not in stopped:  # the one that failed, not the one stopped because of it
+            raise RunError(f"demo: SFT for {run_dir} failed ({lines[-1].strip() or f'exit {p.returncode}'}); "
+                           f"see {out / (run_dir.name + '.log')}")
+        if p.returncode == 0:
+            print(lines[-1], file=sys.stderr)
 
 
 def rl_prompts(filter_dir: Path, need: int) -> Path:
@@ -193,7 +232,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         progress=progress))
     st.run("RL with the T1 recipe", rl_dir / "final",
            lambda: train_rl(_rl_config(cfg, rl_dir, sft_dir / "final", rl_prompts(out / "filter", cfg.rl_prompts)),
-                            progress=progress))
+                            resume=True, progress=progress))  # a killed RL run continues where it stopped
     models = [("sft", sft_dir / "final"), ("rl", rl_dir / "final"), ("direct_sft", direct_dir / "final")]
     ev = EvalSettings(n=1, temperature=1.0, top_p=1.0, max_new_tokens=max(cfg.budgets), seed=cfg.seed + 7)
     for label, path in models:
