@@ -27,13 +27,17 @@ class OptimConfig:
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)")
 
     def validate(self) -> None:
-        require(self.lr > 0, "lr", "must be > 0", self.lr)
+        require(0 < self.lr <= 1, "lr", "must be in (0, 1]", self.lr)
         require(self.schedule in ("cosine", "constant", "linear"), "schedule",
                 "must be cosine, constant or linear", self.schedule)
         require(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
         require(self.warmup_steps >= 0, "warmup_steps", "must be ≥ 0", self.warmup_steps)
         require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
         require(self.grad_clip >= 0, "grad_clip", "must be ≥ 0", self.grad_clip)
+        require(self.weight_decay >= 0, "weight_decay", "must be ≥ 0", self.weight_decay)
+        require(0 <= self.beta1 < 1, "beta1", "must be in [0, 1)", self.beta1)
+        require(0 <= self.beta2 < 1, "beta2", "must be in [0, 1)", self.beta2)
+        require(self.eps > 0, "eps", "must be > 0", self.eps)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

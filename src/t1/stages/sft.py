@@ -82,6 +82,7 @@ class SFTTrainConfig:
         require(self.save_every >= 0, "save_every", "must be ≥ 0", self.save_every)
         require(self.max_steps >= 0, "max_steps", "must be ≥ 0", self.max_steps)
         require(self.max_bad_steps >= 1, "max_bad_steps", "must be ≥ 1", self.max_bad_steps)
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1", self.keep_checkpoints)
 
 
 @dataclass(frozen=True)
