@@ -3,10 +3,13 @@ import time
 
 import pytest
 
-from t1.pool import DeadlinePool
+from t1.pool import DeadlinePool, note
 
 
 def _work(kind, x):
+    if kind == "note":
+        note(f"noted {len(x)}")
+        time.sleep(30)
     if kind == "sleep":
         time.sleep(x)
     elif kind == "raise":
@@ -37,3 +40,14 @@ def test_bad_arguments():
         DeadlinePool(_work, workers=0, timeout=1)
     with pytest.raises(ValueError, match="timeout"):
         DeadlinePool(_work, workers=1, timeout=0)
+
+
+def test_a_stopped_task_reports_what_it_noted_and_large_tasks_never_block():
+    big = "x" * (1 << 20)  # far more than a pipe buffers: sent to a busy worker, the send would block
+    with DeadlinePool(_work, workers=1, timeout=0.5) as pool:
+        start = time.perf_counter()
+        out = pool.map([("note", big), ("ok", 1), ("note", big), ("die", big), ("ok", 2)])
+        assert time.perf_counter() - start < 3 * 0.5 * 2 + 5  # two tasks cut at the limit
+    assert [o.status for o in out] == ["timeout", "ok", "timeout", "error", "ok"]
+    assert out[0].value == out[2].value == f"noted {len(big)}" and out[3].value is None
+    assert note("outside a worker") is None  # a no-op in the parent
