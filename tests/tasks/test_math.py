@@ -5,7 +5,7 @@ import pytest
 
 from t1.data import DATA_DIR
 from t1.io import read_jsonl
-from t1.tasks.math import MathGrader, extract_answer, grade_math, wrap_gold
+from t1.tasks.math import MathGrader, MathTask, extract_answer, grade_math, wrap_gold
 
 # (response, gold, expected verdict)
 CASES = [
@@ -107,3 +107,28 @@ def test_grading_from_threads(grader):
 def test_length_mismatch_is_an_error(grader):
     with pytest.raises(ValueError, match="2 responses but 1 gold"):
         grader.grade(["a", "b"], ["1"])
+
+
+def test_extraction_is_linear_and_a_stopped_check_costs_the_parent_nothing():
+    # 10 MB of unclosed boxes: extraction once tried each of the last 16 to the end of the text (11 s), and the
+    # parent redid it, unbounded, for every check it had stopped
+    floods = ["\\boxed{" * 1_500_000, "\\boxed{" + "{}" * 5_000_000, "\\boxed{{}" * 1_200_000]
+    for text in floods:
+        start = time.perf_counter()
+        assert extract_answer(text) is None
+        assert time.perf_counter() - start < 6  # measured: under 1 s each
+    limit = 1.0
+    with MathGrader(workers=1, timeout=limit) as g:
+        start = time.perf_counter()
+        out = g.grade(floods + ["\\boxed{9^{9^{9^{9}}}}"], ["1"] * 4)
+        assert time.perf_counter() - start < 3 * limit * 4  # each check bounded by the limit, nothing after it
+    assert all(o.status in ("no_answer", "timeout") and o.extracted is None for o in out[:3])
+    assert out[3].status == "timeout" and out[3].extracted == "9^{9^{9^{9}}}"  # noted by the worker
+
+
+def test_bad_limits_are_refused_when_made():
+    for kwargs in ({"timeout": 0}, {"timeout": -1}, {"timeout": float("nan")}, {"workers": 0}, {"workers": -2}):
+        with pytest.raises(ValueError, match="workers must be|timeout must be"):
+            MathTask(**kwargs)
+    with pytest.raises(ValueError, match="workers must be an integer ≥ 1 \\(got 0\\)"):
+        MathGrader(workers=0)  # 0 is not "the default"

@@ -1,46 +1,102 @@
-"""Finding the final answer in a model response: the last ``\\boxed{...}``, with balanced braces."""
+"""Finding the final answer in a model response: the last ``\\boxed{...}``, with balanced braces, or the last
+``<answer>...</answer>``.
+
+Both searches are linear in the length of the text for any input (a response is untrusted: a truncated or
+hostile one may hold millions of unclosed ``\\boxed{`` or ``<answer>``), and skip text without braces or tags
+at the speed of ``str.count`` / ``str.find``.
+"""
 
 from __future__ import annotations
 
 import re
 
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*")
+MAX_TRIES = 64  # box openings tried, from the last one back; more only in hostile text
+_SPACE = re.compile(r"\s*")
+_BARE = re.compile(r"[^\s$]+")  # `\boxed 5`
+_CHUNK = 2048
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed 5``) in ``text``, else None.
+def _openings(text: str, tries: int) -> list[int]:
+    """Where the content of the last ``tries`` box openings (``\\boxed``, ``\\fbox``, then any space) starts,
+    last first."""
+    ends = []
+    for key in ("\\boxed", "\\fbox"):
+        pos = len(text)
+        for _ in range(tries):
+            pos = text.rfind(key, 0, pos)
+            if pos < 0:
+                break
+            ends.append(pos + len(key))
+    ends.sort(reverse=True)
+    return [_SPACE.match(text, end).end() for end in ends[:tries]]
 
-    Braces are matched by counting, so ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``. An unclosed box at the
-    end (a truncated response) counts as no answer. Only the last 16 box openings are tried, so hostile text
-    full of unclosed boxes stays linear in its length.
+
+def _closing(text: str, start: int, end: int) -> int | None:
+    """The index of the brace that closes the one at ``start``, looked for before ``end``; None if none.
+
+    Linear: a chunk whose closing braces cannot bring the depth to zero is skipped with two ``str.count``;
+    only the others are walked character by character.
     """
-    if "boxed" not in text and "fbox" not in text:
-        return None
-    starts = [m.end() for m in _BOX.finditer(text)]
-    for start in reversed(starts[-16:]):
-        if start >= len(text):
+    depth, lo = 0, start
+    while lo < end:
+        hi = min(end, lo + _CHUNK)
+        closes = text.count("}", lo, hi)
+        if closes < depth:
+            depth += text.count("{", lo, hi) - closes
+            lo = hi
             continue
-        if text[start] != "{":
-            m = re.match(r"[^\s$]+", text[start:])  # `\boxed 5`
-            if m:
-                return m.group(0)
-            continue
-        depth = 0
-        for i in range(start, len(text)):
-            c = text[i]
+        i = lo
+        for c in text[lo:hi]:
             if c == "{":
                 depth += 1
             elif c == "}":
                 depth -= 1
                 if depth == 0:
-                    return text[start + 1 : i].strip()
+                    return i
+            i += 1
+        lo = hi
     return None
 
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed 5``) in ``text``, else None.
+
+    Braces are matched by counting, so ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``. An unclosed box (a
+    truncated response) is passed over for the one before it; at most :data:`MAX_TRIES` openings are tried.
+
+    Linear in ``len(text)``: once a later box is known to be unclosed, every brace after it stays open for
+    an earlier box too, so the earlier box can only close before the later one starts. Each opening is
+    therefore searched only up to the next, and the searches together cover the text once.
+    """
+    if "boxed" not in text and "fbox" not in text:
+        return None
+    limit = len(text)  # an earlier box can only close before the latest unclosed one
+    for start in _openings(text, MAX_TRIES):
+        if start >= len(text):
+            continue
+        if text[start] != "{":
+            m = _BARE.match(text, start)
+            if m:
+                return m.group(0)
+            continue
+        end = _closing(text, start, limit)
+        if end is not None:
+            return text[start + 1 : end].strip()
+        limit = start
+    return None
 
 
 def last_answer_tag(text: str) -> str | None:
-    """Content of the last ``<answer>...</answer>`` (the format of TinyZero-style Countdown prompts)."""
-    found = _ANSWER_TAG.findall(text)
-    return found[-1].strip() if found else None
+    """Content of the last ``<answer>...</answer>`` (the format of TinyZero-style Countdown prompts): the same
+    as the last match of ``<answer>(.*?)</answer>`` (dot matching newlines), found with ``str.find`` in one
+    pass (the regular expression is quadratic in a flood of unclosed tags)."""
+    found, pos = None, 0
+    while True:
+        start = text.find("<answer>", pos)
+        if start < 0:
+            break
+        end = text.find("</answer>", start + 8)
+        if end < 0:
+            break
+        found, pos = (start + 8, end), end + 9
+    return None if found is None else text[found[0] : found[1]].strip()

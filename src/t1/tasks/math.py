@@ -8,6 +8,10 @@
 * Time: math-verify bounds its own work with ``signal.alarm``, which fails outside a main thread. Grading
   here always runs in worker processes of a :class:`~t1.pool.DeadlinePool`, which kills a check that runs
   past ``timeout`` seconds and reports it as timed out — from any calling thread — and uses every core.
+  Extraction is linear in the response's length and runs in the worker too, which notes the answer it found
+  to the parent (:func:`t1.pool.note`): a check stopped later still shows it, and the parent never redoes
+  any of the work (a timed-out check whose extraction itself overran — a response of many megabytes of
+  braces — shows none).
 
 :class:`MathTask` is the task behind the :class:`~t1.tasks.base.Task` interface; it starts its
 :class:`MathGrader` on the first batch it grades.
@@ -20,29 +24,39 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
-from t1.pool import DeadlinePool, Outcome
+from t1.pool import DeadlinePool, Outcome, check_limits, note
 from t1.tasks.base import Item, OnResult, Score, Task
 from t1.tasks.boxed import last_boxed
 
 MAX_EXTRACTED = 1000  # characters of an extracted answer kept; longer is garbage, not an answer
 
-_FINAL = re.compile(
-    r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*(.+?)\s*(?:\.\s*$|$|\n)", re.I | re.M
-)
+# The answer lines: each match runs to the end of its line (greedy, so linear: no two adjacent ``\s*`` or lazy
+# groups for the engine to try against each other on hostile whitespace); _line_answer trims it.
+_FINAL = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*(?::\s*)?(.+)$", re.I | re.M)
 _MATH_MODE = re.compile(r"(?<!\\)\$|\\\(|\\\[")
-_ANSWER_LINE = re.compile(r"^\s*\**answer\**\s*:\s*(.+?)\s*$", re.I | re.M)
+_ANSWER_LINE = re.compile(r"^[^\S\n]*\**answer\**\s*:\s*(.+)$", re.I | re.M)
+TAIL = 4000  # characters at the end of a response searched for an answer line
+
+
+def _line_answer(line: str, full_stop: bool) -> str:
+    """The answer on an answer line: without spaces and ``$`` around it, and with ``full_stop`` without the
+    sentence's closing full stop."""
+    line = line.rstrip()
+    if full_stop and line.endswith(".") and len(line) > 1:
+        line = line[:-1]
+    return line.strip().strip("$").strip()
 
 
 def extract_answer(response: str) -> str | None:
-    """The final answer in a response, or None if it gives none."""
+    """The final answer in a response, or None if it gives none. Linear in the length of the response."""
     if not isinstance(response, str):
         return None
     found = last_boxed(response)
     if found is None:
-        for pattern in (_ANSWER_LINE, _FINAL):
-            matches = pattern.findall(response[-4000:])
+        for pattern, full_stop in ((_ANSWER_LINE, False), (_FINAL, True)):
+            matches = pattern.findall(response[-TAIL:])
             if matches:
-                found = matches[-1].strip().strip("$").strip()
+                found = _line_answer(matches[-1], full_stop)
                 break
     if not found:
         return None
@@ -65,6 +79,7 @@ def grade_math(response: str, gold: str) -> tuple[str | None, bool]:
     extracted = extract_answer(response)
     if extracted is None:
         return None, False
+    note(extracted)  # in a pool worker: a check stopped from here on still shows what it was checking
     gold_parsed = parse(wrap_gold(gold), parsing_timeout=None)
     pred_parsed = parse(f"$\\boxed{{{extracted}}}$", parsing_timeout=None)
     if not gold_parsed or not pred_parsed:
@@ -73,8 +88,8 @@ def grade_math(response: str, gold: str) -> tuple[str | None, bool]:
 
 
 def _to_score(outcome: Outcome) -> Score:
-    if outcome.status != "ok":
-        return Score(False, None, outcome.status, outcome.error)
+    if outcome.status != "ok":  # a check that timed out or crashed shows the answer it noted (see grade_math)
+        return Score(False, outcome.value, outcome.status, outcome.error)
     extracted, correct = outcome.value
     return Score(correct, extracted, "ok" if extracted is not None else "no_answer")
 
@@ -93,7 +108,7 @@ class MathGrader:
     """
 
     def __init__(self, workers: int | None = None, timeout: float = 5.0, fn: Callable = grade_math):
-        self.pool = DeadlinePool(fn, workers or default_workers(), timeout,
+        self.pool = DeadlinePool(fn, default_workers() if workers is None else workers, timeout,
                                  preload=["t1.tasks.math", "math_verify"])
 
     def __enter__(self) -> MathGrader:
@@ -112,10 +127,7 @@ class MathGrader:
             raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
         callback = None if on_result is None else (lambda i, o: on_result(i, _to_score(o)))
         outcomes = self.pool.map([(r, str(g)) for r, g in zip(responses, golds)], on_result=callback)
-        scores = [_to_score(o) for o in outcomes]
-        # a check that timed out or crashed still shows what it was checking (extraction is cheap)
-        return [g if g.status == "ok" or g.status == "no_answer" else
-                Score(False, extract_answer(r), g.status, g.reason) for g, r in zip(scores, responses)]
+        return [_to_score(o) for o in outcomes]
 
 
 class MathTask(Task):
@@ -128,6 +140,7 @@ class MathTask(Task):
     answer_cue = "\n\nFinal answer: \\boxed{"
 
     def __init__(self, timeout: float = 5.0, workers: int | None = None):
+        check_limits(workers, timeout)  # now, not at the first batch
         self.timeout, self.workers = timeout, workers
         self._grader: MathGrader | None = None
 
