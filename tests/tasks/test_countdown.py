@@ -149,6 +149,16 @@ def test_hostile_input_returns_zero_fast(hostile):
     assert time.perf_counter() - start < 20
 
 
+def test_answer_search_is_linear():
+    # a flood of unclosed <answer> tags: the tag regex was quadratic (100 KB: 5 s; 1 MB: over a minute)
+    for hostile in ["<answer>" * 125_000, "<answer>" * 125_000 + "</answer>", "<answer>1</answer>" * 60_000,
+                    "\\boxed{" + "{}" * 500_000, "<answer>" + "9" * 1_000_000 + "</answer>"]:
+        start = time.perf_counter()
+        score = verify(hostile, [1, 2, 3], 6)
+        assert time.perf_counter() - start < 5 and not score.correct
+        assert score.extracted is None or len(score.extracted) <= 1000
+
+
 def test_non_string_response_is_zero():
     assert reward(None, [1, 2, 3], 6) == 0.0  # type: ignore[arg-type]
 

@@ -1,6 +1,9 @@
 """The Task interface: one registry, one result shape, one Countdown problem → Item conversion."""
 
 import json
+import random
+import re
+import time
 
 import pytest
 
@@ -101,3 +104,69 @@ def test_grade_cli_choice(tmp_path, capsys):
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert [r["correct"] for r in rows] == [True, False, False]
     assert "accuracy 0.3333 (1/3)" in captured.err and "no answer found: 1" in captured.err
+
+
+def test_bad_gold_answers_are_refused_naming_the_line_and_field():
+    math, choice, cd = get_task("math"), get_task("choice"), CountdownTask()
+    # numbers are answers too: written as JSON writes them
+    assert math.item({"problem": "p", "answer": 12}, "f:1").answer == "12"
+    assert math.gold({"answer": 0.5}, "f:1").answer == "0.5"
+    assert choice.gold({"answer": " b"}, "f:1").answer == "B"
+    for bad, shown in [(None, "null"), ([1, 2], "[1, 2]"), ("", '""'), ("  ", '"  "'), (True, "true"),
+                       ({"a": 1}, '{"a": 1}'), (float("inf"), "Infinity")]:
+        message = f"f:7: field 'answer' must be a non-empty string or a number (got {shown})"
+        with pytest.raises(DataError, match=re.escape(message)):
+            math.gold({"answer": bad}, "f:7")
+        with pytest.raises(DataError, match=re.escape(message.replace("'answer'", "'sol'"))):
+            math.item({"problem": "p", "sol": bad}, "f:7", answer_field="sol")
+    with pytest.raises(DataError, match="f:2: field 'problem' must be a non-empty string \\(got null\\)"):
+        math.item({"problem": None, "answer": "1"}, "f:2")
+    letters = "f:3: field 'answer' must be one of the letters A, B, C, D (got \"E\")"
+    with pytest.raises(DataError, match=re.escape(letters)):
+        choice.item({"problem": "p", "answer": "E"}, "f:3")
+    bad_rows = [({"numbers": [3, "5"], "target": 8}, "numbers"), ({"numbers": [], "target": 8}, "numbers"),
+                ({"numbers": None, "target": 8}, "numbers"), ({"numbers": [-3, 5], "target": 2}, "numbers"),
+                ({"numbers": [True, 5], "target": 6}, "numbers"), ({"numbers": [3, 5], "target": "8"}, "target"),
+                ({"numbers": [3, 5], "target": 8.0}, "target")]
+    for row, field in bad_rows:
+        for read in (cd.gold, cd.item):
+            with pytest.raises(DataError, match=f"f:4: field '{field}' must be"):
+                read(row, "f:4")
+
+
+def _hostile(rng: random.Random) -> str:
+    """A response built from the pieces that have broken answer extraction or grading before."""
+    pieces = ["\\boxed{", "\\boxed ", "\\fbox{", "{", "}", "<answer>", "</answer>", "9" * rng.randint(1, 3000),
+              "9^{" * rng.randint(1, 40), "(x+1)^{100000}", " " * rng.randint(1, 5000), "\n" * rng.randint(1, 500),
+              "the answer is ", "ANSWER: ", "Final answer: ", ". ", "$", "\\frac{", "=", "3 * 5 + 7", "(", ")",
+              "".join(chr(rng.randint(0x80, 0x10FFFF)) for _ in range(rng.randint(1, 50))),
+              chr(rng.randint(0xD800, 0xDFFF))]
+    parts = []
+    for _ in range(rng.randint(1, 40)):
+        piece = rng.choice(pieces)
+        parts.append(piece * (rng.randint(1, 20_000 // max(1, len(piece))) if rng.random() < 0.2 else 1))
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("n_math", [100, pytest.param(300, marks=pytest.mark.slow)])
+def test_every_grader_returns_a_score_fast_for_hostile_responses(n_math):
+    # 300 responses for the in-process graders (milliseconds in all); math-verify takes up to its limit on
+    # many of them, so the quick run gives it the first 100
+    rng = random.Random(20251)
+    responses = [_hostile(rng) for _ in range(300)]
+    cd_item, math_item = Item(prompt="", numbers=(3, 5, 7), target=22), Item(prompt="", answer="22")
+    limit, workers = 0.5, 2  # a short limit: the point is that every check ends, however it ends
+    checks = [(get_task("countdown"), cd_item, responses, 10.0),
+              (get_task("choice"), Item(prompt="", answer="B"), responses, 10.0),
+              (get_task("math", timeout=limit, workers=workers), math_item, responses[:n_math],
+               3 * limit * n_math / workers)]  # every check cut at the limit, with room to spare
+    for task, item, batch, bound in checks:
+        with task:
+            start = time.perf_counter()
+            scores = task.score(batch, [item] * len(batch))
+            elapsed = time.perf_counter() - start
+        assert elapsed < bound, (task.name, elapsed)
+        assert len(scores) == len(batch)
+        for s in scores:
+            assert isinstance(s, Score) and s.status in ("ok", "no_answer", "timeout", "error")
+            assert s.correct in (True, False) and (s.extracted is None or len(s.extracted) <= 1000)

@@ -8,9 +8,12 @@ filter`, `t1 eval`, `t1 scale` and `t1 grade` all call :meth:`Task.score`; the p
 
 from __future__ import annotations
 
+import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from t1.io import DataError, fill
 
@@ -54,6 +57,33 @@ class Score:
 OnResult = Callable[[int, Score], None]
 
 
+def shown(value: Any) -> str:
+    """A field's value as an error message shows it: as JSON (``null``, ``[1, 2]``, ``""``), cut short."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def text_field(value: Any, where: str, name: str) -> str:
+    """A row's text field (a problem): a non-empty string, else :class:`DataError` naming ``where`` and
+    ``name``."""
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field '{name}' must be a non-empty string (got {shown(value)})")
+    return value
+
+
+def answer_text(value: Any, where: str, name: str = "answer") -> str:
+    """A gold answer as text: a non-empty string as it is, a finite number written out (12 → "12", 0.5 → "0.5").
+    Anything else — null, a list, an object, true/false, "" — raises :class:`DataError` naming ``where`` and
+    ``name``: written as text it would be an answer (``"None"``, ``"[1, 2]"``) that no response should match."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and math.isfinite(value) or isinstance(value, str) and value.strip():
+        return str(value)
+    raise DataError(f"{where}: field '{name}' must be a non-empty string or a number (got {shown(value)})")
+
+
 class Task(ABC):
     """One task: its prompts, its grader and its strings. Use as a context manager (or call :meth:`close`)
     when the grader holds resources (the math task's worker processes)."""
@@ -67,22 +97,30 @@ class Task(ABC):
 
     def item(self, row: dict, where: str, problem_field: str = "problem", answer_field: str = "answer",
              template: str | None = None) -> Item:
-        """A JSON Lines row → an :class:`Item`; a missing field raises :class:`DataError` naming ``where``.
+        """A JSON Lines row → an :class:`Item`; a missing or ill-typed field (see :meth:`answer`) raises
+        :class:`DataError` naming ``where``.
 
         The prompt is ``template`` (default: the task's) filled with the problem text.
         """
         for name in (problem_field, answer_field):
             if name not in row:
                 raise DataError(f"{where}: missing field '{name}'")
-        problem = str(row[problem_field])
+        problem = text_field(row[problem_field], where, problem_field)
         return Item(prompt=fill(self.template if template is None else template, problem=problem),
-                    answer=str(row[answer_field]), id=str(row.get("id", where)), problem=problem)
+                    answer=self.answer(row[answer_field], where, answer_field), id=str(row.get("id", where)),
+                    problem=problem)
+
+    def answer(self, value: Any, where: str, name: str = "answer") -> str:
+        """A row's gold answer as text (:func:`answer_text`: a non-empty string or a number); a task narrows
+        it further (multiple choice: one of its letters). The one check of a gold answer, for prompts and
+        graded rows alike."""
+        return answer_text(value, where, name)
 
     def gold(self, row: dict, where: str) -> Item:
         """The gold answer of a graded row (`t1 grade`: a response and its gold fields, no problem) as an
         :class:`Item`; a missing or ill-typed field raises :class:`DataError` naming ``where``."""
         self.check_gold_fields(row, where)
-        return Item(prompt="", answer=str(row["answer"]))
+        return Item(prompt="", answer=self.answer(row["answer"], where))
 
     def check_gold_fields(self, row: dict, where: str) -> None:
         for name in self.gold_fields:

@@ -33,8 +33,8 @@ from functools import lru_cache
 
 from t1.config import option, require
 from t1.io import DataError
-from t1.tasks.arith import ArithError, evaluate
-from t1.tasks.base import Item, Score, Task
+from t1.tasks.arith import MAX_DIGITS, ArithError, evaluate
+from t1.tasks.base import Item, Score, Task, shown
 from t1.tasks.boxed import last_answer_tag, last_boxed
 
 # ------------------------------------------------------------------------------------------------- config
@@ -271,14 +271,18 @@ def write_trace(problem: Problem, cfg: CountdownConfig, failed: int, rng: random
 
 # ---------------------------------------------------------------------------------------------- verifying
 
+MAX_EXTRACTED = 1000  # characters of an extracted answer a score shows (a valid one has at most arith.MAX_CHARS)
+
 
 def verify(response: str, numbers, target: int, cfg: CountdownConfig | None = None) -> Score:
     """Grade a response: its last ``\\boxed{}`` (or ``<answer>`` tag) must be an expression that follows the
     rules and equals ``target``. An optional ``= target`` after the expression is allowed. The score's
     ``reason`` is "ok" or the rule the answer breaks; its status is "no_answer" when there is no answer.
 
-    Never raises on the response and never runs it: the expression goes through the whitelist parser of
-    :mod:`t1.tasks.arith`, which bounds length, digits, nesting and magnitude, so any input returns fast.
+    Never raises on the response and never runs it: the answer is found in time linear in the response's
+    length (:mod:`t1.tasks.boxed`), and goes through the whitelist parser of :mod:`t1.tasks.arith`, which
+    refuses more than :data:`~t1.tasks.arith.MAX_CHARS` characters and bounds digits, nesting and magnitude, so
+    any input returns fast. The score shows at most :data:`MAX_EXTRACTED` characters of the answer.
     """
     cfg = cfg or CountdownConfig()
     if not isinstance(response, str):
@@ -289,7 +293,7 @@ def verify(response: str, numbers, target: int, cfg: CountdownConfig | None = No
     if extracted is None:
         return Score(False, None, "no_answer", "no boxed answer")
     broken = _broken_rule(extracted, numbers, target, cfg)
-    return Score(broken is None, extracted, "ok", broken or "ok")
+    return Score(broken is None, extracted[:MAX_EXTRACTED], "ok", broken or "ok")
 
 
 def _broken_rule(extracted: str, numbers, target: int, cfg: CountdownConfig) -> str | None:
@@ -332,6 +336,23 @@ def _integer(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def problem_fields(row: dict, where: str) -> Problem:
+    """A row's ``numbers`` and ``target`` as a :class:`Problem`; a missing or ill-typed one raises
+    :class:`DataError` naming ``where`` and the field. Numbers are integers an answer can write (no sign, at
+    most :data:`~t1.tasks.arith.MAX_DIGITS` digits); the target is an integer."""
+    for name in ("numbers", "target"):
+        if name not in row:
+            raise DataError(f"{where}: missing field '{name}'")
+    numbers, target = row["numbers"], row["target"]
+    if not isinstance(numbers, list) or not numbers or \
+            not all(_integer(x) and 0 <= x < 10**MAX_DIGITS for x in numbers):
+        raise DataError(f"{where}: field 'numbers' must be a non-empty list of integers from 0 to "
+                        f"{10**MAX_DIGITS - 1} (got {shown(numbers)})")
+    if not _integer(target):
+        raise DataError(f"{where}: field 'target' must be an integer (got {shown(target)})")
+    return Problem(tuple(numbers), target)
+
+
 class CountdownTask(Task):
     """Countdown behind the :class:`~t1.tasks.base.Task` interface; ``cfg`` holds the rules the verifier
     applies (``use_all``, ``exact_division``)."""
@@ -355,21 +376,13 @@ class CountdownTask(Task):
              template: str | None = None) -> Item:
         """A row with ``numbers`` and ``target`` (and optionally the problem text in ``problem_field``, used
         as the prompt as it is: no template applies to Countdown, no answer field is read)."""
-        for name in ("numbers", "target"):
-            if name not in row:
-                raise DataError(f"{where}: missing field '{name}'")
+        problem = problem_fields(row, where)
         text = row.get(problem_field)
-        return self.item_from_problem(Problem(tuple(row["numbers"]), row["target"]), str(row.get("id", where)),
-                                      text if isinstance(text, str) else None)
+        return self.item_from_problem(problem, str(row.get("id", where)), text if isinstance(text, str) else None)
 
     def gold(self, row: dict, where: str) -> Item:
-        self.check_gold_fields(row, where)
-        numbers, target = row["numbers"], row["target"]
-        if not isinstance(numbers, list) or not all(_integer(x) for x in numbers):
-            raise DataError(f"{where}: field 'numbers' must be a list of integers")
-        if not _integer(target):
-            raise DataError(f"{where}: field 'target' must be an integer")
-        return Item(prompt="", numbers=tuple(numbers), target=target)
+        problem = problem_fields(row, where)
+        return Item(prompt="", numbers=problem.numbers, target=problem.target)
 
     def vocabulary(self) -> list[str]:
         return list(VOCABULARY)
