@@ -1,4 +1,8 @@
 import json
+import os
+import time
+
+import pytest
 
 from t1.cli import main
 
@@ -48,3 +52,61 @@ def test_bad_line_names_its_number_or_is_skipped(tmp_path, capsys):
     _write(src, [{"response": "x"}])
     assert main(["grade", str(src), "--quiet"]) == 2
     assert f"{src}:1: missing field 'answer'" in capsys.readouterr().err
+    _write(src, [{"response": "\\boxed{1}", "answer": "1"}, {"response": "\\boxed{1}", "answer": None}])
+    assert main(["grade", str(src), "--quiet"]) == 2  # not graded against the string "None"
+    assert f"{src}:2: field 'answer' must be a non-empty string or a number (got null)" in capsys.readouterr().err
+
+
+def test_a_slow_check_never_blocks_the_rows_behind_it(tmp_path):
+    # A check killed at its limit, then a ~1 MB row: the parent used to send that row to the busy worker, block
+    # once the pipe filled, and never look at the clock again. Now a row goes only to a worker that can take it.
+    import math_verify  # noqa: F401  (imported before the clock starts, as the grader's preload would)
+
+    from t1.stages.grade import grade_file
+
+    src = tmp_path / "in.jsonl"
+    big = "x " * 500_000 + "\\boxed{3}"
+    _write(src, [{"response": "\\boxed{9^{9^{9^{9}}}}", "answer": "1"}, {"response": big, "answer": "3"},
+                 {"response": "\\boxed{(x+1)^{100000}}", "answer": "1"}, {"response": big, "answer": "4"}])
+    limit = 2.0
+    for workers in (1, 2):
+        start = time.perf_counter()
+        summary = grade_file(src, tmp_path / "out.jsonl", workers=workers, timeout=limit, progress=False)
+        elapsed = time.perf_counter() - start
+        rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert [r["status"] for r in rows] == ["timeout", "ok", "timeout", "ok"]
+        assert [r["correct"] for r in rows] == [False, True, False, False] and summary.timeouts == 2
+        assert elapsed < 3 * 2 * limit / workers + 5  # two checks cut at the limit; unbounded, this never ends
+
+
+def test_a_lone_surrogate_is_written(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "a\\ud800", "response": "\\\\boxed{2} \\udfff", "answer": "2"}\n')
+    out = tmp_path / "out.jsonl"
+    assert main(["grade", str(src), "-o", str(out), "--quiet", "--workers", "1"]) == 0
+    row = json.loads(out.read_text())
+    assert row["correct"] is True and row["id"] == "a\ufffd" and row["response"].endswith("\ufffd")
+    capsys.readouterr()
+    assert main(["grade", str(src), "--quiet", "--workers", "1"]) == 0  # standard output too
+    assert json.loads(capsys.readouterr().out)["id"] == "a\ufffd"
+
+
+def test_bad_output_or_flags_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import t1.stages.grade as grade
+
+    src = tmp_path / "in.jsonl"
+    _write(src, [{"response": "\\boxed{1}", "answer": "1"}])
+    before = src.read_bytes()
+    monkeypatch.setattr(grade, "get_task", lambda *a, **k: pytest.fail("graded before checking its arguments"))
+    cases = [(["-o", str(src)], "is also an input"), (["-o", str(tmp_path)], "is a directory"),
+             (["--workers", "-2"], "--workers must be an integer ≥ 1 (got -2)"),
+             (["--workers", "0"], "--workers must be"), (["--timeout", "0"], "--timeout must be"),
+             (["--timeout", "-1"], "--timeout must be"), (["--timeout", "nan"], "--timeout must be")]
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o500)
+        cases.append((["-o", str(tmp_path / "ro" / "out.jsonl")], "not writable"))
+    for args, message in cases:
+        assert main(["grade", str(src), "--quiet", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert src.read_bytes() == before

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from t1.io import DataError, atomic_write_text, iter_jsonl
+from t1.config import ConfigError
+from t1.io import DataError, atomic_write_text, check_output, clean_text, iter_jsonl
+from t1.pool import check_limits
 from t1.tasks import TASKS, get_task
 from t1.tasks.base import Item, Task
 
@@ -46,13 +48,32 @@ def _gold(task: Task, path: Path, number: int, row: dict) -> Item:
     return task.gold(row, where)
 
 
+def _check_args(task: str, workers: int | None, timeout: float) -> None:
+    """The command line's numbers and names, before any work; a bad one raises :class:`ConfigError` naming its
+    flag."""
+    if task not in TASKS:
+        raise ConfigError(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
+    try:
+        check_limits(workers, 1.0)
+    except ValueError:
+        raise ConfigError(f"--workers must be an integer ≥ 1 (got {workers!r})") from None
+    try:
+        check_limits(None, timeout)
+    except ValueError:
+        raise ConfigError(f"--timeout must be a number of seconds > 0 (got {timeout!r})") from None
+
+
 def grade_file(path: str | Path, out: str | Path | None = None, task: str = "math", skip_bad: bool = False,
                workers: int | None = None, timeout: float = 5.0, progress: bool = True) -> GradeSummary:
     """Grade every row of ``path``; write rows with ``extracted``, ``correct`` and ``status`` to ``out``
-    (or standard output). A bad line raises :class:`DataError` naming it, or is counted with ``skip_bad``."""
-    if task not in TASKS:
-        raise ValueError(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
+    (or standard output). A bad line raises :class:`DataError` naming it, or is counted with ``skip_bad``.
+
+    Before any work: a bad ``task``, ``workers`` or ``timeout`` raises :class:`ConfigError` naming the flag;
+    an ``out`` that is the input or cannot be written raises :class:`DataError`."""
+    _check_args(task, workers, timeout)
     path = Path(path)
+    if out is not None:
+        out = check_output(out, path, what="output")
     bad: list = []
     rows, golds = [], []
     with get_task(task, timeout=timeout, workers=workers) as grader:
@@ -74,12 +95,12 @@ def grade_file(path: str | Path, out: str | Path | None = None, task: str = "mat
         row.update(extracted=g.extracted, correct=g.correct, status=g.status)
         status[g.status] += 1
 
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    text = clean_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     if out is None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        atomic_write_text(Path(out), text)
+        atomic_write_text(out, text)
     return GradeSummary(
         rows=len(rows), correct=sum(bool(r["correct"]) for r in rows), no_answer=status["no_answer"],
         timeouts=status["timeout"], errors=status["error"], bad_lines=len(bad),
