@@ -45,13 +45,15 @@ class Score:
 
     ``status``: "ok" (graded), "no_answer" (no final answer found), "timeout" or "error" (the grader ran out
     of time or failed; the answer counts as wrong). ``reason``: what the grader says beyond the verdict —
-    Countdown's failed rule ("ok" when correct), a math grader's error message; else empty.
+    Countdown's failed rule ("ok" when correct), a math grader's error message; else empty. ``rule``: which
+    extraction rule found the answer (math: boxed, answer_phrase, final_expression; see t1.tasks.extract).
     """
 
     correct: bool
     extracted: str | None
     status: str = "ok"
     reason: str = ""
+    rule: str = ""
 
 
 OnResult = Callable[[int, Score], None]

@@ -86,6 +86,65 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+_KEYS = ("\\boxed", "\\fbox")
+MAX_GROUP = 8  # boxes read as one answer
+# what may stand between the boxes of one answer: commas, "and" / "or", spacing commands, math-mode dollars
+# and the variable each names (``$x = \\boxed{-3}$ and $x = \\boxed{1}$``)
+_SEPARATOR = re.compile(r"(?:[\s,;.$&]|\\[,;:! ]|\\q?quad|\\\\|\band\b|\bor\b|\b[A-Za-z](?:_\w)?\s*=|"
+                        r"\\text\s*\{\s*(?:and|or|,)?\s*\})*")
+
+
+def _box_before(text: str, pos: int) -> tuple[int, str] | None:
+    """(keyword position, content) of the box whose keyword starts last before ``pos`` if it closes before
+    ``pos``; None otherwise."""
+    key = max(text.rfind(k, 0, pos) for k in _KEYS)
+    if key < 0:
+        return None
+    start = _SPACE.match(text, key + (6 if text.startswith("\\boxed", key) else 5)).end()
+    if start >= pos or text[start] != "{":
+        return None
+    end = _closing(text, start, pos)
+    return None if end is None else (key, text[start + 1: end].strip(), end)
+
+
+def _last_box(text: str) -> tuple[int, str] | None:
+    """(keyword position, content) of the last closed box, the one :func:`last_boxed` reads."""
+    if "boxed" not in text and "fbox" not in text:
+        return None
+    pos = limit = len(text)
+    for _ in range(MAX_TRIES):
+        key = max(text.rfind(k, 0, pos) for k in _KEYS)
+        if key < 0:
+            return None
+        start = _SPACE.match(text, key + (6 if text.startswith("\\boxed", key) else 5)).end()
+        if start < len(text) and text[start] == "{":
+            end = _closing(text, start, limit)
+            if end is not None:
+                return key, text[start + 1: end].strip()
+            limit = start
+        elif start < len(text) and (m := _BARE.match(text, start)):
+            return key, m.group(0)
+        pos = key
+    return None
+
+
+def final_boxes(text: str) -> list[str]:
+    """The contents of the boxes that make the final answer: the last closed box (as :func:`last_boxed` finds
+    it) and up to :data:`MAX_GROUP` - 1 boxes right before it with only separators between them (``\\boxed{2}
+    and \\boxed{5}``, ``$\\boxed{(3, 4)}, \\boxed{(4, 3)}$``); [] without a box."""
+    last = _last_box(text)
+    if last is None:
+        return []
+    group, at = [last[1]], last[0]
+    while at > 0 and len(group) < MAX_GROUP:
+        prev = _box_before(text, at)
+        if prev is None or not _SEPARATOR.fullmatch(text, prev[2] + 1, at):
+            break
+        group.insert(0, prev[1])
+        at = prev[0]
+    return group
+
+
 def last_answer_tag(text: str) -> str | None:
     """Content of the last ``<answer>...</answer>`` (the format of TinyZero-style Countdown prompts): the same
     as the last match of ``<answer>(.*?)</answer>`` (dot matching newlines), found with ``str.find`` in one

@@ -1,7 +1,9 @@
 """Math answers: extract the final answer from a response and grade it against a gold answer with math-verify.
 
-* Extraction: the last ``\\boxed{...}``; failing that, an explicit "final answer is X" / "ANSWER: X" line.
-  Never "the last number in the text", which grades guesses.
+* Extraction (:mod:`t1.tasks.extract`): the final group of boxes, else the expression after an answer phrase,
+  else a final expression, each found with math-verify's own parsing — what math-verify, lighteval and
+  open-r1 read (``tests/tasks/data/grading_agreement.jsonl``: 224 responses in the styles models write); never
+  "some number in the text", which grades guesses. ``grader="strict"``: boxed answers only.
 * Gold answers from the data files are bare LaTeX (``\\frac{1}{2}``, ``10, 4, 2``). math-verify reads a bare
   string by falling back to its last number, so ``10, 4, 2`` would match ``4, 12, 2``; :func:`wrap_gold`
   puts it in ``$...$`` first.
@@ -26,41 +28,19 @@ from collections.abc import Callable, Sequence
 
 from t1.pool import DeadlinePool, Outcome, check_limits, note
 from t1.tasks.base import Item, OnResult, Score, Task
-from t1.tasks.boxed import last_boxed
+from t1.tasks.extract import GRADERS, find_answer
 
 MAX_EXTRACTED = 1000  # characters of an extracted answer kept; longer is garbage, not an answer
 
-# The answer lines: each match runs to the end of its line (greedy, so linear: no two adjacent ``\s*`` or lazy
-# groups for the engine to try against each other on hostile whitespace); _line_answer trims it.
-_FINAL = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*(?::\s*)?(.+)$", re.I | re.M)
-_MATH_MODE = re.compile(r"(?<!\\)\$|\\\(|\\\[")
-_ANSWER_LINE = re.compile(r"^[^\S\n]*\**answer\**\s*:\s*(.+)$", re.I | re.M)
-TAIL = 4000  # characters at the end of a response searched for an answer line
-
-
-def _line_answer(line: str, full_stop: bool) -> str:
-    """The answer on an answer line: without spaces and ``$`` around it, and with ``full_stop`` without the
-    sentence's closing full stop."""
-    line = line.rstrip()
-    if full_stop and line.endswith(".") and len(line) > 1:
-        line = line[:-1]
-    return line.strip().strip("$").strip()
-
-
-def extract_answer(response: str) -> str | None:
-    """The final answer in a response, or None if it gives none. Linear in the length of the response."""
+def extract_answer(response: str, grader: str = "default") -> str | None:
+    """The final answer in a response as text, or None if it gives none (:func:`t1.tasks.extract.find_answer`)."""
     if not isinstance(response, str):
         return None
-    found = last_boxed(response)
-    if found is None:
-        for pattern, full_stop in ((_ANSWER_LINE, False), (_FINAL, True)):
-            matches = pattern.findall(response[-TAIL:])
-            if matches:
-                found = _line_answer(matches[-1], full_stop)
-                break
-    if not found:
-        return None
-    return found[:MAX_EXTRACTED]
+    found = find_answer(response, grader)[1]
+    return None if found is None else found[:MAX_EXTRACTED]
+
+
+_MATH_MODE = re.compile(r"(?<!\\)\$|\\\(|\\\[")
 
 
 def wrap_gold(gold: str) -> str:
@@ -71,27 +51,31 @@ def wrap_gold(gold: str) -> str:
     return f"${gold}$"
 
 
-def grade_math(response: str, gold: str) -> tuple[str | None, bool]:
-    """(extracted answer, correct) for one response. Unbounded in time: call it through :class:`MathGrader`."""
+def grade_math(response: str, gold: str, grader: str = "default") -> tuple[str | None, bool, str]:
+    """(extracted answer, correct, rule) for one response (:mod:`t1.tasks.extract` finds the answer; ``grader``
+    "strict" reads boxes only). Unbounded in time: call it through :class:`MathGrader`."""
     from math_verify import parse, verify
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every call that we time it ourselves
-    extracted = extract_answer(response)
+    if not isinstance(response, str):
+        return None, False, ""
+    # in a pool worker: a check stopped from here on still shows what it was checking
+    pred_parsed, extracted, rule = find_answer(response, grader, on_boxed=lambda a: note(a[:MAX_EXTRACTED]))
     if extracted is None:
-        return None, False
-    note(extracted)  # in a pool worker: a check stopped from here on still shows what it was checking
+        return None, False, ""
+    extracted = extracted[:MAX_EXTRACTED]
+    note(extracted)
     gold_parsed = parse(wrap_gold(gold), parsing_timeout=None)
-    pred_parsed = parse(f"$\\boxed{{{extracted}}}$", parsing_timeout=None)
     if not gold_parsed or not pred_parsed:
-        return extracted, False
-    return extracted, bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+        return extracted, False, rule
+    return extracted, bool(verify(gold_parsed, pred_parsed, timeout_seconds=None)), rule
 
 
 def _to_score(outcome: Outcome) -> Score:
     if outcome.status != "ok":  # a check that timed out or crashed shows the answer it noted (see grade_math)
         return Score(False, outcome.value, outcome.status, outcome.error)
-    extracted, correct = outcome.value
-    return Score(correct, extracted, "ok" if extracted is not None else "no_answer")
+    extracted, correct, rule = outcome.value
+    return Score(correct, extracted, "ok" if extracted is not None else "no_answer", rule=rule)
 
 
 def default_workers() -> int:
@@ -107,7 +91,11 @@ class MathGrader:
             grades = grader.grade(responses, golds)
     """
 
-    def __init__(self, workers: int | None = None, timeout: float = 5.0, fn: Callable = grade_math):
+    def __init__(self, workers: int | None = None, timeout: float = 5.0, fn: Callable = grade_math,
+                 grader: str = "default"):
+        if grader not in GRADERS:
+            raise ValueError(f"grader must be one of {', '.join(GRADERS)} (got {grader!r})")
+        self.grader = grader
         self.pool = DeadlinePool(fn, default_workers() if workers is None else workers, timeout,
                                  preload=["t1.tasks.math", "math_verify"])
 
@@ -126,7 +114,7 @@ class MathGrader:
         if len(responses) != len(golds):
             raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
         callback = None if on_result is None else (lambda i, o: on_result(i, _to_score(o)))
-        outcomes = self.pool.map([(r, str(g)) for r, g in zip(responses, golds)], on_result=callback)
+        outcomes = self.pool.map([(r, str(g), self.grader) for r, g in zip(responses, golds)], on_result=callback)
         return [_to_score(o) for o in outcomes]
 
 
@@ -139,8 +127,11 @@ class MathTask(Task):
     template = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
     answer_cue = "\n\nFinal answer: \\boxed{"
 
-    def __init__(self, timeout: float = 5.0, workers: int | None = None):
+    def __init__(self, timeout: float = 5.0, workers: int | None = None, grader: str = "default"):
         check_limits(workers, timeout)  # now, not at the first batch
+        if grader not in GRADERS:
+            raise ValueError(f"grader must be one of {', '.join(GRADERS)} (got {grader!r})")
+        self.grader = grader
         self.timeout, self.workers = timeout, workers
         self._grader: MathGrader | None = None
 
@@ -149,7 +140,7 @@ class MathTask(Task):
         if len(responses) != len(items):
             raise ValueError(f"{len(responses)} responses but {len(items)} items")
         if self._grader is None:
-            self._grader = MathGrader(workers=self.workers, timeout=self.timeout)
+            self._grader = MathGrader(workers=self.workers, timeout=self.timeout, grader=self.grader)
         return self._grader.grade(responses, [it.answer or "" for it in items], on_result=on_result)
 
     def score_one(self, response: str, item: Item) -> Score:
