@@ -147,7 +147,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_grade(args: argparse.Namespace) -> int:
     from t1.stages.grade import grade_file
 
-    summary = grade_file(args.input, args.output, task=args.task, skip_bad=args.skip_bad,
+    summary = grade_file(args.input, args.output, task=args.task, skip_bad=args.skip_bad, grader=args.grader,
                          workers=args.workers, timeout=args.timeout, progress=not args.quiet)
     print(summary.text(), file=sys.stderr if args.output is None else sys.stdout)
     return 0
@@ -204,6 +204,9 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("input", help="JSON Lines with response + answer (math) or response + numbers + target")
     p.add_argument("-o", "--output", default=None, help="write graded rows here (default: standard output)")
     p.add_argument("--task", choices=["math", "countdown", "choice"], default="math")
+    p.add_argument("--grader", choices=["default", "strict"], default="default",
+                   help="math: default reads the final boxes, an answer phrase or a final expression (as "
+                        "math-verify and open-r1 do); strict reads boxed answers only")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of stopping")
     p.add_argument("--workers", type=int, default=None, help="grader processes (default: all cores)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per answer")

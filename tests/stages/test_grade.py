@@ -110,3 +110,29 @@ def test_bad_output_or_flags_are_refused_before_any_work(tmp_path, capsys, monke
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert src.read_bytes() == before
+
+
+def test_the_grader_setting_default_reads_what_models_write_strict_reads_boxes(tmp_path):
+    """One setting for every command that grades math: the default reads the final boxes, an answer phrase or a
+    final expression and says which rule found the answer; strict reads boxed answers only."""
+    from t1 import config as C
+    from t1.rl.config import RLConfig
+    from t1.stages.evaluate import EvalConfig
+    from t1.stages.scale import ScaleConfig
+
+    src = tmp_path / "r.jsonl"
+    rows = [{"response": "So $x = \\boxed{2}$ or $x = \\boxed{5}$.", "answer": "2, 5"},
+            {"response": "Final Answer: The smallest $k$ is 12.", "answer": "12"},
+            {"response": "Completing the square, the minimum value is\n\n$-7$", "answer": "-7"}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for grader, correct, rules in (("default", [True, True, True], ["boxed", "answer_phrase", "final_expression"]),
+                                   ("strict", [True, False, False], ["boxed", "", ""])):
+        out = tmp_path / f"{grader}.jsonl"
+        assert main(["grade", str(src), "-o", str(out), "--grader", grader, "--quiet"]) == 0
+        graded = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [g["correct"] for g in graded] == correct and [g["rule"] for g in graded] == rules
+    assert C.load(RLConfig, None, ["model=m", "data.grader=strict"]).data.grader == "strict"
+    assert C.load(EvalConfig, None, ["model=m", "grader=strict"]).grader == "strict"
+    assert C.load(ScaleConfig, None, ["models=[m]", "grader=strict"]).grader == "strict"
+    with pytest.raises(C.ConfigError, match="grader"):
+        C.load(EvalConfig, None, ["model=m", "grader=lenient"])

@@ -170,3 +170,15 @@ def test_every_grader_returns_a_score_fast_for_hostile_responses(n_math):
         for s in scores:
             assert isinstance(s, Score) and s.status in ("ok", "no_answer", "timeout", "error")
             assert s.correct in (True, False) and (s.extracted is None or len(s.extracted) <= 1000)
+
+
+@pytest.mark.parametrize("response, correct", [
+    ("Reasoning...\nANSWER: C", True), ("The answer is (C).", True), ("so the final choice is \\boxed{C}", True),
+    ("**Answer: C**", True), ("Answer: (C)", True), ("ANSWER: B", False), ("I think (B) or (C)", False),
+])
+def test_multiple_choice_answers_in_the_formats_models_use(response, correct):
+    """GPQA answers: the requested `ANSWER: X` line and the common variants; a hedge between letters is none."""
+    from t1.tasks.base import Item
+    from t1.tasks.choice import ChoiceTask
+
+    assert ChoiceTask().score_one(response, Item(prompt="", answer="C")).correct is correct

@@ -57,7 +57,7 @@ def sample_and_grade(engine, tok, task: Task, items: list[Item], s: EvalSettings
         for j, (it, smp, sc) in enumerate(zip(its, samples, task.score([x.text for x in samples], its))):
             order = {"option_order": it.extra["option_order"]} if "option_order" in it.extra else {}
             rows.append({"id": it.id, "sample": j % s.n, "prompt": it.prompt, "response": smp.text,
-                         "extracted": sc.extracted, "correct": bool(sc.correct and smp.finished),
+                         "extracted": sc.extracted, "rule": sc.rule, "correct": bool(sc.correct and smp.finished),
                          "tokens": len(smp.token_ids), "finished": smp.finished, **it.to_row(), **order})
         bar.update(len(samples))
     bar.close()

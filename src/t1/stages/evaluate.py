@@ -17,7 +17,7 @@ from t1.io import atomic_write_text
 from t1.rollout import close_engine, open_engine
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
-from t1.tasks import get_task
+from t1.tasks import GraderName, get_task
 
 
 def summarize(rows: list[dict], n: int) -> dict:
@@ -70,6 +70,9 @@ class EvalConfig:
     limit: int = option(0, "only the first N problems of each benchmark (0 = all)")
     gpqa_csv: str | None = option(None, "the official GPQA Diamond CSV (for bench gpqa; not redistributed)")
     data_dir: str | None = option(None, "benchmark files (null = the copies shipped with t1)")
+    grader: GraderName = option("default", "how a math answer is found: default (the final boxes, an answer "
+                                           "phrase, a final expression — as math-verify and open-r1 read them) | "
+                                           "strict (boxed answers only)")
     use_chat_template: bool = option(True, "wrap prompts in the tokenizer's chat template when it has one")
     batch_problems: int = option(256, "problems sampled together (× n sequences)")
     rollout: EngineConfig = option(help="the sampling engine and its settings", factory=EngineConfig)
@@ -94,7 +97,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
         print(f"eval: {describe(cfg, list(cfg.bench))}", file=sys.stderr)
     samples = {b: samples_for(cfg.n, b) for b in cfg.bench}
     return run_eval(cfg.model, list(cfg.bench), cfg.out, cfg.settings(), cfg.gpqa_csv, cfg.data_dir, cfg.limit,
-                    progress=progress, samples=samples, protocol={"preset": cfg.preset})
+                    progress=progress, samples=samples, protocol={"preset": cfg.preset, "grader": cfg.grader})
 
 
 def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettings, gpqa_csv: str | None = None,
@@ -114,7 +117,8 @@ def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettin
             task_name, items = load_bench(name, data_dir, gpqa_csv, countdown_cfg)
             items = items[:limit] if limit else items
             bench_s = replace(s, n=samples[name])
-            with get_task(task_name, countdown=countdown_cfg) as task:
+            grader = (protocol or {}).get("grader", "default")
+            with get_task(task_name, countdown=countdown_cfg, grader=grader) as task:
                 rows = sample_and_grade(engine, tok, task, items, bench_s, desc=name, progress=progress)
             stem = Path(name).stem
             atomic_write_text(out / f"{stem}.samples.jsonl",

@@ -74,7 +74,7 @@ def run_filter(cfg: FilterConfig, progress: bool = True) -> dict:
     engine, tok, _ = open_engine(cfg.rollout, cfg.model, batch=cfg.prompts_per_batch * cfg.samples,
                                  budget=cfg.max_new_tokens)
     try:
-        with get_task(cfg.data.task, countdown=cfg.data.countdown) as task:
+        with get_task(cfg.data.task, countdown=cfg.data.countdown, grader=cfg.data.grader) as task:
             rates = pass_rates(engine, tok, items, cfg, task, progress)
     finally:
         close_engine(engine)

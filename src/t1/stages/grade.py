@@ -64,7 +64,8 @@ def _check_args(task: str, workers: int | None, timeout: float) -> None:
 
 
 def grade_file(path: str | Path, out: str | Path | None = None, task: str = "math", skip_bad: bool = False,
-               workers: int | None = None, timeout: float = 5.0, progress: bool = True) -> GradeSummary:
+               workers: int | None = None, timeout: float = 5.0, progress: bool = True,
+               grader: str = "default") -> GradeSummary:
     """Grade every row of ``path``; write rows with ``extracted``, ``correct`` and ``status`` to ``out``
     (or standard output). A bad line raises :class:`DataError` naming it, or is counted with ``skip_bad``.
 
@@ -76,10 +77,10 @@ def grade_file(path: str | Path, out: str | Path | None = None, task: str = "mat
         out = check_output(out, path, what="output")
     bad: list = []
     rows, golds = [], []
-    with get_task(task, timeout=timeout, workers=workers) as grader:
+    with get_task(task, timeout=timeout, workers=workers, grader=grader) as scorer:
         for line in iter_jsonl(path, skip_bad=skip_bad, bad=bad):
             try:
-                golds.append(_gold(grader, path, line.number, line.data))
+                golds.append(_gold(scorer, path, line.number, line.data))
             except DataError as e:
                 if not skip_bad:
                     raise
@@ -88,11 +89,11 @@ def grade_file(path: str | Path, out: str | Path | None = None, task: str = "mat
             rows.append(line.data)
 
         bar = tqdm(total=len(rows), desc=f"grading ({task})", unit="ans", disable=not progress, file=sys.stderr)
-        scores = grader.score([r["response"] for r in rows], golds, on_result=lambda i, g: bar.update())
+        scores = scorer.score([r["response"] for r in rows], golds, on_result=lambda i, g: bar.update())
         bar.close()
     status = Counter()
     for row, g in zip(rows, scores):
-        row.update(extracted=g.extracted, correct=g.correct, status=g.status)
+        row.update(extracted=g.extracted, rule=g.rule, correct=g.correct, status=g.status)
         status[g.status] += 1
 
     text = clean_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

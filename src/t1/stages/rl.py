@@ -100,7 +100,8 @@ class RLTrainer:
                                   self.sharding)
         self.engine = make_engine(cfg.rollout, self.raw, self.tok, model_path=str(ckpt or cfg.model),
                                   max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out))
-        self.task = get_task(cfg.data.task, countdown=cfg.data.countdown, timeout=cfg.train.grader_timeout)
+        self.task = get_task(cfg.data.task, countdown=cfg.data.countdown, timeout=cfg.train.grader_timeout,
+                             grader=cfg.data.grader)
         self.bad_ids = frozenset(self.tok.all_special_ids) - {self.tok.eos_token_id}
         self.params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
         self.timer = Timer()
@@ -155,7 +156,7 @@ class RLTrainer:
                  "penalty_garbage": bad["garbage"].float().sum(), "samples": torch.tensor(float(len(samples)))}
         ids = [p + s.token_ids for p, s in zip(prompts, samples)]
         shown = [{"step": step + 1, "prompt": it.prompt, "response": s.text, "reward": float(r),
-                  "correct": sc.correct, "extracted": sc.extracted, "finished": s.finished,
+                  "correct": sc.correct, "extracted": sc.extracted, "rule": sc.rule, "finished": s.finished,
                   "tokens": len(s.token_ids),
                   **{k: bool(getattr(f, k)) for k in ("truncated", "repetitive", "garbage")}}
                  for it, s, sc, f, r in zip(items, samples, scores, flags, reward)]

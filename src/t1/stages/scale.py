@@ -39,7 +39,7 @@ from t1.rollout import close_engine, open_engine
 from t1.rollout.base import Sample, SamplingParams, sample_seed
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
-from t1.tasks import get_task
+from t1.tasks import GraderName, get_task
 from t1.tasks.base import Item, Task
 
 
@@ -232,7 +232,8 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
         items = items[:limit]
     summarizer = Summarizer(summarizer_path, engine) if summarizer_path else None
     curves = {}
-    with get_task(task_name, countdown=countdown_cfg) as task:
+    grader = (protocol or {}).get("grader", "default")
+    with get_task(task_name, countdown=countdown_cfg, grader=grader) as task:
         for label, path in models:
             eng, tok, _ = open_engine(engine, path, batch=len(items) * s.n, budget=max(s.budgets))
             try:
@@ -276,6 +277,9 @@ class ScaleConfig:
     limit: int = option(0, "only the first N problems (0 = all)")
     gpqa_csv: str | None = option(None, "the official GPQA Diamond CSV (for bench gpqa)")
     data_dir: str | None = option(None, "benchmark files (null = the copies shipped with t1)")
+    grader: GraderName = option("default", "how a math answer is found: default (the final boxes, an answer "
+                                           "phrase, a final expression — as math-verify and open-r1 read them) | "
+                                           "strict (boxed answers only)")
     rollout: EngineConfig = option(help="the sampling engine and its settings", factory=EngineConfig)
 
     def validate(self) -> None:
@@ -298,7 +302,8 @@ def scale(cfg: ScaleConfig, progress: bool = True) -> dict[str, list[dict]]:
         print(f"scale: {describe(cfg, [cfg.bench])}", file=sys.stderr)
     models = [(cfg.labels[i] if i < len(cfg.labels) else f"model{i + 1}", m) for i, m in enumerate(cfg.models)]
     return run_scale(models, cfg.bench, cfg.out, cfg.settings(), cfg.summarizer, cfg.rollout, cfg.limit,
-                     cfg.gpqa_csv, cfg.data_dir, progress=progress, protocol={"preset": cfg.preset})
+                     cfg.gpqa_csv, cfg.data_dir, progress=progress,
+                     protocol={"preset": cfg.preset, "grader": cfg.grader})
 
 
 def scaling_table(curves: dict[str, list[dict]]) -> str:

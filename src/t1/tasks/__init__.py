@@ -17,11 +17,16 @@ TaskName = Literal["countdown", "math", "choice"]
 TASKS: tuple[str, ...] = get_args(TaskName)
 
 
+GraderName = Literal["default", "strict"]
+
+
 def get_task(name: str, *, countdown: CountdownConfig | None = None, timeout: float = 5.0,
-             workers: int | None = None) -> Task:
+             workers: int | None = None, grader: str = "default") -> Task:
     """The task called ``name``. ``countdown``: the Countdown rules (default :class:`CountdownConfig`());
     ``timeout`` and ``workers``: the math grader's time limit per check and its processes (default: every
-    core). Raises ValueError naming the valid names for an unknown one."""
+    core); ``grader``: how a math answer is found — "default" (boxes, an answer phrase, a final expression, as
+    math-verify / open-r1 read them) or "strict" (boxed answers only). Raises ValueError naming the valid names
+    for an unknown one."""
     if name == "countdown":
         from t1.tasks.countdown import CountdownTask
 
@@ -29,7 +34,7 @@ def get_task(name: str, *, countdown: CountdownConfig | None = None, timeout: fl
     if name == "math":
         from t1.tasks.math import MathTask
 
-        return MathTask(timeout=timeout, workers=workers)
+        return MathTask(timeout=timeout, workers=workers, grader=grader)
     if name == "choice":
         from t1.tasks.choice import ChoiceTask
 
