@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from t1 import config as cfglib
-from t1.config import option
+from t1.config import option, require
 from t1.data.prompts import PromptDataConfig
 from t1.data.sft import SFTDataConfig, countdown_pairs
 from t1.eval.sample import EvalSettings
@@ -75,6 +75,21 @@ class DemoConfig:
         (24, 48, 96, 128, 256), "thinking budgets for the scaling sweep (from ~one attempt up; below that a "
         "forced answer completes a half-written first attempt — see BENCHMARKS.md)")
     seed: int = option(0, "seed")
+
+    def validate(self) -> None:
+        for name in ("sft_examples", "filter_prompts", "filter_samples", "rl_budget", "rl_steps", "rl_prompts",
+                     "eval_problems"):
+            require(getattr(self, name) >= 1, name, "must be ≥ 1", getattr(self, name))
+        require(self.rl_samples >= 2, "rl_samples", "must be ≥ 2 (RLOO needs a group)", self.rl_samples)
+        require(self.sft_epochs > 0, "sft_epochs", "must be > 0", self.sft_epochs)
+        for name in ("sft_lr", "rl_lr"):
+            require(0 < getattr(self, name) <= 1, name, "must be in (0, 1]", getattr(self, name))
+        require(0 < self.filter_max_pass <= 1, "filter_max_pass", "must be in (0, 1]", self.filter_max_pass)
+        require(self.rl_temperature >= 0, "rl_temperature", "must be ≥ 0", self.rl_temperature)
+        require(self.rl_beta >= 0 and self.rl_entropy >= 0, "rl_beta", "rl_beta and rl_entropy must be ≥ 0",
+                (self.rl_beta, self.rl_entropy))
+        require(len(self.budgets) > 0 and min(self.budgets) >= 1, "budgets", "must be token budgets ≥ 1",
+                self.budgets)
 
 
 def _sft_config(cfg: DemoConfig, out: Path, direct: bool, examples: int) -> SFTConfig:
