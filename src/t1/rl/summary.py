@@ -5,17 +5,61 @@ from __future__ import annotations
 import torch
 
 ROW_SUMS = ("kl", "entropy", "tokens", "selected", "logp_diff_sum", "logp_diff_n", "is_weight_sum", "is_clipped")
+EXTREMES = ("length_max", "length_min", "terminated_max", "terminated_min")  # reduced with max (min: negated)
+
+
+def batch_stats(reward: torch.Tensor, correct: torch.Tensor, bad: dict, lengths: torch.Tensor,
+                finished: torch.Tensor, k: int) -> dict:
+    """One process's sums (and extremes) over its groups of ``k`` samples, for :func:`step_row`."""
+    groups = reward.view(-1, k)
+    spread = groups.std(dim=1, unbiased=False)
+    done = lengths[finished]
+    return {"reward": reward.sum(), "accuracy": correct.sum(), "response_tokens": lengths.sum(),
+            "truncated": (~finished).float().sum(), "penalty_truncated": bad["truncated"].float().sum(),
+            "penalty_repetitive": bad["repetitive"].float().sum(), "penalty_garbage": bad["garbage"].float().sum(),
+            "samples": torch.tensor(float(len(reward))), "reward_sq": (reward.double() ** 2).sum(),
+            "groups": torch.tensor(float(len(groups))), "group_spread": spread.sum(),
+            "zero_std_groups": torch.isclose(spread, torch.zeros_like(spread)).float().sum(),
+            "terminated": finished.float().sum(), "terminated_tokens": done.sum(),
+            "length_max": lengths.max(), "length_min": -lengths.min(),
+            "terminated_max": done.max() if len(done) else torch.tensor(0.0),
+            "terminated_min": -done.min() if len(done) else torch.tensor(-float("inf"))}
+
+
+def trl_names(row: dict, s: dict) -> dict:
+    """The same quantities under TRL GRPOTrainer's metric names (and the ones t1 adds), so a TRL run and a t1
+    run chart side by side; ``s``: the step's sums over every process."""
+    n = max(1.0, s["samples"])
+    var = (s["reward_sq"] - s["reward"] ** 2 / n) / max(1.0, n - 1)  # unbiased, as TRL's nanstd
+    groups = max(1.0, s["groups"])
+    out = {"reward_std": max(0.0, var) ** 0.5, "frac_reward_zero_std": s["zero_std_groups"] / groups,
+           "reward_group_std": s["group_spread"] / groups,
+           "completions/mean_length": row["response_length"], "completions/min_length": -s["length_min"],
+           "completions/max_length": s["length_max"], "completions/clipped_ratio": row["truncation_rate"],
+           "completions/mean_terminated_length": s["terminated_tokens"] / max(1.0, s["terminated"]),
+           "completions/min_terminated_length": -s["terminated_min"] if s["terminated"] else 0.0,
+           "completions/max_terminated_length": s["terminated_max"] if s["terminated"] else 0.0,
+           "learning_rate": row["lr"], "clip_ratio/region_mean": row["clip_fraction"]}
+    for ours, theirs in (("sampling/logp_diff_mean", "sampling/sampling_logp_difference/mean"),
+                         ("sampling/logp_diff_max", "sampling/sampling_logp_difference/max"),
+                         ("sampling/is_weight_mean", "sampling/importance_sampling_ratio/mean")):
+        if ours in row:
+            out[theirs] = row[ours]
+    return out
 
 
 def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, version: int,
              is_cap: float) -> dict:
     """The step's metrics row from the batch's ``stats`` and the update's ``upd`` (both summed over every
     process here; a collective), phase ``times`` and the weight ``version`` the engine sampled from."""
-    sums = {**stats, **{k: upd[k] for k in ROW_SUMS}}
+    sums = {**{k: v for k, v in stats.items() if k not in EXTREMES}, **{k: upd[k] for k in ROW_SUMS}}
     names = list(sums)
     stacked = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in names])
     tot = acc.reduce(stacked.to(acc.device), "sum")
     s = dict(zip(names, tot.tolist()))
+    if all(k in stats for k in EXTREMES):
+        ext = torch.stack([torch.as_tensor(stats[k], dtype=torch.float32) for k in EXTREMES])
+        s.update(zip(EXTREMES, acc.reduce(ext.to(acc.device), "max").tolist()))
     diff_max = float(acc.reduce(torch.tensor(upd["logp_diff_max"], device=acc.device), "max"))
     n, n_tok = max(1.0, s["samples"]), max(1.0, s["logp_diff_n"])
     row = {"step": step + 1, "reward": s["reward"] / n, "accuracy": s["accuracy"] / n,
@@ -32,6 +76,8 @@ def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, v
     if is_cap and s["logp_diff_n"]:
         row.update({"sampling/is_weight_mean": s["is_weight_sum"] / n_tok,
                     "sampling/is_clipped_fraction": s["is_clipped"] / n_tok})
+    if "groups" in s and "length_max" in s:
+        row.update(trl_names(row, s))
     return row
 
 

@@ -34,7 +34,7 @@ from t1.rl.batch import Batch
 from t1.rl.config import RLConfig, resolve_anchor
 from t1.rl.penalties import check as penalty_flags
 from t1.rl.step import Update
-from t1.rl.summary import step_row, summary
+from t1.rl.summary import batch_stats, step_row, summary
 from t1.rollout import close_engine, make_engine, memory
 from t1.rollout.base import SamplingParams, sample_seed
 from t1.rollout.config import resolve as resolve_engine
@@ -149,11 +149,7 @@ class RLTrainer:
         reward = algo.penalize(correct, bad["truncated"], bad["repetitive"], bad["garbage"],
                                self.cfg.penalties.value)
         lengths = torch.tensor([float(len(s.token_ids)) for s in samples])
-        stats = {"reward": reward.sum(), "accuracy": correct.sum(), "response_tokens": lengths.sum(),
-                 "truncated": (~torch.tensor([s.finished for s in samples])).float().sum(),
-                 "penalty_truncated": bad["truncated"].float().sum(),
-                 "penalty_repetitive": bad["repetitive"].float().sum(),
-                 "penalty_garbage": bad["garbage"].float().sum(), "samples": torch.tensor(float(len(samples)))}
+        stats = batch_stats(reward, correct, bad, lengths, torch.tensor([s.finished for s in samples]), K)
         ids = [p + s.token_ids for p, s in zip(prompts, samples)]
         shown = [{"step": step + 1, "prompt": it.prompt, "response": s.text, "reward": float(r),
                   "correct": sc.correct, "extracted": sc.extracted, "rule": sc.rule, "finished": s.finished,
