@@ -28,7 +28,11 @@ TINY_DEMO = ["tiny.hidden=32", "tiny.layers=2", "tiny.heads=2", "tiny.kv_heads=2
              "rl_prompts=8", "rl_samples=4", "eval_problems=24", "budgets=[8,16,32,64]"]
 RL_VARIANTS = {"padded": ["train.fast_forward=false"],
                "two_pass": ["train.fused_update=false", "algo.updates_per_batch=2"]}
-TIMING = ("time", "_s", "per_s", "wall", "elapsed", "seconds")
+TIMING = ("time", "per_s", "wall", "elapsed", "seconds")  # and names ending in _s (not reward_std)
+
+
+def _timing(key: str) -> bool:
+    return key.endswith("_s") or any(t in key for t in TIMING)
 
 
 def _t1(*args: str) -> None:
@@ -36,7 +40,7 @@ def _t1(*args: str) -> None:
 
 
 def _numbers(row: dict) -> dict:
-    return {k: v for k, v in row.items() if not any(t in k for t in TIMING)}
+    return {k: v for k, v in row.items() if not _timing(k)}
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -54,7 +58,7 @@ def fingerprint(root: Path) -> dict:
     out = {"sft": _run_numbers(demo / "sft"), "sft_direct": _run_numbers(demo / "sft_direct"),
            "rl": _run_numbers(demo / "rl"), "filter": _jsonl(demo / "filter" / "kept.jsonl")}
     summary = json.loads((demo / "summary.json").read_text())
-    out["summary"] = {k: v for k, v in summary.items() if not any(t in k for t in TIMING)}
+    out["summary"] = {k: v for k, v in summary.items() if not _timing(k)}
     for path in sorted((demo / "eval").rglob("*.jsonl")):
         out[f"eval/{path.relative_to(demo / 'eval')}"] = _jsonl(path)
     for name, overrides in RL_VARIANTS.items():
