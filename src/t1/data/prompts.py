@@ -7,7 +7,7 @@ from typing import Literal
 
 from t1.config import option, require
 from t1.io import DataError, iter_jsonl
-from t1.tasks import GraderName, TaskName, get_task
+from t1.tasks import GraderName, TaskName, get_task, grader_option
 from t1.tasks.base import Item
 from t1.tasks.countdown import CountdownConfig, CountdownTask, generate, heldout_keys
 
@@ -21,9 +21,7 @@ class PromptDataConfig:
     problem_field: str = option("problem", "field with the problem text")
     answer_field: str = option("answer", "field with the gold answer (math: LaTeX; choice: a letter)")
     template: str | None = option(None, "prompt template with {problem}; null = the task's default")
-    grader: GraderName = option("default", "how a math answer is found: default (the final boxes, an answer "
-                                           "phrase, a final expression — as math-verify and open-r1 read them) | "
-                                           "strict (boxed answers only)")
+    grader: GraderName = grader_option()
     use_chat_template: bool = option(True, "wrap prompts in the tokenizer's chat template when it has one")
     num_prompts: int = option(4096, "countdown: problems to generate; jsonl: cap (0 = all)")
     seed: int = option(1, "countdown: problem seed (keep it apart from SFT's)")

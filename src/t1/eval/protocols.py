@@ -13,6 +13,13 @@ resolved values, n per benchmark included, are printed at the start and saved in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
+from t1.config import option, require
+from t1.eval.sample import check_sampling
+from t1.tasks import GraderName, grader_option
+
 R1_SAMPLES = {"aime24": 64, "aime25": 64, "amc23": 64, "gpqa": 8}
 R1_DEFAULT_SAMPLES = 4
 
@@ -20,6 +27,31 @@ PRESETS = {
     "r1": {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 32768, "n": 0},
     "greedy": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 32768, "n": 1},
 }
+
+
+@dataclass(frozen=True)
+class SamplingProtocol:
+    """The fields `t1 eval` and `t1 scale` share: the protocol (a preset or explicit values), the benchmark
+    files and the grader. ``PRESETS`` makes the config loader apply ``preset``'s values as defaults."""
+
+    PRESETS = PRESETS
+
+    preset: Literal["none", "r1", "greedy"] = option(
+        "none", "a published protocol's sampling values as defaults: r1 (DeepSeek-R1 / open-r1: T 0.6, top-p "
+                "0.95, 32,768 tokens, n by benchmark) | greedy (lighteval's default) | none")
+    n: int = option(1, "samples per problem; 0 = the r1 protocol's n per benchmark (64 AIME/AMC, 8 GPQA, 4 else)")
+    temperature: float = option(1.0, "sampling temperature (0 = greedy)")
+    top_p: float = option(1.0, "nucleus sampling mass")
+    seed: int = option(0, "sampling seed (each sample has its own, derived from it)")
+    limit: int = option(0, "only the first N problems of each benchmark (0 = all)")
+    gpqa_csv: str | None = option(None, "the official GPQA Diamond CSV (for bench gpqa; not redistributed)")
+    data_dir: str | None = option(None, "benchmark files (null = the copies shipped with t1)")
+    grader: GraderName = grader_option()
+
+    def validate(self) -> None:
+        require(self.n >= 0, "n", "must be ≥ 1, or 0 for the r1 protocol's n per benchmark", self.n)
+        check_sampling(max(1, self.n), self.temperature, self.top_p)
+        require(self.limit >= 0, "limit", "must be ≥ 0 (0 = all problems)", self.limit)
 
 
 def samples_for(n: int, bench: str) -> int:

@@ -6,18 +6,17 @@ import json
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 from t1.config import option, require
 from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import majority_correct, pass1_stats, pass_at_k
-from t1.eval.protocols import PRESETS, describe, samples_for
-from t1.eval.sample import EvalSettings, check_sampling, sample_and_grade
+from t1.eval.protocols import SamplingProtocol, describe, samples_for
+from t1.eval.sample import EvalSettings, sample_and_grade
 from t1.io import atomic_write_text
 from t1.rollout import close_engine, open_engine
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
-from t1.tasks import GraderName, get_task
+from t1.tasks import get_task
 
 
 def summarize(rows: list[dict], n: int) -> dict:
@@ -50,39 +49,24 @@ def table(summaries: dict[str, dict]) -> str:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """`t1 eval`: ``t1 eval [CONFIG.yaml] model=M bench=[math500,aime24] [preset=r1] [key=value …]``."""
-
-    PRESETS = PRESETS
+class EvalConfig(SamplingProtocol):
+    """`t1 eval`: ``t1 eval [CONFIG.yaml] model=M bench=[math500,aime24] [preset=r1] [key=value …]``; the
+    protocol fields (preset, n, temperature, …) are :class:`t1.eval.protocols.SamplingProtocol`'s."""
 
     model: str | None = option(None, "checkpoint path or hub name (required)")
     bench: tuple[str, ...] = option(("math500",), "benchmarks: math500, aime24, aime25, amc23, omni_math, "
                                                   "omni500, gpqa, countdown, or *.jsonl paths")
     out: str = option("runs/eval", "output directory: summary.json and <bench>.samples.jsonl")
-    preset: Literal["none", "r1", "greedy"] = option(
-        "none", "a published protocol's sampling values as defaults: r1 (DeepSeek-R1 / open-r1: T 0.6, top-p "
-                "0.95, 32,768 tokens, n by benchmark) | greedy (lighteval's default) | none")
-    n: int = option(1, "samples per problem; 0 = the r1 protocol's n per benchmark (64 AIME/AMC, 8 GPQA, 4 else)")
-    temperature: float = option(1.0, "sampling temperature (0 = greedy)")
-    top_p: float = option(1.0, "nucleus sampling mass")
     max_new_tokens: int = option(1024, "thinking + answer budget per sample")
-    seed: int = option(0, "sampling seed (each sample has its own, derived from it)")
-    limit: int = option(0, "only the first N problems of each benchmark (0 = all)")
-    gpqa_csv: str | None = option(None, "the official GPQA Diamond CSV (for bench gpqa; not redistributed)")
-    data_dir: str | None = option(None, "benchmark files (null = the copies shipped with t1)")
-    grader: GraderName = option("default", "how a math answer is found: default (the final boxes, an answer "
-                                           "phrase, a final expression — as math-verify and open-r1 read them) | "
-                                           "strict (boxed answers only)")
     use_chat_template: bool = option(True, "wrap prompts in the tokenizer's chat template when it has one")
     batch_problems: int = option(256, "problems sampled together (× n sequences)")
     rollout: EngineConfig = option(help="the sampling engine and its settings", factory=EngineConfig)
 
     def validate(self) -> None:
+        super().validate()
         require(bool(self.model), "model", "is required: a checkpoint path or hub name", self.model)
         require(len(self.bench) > 0, "bench", "give at least one benchmark", self.bench)
-        require(self.n >= 0, "n", "must be ≥ 1, or 0 for the r1 protocol's n per benchmark", self.n)
-        check_sampling(max(1, self.n), self.temperature, self.top_p, self.max_new_tokens)
-        require(self.limit >= 0, "limit", "must be ≥ 0 (0 = all problems)", self.limit)
+        require(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1", self.max_new_tokens)
         require(self.batch_problems >= 1, "batch_problems", "must be ≥ 1", self.batch_problems)
 
     def settings(self) -> EvalSettings:

@@ -24,7 +24,6 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from tqdm import tqdm
 
@@ -32,14 +31,14 @@ from t1.chat import prompt_ids
 from t1.config import option, require
 from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import mean_stderr
-from t1.eval.protocols import PRESETS, describe, samples_for
+from t1.eval.protocols import SamplingProtocol, describe, samples_for
 from t1.eval.sample import check_sampling
 from t1.io import atomic_write_text, fill
 from t1.rollout import close_engine, open_engine
 from t1.rollout.base import Sample, SamplingParams, sample_seed
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
-from t1.tasks import GraderName, get_task
+from t1.tasks import get_task
 from t1.tasks.base import Item, Task
 
 
@@ -251,22 +250,15 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
 
 
 @dataclass(frozen=True)
-class ScaleConfig:
-    """`t1 scale`: ``t1 scale [CONFIG.yaml] models=[A,B] labels=[sft,rl] bench=aime24 budgets=[…] [preset=r1]``."""
-
-    PRESETS = PRESETS
+class ScaleConfig(SamplingProtocol):
+    """`t1 scale`: ``t1 scale [CONFIG.yaml] models=[A,B] labels=[sft,rl] bench=aime24 budgets=[…] [preset=r1]``;
+    the protocol fields (preset, n, temperature, …) are :class:`t1.eval.protocols.SamplingProtocol`'s."""
 
     models: tuple[str, ...] = option((), "checkpoints (paths or hub names) to sweep (required)")
     labels: tuple[str, ...] = option((), "a name per model, in order (default model1, model2, …)")
     bench: str = option("math500", "one benchmark (as for t1 eval)")
     budgets: tuple[int, ...] = option((16, 32, 64, 128, 256), "thinking budgets in tokens")
     out: str = option("runs/scale", "output directory: scaling.json and scaling.png")
-    preset: Literal["none", "r1", "greedy"] = option("none", "a published protocol's sampling values as "
-                                                             "defaults (see t1 eval --help-config)")
-    n: int = option(1, "samples per problem; 0 = the r1 protocol's n for the benchmark")
-    temperature: float = option(1.0, "sampling temperature (0 = greedy)")
-    top_p: float = option(1.0, "nucleus sampling mass")
-    seed: int = option(0, "sampling seed")
     answer_tokens: int = option(24, "tokens allowed after the answer cue")
     cue: str | None = option(None, "answer cue appended to truncated thinking (null = the task's)")
     summarizer: str | None = option(None, "a model that turns truncated thinking into an answer")
@@ -274,19 +266,12 @@ class ScaleConfig:
                                        "states an answer")
     extend: str | None = option(None, "s1 budget forcing: replace an early stop by this word")
     max_extensions: int = option(0, "s1 budget forcing: how many times")
-    limit: int = option(0, "only the first N problems (0 = all)")
-    gpqa_csv: str | None = option(None, "the official GPQA Diamond CSV (for bench gpqa)")
-    data_dir: str | None = option(None, "benchmark files (null = the copies shipped with t1)")
-    grader: GraderName = option("default", "how a math answer is found: default (the final boxes, an answer "
-                                           "phrase, a final expression — as math-verify and open-r1 read them) | "
-                                           "strict (boxed answers only)")
     rollout: EngineConfig = option(help="the sampling engine and its settings", factory=EngineConfig)
 
     def validate(self) -> None:
+        super().validate()
         require(len(self.models) > 0, "models", "give at least one checkpoint", self.models)
         require(len(self.labels) <= len(self.models), "labels", "at most one per model", self.labels)
-        require(self.n >= 0, "n", "must be ≥ 1, or 0 for the r1 protocol's n", self.n)
-        require(self.limit >= 0, "limit", "must be ≥ 0 (0 = all problems)", self.limit)
         self.settings()  # the sampling values' own checks
 
     def settings(self) -> ScaleSettings:

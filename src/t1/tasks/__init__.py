@@ -20,6 +20,14 @@ TASKS: tuple[str, ...] = get_args(TaskName)
 GraderName = Literal["default", "strict"]
 
 
+def grader_option():
+    """The ``grader`` field of every config that grades math (rl/filter data, eval, scale)."""
+    from t1.config import option
+
+    return option("default", "how a math answer is found: default (the final boxes, an answer phrase, a final "
+                             "expression — as math-verify and open-r1 read them) | strict (boxed answers only)")
+
+
 def get_task(name: str, *, countdown: CountdownConfig | None = None, timeout: float = 5.0,
              workers: int | None = None, grader: str = "default") -> Task:
     """The task called ``name``. ``countdown``: the Countdown rules (default :class:`CountdownConfig`());
