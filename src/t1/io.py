@@ -169,9 +169,9 @@ def check_output(out: str | Path, *inputs: str | Path, what: str = "output") -> 
     """Before any work: ``out`` is not one of ``inputs`` (writing it would lose them) and can be written (its
     folder exists or can be made, is writable, and ``out`` is not a directory). Returns ``out`` as a Path."""
     out = Path(out)
-    for src in inputs:
-        if Path(src).exists() and out.exists() and os.path.samefile(out, src) or \
-                Path(os.path.abspath(out)) == Path(os.path.abspath(src)):
+    for src in map(Path, inputs):
+        same = out.exists() and src.exists() and os.path.samefile(out, src)  # links and other spellings too
+        if same or out.absolute() == src.absolute():
             raise DataError(f"{what} {out}: is also an input; writing it would overwrite that input")
     if out.is_dir():
         raise DataError(f"{what} {out}: is a directory, expected a file path")
