@@ -100,7 +100,7 @@ def test_resume_falls_back_past_a_broken_newest_checkpoint(tmp_path, capsys):
     train_sft(small_cfg(cut, "train.save_every=2", "train.max_steps=5"), progress=False)
     (cut / "checkpoints" / "step-0000005" / "model.safetensors").write_bytes(b"")
     train_sft(small_cfg(cut, "train.save_every=2"), resume=True, progress=False)
-    assert "step-0000005: incomplete (model.safetensors: Error while deserializing header" in capsys.readouterr().err
+    assert "step-0000005: incomplete (model.safetensors: Error while" in capsys.readouterr().err
     a, b = weights(full / "final"), weights(cut / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["step"] for m in metrics(cut)] == [m["step"] for m in metrics(full)]

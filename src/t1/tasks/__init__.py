@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, get_args
 
+from t1.tasks.extract import GraderName as GraderName  # re-exported: the configs name graders by it
+
 if TYPE_CHECKING:
     from t1.tasks.base import Task
     from t1.tasks.countdown import CountdownConfig
@@ -17,7 +19,6 @@ TaskName = Literal["countdown", "math", "choice"]
 TASKS: tuple[str, ...] = get_args(TaskName)
 
 
-GraderName = Literal["default", "strict"]
 
 
 def grader_option():

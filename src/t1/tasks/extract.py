@@ -23,10 +23,18 @@ the text they see is bounded too (:data:`TAIL`).
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
 from t1.tasks.boxed import final_boxes, last_answer_tag
 
-GRADERS = ("default", "strict")
+GraderName = Literal["default", "strict"]
+GRADERS = get_args(GraderName)
+
+
+def check_grader(grader: str) -> str:
+    if grader not in GRADERS:
+        raise ValueError(f"grader must be one of {', '.join(GRADERS)} (got {grader!r})")
+    return grader
 TAIL = 4000  # characters at the end of the scope searched by the answer-phrase and final-expression rules
 _MATH_SEGMENT = re.compile(r"(\$\$.+?\$\$|(?<!\\)\$[^$]+\$|\\\[.+?\\\]|\\\(.+?\\\))\s*[.!]?\s*$", re.S)
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")  # a word (not a LaTeX command such as \frac)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 from t1.pool import DeadlinePool, Outcome, check_limits, note
 from t1.tasks.base import Item, OnResult, Score, Task
-from t1.tasks.extract import GRADERS, find_answer
+from t1.tasks.extract import check_grader, find_answer
 
 MAX_EXTRACTED = 1000  # characters of an extracted answer kept; longer is garbage, not an answer
 
@@ -93,9 +93,7 @@ class MathGrader:
 
     def __init__(self, workers: int | None = None, timeout: float = 5.0, fn: Callable = grade_math,
                  grader: str = "default"):
-        if grader not in GRADERS:
-            raise ValueError(f"grader must be one of {', '.join(GRADERS)} (got {grader!r})")
-        self.grader = grader
+        self.grader = check_grader(grader)
         self.pool = DeadlinePool(fn, default_workers() if workers is None else workers, timeout,
                                  preload=["t1.tasks.math", "math_verify"])
 
@@ -129,9 +127,7 @@ class MathTask(Task):
 
     def __init__(self, timeout: float = 5.0, workers: int | None = None, grader: str = "default"):
         check_limits(workers, timeout)  # now, not at the first batch
-        if grader not in GRADERS:
-            raise ValueError(f"grader must be one of {', '.join(GRADERS)} (got {grader!r})")
-        self.grader = grader
+        self.grader = check_grader(grader)
         self.timeout, self.workers = timeout, workers
         self._grader: MathGrader | None = None
 
