@@ -7,6 +7,7 @@ import pytest
 from t1 import config as C
 from t1.pipelines.demo import DemoConfig
 from t1.rl.config import RLConfig
+from t1.stages.scale import ScaleConfig
 from t1.stages.sft import SFTConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -14,7 +15,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_config_loads(path):
-    cls = RLConfig if path.name.startswith("rl_") else DemoConfig if path.name == "demo.yaml" else SFTConfig
+    cls = RLConfig if path.name.startswith("rl_") else DemoConfig if path.name == "demo.yaml" else \
+        ScaleConfig if path.name.endswith("_scale.yaml") else SFTConfig
     cfg = C.load(cls, path)
     assert cfg.out.startswith("runs/")
 

@@ -126,9 +126,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if (Path(args.run_dir) / "sweep.json").exists():  # a `t1 sweep` directory
+        from t1.pipelines.sweep_report import write_sweep_report
+
+        print(f"wrote {write_sweep_report(args.run_dir)}")
+        return 0
     from t1.stages.report import write_report
 
     print(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from t1.pipelines.sweep import run_sweep
+    from t1.pipelines.sweep_report import write_sweep_report
+
+    result = run_sweep(args.stage, args.args, args.out, args.seeds, args.scale, progress=not args.quiet)
+    print(f"wrote {Path(result['out']) / 'sweep.json'} and {write_sweep_report(result['out'])}")
     return 0
 
 
@@ -197,7 +211,7 @@ def _add_flag(p: argparse.ArgumentParser, flag: str) -> None:
 
 def _add_tool_commands(sub) -> None:
     p = sub.add_parser("report", help="a self-contained HTML report of a run (training curves, evals, scaling)")
-    p.add_argument("run_dir", help="a demo, SFT or RL run directory")
+    p.add_argument("run_dir", help="a demo, SFT or RL run directory, or a `t1 sweep` directory")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("grade", help="grade a JSON Lines file of responses against gold answers")
@@ -214,6 +228,22 @@ def _add_tool_commands(sub) -> None:
     p.set_defaults(func=cmd_grade)
 
 
+def _add_sweep_command(sub) -> None:
+    from t1.pipelines.sweep import STAGES
+
+    p = sub.add_parser("sweep", help="run a stage over the values of config fields (and seeds); compare the runs")
+    p.add_argument("stage", choices=list(STAGES), metavar="STAGE", help=" | ".join(STAGES))
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] FIELD=v1,v2[,...] [key=value ...]",
+                   help="a value with top-level commas is swept (the grid is the product of swept fields); "
+                        "any other, like budgets=[64,128], is a plain override")
+    p.add_argument("--seeds", type=int, default=1, help="runs per value, with 0..N-1 added to the config's seed")
+    p.add_argument("--out", default=None, help="sweep directory (default: runs/sweep_STAGE_FIELD)")
+    p.add_argument("--scale", default=None, metavar="SCALE.yaml",
+                   help="rl/sft: `t1 scale` with this config on each run's final/ (models and out replaced)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the per-run lines remain)")
+    p.set_defaults(func=cmd_sweep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t1",
@@ -224,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text, handler, flags in CONFIG_COMMANDS:
         _config_command(sub, name, help_text, handlers[handler], flags)
     _add_tool_commands(sub)
+    _add_sweep_command(sub)
     return parser
 
 
