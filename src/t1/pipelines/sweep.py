@@ -205,20 +205,21 @@ def plan(stage: str, grid: Grid, out: Path, seeds: int = 1, scale_config: str | 
                 run_dir = out / folder / f"seed{base + offset}"
                 cfg = cfglib.load(cls, grid.config, [*grid.overrides, *assigned, f"{spec.seed}={base + offset}",
                                                      f"out={_q(run_dir)}"])
-                runs.append(Run(point, base + offset, run_dir, cfg, _scale_cfg(scale_config, run_dir)))
+                scale_cfg = _scale_cfg(scale_config, run_dir, f"{point_label(point)} seed{base + offset}")
+                runs.append(Run(point, base + offset, run_dir, cfg, scale_cfg))
         except ConfigError as e:
             raise ConfigError(f"sweep {point_label(point)}: {e}") from None
     return runs
 
 
-def _scale_cfg(path: str | None, run_dir: Path):
+def _scale_cfg(path: str | None, run_dir: Path, label: str):
     if path is None:
         return None
     from t1.stages.scale import ScaleConfig
 
     try:
         return cfglib.load(ScaleConfig, path, [f"models=[{_q(run_dir / 'final')}]",
-                                               f"labels=[{_q(run_dir.name)}]", f"out={_q(run_dir / 'scale')}"])
+                                               f"labels=[{_q(label)}]", f"out={_q(run_dir / 'scale')}"])
     except ConfigError as e:
         raise ConfigError(f"--scale {e}") from None
 
