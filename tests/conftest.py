@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from t1.model.load import ModelConfig, build_model, build_tokenizer, save
@@ -26,3 +28,12 @@ def vllm_model_dir(tmp_path_factory):
     """A 2-layer Llama that vLLM's CPU build can run, saved in HF format with the Countdown tokenizer."""
     tok = build_tokenizer(100)
     return save(build_model(VLLM_TINY, tok), tok, tmp_path_factory.mktemp("tiny_vllm") / "model")
+
+
+@pytest.fixture(scope="session")
+def untied_model_dir(tmp_path_factory):
+    """The tiny model with its own output layer (not tied to the embeddings), as 7B+ models have: LoRA tests
+    put an adapter on it too, since a random tiny model learns little through its inner layers alone."""
+    tok = build_tokenizer(100)
+    model = build_model(replace(TINY, tie_embeddings=False), tok)
+    return save(model, tok, tmp_path_factory.mktemp("tiny_untied") / "model")

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from t1.config import option
+from t1.model import lora
 from t1.model.attention import causal_pairs, mask_bias
 from t1.model.kernels import ops
 
@@ -45,7 +46,7 @@ def fast_forward_option():
 def llama_family(model) -> bool:
     """Llama-family shapes this module and the fast sampler compute: default RoPE, SiLU MLP, no sliding window
     (biases on any projection are fine)."""
-    cfg = model.config
+    cfg = lora.base_of(model).config
     rope = getattr(cfg, "rope_scaling", None) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
     return (cfg.model_type in _FAMILY and rope_type in (None, "default")
@@ -54,7 +55,8 @@ def llama_family(model) -> bool:
 
 def supports(model) -> bool:
     """For training: the family above, without attention dropout (a training-time op this pass skips)."""
-    return llama_family(model) and not getattr(model.config, "attention_dropout", 0.0)
+    return (llama_family(model) and not getattr(lora.base_of(model).config, "attention_dropout", 0.0)
+            and not lora.has_dropout(model))
 
 
 class Forward:
@@ -114,6 +116,7 @@ class Prepared:
 
     def __init__(self, model, dtype: torch.dtype | None = None):
         """``dtype``: what the matrices are cast to; None = the autocast dtype when autocast is on, else none."""
+        model = lora.base_of(model)  # LoRA: each projection read as W + (α/r)·B·A (lora.weight)
         cfg, core = model.config, model.model
         self.nq = nq = cfg.num_attention_heads
         self.nkv = nkv = getattr(cfg, "num_key_value_heads", None) or nq
@@ -129,6 +132,7 @@ class Prepared:
             return t if t is None or dt is None else t.to(dt)
 
         order, scale = _pair_order(hd, device), hd ** -0.5
+        W = lora.weight
         self.embed = core.embed_tokens.weight
         self.padding_idx = core.embed_tokens.padding_idx  # its row gets no gradient from lookups, as in torch
         self.inv_freq = core.rotary_emb.inv_freq.to(device=device, dtype=torch.float32)
@@ -136,19 +140,19 @@ class Prepared:
         for layer in core.layers:
             a, m = layer.self_attn, layer.mlp
             ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
-            qkv = torch.cat([_heads(a.q_proj.weight, nq, hd, order, scale),
-                             _heads(a.k_proj.weight, nkv, hd, order), a.v_proj.weight])
+            qkv = torch.cat([_heads(W(a.q_proj), nq, hd, order, scale),
+                             _heads(W(a.k_proj), nkv, hd, order), W(a.v_proj)])
             self.layers.append((
                 cast(qkv * ln1),
                 cast(_cat(_heads(a.q_proj.bias, nq, hd, order, scale), _heads(a.k_proj.bias, nkv, hd, order),
                           a.v_proj.bias)),
-                cast(a.o_proj.weight), cast(a.o_proj.bias),
-                cast(torch.cat([m.gate_proj.weight, m.up_proj.weight]) * ln2),
+                cast(W(a.o_proj)), cast(a.o_proj.bias),
+                cast(torch.cat([W(m.gate_proj), W(m.up_proj)]) * ln2),
                 cast(_cat(m.gate_proj.bias, m.up_proj.bias)),
-                cast(m.down_proj.weight), cast(m.down_proj.bias),
+                cast(W(m.down_proj)), cast(m.down_proj.bias),
             ))
         head = model.get_output_embeddings()
-        self.lm_head, self.lm_head_b = cast(head.weight * core.norm.weight), cast(getattr(head, "bias", None))
+        self.lm_head, self.lm_head_b = cast(W(head) * core.norm.weight), cast(getattr(head, "bias", None))
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, g: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from t1.config import ConfigError, option, require
+from t1.model import lora
 from t1.tasks.countdown import CountdownConfig, CountdownTask
 
 SPECIAL = {"pad": "<pad>", "eos": "<eos>", "unk": "<unk>"}
@@ -110,7 +111,8 @@ def save(model, tokenizer, out: str | Path) -> Path:
 
 def check_model(name_or_path: str | Path) -> None:
     """Refuse, in one line naming it, a model that cannot be one: a missing local path, a file, a directory
-    without ``config.json``. Anything else that does not exist locally is taken as a hub name."""
+    without ``config.json`` (or a LoRA adapter's ``adapter_config.json``). Anything else that does not exist
+    locally is taken as a hub name."""
     path = Path(name_or_path).expanduser()
     looks_local = str(name_or_path).startswith((".", "/", "~")) or path.exists()
     if looks_local and not path.exists():
@@ -118,7 +120,7 @@ def check_model(name_or_path: str | Path) -> None:
     if path.is_file():
         raise ConfigError(f"model: {name_or_path} is a file; expected a model directory (config.json, weights, "
                           "tokenizer) or a hub name")
-    if path.is_dir() and not (path / "config.json").exists():
+    if path.is_dir() and not (path / "config.json").exists() and not lora.is_adapter_dir(path):
         raise ConfigError(f"model: {name_or_path} has no config.json; not a Hugging Face model directory")
 
 
@@ -151,6 +153,10 @@ def load(name_or_path: str | Path, dtype: str = "auto", device: str | None = Non
     import torch
     from transformers import AutoModelForCausalLM
 
+    if lora.is_adapter_dir(name_or_path):  # a LoRA run's checkpoint or final/: base + adapter, merged
+        model, _ = load(lora.base_path(name_or_path), dtype, device)
+        return lora.load_adapter(model, name_or_path, trainable=False).merge_and_unload(), \
+            load_tokenizer(name_or_path)
     check_model(name_or_path)  # an explicit local path must be a model; anything else may be a hub name
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     with _loading(name_or_path, "weights"):
@@ -158,6 +164,20 @@ def load(name_or_path: str | Path, dtype: str = "auto", device: str | None = Non
     if device is not None:
         model.to(device)
     return model, load_tokenizer(name_or_path)
+
+
+def load_for_training(model_path: str, cfg: lora.LoraConfig, checkpoint: Path | None):
+    """(model, tokenizer) in fp32 to train: without LoRA the checkpoint being resumed, else ``model_path``; with
+    LoRA (``cfg.rank > 0``) the base ``model_path`` (an adapter directory is merged into its base first) plus
+    the checkpoint's adapter, trainable, or fresh adapters."""
+    if not cfg.rank:
+        return load(checkpoint or model_path, dtype="float32")
+    model, tok = load(model_path, dtype="float32")
+    if checkpoint is None:
+        return lora.apply(model, cfg, base=model_path), tok
+    model = lora.load_adapter(model, checkpoint, trainable=True)
+    lora.record_base(model, model_path)
+    return model, load_tokenizer(checkpoint)
 
 
 Attention = Literal["auto", "eager", "sdpa", "flash_attention_2"]

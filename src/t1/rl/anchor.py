@@ -1,7 +1,8 @@
 """The KL anchor (reference model): a moving average of the policy, a periodic reset, fixed, or none.
 
 The anchor is a frozen fp32 copy of the policy's parameters, made before the policy is wrapped for
-distribution. ``update`` is called after each optimizer step.
+distribution. ``update`` is called after each optimizer step. Parameters that do not train (a LoRA run's base
+model) are shared with the policy, not copied: only the trained tensors (the adapter) move and are saved.
 
 * ``ema`` (the T1 default): θ_ref ← λ θ_ref + (1 − λ) θ after every step. After n steps from θ_ref = θ_0
   with the policy at θ_1 … θ_n: θ_ref = λ^n θ_0 + Σ_k (1 − λ) λ^(n−k) θ_k.
@@ -36,8 +37,12 @@ class Anchor:
         self.mode, self.ema_decay, self.reset_every = mode, ema_decay, reset_every
         self.model = None
         self.sharded = False
+        # names of the tensors that train (and move); None = all of them. Frozen ones (a LoRA run's base) are
+        # shared with the policy, not copied: the anchor is the adapter's average on the same base
+        frozen = [p for p in policy.parameters() if not p.requires_grad]
+        self.trained = ({n for n, p in policy.named_parameters() if p.requires_grad} if frozen else None)
         if mode != "none":
-            self.model = copy.deepcopy(policy).eval()
+            self.model = copy.deepcopy(policy, memo={id(p): p for p in frozen}).eval()
             for p in self.model.parameters():
                 p.requires_grad_(False)
 
@@ -60,11 +65,14 @@ class Anchor:
         if self.model is None or self.mode == "fixed":
             return
         self.release()  # a gathered copy would not see the update
+        pairs = list(shard.local_pairs(self.model, policy))
+        if self.trained is not None:  # LoRA (never sharded): the frozen base is shared, only the adapter moves
+            pairs = [(ref, cur) for ref, cur in pairs if cur.requires_grad]
         if self.mode == "ema":
-            for ref, cur in shard.local_pairs(self.model, policy):
+            for ref, cur in pairs:
                 ref.lerp_(cur.detach().to(ref.dtype), 1.0 - self.ema_decay)
         elif self.mode == "reset" and step % self.reset_every == 0:
-            for ref, cur in shard.local_pairs(self.model, policy):
+            for ref, cur in pairs:
                 ref.copy_(cur.detach())
 
     def state_dict(self, keep: bool = True) -> dict | None:
@@ -74,7 +82,10 @@ class Anchor:
             return None
         if self.sharded:
             return shard.full_state_dict(self.model, keep)
-        return {k: v.clone() for k, v in self.model.state_dict().items()} if keep else None
+        if not keep:
+            return None
+        return {k: v.clone() for k, v in self.model.state_dict().items()
+                if self.trained is None or k in self.trained}
 
     def load_state_dict(self, state: dict | None) -> None:
         if self.model is None or state is None:
@@ -82,7 +93,8 @@ class Anchor:
         if self.sharded:
             raise RuntimeError("Anchor.load_state_dict: load before distribute() (the state is a full one)")
         missing, unexpected = self.model.load_state_dict(state, strict=False)
-        params = dict(self.model.named_parameters(remove_duplicate=False))
+        params = self.trained if self.trained is not None else \
+            dict(self.model.named_parameters(remove_duplicate=False))
         if unexpected or any(k in params for k in missing):
             raise RuntimeError(f"anchor checkpoint does not match the model: missing {missing}, "
                                f"unexpected {unexpected}")

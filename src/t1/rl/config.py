@@ -11,6 +11,7 @@ from t1.config import option, require
 from t1.data.prompts import PromptDataConfig
 from t1.model.forward import fast_forward_option
 from t1.model.load import Attention, attention_option
+from t1.model.lora import LoraConfig, lora_option
 from t1.rl.penalties import PenaltyConfig
 from t1.rollout.config import EngineConfig
 from t1.runtime.optim import OptimConfig
@@ -141,6 +142,7 @@ class RLConfig:
     anchor: AnchorConfig = option(help="the KL anchor", factory=AnchorConfig)
     penalties: PenaltyConfig = option(help="−1 for truncated, repetitive, garbage", factory=PenaltyConfig)
     train: RLTrainConfig = option(help="the loop", factory=RLTrainConfig)
+    lora: LoraConfig = lora_option()
 
     def validate(self) -> None:
         require(bool(self.model), "model", "is required: a checkpoint path or hub name", self.model)

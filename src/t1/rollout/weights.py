@@ -6,7 +6,8 @@ DeepSpeed ZeRO-3 each parameter is gathered, handed on, and released before the 
 * plain / DDP: the parameter itself (no copy);
 * FSDP2 (``DTensor`` parameters): ``full_tensor()``, one parameter at a time;
 * FSDP1: ``summon_full_params(module, recurse=False)`` for one wrapped module at a time;
-* DeepSpeed ZeRO-3: ``GatheredParameters([p])``, one parameter at a time.
+* DeepSpeed ZeRO-3: ``GatheredParameters([p])``, one parameter at a time;
+* LoRA: base + adapter merged one matrix at a time (:func:`t1.model.lora.merged_state`), base names.
 
 Every process must iterate (the gathers are collectives). Tied weights come out under every name
 (``lm_head.weight`` too): a push without the tied output layer would leave the engine's output layer stale
@@ -22,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from t1.model import lora
 
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "module.")
 
@@ -48,6 +51,10 @@ def _zero3(p: torch.nn.Parameter) -> bool:
 def full_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, full tensor) for every parameter of ``model`` (possibly wrapped), tied names included.
     Each tensor is valid until the next item is requested."""
+    inner = getattr(model, "module", model)  # DDP's wrapper
+    if lora.is_lora(inner):  # LoRA (one process or DDP): base + adapter merged, under the base model's names
+        yield from lora.merged_state(inner)
+        return
     FSDP, fsdp_modules = _fsdp1_modules(model)
     if fsdp_modules:
         yield from _fsdp1(model, FSDP)

@@ -297,6 +297,7 @@ class RunDir:
     def __init__(self, out: str | Path, resume: bool, acc):
         self.out, self.acc, self.main = Path(out), acc, acc.is_main_process
         self.logs: dict[str, Log] = {}
+        self.save_kwargs: dict[str, Any] = {}  # more arguments for the model's save_pretrained (a LoRA run's)
         self.lock = RunLock(self.out) if self.main else None
         try:
             ckpts = checkpoint_dirs(self.out)
@@ -355,22 +356,26 @@ class RunDir:
             check_finite(state_dict if state_dict is not None else raw_model.state_dict(), dest)
 
             def write_model(path: Path) -> None:  # the gathered state dict keeps this FSDP/DeepSpeed safe
-                raw_model.save_pretrained(path, state_dict=state_dict)
+                raw_model.save_pretrained(path, state_dict=state_dict, **self.save_kwargs)
                 tokenizer.save_pretrained(path)
 
             save_checkpoint(self.out, step, write_model, {"step": step, **state, "rng": rng_state()}, keep)
         self.acc.wait_for_everyone()
 
-    def save_final(self, raw_model, tokenizer, state_dict: dict | None) -> None:
+    def save_final(self, raw_model, tokenizer, state_dict: dict | None,
+                   extra: Callable[[Path], None] | None = None) -> None:
         """The trained model (``state_dict``: its gathered full state) and tokenizer in ``final/``, atomically;
-        every process calls it and returns once the files are written."""
+        every process calls it and returns once the files are written. ``extra(path)`` writes more into the
+        folder before it is renamed into place (a LoRA run's merged model)."""
         if self.main:
             final = self.out / "final"
             check_finite(state_dict if state_dict is not None else raw_model.state_dict(), final)
 
             def write(path: Path) -> None:
-                raw_model.save_pretrained(path, state_dict=state_dict)
+                raw_model.save_pretrained(path, state_dict=state_dict, **self.save_kwargs)
                 tokenizer.save_pretrained(path)
+                if extra is not None:
+                    extra(path)
 
             write_dir(final, write)
         self.acc.wait_for_everyone()

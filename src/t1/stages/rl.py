@@ -27,7 +27,8 @@ from t1.batching import epoch_order
 from t1.chat import prompt_ids
 from t1.config import ConfigError
 from t1.data.prompts import load_items
-from t1.model.load import count_parameters, load, set_attention
+from t1.model import lora
+from t1.model.load import count_parameters, load_for_training, set_attention
 from t1.rl import algo, shard
 from t1.rl.anchor import Anchor
 from t1.rl.batch import Batch
@@ -71,9 +72,9 @@ class RLTrainer:
         ckpt = self.run.checkpoint
         torch.manual_seed(cfg.train.seed)
 
-        model, self.tok = load(ckpt or cfg.model, dtype="float32")
+        model, self.tok = load_for_training(cfg.model, cfg.lora, ckpt)  # LoRA: base + (the checkpoint's) adapter
         if torch.cuda.is_available():  # refuse a config that cannot fit before hours go into it
-            report = memory.check_rl(cfg, model.config, self.world, torch.cuda.device_count())
+            report = memory.check_rl(cfg, lora.base_of(model).config, self.world, torch.cuda.device_count())
             if acc.is_main_process:
                 print(memory.format_report(report), file=sys.stderr)
         self.items = load_items(cfg.data)
@@ -82,6 +83,8 @@ class RLTrainer:
         self.attention = set_attention(model, cfg.train.attention, longest + cfg.rollout.max_new_tokens)
         self.sharding = shard.sharding(acc)  # fsdp1 / fsdp2 / zero3: the policy is split over the processes
         shard.check_launch(acc, self.sharding, resolve_engine(cfg.rollout.engine), cfg.anchor.mode != "none")
+        lora.check_unsharded(model, acc)
+        self.run.save_kwargs = lora.save_kwargs(model)
         self.anchor = Anchor(model, cfg.anchor.mode, cfg.anchor.ema_decay, cfg.anchor.reset_every)
         state = self.run.state()
         if state is not None:
@@ -98,7 +101,9 @@ class RLTrainer:
         self.raw = acc.unwrap_model(self.model)
         self.update_step = Update(cfg, acc, self.model, self.optimizer, self.anchor, self.tok.pad_token_id,
                                   self.sharding)
-        self.engine = make_engine(cfg.rollout, self.raw, self.tok, model_path=str(ckpt or cfg.model),
+        # an engine holding a copy loads the plain base model; the first push hands it the trained weights
+        engine_model = lora.base_path(cfg.model) if cfg.lora.rank else lora.base_path(ckpt or cfg.model)
+        self.engine = make_engine(cfg.rollout, self.raw, self.tok, model_path=engine_model,
                                   max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out))
         self.task = get_task(cfg.data.task, countdown=cfg.data.countdown, timeout=cfg.train.grader_timeout,
                              grader=cfg.data.grader)
@@ -207,7 +212,8 @@ class RLTrainer:
         cfg, acc = self.cfg, self.acc
         main = acc.is_main_process
         if main:
-            print(f"rl: {self.n_params / 1e6:.2f}M parameters | {len(self.items)} prompts ({cfg.data.task}) | "
+            print(f"rl: {self.n_params / 1e6:.2f}M parameters{lora.describe(self.raw)} | "
+                  f"{len(self.items)} prompts ({cfg.data.task}) | "
                   f"{cfg.train.steps} steps × {cfg.rollout.prompts_per_step} prompts × "
                   f"{cfg.rollout.samples_per_prompt} samples | engine {type(self.engine).__name__} | "
                   f"anchor {self.anchor.mode}{f' ({self.sharding}-sharded)' if self.anchor.sharded else ''} | "
@@ -231,7 +237,9 @@ class RLTrainer:
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
                 self._checkpoint(step + 1)
         bar.close()
-        self.run.save_final(self.raw, self.tok, shard.model_state(acc, self.model, self.sharding))
+        merged = (lambda path: lora.save_merged(self.raw, self.tok, path / "merged")) if cfg.lora.save_merged \
+            else None
+        self.run.save_final(self.raw, self.tok, shard.model_state(acc, self.model, self.sharding), merged)
         if main:
             print(summary(history), file=sys.stderr)
         self.task.close()

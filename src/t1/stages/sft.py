@@ -40,9 +40,11 @@ from t1.model.load import (
     build_model,
     build_tokenizer,
     count_parameters,
-    load,
+    load_for_training,
     set_attention,
 )
+from t1.model.lora import LoraConfig, check_unsharded, describe, lora_option, save_merged
+from t1.model.lora import save_kwargs as lora_save_kwargs
 from t1.runtime.device import make_accelerator, resolve_precision
 from t1.runtime.optim import BadSteps, OptimConfig, clip_and_step, lr_factor, make_optimizer, set_lr
 from t1.runtime.run import RunDir, set_rng_state
@@ -92,6 +94,11 @@ class SFTConfig:
     tiny: ModelConfig = option(help="the tiny model built when model is null", factory=ModelConfig)
     data: SFTDataConfig = option(help="training data", factory=SFTDataConfig)
     train: SFTTrainConfig = option(help="training loop", factory=SFTTrainConfig)
+    lora: LoraConfig = lora_option()
+
+    def validate(self) -> None:
+        require(not self.lora.rank or bool(self.model), "lora.rank", "LoRA adapts a pretrained model: set model "
+                "(a path or hub name), or lora.rank=0 to train the tiny model built here", self.lora.rank)
 
 
 def token_nll_sum(forward, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -115,11 +122,10 @@ class SFTResult:
 
 
 def _load_model(cfg: SFTConfig, run: RunDir):
-    """The checkpoint being resumed, else the configured model, else a freshly built tiny one."""
-    if run.checkpoint is not None:
-        return load(run.checkpoint, dtype="float32")
-    if cfg.model:
-        return load(cfg.model, dtype="float32")
+    """The checkpoint being resumed, else the configured model (with fresh LoRA adapters when configured),
+    else a freshly built tiny one."""
+    if cfg.model or run.checkpoint is not None:
+        return load_for_training(cfg.model or "", cfg.lora, run.checkpoint)
     tokenizer = build_tokenizer(cfg.data.countdown.max_value)
     return build_model(cfg.tiny, tokenizer), tokenizer
 
@@ -187,6 +193,8 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
     stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
 
     optimizer = make_optimizer(model, cfg.train.optim)
+    check_unsharded(model, acc)
+    run.save_kwargs = lora_save_kwargs(model)
     model, optimizer = acc.prepare(model, optimizer)
     forward = Forward(model, acc.unwrap_model(model), cfg.train.fast_forward)
     start, state = 0, run.state()
@@ -196,7 +204,8 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
         start = state["step"]
     run.start_metrics(cfg, start)
     if main:
-        print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters | {source_description(cfg.data)} | "
+        print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters{describe(model)} | "
+              f"{source_description(cfg.data)} | "
               f"{stats.text()} | {stop} of {total} steps × {cfg.train.batch_size} examples | "
               f"{world} process(es) | precision {precision} | attention {attention}"
               + (f" | resuming at step {start}" if start else ""), file=sys.stderr)
@@ -238,7 +247,9 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
                                 lambda: (acc.get_state_dict(model), {"optimizer": optimizer.state_dict()}),
                                 cfg.train.keep_checkpoints)
     bar.close()
-    run.save_final(acc.unwrap_model(model), tokenizer, acc.get_state_dict(model))
+    raw = acc.unwrap_model(model)
+    run.save_final(raw, tokenizer, acc.get_state_dict(model),
+                   (lambda path: save_merged(raw, tokenizer, path / "merged")) if cfg.lora.save_merged else None)
     wall = time.perf_counter() - t_start
     result = SFTResult(out, stop, loss_value, tok_rate, wall)
     if main:
