@@ -302,3 +302,24 @@ def test_activation_formula_matches_what_autograd_saves(weights):
     (two, shape), (one, _) = saved(2), saved(1)
     formula = shape.act_per_token(False, bf16_weights=weights == torch.bfloat16) / 2
     assert (two - one) / T == pytest.approx(formula, rel=0.03)
+
+
+def test_lora_adapter_count_matches_peft_and_shrinks_the_trainer_state():
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=96, vocab_size=300, tie_word_embeddings=False)
+    model = get_peft_model(Qwen2ForCausalLM(cfg), LoraConfig(r=8, target_modules="all-linear"))
+    assert M.Shape.of(cfg).lora_params(8) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # 7B on 8 GPUs under DDP: full fine-tuning cannot fit (whole anchor, moments, gradients per process) ...
+    full = M.check_rl(paper("7b"), M.qwen25("7b"), 8, 8, M.GPU_80GB, sharded=False, checkpointing=True,
+                      refuse=False)
+    lora = M.check_rl(paper("7b", "lora.rank=16"), M.qwen25("7b"), 8, 8, M.GPU_80GB, sharded=False,
+                      checkpointing=True, refuse=False)
+    assert not full.fits and lora.fits, lora.problems
+    adapter = M.Shape.of(M.qwen25("7b")).lora_params(16)
+    assert line(lora, "LoRA adapter + AdamW") == pytest.approx(12 * adapter / GiB)  # weights + AdamW moments
+    assert line(lora, "anchor: the adapter's EMA") == pytest.approx(4 * adapter / GiB)
+    assert line(lora, "LoRA base weights bf16") == pytest.approx(2 * 7_615_616_512 / GiB)
+    assert line(full, "AdamW moments") > 50 * 8 * adapter / GiB

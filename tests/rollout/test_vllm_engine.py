@@ -126,6 +126,18 @@ def test_rl_through_vllm_samples_from_every_steps_policy(vllm_model_dir, tmp_pat
     assert all(r["sampling/logp_diff_max"] > 1e-2 for r in s[1:]), [r["sampling/logp_diff_max"] for r in s]
 
 
+def test_lora_rl_through_vllm_samples_from_the_merged_weights(vllm_model_dir, tmp_path):
+    """vLLM loads the plain base model and is pushed base + adapter merged every step: its log-probs equal the
+    trainer's (which reads the adapters) although only the adapter trains."""
+    out = tmp_path / "run"
+    train_rl(C.load(RLConfig, None, rl_args(vllm_model_dir, out, "train.steps=3", "lora.rank=8", "lora.alpha=16",
+                                            "train.optim.lr=0.05")), progress=False)
+    m = metrics(out)
+    assert [r["weight_version"] for r in m] == [1, 2, 3] and m[-1]["grad_norm"] > 0
+    assert all(r["sampling/logp_diff_max"] < 1e-3 for r in m), [r["sampling/logp_diff_max"] for r in m]
+    assert (out / "final" / "adapter_model.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_rl_through_vllm_resumes_exactly(vllm_model_dir, tmp_path):
     """vLLM's seeded sampling is deterministic for the same weights and requests (no preemption, no split

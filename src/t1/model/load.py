@@ -166,13 +166,14 @@ def load(name_or_path: str | Path, dtype: str = "auto", device: str | None = Non
     return model, load_tokenizer(name_or_path)
 
 
-def load_for_training(model_path: str, cfg: lora.LoraConfig, checkpoint: Path | None):
-    """(model, tokenizer) in fp32 to train: without LoRA the checkpoint being resumed, else ``model_path``; with
-    LoRA (``cfg.rank > 0``) the base ``model_path`` (an adapter directory is merged into its base first) plus
-    the checkpoint's adapter, trainable, or fresh adapters."""
+def load_for_training(model_path: str, cfg: lora.LoraConfig, checkpoint: Path | None, precision: str = "fp32"):
+    """(model, tokenizer) to train: without LoRA the checkpoint being resumed, else ``model_path``, in fp32;
+    with LoRA (``cfg.rank > 0``) the base ``model_path`` (an adapter directory is merged into its base first)
+    plus the checkpoint's adapter, trainable, or fresh adapters. The frozen base is held in bf16 when training
+    runs in bf16 (``precision``: half the weight memory, no autocast copy); adapters are always fp32."""
     if not cfg.rank:
         return load(checkpoint or model_path, dtype="float32")
-    model, tok = load(model_path, dtype="float32")
+    model, tok = load(model_path, dtype="bfloat16" if precision == "bf16" else "float32")
     if checkpoint is None:
         return lora.apply(model, cfg, base=model_path), tok
     model = lora.load_adapter(model, checkpoint, trainable=True)

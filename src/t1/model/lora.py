@@ -108,8 +108,8 @@ def weight(linear: torch.nn.Module) -> torch.Tensor:
     if linear.merged or linear.disable_adapters:
         return w
     for name in linear.active_adapters:
-        if name in linear.lora_A:
-            w = w + linear.get_delta_weight(name).to(w.dtype)
+        if name in linear.lora_A:  # in the adapter's precision (fp32 over a bf16 base), as PEFT's own merge
+            w = w + linear.get_delta_weight(name)
     return w
 
 
@@ -153,9 +153,9 @@ def merged_state(model) -> Iterator[tuple[str, torch.Tensor]]:
             if ".lora_" in name:
                 continue
             owner, _, leaf = name.rpartition(".")
-            if owner.endswith(".base_layer") and owner[: -len(".base_layer")] in layers:
-                module = layers[owner[: -len(".base_layer")]]
-                yield f"{owner[: -len('.base_layer')]}.{leaf}", weight(module) if leaf == "weight" else p
+            layer = owner.removesuffix(".base_layer")
+            if layer != owner and layer in layers:  # a projection with an adapter: its merged weight
+                yield f"{layer}.{leaf}", weight(layers[layer]) if leaf == "weight" else p
             else:
                 yield name, p
 

@@ -125,6 +125,11 @@ class Shape:
         attn = h * (q + 2 * kv) + q * h + (q + 2 * kv if self.qkv_bias else 0)
         return self.layers * (attn + 3 * h * self.inter + 2 * h) + self.vocab * h * (1 if self.tied else 2) + h
 
+    def lora_params(self, rank: int) -> int:
+        """Adapter parameters at ``rank`` on every projection of every layer (all-linear): r·(in + out) each."""
+        h, q, kv, f = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.inter
+        return self.layers * rank * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + f) + (f + h))
+
     def kv_per_token(self, nbytes: int, tp: int = 1) -> int:
         return 2 * self.layers * math.ceil(self.kv_heads / tp) * self.head_dim * nbytes
 
@@ -248,20 +253,23 @@ def _trainer(r: Report, cfg, engine: str, shape: Shape, world: int, sharded: boo
     n, div = shape.params, (world if sharded else 1)
     tag = f" /{world}" if sharded and world > 1 else ""
     half = 4 if cfg.train.precision == "fp32" else 2  # bytes of a bf16 (or fp32) weight, logit, gradient
-    r.add(f"policy fp32 weights{tag}", "static", 4 * n / div)
-    r.add(f"AdamW moments fp32 ×2{tag}", "static", 8 * n / div)
-    r.add(f"gradients fp32{tag}", "update", 4 * n / div)
-    if sharded:
-        head = shape.vocab * shape.hidden * (1 if shape.tied else 2)
-        gathered = head + GATHER_LAYERS * (n - head) / shape.layers
-        r.add(f"FSDP gathered: embed/lm_head + {GATHER_LAYERS} layers", "update", 2 * half * gathered)  # + grads
+    if getattr(getattr(cfg, "lora", None), "rank", 0):
+        _lora_state(r, cfg, shape, world, half)
     else:
-        r.add("policy bf16 cast (autocast cache)", "update", 2 * n)
-        r.add("DDP gradient buckets fp32", "static", 4 * n if world > 1 else 0)
-    if cfg.anchor.mode != "none" and cfg.algo.kl_beta > 0:
-        r.add(f"anchor fp32{tag}" if sharded else "anchor fp32 full copy", "static", 4 * n / div)
-        r.add("anchor bf16 working copy (KL pass)", "update",
-              2 * n if cfg.train.fast_forward and not sharded else 0)
+        r.add(f"policy fp32 weights{tag}", "static", 4 * n / div)
+        r.add(f"AdamW moments fp32 ×2{tag}", "static", 8 * n / div)
+        r.add(f"gradients fp32{tag}", "update", 4 * n / div)
+        if sharded:
+            head = shape.vocab * shape.hidden * (1 if shape.tied else 2)
+            gathered = head + GATHER_LAYERS * (n - head) / shape.layers
+            r.add(f"FSDP gathered: embed/lm_head + {GATHER_LAYERS} layers", "update", 2 * half * gathered)
+        else:
+            r.add("policy bf16 cast (autocast cache)", "update", 2 * n)
+            r.add("DDP gradient buckets fp32", "static", 4 * n if world > 1 else 0)
+        if cfg.anchor.mode != "none" and cfg.algo.kl_beta > 0:
+            r.add(f"anchor fp32{tag}" if sharded else "anchor fp32 full copy", "static", 4 * n / div)
+            r.add("anchor bf16 working copy (KL pass)", "update",
+                  2 * n if cfg.train.fast_forward and not sharded else 0)
     act = shape.act_per_token(ckpt, bf16_weights=sharded)  # FSDP gathers bf16 weights (mixed precision)
     r.add(f"activations, {tokens} tok" + (" (checkpointed)" if ckpt else ""), "update", tokens * act)
     V = shape.vocab
@@ -273,6 +281,21 @@ def _trainer(r: Report, cfg, engine: str, shape: Shape, world: int, sharded: boo
         if rows * V * MISMATCH_BYTES > work:
             work, what = rows * V * MISMATCH_BYTES, f"sampler check {rows} × {V} × {MISMATCH_BYTES} B"
     r.add(what, "update", work)
+
+
+def _lora_state(r: Report, cfg, shape: Shape, world: int, half: int) -> None:
+    """A LoRA run's trainer state (never sharded, t1.model.lora): the frozen base in the training precision,
+    and for the adapter alone fp32 weights, AdamW moments, gradients, DDP buckets and the anchor (its EMA)."""
+    n, rank = shape.params, cfg.lora.rank
+    a = shape.lora_params(rank)
+    r.add(f"LoRA base weights {'fp32' if half == 4 else 'bf16'} (frozen)", "static", half * n)
+    r.add(f"LoRA adapter + AdamW ×2, fp32 (r={rank})", "static", 12 * a)
+    r.add("LoRA adapter gradients fp32", "update", 4 * a + (4 * a if world > 1 else 0))  # + DDP buckets
+    fast = 2 * n if cfg.train.fast_forward and world == 1 else 0  # t1's pass on merged bf16 weights
+    r.add("merged bf16 weights (t1's forward)", "update", fast)
+    if cfg.anchor.mode != "none" and cfg.algo.kl_beta > 0:
+        r.add("anchor: the adapter's EMA (base shared)", "static", 4 * a)
+        r.add("anchor merged bf16 weights (KL pass)", "update", fast)
 
 
 def _update_fit(r: Report, cfg, max_len: int, sharded: bool, ckpt: bool) -> None:

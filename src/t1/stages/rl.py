@@ -72,7 +72,7 @@ class RLTrainer:
         ckpt = self.run.checkpoint
         torch.manual_seed(cfg.train.seed)
 
-        model, self.tok = load_for_training(cfg.model, cfg.lora, ckpt)  # LoRA: base + (the checkpoint's) adapter
+        model, self.tok = load_for_training(cfg.model, cfg.lora, ckpt, self.precision)
         if torch.cuda.is_available():  # refuse a config that cannot fit before hours go into it
             report = memory.check_rl(cfg, lora.base_of(model).config, self.world, torch.cuda.device_count())
             if acc.is_main_process:

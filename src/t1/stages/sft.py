@@ -121,11 +121,11 @@ class SFTResult:
     wall_s: float
 
 
-def _load_model(cfg: SFTConfig, run: RunDir):
+def _load_model(cfg: SFTConfig, run: RunDir, precision: str):
     """The checkpoint being resumed, else the configured model (with fresh LoRA adapters when configured),
     else a freshly built tiny one."""
     if cfg.model or run.checkpoint is not None:
-        return load_for_training(cfg.model or "", cfg.lora, run.checkpoint)
+        return load_for_training(cfg.model or "", cfg.lora, run.checkpoint, precision)
     tokenizer = build_tokenizer(cfg.data.countdown.max_value)
     return build_model(cfg.tiny, tokenizer), tokenizer
 
@@ -184,7 +184,7 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
     main, world = acc.is_main_process, acc.num_processes
     set_seed(cfg.train.seed)
 
-    model, tokenizer = _load_model(cfg, run)
+    model, tokenizer = _load_model(cfg, run, precision)
     examples, stats = load_examples(cfg.data, tokenizer)
     lengths = [len(e.ids) for e in examples]
     attention = set_attention(model, cfg.train.attention, max(lengths, default=0))
