@@ -50,3 +50,20 @@ def test_report_drops_a_torn_last_line_and_names_damage_before_it(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("t1 report: error: ") and "metrics.jsonl:2: not a valid JSON object" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_report_shows_completions_from_early_middle_and_late_steps(tmp_path):
+    from t1.runtime.run import write_completions
+
+    run = tmp_path / "rl"
+    for step in range(5, 55, 5):  # steps 5 … 50
+        write_completions(run, step, [{"step": step, "prompt": f"p{step}-{i}", "response": f"r{step}-{i}",
+                                       "reward": -1.0 if i == 0 else 1.0, "correct": i > 0, "tokens": 7 + i,
+                                       "penalty": "truncated" if i == 0 else "", "advantage": 0.25 - i}
+                                      for i in range(5)])
+    page = write_report(run).read_text()
+    assert "Sampled rollouts (RL steps 5, 25, 50)" in page  # first, middle, last of the sampled steps
+    for step in (5, 25, 50):
+        assert f"<h3>Step {step}</h3>" in page and f"p{step}-2" in page and f"p{step}-3" not in page
+    assert "p10-0" not in page
+    assert "reward -1 (truncated) · advantage +0.250 · 7 tokens" in page

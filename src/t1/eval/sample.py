@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import dataclass
 
 from tqdm import tqdm
@@ -47,7 +48,9 @@ def sample_and_grade(engine, tok, task: Task, items: list[Item], s: EvalSettings
     sampling engine (:func:`t1.rollout.open_engine`); ``task`` grades the responses."""
     params = SamplingParams(s.temperature, s.top_p, s.max_new_tokens)
     rows: list[dict] = []
-    bar = tqdm(total=len(items) * s.n, desc=desc, unit="sample", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=len(items) * s.n, desc=desc, unit="sample", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    start_time, tokens = time.perf_counter(), 0
     for start in range(0, len(items), s.batch_problems):
         chunk = list(range(start, min(len(items), start + s.batch_problems)))
         its = [for_sample(items[i], s.seed, k) for i in chunk for k in range(s.n)]  # choice: options reshuffled
@@ -60,5 +63,8 @@ def sample_and_grade(engine, tok, task: Task, items: list[Item], s: EvalSettings
                          "extracted": sc.extracted, "rule": sc.rule, "correct": bool(sc.correct and smp.finished),
                          "tokens": len(smp.token_ids), "finished": smp.finished, **it.to_row(), **order})
         bar.update(len(samples))
+        tokens += sum(len(x.token_ids) for x in samples)
+        bar.set_postfix(acc=f"{sum(r['correct'] for r in rows) / len(rows):.3f}",
+                        tok_s=f"{tokens / max(1e-9, time.perf_counter() - start_time):,.0f}")
     bar.close()
     return rows

@@ -15,6 +15,7 @@ from t1.model.lora import LoraConfig, lora_option
 from t1.rl.penalties import PenaltyConfig
 from t1.rollout.config import EngineConfig
 from t1.runtime.optim import OptimConfig
+from t1.runtime.trackers import Tracking
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class RLTrainConfig:
 
 
 @dataclass(frozen=True)
-class RLConfig:
+class RLConfig(Tracking):
     out: str = option("runs/rl", "run directory")
     model: str = option("", "starting checkpoint: a local path or hub name (e.g. the SFT run's final/)")
     data: PromptDataConfig = option(help="RL prompts", factory=PromptDataConfig)

@@ -61,6 +61,7 @@ class Update:
         # no-gradient pass 1: the bare model under DDP (no gradient hooks); FSDP must gather through its wrapper
         self.bare = Forward(model if sharding else raw, raw, fast)
         self.reference = Forward(anchor.model, fast=fast) if anchor.model is not None else None
+        self.advantages = torch.zeros(0)  # the last update's RLOO advantages (KL-shaped), per sample
 
     def __call__(self, step: int, batch: Batch) -> dict:
         """Optimizer step(s) of 0-based RL step ``step`` on ``batch``, then the anchor's move (unless skipped)."""
@@ -273,6 +274,7 @@ class Update:
         cfg, K = self.cfg, self.cfg.rollout.samples_per_prompt
         shaped = algo.shape(batch.reward, algo.center_in_group(d, K), cfg.algo.kl_beta)
         adv = algo.rloo(shaped, K)
+        self.advantages = adv.detach().float().cpu()  # this process's, for the completion tables
         keep = select(batch.reward, adv, K, cfg.algo.select)
         counts = self.acc.reduce(torch.tensor([float(len(keep)), float(ntok[keep].sum())], device=self.acc.device),
                                  "sum")

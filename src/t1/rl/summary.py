@@ -70,7 +70,8 @@ def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, v
            "clip_fraction": upd["clip_fraction"], "selected": s["selected"] / n, "skipped": upd["skipped"],
            "time_sample": times.get("sample", 0.0), "time_score": times.get("score", 0.0),
            "time_train": times.get("train", 0.0), "time_push": times.get("push", 0.0), "time_step": wall,
-           "tokens_per_s": s["response_tokens"] / wall, "weight_version": version}
+           "tokens_per_s": s["response_tokens"] / wall, "weight_version": version,
+           "step_tokens": s.get("step_tokens", 0.0)}
     if s["logp_diff_n"]:  # engines that return log-probs: how far the sampler is from the trainer
         row.update({"sampling/logp_diff_mean": s["logp_diff_sum"] / n_tok, "sampling/logp_diff_max": diff_max})
     if is_cap and s["logp_diff_n"]:

@@ -43,6 +43,7 @@ import torch
 from t1 import config as cfglib
 from t1.config import ConfigError
 from t1.io import DataError, atomic_write_text, read_log
+from t1.runtime.trackers import Trackers, open_trackers
 
 CHECKPOINT_STATE = "trainer_state.pt"
 LOCK = ".lock"
@@ -98,6 +99,36 @@ class Log:
             self.handle.close()
             self.handle = None
 
+
+
+# ---------------------------------------------------------------------------------------------- completions
+
+COMPLETIONS = "completions"
+_COMPLETION_FILE = re.compile(r"step_(\d+)\.parquet")
+
+
+def write_completions(run_dir: Path, step: int, rows: list[dict[str, Any]]) -> Path:
+    """``rows`` (prompt, response, reward, …) as ``run_dir/completions/step_NNNNN.parquet``, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dest = run_dir / COMPLETIONS / f"step_{step:05d}.parquet"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    pq.write_table(pa.Table.from_pylist(rows), tmp, compression="zstd")
+    os.replace(tmp, dest)
+    return dest
+
+
+def remove_completions(run_dir: Path, after: int) -> None:
+    """Drop completion files of steps past ``after`` (a resumed run writes them again) and torn temporaries."""
+    folder = run_dir / COMPLETIONS
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        m = _COMPLETION_FILE.fullmatch(path.name)
+        if path.name.startswith(".tmp-") or (m and int(m.group(1)) > after):
+            path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- the lock
@@ -298,6 +329,7 @@ class RunDir:
         self.out, self.acc, self.main = Path(out), acc, acc.is_main_process
         self.logs: dict[str, Log] = {}
         self.save_kwargs: dict[str, Any] = {}  # more arguments for the model's save_pretrained (a LoRA run's)
+        self.trackers: Trackers | None = None
         self.lock = RunLock(self.out) if self.main else None
         try:
             ckpts = checkpoint_dirs(self.out)
@@ -329,19 +361,37 @@ class RunDir:
         state, self._state = self._state, None
         return state
 
-    def start_metrics(self, cfg: Any, start: int, note: str = "", logs: tuple[str, ...] = ("metrics",)) -> None:
-        """Write ``config.yaml`` (``note``: comment lines above it) and open the run's logs (``NAME.jsonl``
-        for each of ``logs``) at step ``start``: rows past it dropped when resuming; main process only."""
+    def start_metrics(self, cfg: Any, start: int, note: str = "", logs: tuple[str, ...] = ("metrics",),
+                      job_type: str = "") -> None:
+        """Write ``config.yaml`` (``note``: comment lines above it), open the run's logs (``NAME.jsonl`` for
+        each of ``logs``) at step ``start`` — rows past it dropped when resuming — and the experiment trackers
+        ``cfg.report_to`` names (:mod:`t1.runtime.trackers`); main process only."""
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             cfglib.save(cfg, self.out / "config.yaml", note)
             resume_step = start if self.checkpoint is not None else None
             self.logs = {name: Log(self.out / f"{name}.jsonl", resume_step) for name in logs}
+            remove_completions(self.out, resume_step or 0)
+            if getattr(cfg, "report_to", ()):
+                self.trackers = open_trackers(cfg, self.out, job_type, resume=self.checkpoint is not None)
 
     def log(self, *rows: dict[str, Any], to: str = "metrics") -> None:
-        """Append ``rows`` to the log ``to`` (main process; others do nothing)."""
+        """Append ``rows`` to the log ``to`` (main process; others do nothing); metrics rows also go to the
+        trackers as scalars at their step."""
         if to in self.logs:
             self.logs[to].write(*rows)
+        if to == "metrics" and self.trackers is not None:
+            for row in rows:
+                self.trackers.log(row, int(row.get("step", 0)))
+
+    def completions(self, step: int, rows: list[dict[str, Any]], shown: int) -> None:
+        """A step's sampled completions: all ``rows`` to ``completions/step_NNNNN.parquet`` (atomically), the
+        first ``shown`` to the trackers as the table ``completions`` (main process; others do nothing)."""
+        if not self.main or not rows:
+            return
+        write_completions(self.out, step, rows)
+        if self.trackers is not None and shown:
+            self.trackers.table("completions", rows[:shown], step)
 
     def save_checkpoint(self, step: int, raw_model, tokenizer, gather: Callable[[], tuple[dict | None, dict]],
                         keep: int) -> None:
@@ -384,6 +434,9 @@ class RunDir:
         """Close the logs and release the lock; safe to call more than once."""
         for log in self.logs.values():
             log.close()
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
         if self.lock is not None:
             self.lock.release()
 

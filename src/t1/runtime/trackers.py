@@ -61,13 +61,14 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
 
-from t1.config import ConfigError, option
+from t1.config import ConfigError, option, to_dict
 from t1.io import atomic_write_text
 
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
@@ -81,6 +82,21 @@ def report_to_option():
     """The ``report_to`` field of every stage config."""
     return option((), "experiment trackers to send the config, metrics and completion tables to: any of "
                       "tensorboard, wandb, trackio, mlflow (each an optional extra: pip install 't1[NAME]')")
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """The tracker fields every stage config has (its first fields): ``report_to`` and ``run_group``."""
+
+    report_to: ReportTo = report_to_option()
+    run_group: str = option("", "the trackers' run group (the demo puts its stages in one; empty: none)")
+
+
+def open_trackers(cfg: Tracking, out: str | Path, job_type: str, resume: bool = False) -> Trackers:
+    """:class:`Trackers` for a stage's config ``cfg`` (sent as the run's config) writing under ``out``; the run
+    is named after ``out``. Call on the main process only."""
+    return Trackers(cfg.report_to, Path(out), to_dict(cfg), name=str(out), group=cfg.run_group or None,
+                    job_type=job_type, resume=resume)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -12,10 +12,11 @@ from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import majority_correct, pass1_stats, pass_at_k
 from t1.eval.protocols import SamplingProtocol, describe, samples_for
 from t1.eval.sample import EvalSettings, sample_and_grade
-from t1.io import atomic_write_text
+from t1.io import atomic_write_text, read_log
 from t1.rollout import close_engine, open_engine
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
+from t1.runtime.trackers import Trackers, Tracking, open_trackers
 from t1.tasks import get_task
 
 
@@ -49,7 +50,7 @@ def table(summaries: dict[str, dict]) -> str:
 
 
 @dataclass(frozen=True)
-class EvalConfig(SamplingProtocol):
+class EvalConfig(SamplingProtocol, Tracking):
     """`t1 eval`: ``t1 eval [CONFIG.yaml] model=M bench=[math500,aime24] [preset=r1] [key=value …]``; the
     protocol fields (preset, n, temperature, …) are :class:`t1.eval.protocols.SamplingProtocol`'s."""
 
@@ -80,8 +81,22 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     if cfg.preset != "none" or cfg.n == 0:
         print(f"eval: {describe(cfg, list(cfg.bench))}", file=sys.stderr)
     samples = {b: samples_for(cfg.n, b) for b in cfg.bench}
-    return run_eval(cfg.model, list(cfg.bench), cfg.out, cfg.settings(), cfg.gpqa_csv, cfg.data_dir, cfg.limit,
-                    progress=progress, samples=samples, protocol={"preset": cfg.preset, "grader": cfg.grader})
+    with open_trackers(cfg, cfg.out, "eval") as trackers:  # a tracker that cannot start stops us before sampling
+        summaries = run_eval(cfg.model, list(cfg.bench), cfg.out, cfg.settings(), cfg.gpqa_csv, cfg.data_dir,
+                             cfg.limit, progress=progress, samples=samples,
+                             protocol={"preset": cfg.preset, "grader": cfg.grader})
+        report_eval(trackers, summaries, cfg.out)
+    return summaries
+
+
+def report_eval(trackers: Trackers, summaries: dict[str, dict], out: str | Path, rows: int = 32) -> None:
+    """Send eval results to the trackers: every number of each benchmark's summary (``<bench>/pass@1`` …) and
+    the first ``rows`` graded samples of each as the table ``samples/<bench>``."""
+    trackers.summary(summaries)
+    for stem in summaries:
+        path = Path(out) / f"{stem}.samples.jsonl"
+        if trackers.active and path.exists():
+            trackers.table(f"samples/{stem}", read_log(path)[:rows], 0)
 
 
 def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettings, gpqa_csv: str | None = None,

@@ -21,12 +21,13 @@ from t1.io import atomic_write_text
 from t1.rollout import close_engine, open_engine
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
+from t1.runtime.trackers import Tracking, open_trackers
 from t1.tasks import get_task
 from t1.tasks.base import Task
 
 
 @dataclass(frozen=True)
-class FilterConfig:
+class FilterConfig(Tracking):
     model: str = option("", "the model that judges difficulty (the SFT model)")
     out: str = option("runs/filter", "output directory")
     data: PromptDataConfig = option(help="the candidate prompts", factory=PromptDataConfig)
@@ -69,6 +70,14 @@ def keep(rate: float, cfg: FilterConfig) -> bool:
 
 
 def run_filter(cfg: FilterConfig, progress: bool = True) -> dict:
+    """Score every prompt's pass rate and keep those in the interval; the summary also goes to the trackers."""
+    with open_trackers(cfg, cfg.out, "filter") as trackers:
+        summary = _filter(cfg, progress)
+        trackers.summary(summary)
+    return summary
+
+
+def _filter(cfg: FilterConfig, progress: bool) -> dict:
     quiet_libraries()
     items = load_items(cfg.data)
     engine, tok, _ = open_engine(cfg.rollout, cfg.model, batch=cfg.prompts_per_batch * cfg.samples,

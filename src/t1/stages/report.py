@@ -1,7 +1,8 @@
 """`t1 report RUN_DIR`: one self-contained HTML page (PNGs embedded, and also written beside it).
 
 Works on a demo directory (``sft/``, ``sft_direct/``, ``rl/``, ``eval/``, ``summary.json``) or on a single
-SFT or RL run directory (``metrics.jsonl``, ``rollouts.jsonl``); sections without data are left out.
+SFT or RL run directory (``metrics.jsonl``, ``completions/`` or ``rollouts.jsonl``); sections without data are
+left out.
 """
 
 from __future__ import annotations
@@ -187,17 +188,43 @@ def _evaluations(run: Path) -> list[str]:
         ["model", "benchmark", "problems", "n", "pass@1 ± s.e.", "maj@n", "mean tokens", "truncated"], rows)]
 
 
-def _rollouts(run: Path) -> list[str]:
+def _completion_steps(run: Path, per_step: int = 3, ranges: int = 3) -> list[tuple[int, list[dict]]]:
+    """A few completions from early, middle and late in the run: ``completions/step_N.parquet`` (all of a
+    sampled step's completions, with advantages), else rollouts.jsonl (older runs)."""
+    folder = next((f for f in (run / "rl" / "completions", run / "completions") if f.is_dir()), None)
+    files = sorted(folder.glob("step_*.parquet")) if folder is not None else []
+    if files:
+        import pyarrow.parquet as pq
+
+        picks = _spread(files, ranges)
+        return [(int(f.stem.split("_")[1]), pq.read_table(f).to_pylist()[:per_step]) for f in picks]
     shown = _rows(run / "rl" / "rollouts.jsonl") or _rows(run / "rollouts.jsonl")
-    if not shown:
+    steps = _spread(sorted({r["step"] for r in shown}), ranges)
+    return [(st, [r for r in shown if r["step"] == st][:per_step]) for st in steps]
+
+
+def _spread(items: list, k: int) -> list:
+    """Up to ``k`` items evenly spaced over ``items`` (the first and the last included), in order."""
+    if not items:
         return []
-    last_step = shown[-1]["step"]
-    parts = [f"<h2>Sampled rollouts (RL step {last_step})</h2>"]
-    for r in [r for r in shown if r["step"] == last_step][:6]:
-        verdict = "correct" if r["correct"] else ("penalised" if r["reward"] < 0 else "wrong")
-        parts.append(f"<div class='rollout {verdict}'><div class='meta'>{verdict} · reward {r['reward']:+.0f} · "
-                     f"{r['tokens']} tokens</div><div class='prompt'>{html.escape(r['prompt'])}</div>"
-                     f"<pre>{html.escape(r['response'])}</pre></div>")
+    return sorted({items[round(i * (len(items) - 1) / max(1, k - 1))] for i in range(k)}, key=items.index)
+
+
+def _rollouts(run: Path) -> list[str]:
+    steps = _completion_steps(run)
+    if not steps:
+        return []
+    parts = [f"<h2>Sampled rollouts (RL steps {', '.join(str(st) for st, _ in steps)})</h2>"]
+    for st, rows in steps:
+        parts.append(f"<h3>Step {st}</h3>")
+        for r in rows:
+            verdict = "correct" if r["correct"] else ("penalised" if r["reward"] < 0 else "wrong")
+            extra = (f" ({r['penalty']})" if r.get("penalty") else "") + \
+                (f" · advantage {r['advantage']:+.3f}" if r.get("advantage") is not None else "")
+            parts.append(f"<div class='rollout {verdict}'><div class='meta'>{verdict} · reward "
+                         f"{r['reward']:+.0f}{html.escape(extra)} · {r['tokens']} tokens</div>"
+                         f"<div class='prompt'>{html.escape(r['prompt'])}</div>"
+                         f"<pre>{html.escape(r['response'])}</pre></div>")
     return parts
 
 

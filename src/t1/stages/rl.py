@@ -45,6 +45,13 @@ from t1.runtime.optim import BadSteps, make_optimizer
 from t1.runtime.run import RunDir, Timer, set_rng_state
 from t1.tasks import get_task
 
+PENALTIES = ("truncated", "repetitive", "garbage")
+
+
+def _penalty(flags) -> str:
+    """The −1 penalty a sample got, by kind ("" for none; the first that applies, as the reward takes one)."""
+    return next((k for k in PENALTIES if getattr(flags, k)), "")
+
 
 class RLTrainer:
     def __init__(self, cfg: RLConfig, resume: bool = False, progress: bool = True):
@@ -93,8 +100,9 @@ class RLTrainer:
         self.n_params = count_parameters(model)  # before FSDP leaves each process its shard
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.anchor.distribute(acc)  # sharded like the policy under FSDP (t1.rl.shard), else on the device
-        self.start = 0
+        self.start, self.num_tokens = 0, 0
         if state is not None:
+            self.num_tokens = int(state.get("num_tokens", 0))
             shard.load_optimizer_state(self.model, self.optimizer, self.sharding, state["optimizer"])
             set_rng_state(state["rng"])
             self.start = state["step"]
@@ -112,7 +120,7 @@ class RLTrainer:
         self.timer = Timer()
         self.version = self.start  # optimizer steps taken: the weights the engine must sample from
         self._push_weights()
-        self.run.start_metrics(cfg, self.start, note, logs=("metrics", "rollouts"))
+        self.run.start_metrics(cfg, self.start, note, logs=("metrics", "rollouts"), job_type="rl")
         if note and acc.is_main_process:
             print(f"rl: {note}", file=sys.stderr)
 
@@ -150,16 +158,17 @@ class RLTrainer:
             flags = [penalty_flags(s.text, it.prompt, s.finished, s.token_ids, self.bad_ids, self.cfg.penalties)
                      for s, it in zip(samples, items)]
         correct = torch.tensor([float(sc.correct) for sc in scores])
-        bad = {k: torch.tensor([getattr(f, k) for f in flags]) for k in ("truncated", "repetitive", "garbage")}
+        bad = {k: torch.tensor([getattr(f, k) for f in flags]) for k in PENALTIES}
         reward = algo.penalize(correct, bad["truncated"], bad["repetitive"], bad["garbage"],
                                self.cfg.penalties.value)
         lengths = torch.tensor([float(len(s.token_ids)) for s in samples])
         stats = batch_stats(reward, correct, bad, lengths, torch.tensor([s.finished for s in samples]), K)
         ids = [p + s.token_ids for p, s in zip(prompts, samples)]
+        stats["step_tokens"] = torch.tensor(float(sum(map(len, ids))))  # prompt + completion: TRL's num_tokens
         shown = [{"step": step + 1, "prompt": it.prompt, "response": s.text, "reward": float(r),
                   "correct": sc.correct, "extracted": sc.extracted, "rule": sc.rule, "finished": s.finished,
-                  "tokens": len(s.token_ids),
-                  **{k: bool(getattr(f, k)) for k in ("truncated", "repetitive", "garbage")}}
+                  "tokens": len(s.token_ids), "penalty": _penalty(f),
+                  **{k: bool(getattr(f, k)) for k in PENALTIES}}
                  for it, s, sc, f, r in zip(items, samples, scores, flags, reward)]
         return Batch(ids, [len(p) for p in prompts], reward, stats, [s.logprobs for s in samples]), shown
 
@@ -189,16 +198,22 @@ class RLTrainer:
             state_dict = shard.model_state(self.acc, self.model, self.sharding)
             anchor = self.anchor.state_dict(keep=main)
             optimizer = shard.optimizer_state(self.model, self.optimizer, self.sharding, keep=main)
-            return state_dict, {"optimizer": optimizer, "anchor": anchor}
+            return state_dict, {"optimizer": optimizer, "anchor": anchor, "num_tokens": self.num_tokens}
 
         self.run.save_checkpoint(step, self.raw, self.tok, gather, self.cfg.train.keep_checkpoints)
 
     def _log(self, step: int, row: dict, shown: list[dict]) -> None:
+        """The metrics row (every ``log_every`` steps); every ``rollouts_every`` steps the step's completions
+        with their advantages (this process's share): all to ``completions/step_N.parquet``, the first
+        ``rollouts_kept`` to rollouts.jsonl and the trackers' table."""
         cfg = self.cfg
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
             self.run.log(row)
         if cfg.train.rollouts_every and (step + 1) % cfg.train.rollouts_every == 0:
+            adv = self.update_step.advantages.tolist()
+            shown = [{**r, "advantage": adv[i] if i < len(adv) else None} for i, r in enumerate(shown)]
             self.run.log(*shown[: cfg.train.rollouts_kept], to="rollouts")
+            self.run.completions(step + 1, shown, cfg.train.rollouts_kept)
 
     def train(self) -> list[dict]:
         """Steps ``start`` … ``train.steps``, then ``final/``; the run's lock and logs are released however it
@@ -229,6 +244,8 @@ class RLTrainer:
             bad_steps.check(step, upd["skipped"])
             row = step_row(acc, step, batch.stats, upd, time.perf_counter() - t0, self.timer.pop(), self.version,
                            cfg.rollout.is_cap)
+            self.num_tokens += int(row.pop("step_tokens"))
+            row["num_tokens"] = self.num_tokens  # cumulative, as TRL's
             history.append(row)
             self._log(step, row, shown)
             bar.update()

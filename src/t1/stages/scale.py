@@ -38,6 +38,7 @@ from t1.rollout import close_engine, open_engine
 from t1.rollout.base import Sample, SamplingParams, sample_seed
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
+from t1.runtime.trackers import Trackers, Tracking, open_trackers
 from t1.tasks import get_task
 from t1.tasks.base import Item, Task
 
@@ -137,7 +138,8 @@ def scaling_points(engine, tok, task: Task, items: list[Item], s: ScaleSettings,
     budgets = sorted(s.budgets)
     long = None if s.extend else engine.generate(base, seeds, SamplingParams(s.temperature, s.top_p, budgets[-1]))
     points = []
-    for b in tqdm(budgets, desc="budgets", file=sys.stderr, disable=not progress):
+    bar = tqdm(budgets, desc="budgets", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    for b in bar:
         samples = long if long is not None else _generate_with_extensions(engine, tok, base, seeds, s, b)
         texts, need = [], []
         for j, smp in enumerate(samples):
@@ -177,6 +179,7 @@ def scaling_points(engine, tok, task: Task, items: list[Item], s: ScaleSettings,
         finished = sum(smp.finished and len(smp.token_ids) <= b for smp in samples)
         points.append({"budget": b, "accuracy": acc, "stderr": se, "finished_rate": finished / len(samples),
                        "mean_tokens": sum(min(len(smp.token_ids), b) for smp in samples) / len(samples)})
+        bar.set_postfix(budget=b, acc=f"{acc:.3f}", finished=f"{finished / len(samples):.2f}")
     return points
 
 
@@ -250,7 +253,7 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
 
 
 @dataclass(frozen=True)
-class ScaleConfig(SamplingProtocol):
+class ScaleConfig(SamplingProtocol, Tracking):
     """`t1 scale`: ``t1 scale [CONFIG.yaml] models=[A,B] labels=[sft,rl] bench=aime24 budgets=[…] [preset=r1]``;
     the protocol fields (preset, n, temperature, …) are :class:`t1.eval.protocols.SamplingProtocol`'s."""
 
@@ -286,9 +289,21 @@ def scale(cfg: ScaleConfig, progress: bool = True) -> dict[str, list[dict]]:
     if cfg.preset != "none" or cfg.n == 0:
         print(f"scale: {describe(cfg, [cfg.bench])}", file=sys.stderr)
     models = [(cfg.labels[i] if i < len(cfg.labels) else f"model{i + 1}", m) for i, m in enumerate(cfg.models)]
-    return run_scale(models, cfg.bench, cfg.out, cfg.settings(), cfg.summarizer, cfg.rollout, cfg.limit,
-                     cfg.gpqa_csv, cfg.data_dir, progress=progress,
-                     protocol={"preset": cfg.preset, "grader": cfg.grader})
+    with open_trackers(cfg, cfg.out, "scale") as trackers:
+        curves = run_scale(models, cfg.bench, cfg.out, cfg.settings(), cfg.summarizer, cfg.rollout, cfg.limit,
+                           cfg.gpqa_csv, cfg.data_dir, progress=progress,
+                           protocol={"preset": cfg.preset, "grader": cfg.grader})
+        report_scale(trackers, curves)
+    return curves
+
+
+def report_scale(trackers: Trackers, curves: dict[str, list[dict]]) -> None:
+    """Send scaling curves to the trackers: each point's numbers as ``scale/<number>/<label>`` at step = its
+    budget (the x axis is the thinking budget), and all points as the table ``scaling``."""
+    for label, pts in curves.items():
+        for p in pts:
+            trackers.log({f"scale/{k}/{label}": v for k, v in p.items() if k != "budget"}, p["budget"])
+    trackers.table("scaling", [{"model": label, **p} for label, pts in curves.items() for p in pts], 0)
 
 
 def scaling_table(curves: dict[str, list[dict]]) -> str:

@@ -48,6 +48,7 @@ from t1.model.lora import save_kwargs as lora_save_kwargs
 from t1.runtime.device import make_accelerator, resolve_precision
 from t1.runtime.optim import BadSteps, OptimConfig, clip_and_step, lr_factor, make_optimizer, set_lr
 from t1.runtime.run import RunDir, set_rng_state
+from t1.runtime.trackers import Tracking
 
 
 def _sft_optim() -> OptimConfig:
@@ -88,7 +89,7 @@ class SFTTrainConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(Tracking):
     out: str = option("runs/sft", "run directory")
     model: str | None = option(None, "initial model: a local path or hub name; null = build a tiny model")
     tiny: ModelConfig = option(help="the tiny model built when model is null", factory=ModelConfig)
@@ -202,7 +203,7 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start = state["step"]
-    run.start_metrics(cfg, start)
+    run.start_metrics(cfg, start, job_type="sft")
     if main:
         print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters{describe(model)} | "
               f"{source_description(cfg.data)} | "
