@@ -22,9 +22,23 @@ TINY_DEMO = ["tiny.hidden=32", "tiny.layers=2", "tiny.heads=2", "tiny.kv_heads=2
 
 @pytest.mark.slow
 def test_demo_smoke(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     out = tmp_path / "demo"
-    assert main(["demo", *TINY_DEMO, "--out", str(out), "--quiet"]) == 0
+    assert main(["demo", *TINY_DEMO, "report_to=[tensorboard]", "--out", str(out), "--quiet"]) == 0
     s = json.loads((out / "summary.json").read_text())
+    # every stage reported to the tracker, all in one run group (the demo's directory)
+    for stage in ("sft", "sft_direct", "filter", "rl", "eval/sft", "eval/rl", "eval", "."):
+        acc = EventAccumulator(str(out / stage / "tensorboard"))
+        acc.Reload()
+        config = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+        assert f"run_group: {out}" in config, stage
+    acc = EventAccumulator(str(out / "rl" / "tensorboard"))
+    acc.Reload()
+    assert len(acc.Scalars("reward")) == 2
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert acc.Scalars("rl_accuracy")[0].value == pytest.approx(s["rl_accuracy"])
     for key in ("sft_accuracy", "rl_accuracy", "direct_sft_accuracy", "scaling", "wall_seconds", "checks"):
         assert key in s
     for key in ("sft_accuracy", "rl_accuracy", "direct_sft_accuracy"):

@@ -38,17 +38,18 @@ from t1.rl.config import AlgoConfig, AnchorConfig, RLConfig, RLTrainConfig, Roll
 from t1.rl.penalties import PenaltyConfig
 from t1.runtime.optim import OptimConfig
 from t1.runtime.run import RunError
-from t1.stages.evaluate import run_eval
+from t1.runtime.trackers import Tracking, open_trackers
+from t1.stages.evaluate import report_eval, run_eval
 from t1.stages.filter import FilterConfig, run_filter
 from t1.stages.report import write_report
 from t1.stages.rl import train_rl
-from t1.stages.scale import ScaleSettings, run_scale
+from t1.stages.scale import ScaleSettings, report_scale, run_scale
 from t1.stages.sft import SFTConfig, SFTTrainConfig
 from t1.tasks.countdown import CountdownConfig
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(Tracking):
     out: str = option("runs/demo", "run directory")
     tiny: ModelConfig = option(help="the model", factory=ModelConfig)
     countdown: CountdownConfig = option(
@@ -98,12 +99,13 @@ def _sft_config(cfg: DemoConfig, out: Path, direct: bool, examples: int) -> SFTC
     train = SFTTrainConfig(epochs=cfg.sft_epochs, batch_size=64, seed=cfg.seed, log_every=20, save_every=100,
                            optim=OptimConfig(lr=cfg.sft_lr, schedule="cosine", warmup_ratio=0.03,
                                              weight_decay=0.0))
-    return SFTConfig(out=str(out), model=None, tiny=cfg.tiny, data=data, train=train)
+    return SFTConfig(out=str(out), model=None, tiny=cfg.tiny, data=data, train=train, report_to=cfg.report_to,
+                     run_group=cfg.run_group)
 
 
 def _rl_config(cfg: DemoConfig, out: Path, sft_model: Path, prompts: Path) -> RLConfig:
     return RLConfig(
-        out=str(out), model=str(sft_model),
+        report_to=cfg.report_to, run_group=cfg.run_group, out=str(out), model=str(sft_model),
         data=PromptDataConfig(task="countdown", source="jsonl", paths=(str(prompts),), num_prompts=0,
                               countdown=cfg.countdown),
         rollout=RolloutConfig(prompts_per_step=cfg.rl_prompts, samples_per_prompt=cfg.rl_samples,
@@ -219,11 +221,37 @@ class _Stages:
         self.times[name] = time.perf_counter() - start
 
 
+def _evaluate(cfg: DemoConfig, out: Path, st: _Stages, models: list[tuple[str, Path]], progress: bool) -> None:
+    """Each model's sampled pass@1 on the held-out problems (``eval/<label>/``), then the scaling sweep over the
+    budgets (``eval/scaling.json``); each also goes to the trackers, in the demo's group."""
+    ev = EvalSettings(n=1, temperature=1.0, top_p=1.0, max_new_tokens=max(cfg.budgets), seed=cfg.seed + 7)
+
+    def evaluate(label: str, path: Path) -> None:
+        with open_trackers(cfg, out / "eval" / label, "eval") as trackers:
+            summaries = run_eval(str(path), ["countdown"], out / "eval" / label, ev, limit=cfg.eval_problems,
+                                 progress=progress, countdown_cfg=cfg.countdown)
+            report_eval(trackers, summaries, out / "eval" / label)
+
+    for label, path in models:
+        st.run(f"evaluate {label}", out / "eval" / label / "summary.json",
+               lambda p=path, lab=label: evaluate(lab, p))
+    sc = ScaleSettings(budgets=tuple(cfg.budgets), n=1, temperature=1.0, top_p=1.0, seed=cfg.seed + 11)
+
+    def scaling() -> None:
+        with open_trackers(cfg, out / "eval", "scale") as trackers:
+            report_scale(trackers, run_scale([(lab, str(p)) for lab, p in models], "countdown", out / "eval", sc,
+                                             limit=cfg.eval_problems, countdown_cfg=cfg.countdown,
+                                             progress=progress))
+
+    st.run("inference-scaling sweep", out / "eval" / "scaling.json", scaling)
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfglib.save(cfg, out / "demo_config.yaml")
+    cfg = replace(cfg, run_group=cfg.run_group or str(out))  # the trackers show the demo's stages as one group
     st = _Stages(out)
     sft_dir, direct_dir, rl_dir = out / "sft", out / "sft_direct", out / "rl"
 
@@ -240,7 +268,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     st.run("SFT: trial-and-error and direct traces, equal compute, in parallel", direct_dir / "final"
            if (sft_dir / "final").exists() else sft_dir / "final", both_sft)
     st.run("filter RL prompts by pass rate", out / "filter" / "kept.jsonl", lambda: run_filter(FilterConfig(
-        model=str(sft_dir / "final"), out=str(out / "filter"),
+        report_to=cfg.report_to, run_group=cfg.run_group, model=str(sft_dir / "final"), out=str(out / "filter"),
         data=PromptDataConfig(task="countdown", num_prompts=cfg.filter_prompts, seed=cfg.seed + 1,
                               countdown=cfg.countdown),
         samples=cfg.filter_samples, max_pass=cfg.filter_max_pass, max_new_tokens=cfg.rl_budget, seed=cfg.seed),
@@ -249,16 +277,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
            lambda: train_rl(_rl_config(cfg, rl_dir, sft_dir / "final", rl_prompts(out / "filter", cfg.rl_prompts)),
                             resume=True, progress=progress))  # a killed RL run continues where it stopped
     models = [("sft", sft_dir / "final"), ("rl", rl_dir / "final"), ("direct_sft", direct_dir / "final")]
-    ev = EvalSettings(n=1, temperature=1.0, top_p=1.0, max_new_tokens=max(cfg.budgets), seed=cfg.seed + 7)
-    for label, path in models:
-        st.run(f"evaluate {label}", out / "eval" / label / "summary.json",
-               lambda p=path, lab=label: run_eval(str(p), ["countdown"], out / "eval" / lab, ev,
-                                                  limit=cfg.eval_problems, progress=progress,
-                                                  countdown_cfg=cfg.countdown))
-    sc = ScaleSettings(budgets=tuple(cfg.budgets), n=1, temperature=1.0, top_p=1.0, seed=cfg.seed + 11)
-    st.run("inference-scaling sweep", out / "eval" / "scaling.json",
-           lambda: run_scale([(lab, str(p)) for lab, p in models], "countdown", out / "eval", sc,
-                             limit=cfg.eval_problems, countdown_cfg=cfg.countdown, progress=progress))
+    _evaluate(cfg, out, st, models, progress)
 
     curves = json.loads((out / "eval" / "scaling.json").read_text())["curves"]
     at_budget = {lab: next(p["accuracy"] for p in pts if p["budget"] == cfg.rl_budget)
@@ -278,6 +297,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     }
     summary["checks"] = demo_checks(summary, cfg)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    with open_trackers(cfg, out, "demo") as trackers:  # the demo's own run in the group: its numbers and checks
+        trackers.summary({k: v for k, v in summary.items() if k not in ("scaling", "stage_seconds")})
     write_report(out)
     print(demo_table(summary), file=sys.stderr)
     return summary
