@@ -89,7 +89,12 @@ def test_rl_sweep_two_values_two_seeds_with_scaling_then_resume(tiny_model_dir, 
     assert [p["label"] for p in result["points"]] == [f"rollout.samples_per_prompt={k}" for k in (2, 4)]
     for p in result["points"]:
         assert [r["seed"] for r in p["runs"]] == [0, 1] and p["budgets"] == [4, 8]
-        assert set(p["summary"]) == {"reward", "accuracy", "response_length", "accuracy@4", "accuracy@8"}
+        assert set(p["summary"]) == {"reward", "accuracy", "response_length", "accuracy@4", "accuracy@8",
+                                     "truncated@4", "truncated@8"}
+        for r in p["runs"]:  # truncation at each budget, from the run's own scaling curve
+            curve = json.loads((out / r["dir"] / "scale" / "scaling.json").read_text())["curves"]
+            pts = next(iter(curve.values()))
+            assert [r["numbers"][f"truncated@{q['budget']}"] for q in pts] == [1 - q["finished_rate"] for q in pts]
         for s in p["summary"].values():
             assert s["n"] == 2 and s["min"] <= s["mean"] <= s["max"] and s["std"] >= 0
     page = (out / "sweep.html").read_text()

@@ -273,13 +273,16 @@ def _free_memory() -> None:
 
 
 def _curve_numbers(path: Path, prefix_labels: bool) -> tuple[dict[str, float], list[int]]:
-    """``accuracy@B`` for each budget of a scaling.json (``LABEL accuracy@B`` with several models)."""
+    """``accuracy@B`` and ``truncated@B`` (share of samples cut at B) for each budget of a scaling.json
+    (``LABEL accuracy@B`` … with several models)."""
     data = json.loads(path.read_text())
     numbers, budgets = {}, []
     for label, pts in data["curves"].items():
         for p in pts:
-            name = f"{label} accuracy@{p['budget']}" if prefix_labels else f"accuracy@{p['budget']}"
-            numbers[name] = p["accuracy"]
+            pre = f"{label} " if prefix_labels else ""
+            numbers[f"{pre}accuracy@{p['budget']}"] = p["accuracy"]
+            if "finished_rate" in p:
+                numbers[f"{pre}truncated@{p['budget']}"] = 1.0 - p["finished_rate"]
             budgets.append(p["budget"])
     return numbers, sorted(set(budgets))
 
@@ -351,8 +354,9 @@ def columns(result: dict) -> list[str]:
 
 
 def table(result: dict) -> str:
-    """The comparison: one row per grid point, mean ± std over seeds of every number."""
-    cols = columns(result)
+    """The comparison: one row per grid point, mean ± std over seeds of every number (truncation rates per
+    budget stay in sweep.json: the table would be too wide)."""
+    cols = [c for c in columns(result) if "truncated@" not in c]
     heads = ["value"] + [c.replace("_", " ") for c in cols]
     rows = [[p["label"]] + [_fmt(c, p["summary"].get(c)) for c in cols] for p in result["points"]]
     widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
