@@ -152,8 +152,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg, done = _load_config(DemoConfig, args)
     if done:
         return 0
-    if args.out:
-        cfg = cfglib.from_dict(DemoConfig, {**cfglib.to_dict(cfg), "out": args.out})
+    if args.out or args.seeds is not None:
+        cfg = cfglib.from_dict(DemoConfig, {**cfglib.to_dict(cfg), **({"out": args.out} if args.out else {}),
+                                            **({"seeds": args.seeds} if args.seeds is not None else {})})
     run_demo(cfg, progress=not args.quiet)
     return 0
 
@@ -173,7 +174,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
 # (command, help, handler, extra flags) of the commands configured by CONFIG.yaml + key=value overrides
 CONFIG_COMMANDS = [
     ("demo", "the whole T1 pipeline on Countdown with a tiny model, CPU, < 10 minutes", "cmd_demo",
-     ("out", "quiet")),
+     ("out", "quiet", "seeds")),
     ("init", "build a tiny tokenizer and model locally and save them (HF format)", "cmd_init", ()),
     ("countdown", "write Countdown problems with T1-style traces as JSON Lines", "cmd_countdown", ("countdown",)),
     ("sft", "supervised fine-tuning on (prompt, response) data; loss on responses only", "cmd_sft",
@@ -194,6 +195,10 @@ def _add_flag(p: argparse.ArgumentParser, flag: str) -> None:
     if flag == "out":
         p.add_argument("--out", default=None,
                        help="run directory (default: runs/demo under the current directory)")
+    elif flag == "seeds":
+        p.add_argument("--seeds", type=int, default=None,
+                       help="RL runs from the one SFT model, seeds seed..seed+N-1; checks judged on their mean "
+                            "(the `seeds` field; each extra seed costs one more RL stage)")
     elif flag == "quiet":
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     elif flag == "resume":

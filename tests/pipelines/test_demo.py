@@ -1,6 +1,8 @@
-"""A smoke run of the whole demo with tiny settings: every stage runs and summary.json has every field."""
+"""A smoke run of the whole demo with tiny settings: every stage runs and summary.json has every field; the
+checks' numbers on hand-made scaling curves (the free budget, judging on the mean over RL seeds)."""
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -10,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from t1.cli import main
+from t1.eval.demo_checks import CHECKS, free_budget, judge, summarize
 from t1.io import read_log
-from t1.pipelines.demo import DemoConfig, _sft_config, parallel_sft
+from t1.pipelines.demo import DemoConfig, _seed_seconds, _sft_config, _Stages, demo_table, parallel_sft
 from t1.runtime.run import RunError
 from t1.stages.rl import RLTrainer
 
@@ -22,6 +25,8 @@ TINY_DEMO = ["tiny.hidden=32", "tiny.layers=2", "tiny.heads=2", "tiny.kv_heads=2
 
 @pytest.mark.slow
 def test_demo_smoke(tmp_path, capsys):
+    """One seed, then ``--seeds 2`` on the same directory: only the second RL run, its evaluation and the sweep
+    run; summary.json holds both seeds' check numbers, their spread, and checks judged on the means."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "demo"
@@ -43,16 +48,176 @@ def test_demo_smoke(tmp_path, capsys):
         assert key in s
     for key in ("sft_accuracy", "rl_accuracy", "direct_sft_accuracy"):
         assert 0.0 <= s[key] <= 1.0
-    assert set(s["scaling"]) >= {"sft", "rl"}
+    assert set(s["scaling"]) == {"sft", "rl", "direct_sft"} and s["rl_labels"] == ["rl"]
     assert [p["budget"] for p in s["scaling"]["rl"]] == [8, 16, 32, 64]
     assert all(0 <= p["accuracy"] <= 1 for p in s["scaling"]["sft"])
+    _consistent_with_scaling_json(s, out)
+    # one seed: the spread is that seed's number, the checks those of today
+    assert s["check_std"]["rl_beats_sft_by_10_points"] == 0.0 and len(s["seeds"]) == 1
+    assert s["check_values"]["under_10_minutes"] == pytest.approx(s["wall_seconds"])
+    assert s["check_values"]["rl_beats_sft_by_10_points"] == pytest.approx(s["rl_accuracy"] - s["sft_accuracy"])
     for done in ("sft/final", "sft_direct/final", "filter/kept.jsonl", "rl/final", "eval/scaling.png",
                  "report.html"):
         assert (out / done).exists(), done
-    assert "t1 demo" in capsys.readouterr().err
-    # a second run finds every stage done and only re-summarises
-    assert main(["demo", *TINY_DEMO, "--out", str(out), "--quiet"]) == 0
-    assert "already done" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "t1 demo" in err and "RL − SFT: " in err and "rl_beats_sft_where_nothing_truncates" in err
+
+    # a second seed later: only its RL run, its evaluation and the sweep (which lacked it) run
+    assert main(["demo", *TINY_DEMO, "--seeds", "2", "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("already done") == 6 and "lacks some of the models" in err  # SFT, filter, RL, 3 evals
+    s = json.loads((out / "summary.json").read_text())
+    assert (out / "rl_seed1" / "final").exists() and (out / "eval" / "rl_seed1" / "summary.json").exists()
+    assert "seed: 1" in (out / "rl_seed1" / "config.yaml").read_text()
+    assert [r["step"] for r in read_log(out / "rl_seed1" / "metrics.jsonl")] == [1, 2]
+    assert s["rl_labels"] == ["rl", "rl_seed1"] and [x["seed"] for x in s["seeds"]] == [0, 1]
+    assert list(s["scaling"]) == ["sft", "rl", "rl_seed1", "direct_sft"]
+    _consistent_with_scaling_json(s, out)
+    for k in CHECKS:
+        each = [x["check_values"][k] for x in s["seeds"]]
+        if None in each:
+            assert s["check_mean"][k] is None and s["checks"][k] is False
+            continue
+        assert s["check_mean"][k] == pytest.approx(statistics.fmean(each)) == pytest.approx(s["check_values"][k])
+        assert s["check_std"][k] == pytest.approx(statistics.stdev(each))
+        assert (s["check_min"][k], s["check_max"][k]) == (min(each), max(each))
+        assert s["checks"][k] == judge(k, s["check_mean"][k])
+    assert s["rl_accuracy"] == pytest.approx(statistics.fmean(x["rl_accuracy"] for x in s["seeds"]))
+    assert "(seed 1)" in err and "judged on the mean over 2 seeds" in err
+    assert "seed 1</th>" in (out / "report.html").read_text()
+    # a third run finds every stage done and only re-summarises
+    assert main(["demo", *TINY_DEMO, "--seeds", "2", "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().err.count("already done") == 9
+
+
+def _consistent_with_scaling_json(s: dict, out: Path) -> None:
+    """Accuracy and truncation per model and budget are eval/scaling.json's; the free budget is the smallest
+    at which SFT and every RL model truncate at most 2 % (else the largest, flagged)."""
+    curves = json.loads((out / "eval" / "scaling.json").read_text())["curves"]
+    for lab, pts in s["scaling"].items():
+        for p, q in zip(pts, curves[lab], strict=True):
+            assert (p["budget"], p["accuracy"]) == (q["budget"], q["accuracy"])
+            assert p["truncated_rate"] == pytest.approx(1 - q["finished_rate"])
+    budgets = [p["budget"] for p in curves["sft"]]
+    free = [b for i, b in enumerate(budgets)
+            if all(1 - curves[lab][i]["finished_rate"] <= 0.02 + 1e-9 for lab in ["sft", *s["rl_labels"]])]
+    expected = (free[0], True) if free else (budgets[-1], False)
+    assert (s["free_budget"], s["free_budget_truncation_ok"]) == expected
+    i = budgets.index(s["free_budget"])
+    assert s["free_budget_truncation"]["rl"] == pytest.approx(1 - curves["rl"][i]["finished_rate"])
+    gaps = [curves[lab][i]["accuracy"] - curves["sft"][i]["accuracy"] for lab in s["rl_labels"]]
+    assert s["rl_minus_sft_at_free_budget"] == pytest.approx(statistics.fmean(gaps))
+
+
+BUDGETS = [24, 48, 96, 128, 256]
+
+
+def _curve(acc: list[float], finished: list[float]) -> list[dict]:
+    return [{"budget": b, "accuracy": a, "stderr": 0.02, "finished_rate": f, "mean_tokens": 0.0}
+            for b, a, f in zip(BUDGETS, acc, finished, strict=True)]
+
+
+def _curves(**rl: list[float]) -> dict[str, list[dict]]:
+    """SFT truncating 1 % at 256; RL (30 % truncated at 128, none at 256) and more RL seeds as given."""
+    curves = {"sft": _curve([0.10, 0.20, 0.35, 0.40, 0.48], [0.20, 0.40, 0.60, 0.68, 0.99]),
+              "rl": _curve([0.20, 0.34, 0.48, 0.52, 0.53], [0.30, 0.50, 0.60, 0.70, 1.00]),
+              "direct_sft": _curve([0.37] * 5, [1.0] * 5)}
+    curves.update({lab: _curve(acc, [0.30, 0.50, 0.60, 0.70, 1.00]) for lab, acc in rl.items()})
+    return curves
+
+
+def test_checks_measure_rl_where_nothing_truncates():
+    """RL truncates 30 % at the training budget and 0 % at 256, SFT 1 % at 256: the free budget is 256, where
+    RL leads by 5 points, not 12; every check has its number and threshold."""
+    s = summarize(_curves(), ["rl"], [0], 128, [412.0])
+    assert (s["free_budget"], s["free_budget_truncation_ok"]) == (256, True)
+    assert s["free_budget_truncation"]["sft"] == pytest.approx(0.01)
+    assert s["free_budget_truncation"]["rl"] == 0.0
+    assert s["free_budget_accuracy"] == {"sft": 0.48, "rl": 0.53, "direct_sft": 0.37}
+    assert s["scaling"]["rl"][3] == {"budget": 128, "accuracy": 0.52, "stderr": 0.02,
+                                     "truncated_rate": pytest.approx(0.30)}
+    assert s["rl_minus_sft_at_training_budget"] == pytest.approx(0.12)
+    assert s["rl_minus_sft_at_free_budget"] == pytest.approx(0.05)
+    assert s["check_values"] == pytest.approx({
+        "rl_beats_sft_by_10_points": 0.12, "rl_rises_with_budget": 0.01, "rl_largest_at_least_2x_smallest": 2.65,
+        "rl_at_or_above_sft_from_training_budget": 0.05, "trial_and_error_beats_direct_at_largest_budget": 0.11,
+        "rl_beats_sft_where_nothing_truncates": 0.05, "under_10_minutes": 412.0})
+    assert all(s["checks"].values()) and s["checks"] == s["seeds"][0]["checks"]
+    assert s["check_thresholds"]["rl_beats_sft_by_10_points"]["threshold"] == 0.10
+    assert s["check_std"]["rl_beats_sft_by_10_points"] == 0.0
+    assert s["check_min"] == s["check_max"] == s["check_mean"] == s["check_values"]
+    # RL behind SFT where nothing truncates, though 12 points ahead at the training budget
+    worse = _curves()
+    worse["rl"][4]["accuracy"] = 0.47
+    s = summarize(worse, ["rl"], [0], 128, [412.0])
+    assert s["checks"]["rl_beats_sft_by_10_points"] and not s["checks"]["rl_beats_sft_where_nothing_truncates"]
+    assert s["check_values"]["rl_beats_sft_where_nothing_truncates"] == pytest.approx(-0.01)
+
+
+def test_free_budget_at_exactly_2_percent_and_flagged_when_none_is_free():
+    curves = _curves()
+    curves["sft"][3]["finished_rate"] = curves["rl"][3]["finished_rate"] = 490 / 500  # 1 − 0.98 > 0.02 in floats
+    assert free_budget(curves, ["sft", "rl"]) == (128, True)
+    curves = _curves()
+    curves["sft"][4]["finished_rate"] = 0.95  # SFT still truncates 5 % at the largest budget
+    s = summarize(curves, ["rl"], [0], 128, [412.0])
+    assert (s["free_budget"], s["free_budget_truncation_ok"]) == (256, False)
+    assert s["free_budget_truncation"]["sft"] == pytest.approx(0.05)
+    assert s["rl_minus_sft_at_free_budget"] == pytest.approx(0.05)  # still measured there, flagged
+    assert "free_budget_truncation_ok: false" in demo_table(_table_fields(s))
+    # a second RL seed that truncates more moves the free budget for every seed
+    curves = _curves(rl_seed1=[0.2, 0.3, 0.4, 0.5, 0.6])
+    curves["sft"][3]["finished_rate"] = curves["rl"][3]["finished_rate"] = 1.0
+    assert free_budget(curves, ["sft", "rl"]) == (128, True)
+    assert free_budget(curves, ["sft", "rl", "rl_seed1"]) == (256, True)
+
+
+def test_checks_are_judged_on_the_mean_over_seeds():
+    """Seed 0 gains 12 points at the training budget, seed 1 7: the mean, 9.5, fails the +10 check though one
+    seed passes; std, min and max are those of the seeds' numbers."""
+    s = summarize(_curves(rl_seed1=[0.20, 0.34, 0.45, 0.47, 0.56]), ["rl", "rl_seed1"], [0, 1], 128,
+                  [400.0, 380.0])
+    assert [x["check_values"]["rl_beats_sft_by_10_points"] for x in s["seeds"]] == pytest.approx([0.12, 0.07])
+    assert [x["checks"]["rl_beats_sft_by_10_points"] for x in s["seeds"]] == [True, False]
+    k = "rl_beats_sft_by_10_points"
+    assert (s["check_mean"][k], s["check_std"][k]) == pytest.approx((0.095, 0.05 / 2 ** 0.5))
+    assert (s["check_min"][k], s["check_max"][k]) == pytest.approx((0.07, 0.12))
+    assert s["checks"][k] is False and s["rl_minus_sft_at_training_budget"] == pytest.approx(0.095)
+    assert s["check_mean"]["rl_beats_sft_where_nothing_truncates"] == pytest.approx((0.05 + 0.08) / 2)
+    assert s["check_mean"]["under_10_minutes"] == 390.0 and s["checks"]["under_10_minutes"]
+    assert s["checks"]["rl_rises_with_budget"]  # seed 1: min step 0.02
+    table = demo_table(_table_fields(s))
+    assert "judged on the mean over 2 seeds" in table and "+9.5 ± 3.5" in table and "+12.0 +7.0" in table
+    # one seed without a number (smallest accuracy 0): no mean, the check fails
+    s = summarize(_curves(rl_seed1=[0.0, 0.34, 0.45, 0.47, 0.56]), ["rl", "rl_seed1"], [0, 1], 128, [1.0, 1.0])
+    assert s["check_mean"]["rl_largest_at_least_2x_smallest"] is None
+    assert not s["checks"]["rl_largest_at_least_2x_smallest"]
+
+
+def test_the_checks_thresholds_are_todays():
+    assert {k: CHECKS[k][:2] for k in CHECKS} == {
+        "rl_beats_sft_by_10_points": (">=", 0.10), "rl_rises_with_budget": (">=", 0.0),
+        "rl_largest_at_least_2x_smallest": (">=", 2.0), "rl_at_or_above_sft_from_training_budget": (">=", 0.0),
+        "trial_and_error_beats_direct_at_largest_budget": (">", 0.0),
+        "rl_beats_sft_where_nothing_truncates": (">", 0.0), "under_10_minutes": ("<=", 600.0)}
+    assert judge("rl_beats_sft_by_10_points", 0.3 - 0.2)  # 0.09999999999999998: accuracies are k/n fractions
+    assert not judge("trial_and_error_beats_direct_at_largest_budget", 0.0)
+    assert judge("under_10_minutes", 600.0) and not judge("under_10_minutes", 600.5)
+
+
+def test_each_seed_is_charged_the_shared_stages_and_its_own():
+    st = _Stages(Path("."))
+    st.times = {"SFT": 300.0, "RL with the T1 recipe": 200.0, "RL with the T1 recipe (seed 1)": 220.0,
+                "evaluate rl": 5.0, "evaluate rl_seed1": 6.0, "evaluate sft": 5.0, "inference-scaling sweep": 40.0}
+    cfg, runs = DemoConfig(), [("rl", 0, Path("rl")), ("rl_seed1", 1, Path("rl_seed1"))]
+    assert _seed_seconds(cfg, st, 800.0, runs) == pytest.approx([800 - 226 - 10, 800 - 205 - 10])
+    assert _seed_seconds(cfg, st, 800.0, runs[:1]) == [800.0]
+
+
+def _table_fields(s: dict) -> dict:
+    """A summarize() result with the demo's other summary fields, for demo_table."""
+    return {**s, "accuracy_budget": 128, "eval_problems": 500, "stage_seconds": {}, "wall_seconds": 1.0,
+            "full_budget_pass@1": {lab: 0.5 for lab in s["scaling"]}}
 
 
 @pytest.mark.slow

@@ -67,3 +67,32 @@ def test_report_shows_completions_from_early_middle_and_late_steps(tmp_path):
         assert f"<h3>Step {step}</h3>" in page and f"p{step}-2" in page and f"p{step}-3" not in page
     assert "p10-0" not in page
     assert "reward -1 (truncated) · advantage +0.250 · 7 tokens" in page
+
+
+def test_report_shows_each_check_with_its_number_and_the_seeds(tmp_path):
+    """A demo summary with two RL seeds: the checks table has each check's mean ± std, threshold and each seed's
+    number; RL − SFT at the free budget and the truncation table are there."""
+    from t1.eval.demo_checks import summarize
+
+    def curve(acc, finished):
+        return [{"budget": b, "accuracy": a, "stderr": 0.02, "finished_rate": f}
+                for b, a, f in zip((64, 128, 256), acc, finished)]
+
+    curves = {"sft": curve([0.3, 0.4, 0.48], [0.5, 0.7, 0.99]), "rl": curve([0.4, 0.52, 0.53], [0.6, 0.7, 1.0]),
+              "rl_seed1": curve([0.4, 0.47, 0.56], [0.6, 0.7, 1.0]), "direct_sft": curve([0.37] * 3, [1.0] * 3)}
+    summary = {"sft_accuracy": 0.4, "rl_accuracy": 0.495, "direct_sft_accuracy": 0.37, "accuracy_budget": 128,
+               "full_budget_pass@1": dict.fromkeys(curves, 0.5),
+               "full_budget_pass@1_stderr": dict.fromkeys(curves, 0.02),
+               "eval_problems": 500, "stage_seconds": {"RL": 200.0}, "wall_seconds": 500.0,
+               **summarize(curves, ["rl", "rl_seed1"], [0, 1], 128, [400.0, 380.0])}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "eval" / "scaling.json").write_text(json.dumps({"curves": curves}))
+    plot(curves, tmp_path / "eval" / "scaling.png")
+    page = write_report(tmp_path).read_text()
+    assert "<th>seed 0</th><th>seed 1</th>" in page and "mean ± std, 2 seeds" in page
+    assert "<td>✗ rl beats sft by 10 points</td><td>+9.5 ± 3.5</td><td>≥ +10.0</td>" in page
+    assert "<td>+12.0</td><td>+7.0</td>" in page
+    assert "<b>+6.5</b> points at the free budget, 256 tokens" in page  # (+5 and +8) / 2
+    assert "<td>RL, seed 1</td><td>49.5%</td>" not in page and "<td>RL, seed 1</td><td>47.0%</td>" in page
+    assert "<td>rl</td><td>40.0%</td><td>30.0%</td><td>0.0%</td>" in page  # truncated per budget

@@ -12,6 +12,7 @@ import html
 import json
 from pathlib import Path
 
+from t1.eval.demo_checks import rule, show, truncated
 from t1.io import read_log
 
 RL_PANELS = [("reward", "mean reward"), ("accuracy", "accuracy"), ("entropy", "token entropy"),
@@ -116,21 +117,68 @@ def _result(run: Path) -> list[str]:
         return []
     summary = json.loads((run / "summary.json").read_text())
     b = summary["accuracy_budget"]
-    parts = ["<h2>Result</h2>", _table(["model", f"accuracy @ {b} tokens (RL budget)", "pass@1, full budget"], [
-        [name, _pct(summary[key]), f"{_pct(summary['full_budget_pass@1'][k2])} ± "
-                                   f"{100 * summary['full_budget_pass@1_stderr'][k2]:.1f}"]
-        for name, key, k2 in (("SFT, trial-and-error traces", "sft_accuracy", "sft"),
-                              ("RL (T1 recipe) from that SFT", "rl_accuracy", "rl"),
-                              ("SFT, direct solutions (equal compute)", "direct_sft_accuracy", "direct_sft"))])]
-    checks = summary.get("checks", {})
-    parts.append("<ul class='checks'>" + "".join(
-        f"<li class='{'ok' if v else 'no'}'>{'✓' if v else '✗'} {html.escape(k.replace('_', ' '))}</li>"
-        for k, v in checks.items()) + "</ul>")
+    seeds = summary.get("seeds", [])
+
+    def full(label: str) -> str:
+        return (f"{_pct(summary['full_budget_pass@1'][label])} ± "
+                f"{100 * summary['full_budget_pass@1_stderr'][label]:.1f}")
+
+    rows = [["SFT, trial-and-error traces", _pct(summary["sft_accuracy"]), full("sft")]]
+    if len(seeds) > 1:
+        full_mean = sum(summary["full_budget_pass@1"][x["label"]] for x in seeds) / len(seeds)
+        rows.append([f"RL (T1 recipe) from that SFT, mean of {len(seeds)} seeds", _pct(summary["rl_accuracy"]),
+                     _pct(full_mean)])
+        rows += [[f"RL, seed {x['seed']}", _pct(x["rl_accuracy"]), full(x["label"])] for x in seeds]
+    else:
+        rows.append(["RL (T1 recipe) from that SFT", _pct(summary["rl_accuracy"]), full("rl")])
+    rows.append(["SFT, direct solutions (equal compute)", _pct(summary["direct_sft_accuracy"]),
+                 full("direct_sft")])
+    parts = ["<h2>Result</h2>", _table(["model", f"accuracy @ {b} tokens (RL budget)", "pass@1, full budget"],
+                                       rows)]
+    if "check_values" in summary:
+        parts += _gap(summary) + _checks(summary)
+    else:  # a summary.json from before the checks had numbers
+        parts.append("<ul class='checks'>" + "".join(
+            f"<li class='{'ok' if v else 'no'}'>{'✓' if v else '✗'} {html.escape(k.replace('_', ' '))}</li>"
+            for k, v in summary.get("checks", {}).items()) + "</ul>")
     parts.append(f"<p>Sampled pass@1 at temperature 1.0 on {summary['eval_problems']} held-out problems "
                  f"(never in any training set); ± is one standard error. Wall time "
                  f"{summary['wall_seconds']:.0f} s: " + ", ".join(
                      f"{html.escape(k)} {v:.0f} s" for k, v in summary["stage_seconds"].items()) + ".</p>")
     return parts
+
+
+def _gap(s: dict) -> list[str]:
+    """RL − SFT at the training budget and at the free budget (where neither truncates)."""
+    cut = ", ".join(f"{html.escape(k)} {_pct(s['free_budget_truncation'][k])}" for k in ["sft", *s["rl_labels"]])
+    free = (f"the smallest budget at which SFT and RL truncate at most {_pct(s['free_budget_truncation_limit'])} "
+            f"of their responses" if s["free_budget_truncation_ok"] else
+            f"<b>no budget has SFT and RL truncating at most {_pct(s['free_budget_truncation_limit'])}</b>: the "
+            f"largest, flagged free_budget_truncation_ok: false")
+    over = f" (mean over {len(s['seeds'])} RL seeds)" if len(s["seeds"]) > 1 else ""
+    gap = "rl_beats_sft_by_10_points"  # its number is RL − SFT
+    return [f"<p>RL − SFT{over}: <b>{show(gap, s['rl_minus_sft_at_training_budget'])}"
+            f"</b> points at the training budget ({s['accuracy_budget']} tokens), where part of the gain is RL "
+            f"finishing inside the budget; <b>{show(gap, s['rl_minus_sft_at_free_budget'])}"
+            f"</b> points at the free budget, {s['free_budget']} tokens — {free} (truncated there: {cut}).</p>"]
+
+
+def _checks(s: dict) -> list[str]:
+    """Each check: ✓/✗, its number (mean ± std over seeds), the threshold, and each seed's number."""
+    seeds = s["seeds"]
+    many = len(seeds) > 1
+    header = ["check", "number" + (f" (mean ± std, {len(seeds)} seeds)" if many else ""), "judged against",
+              "what the number is"] + ([f"seed {x['seed']}" for x in seeds] if many else [])
+    rows = []
+    for k, ok in s["checks"].items():
+        value = show(k, s["check_mean"][k])
+        if many and s["check_std"][k] is not None:
+            value += f" ± {show(k, s['check_std'][k], signed=False)}"
+        each = [show(k, x["check_values"][k]) for x in seeds] if many else []
+        rows.append([f"{'✓' if ok else '✗'} {k.replace('_', ' ')}", value, rule(k),
+                     s["check_thresholds"][k]["what"], *each])
+    note = "<p>Checks judged on the mean over the seeds.</p>" if many else ""
+    return [_table(header, rows) + note]
 
 
 def _scaling(run: Path) -> list[str]:
@@ -145,7 +193,17 @@ def _scaling(run: Path) -> list[str]:
             "voting) — the paper's Figure 1.</p>" + _img(scaling, "accuracy vs thinking budget"),
             _table(["model"] + [str(x) for x in budgets], [
                 [lab] + [f"{_pct(p['accuracy'])} ± {100 * p['stderr']:.1f}" for p in pts]
-                for lab, pts in data["curves"].items()])]
+                for lab, pts in data["curves"].items()])] + _truncation(data["curves"], budgets)
+
+
+def _truncation(curves: dict[str, list[dict]], budgets: list[int]) -> list[str]:
+    """The share of each model's responses cut at each budget (curves from before ``finished_rate``: none)."""
+    if not all("finished_rate" in p for pts in curves.values() for p in pts):
+        return []
+    return ["<p>Truncated: the share of responses not finished within the budget (cut there, they are graded "
+            "on an answer they already state, else on a forced one).</p>",
+            _table(["model"] + [str(x) for x in budgets], [[lab] + [_pct(truncated(p)) for p in pts]
+                                                          for lab, pts in curves.items()])]
 
 
 def _training(run: Path) -> list[str]:
