@@ -158,17 +158,22 @@ def _watch(procs: list, epochs: dict[Path, float], progress: bool) -> None:
     """One progress bar over the runs (from their metrics rows) until all end or one fails."""
     from tqdm import tqdm
 
-    bar = tqdm(total=100, desc="sft (both)", unit="%", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=100, desc="sft (both)", unit="%", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     while any(p.poll() is None for _, p in procs) and not any(p.poll() for _, p in procs):
         time.sleep(2)
-        done = []
-        for d, _ in procs:  # each metrics row says how far through its epochs the run is
+        done, live = [], {}
+        for d, _ in procs:  # each metrics row says how far through its epochs the run is, its loss and speed
             rows = (d / "metrics.jsonl").read_text().splitlines() if (d / "metrics.jsonl").exists() else []
             try:
-                done.append(min(1.0, json.loads(rows[-1])["epoch"] / epochs[d]) if rows else 0.0)
+                row = json.loads(rows[-1]) if rows else {}
+                done.append(min(1.0, row["epoch"] / epochs[d]) if rows else 0.0)
+                if row:
+                    live[f"loss_{d.name}"] = f"{row['loss']:.3f}"
+                    live[f"tok_s_{d.name}"] = f"{row['tokens_per_s']:,.0f}"
             except (ValueError, KeyError):  # a row being written
                 done.append(0.0)
         bar.n = int(100 * min(done))
+        bar.set_postfix(live, refresh=False)
         bar.refresh()
     bar.n = 100
     bar.close()
