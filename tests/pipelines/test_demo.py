@@ -298,3 +298,17 @@ def test_one_failing_sft_stops_the_other(tmp_path):
     with pytest.raises(RunError, match=r"demo: SFT for .*sft_direct failed \(t1 sft: error: .*missing.jsonl"):
         parallel_sft([(out / "sft", long), (out / "sft_direct", broken)], out, progress=False)
     assert time.time() - start < 60 and not (out / "sft" / "final").exists()
+
+
+def test_stage_seconds_survive_a_resumed_demo(tmp_path):
+    """A demo resumed or re-summarised reports what every stage cost when it ran, not 0 s for skipped ones."""
+    done = tmp_path / "a.done"
+    first = _Stages(tmp_path)
+    first.run("a", done, lambda: (time.sleep(0.05), done.write_text("x")))
+    assert first.times["a"] >= 0.05 and first.wall(first.ran + 0.5) == pytest.approx(first.times["a"] + 0.5)
+    again = _Stages(tmp_path)
+    again.run("a", done, lambda: pytest.fail("a finished stage ran again"))
+    assert again.times == first.times and again.ran == 0
+    assert again.wall(1.0) == pytest.approx(first.times["a"] + 1.0)  # its time, plus this invocation's
+    (tmp_path / "stage_seconds.json").write_text("{torn")
+    assert _Stages(tmp_path).times == {}

@@ -87,8 +87,9 @@ class DemoConfig(Tracking):
     rl_entropy: float = option(1e-3, "entropy bonus α")
     eval_problems: int = option(500, "held-out problems")
     budgets: tuple[int, ...] = option(
-        (24, 48, 96, 128, 256), "thinking budgets for the scaling sweep (from ~one attempt up; below that a "
-        "forced answer completes a half-written first attempt — see BENCHMARKS.md)")
+        (24, 48, 96, 128, 256, 512), "thinking budgets for the scaling sweep, from ~one attempt (below that a "
+        "forced answer completes a half-written first attempt — see BENCHMARKS.md) up to where SFT and RL finish "
+        "nearly every response (the free budget)")
     seed: int = option(0, "seed")
     seeds: int = option(1, "RL runs from the one SFT model (seeds seed, seed+1, …); the checks are judged on "
                            "their mean; each extra seed costs one more RL stage")
@@ -229,8 +230,16 @@ def rl_prompts(filter_dir: Path, need: int) -> Path:
 
 
 class _Stages:
+    """Runs the demo's stages, skipping those whose output exists. Each stage's seconds are kept in
+    ``stage_seconds.json``, so a resumed or re-summarised demo still reports what every stage cost."""
+
     def __init__(self, out: Path):
-        self.out, self.times = out, {}
+        self.out, self.path = out, out / "stage_seconds.json"
+        try:
+            self.times: dict[str, float] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        except ValueError:  # a torn file: the times are lost, not the run
+            self.times = {}
+        self.ran = 0.0  # seconds spent in stages by this invocation
 
     def run(self, name: str, done: Path, fn) -> None:
         if done.exists():
@@ -240,6 +249,12 @@ class _Stages:
         start = time.perf_counter()
         fn()
         self.times[name] = time.perf_counter() - start
+        self.ran += self.times[name]
+        atomic_write_text(self.path, json.dumps(self.times, indent=1))
+
+    def wall(self, elapsed: float) -> float:
+        """The demo's wall time: every stage's recorded seconds, plus what this invocation spent outside them."""
+        return sum(self.times.values()) + max(0.0, elapsed - self.ran)
 
 
 def _evaluate(cfg: DemoConfig, out: Path, st: _Stages, models: list[tuple[str, Path]], progress: bool) -> None:
@@ -266,9 +281,13 @@ def _evaluate(cfg: DemoConfig, out: Path, st: _Stages, models: list[tuple[str, P
                                              progress=progress))
 
     done = out / "eval" / "scaling.json"
-    if done.exists() and not {lab for lab, _ in models} <= set(json.loads(done.read_text())["curves"]):
-        print(f"demo: {done} lacks some of the models (more seeds than before?): sweeping again", file=sys.stderr)
-        done.unlink()
+    if done.exists():
+        curves = json.loads(done.read_text())["curves"]
+        budgets = {p["budget"] for pts in curves.values() for p in pts}
+        if not {lab for lab, _ in models} <= set(curves) or budgets != set(cfg.budgets):
+            print(f"demo: {done} lacks some of the models or budgets (more seeds than before? other budgets?): "
+                  "sweeping again", file=sys.stderr)
+            done.unlink()
     st.run("inference-scaling sweep", done, scaling)
 
 
@@ -345,7 +364,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
               ("direct_sft", direct_dir / "final")]
     _evaluate(cfg, out, st, models, progress)
 
-    summary = _summary(cfg, out, st, runs, time.perf_counter() - t0)
+    summary = _summary(cfg, out, st, runs, st.wall(time.perf_counter() - t0))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     with open_trackers(cfg, out, "demo") as trackers:  # the demo's own run in the group: its numbers and checks
         trackers.summary({k: v for k, v in summary.items() if k not in ("scaling", "stage_seconds", "seeds")})
