@@ -154,3 +154,22 @@ def test_an_adapter_on_an_untied_output_layer_merges(untied_model_dir):
     with torch.no_grad():
         assert torch.allclose(Forward(model, model, fast=True)(ids, torch.ones_like(ids)),
                               model(input_ids=ids).logits, atol=1e-4)
+
+
+def test_vllm_is_given_the_merged_copy_of_a_lora_run(tiny_model_dir, tmp_path, monkeypatch):
+    """engine=vllm loads plain models: a LoRA final/ is refused in one line unless final/merged exists, which
+    is then what vLLM loads."""
+    import t1.rollout as rollout
+
+    model, tok = adapted(tiny_model_dir)
+    final = tmp_path / "final"
+    model.save_pretrained(final)
+    tok.save_pretrained(final)
+    with pytest.raises(ConfigError, match="LoRA adapter and engine vllm loads plain models"):
+        rollout.open_engine("vllm", final)
+    lora.save_merged(model, tok, final / "merged")
+    seen = {}
+    monkeypatch.setattr(rollout, "make_engine",
+                        lambda cfg, m, t, model_path, **kw: seen.setdefault("p", model_path))
+    rollout.open_engine("vllm", final)
+    assert seen["p"] == str(final / "merged")

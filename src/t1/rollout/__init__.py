@@ -14,6 +14,8 @@ engine's settings: :mod:`t1.rollout.config`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from t1.rollout.base import Engine, EngineError, Sample, SamplingParams, sample_seed
 
 __all__ = ["Engine", "EngineError", "Sample", "SamplingParams", "sample_seed", "make_engine", "open_engine",
@@ -83,18 +85,26 @@ def open_engine(cfg, model_path: str, *, max_len: int = 0, run_dir: str | None =
 
     import torch
 
+    from t1.config import ConfigError
+    from t1.model import lora
     from t1.model.load import load, load_tokenizer
     from t1.rollout.config import EngineConfig, resolve
 
     if isinstance(cfg, str):
         cfg = EngineConfig(engine=cfg)
     kind = resolve(cfg.engine)
+    if kind == "vllm" and lora.is_adapter_dir(model_path):  # vLLM loads plain models: a LoRA run's merged copy
+        merged = Path(model_path) / "merged"
+        if not (merged / "config.json").exists():
+            raise ConfigError(f"model: {model_path} is a LoRA adapter and engine vllm loads plain models: train "
+                              "with lora.save_merged=true (final/merged/) or use rollout.engine=fast")
+        model_path = merged
     if torch.cuda.is_available() and batch and budget:
         from transformers import AutoConfig
 
         from t1.rollout import memory
 
-        report = memory.check_sampling(cfg, AutoConfig.from_pretrained(model_path),
+        report = memory.check_sampling(cfg, AutoConfig.from_pretrained(lora.base_path(model_path)),
                                        max_len or budget + memory.PROMPT_TOKENS, batch)
         print(memory.format_report(report), file=sys.stderr)
     if kind in ("fast", "generate"):
