@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from t1.io import read_log
-from t1.stages.report import CSS, _fig, _img, _save, _table
+from t1.stages.report import _fig, _img, _save, _table, html_page
 from t1.stages.scale import plot as plot_budgets
 
 STEP_PANELS = [("reward", "reward"), ("accuracy", "accuracy"), ("response_length", "response length (tokens)"),
@@ -105,9 +105,6 @@ def write_sweep_report(out_dir: str | Path) -> Path:
         png = plot_steps(out, result, key, title, out / f"sweep_{key}.png")
         if png is not None:
             parts.append(f"<h2>{html.escape(title[0].upper() + title[1:])} vs step</h2>" + _img(png, title))
-    title = html.escape(f"t1 sweep — {out.resolve().name}")
-    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head>'
-            f"<body><h1>{title}</h1>{''.join(parts)}</body></html>")
     path = out / "sweep.html"
-    path.write_text(page, encoding="utf-8")
+    path.write_text(html_page(f"t1 sweep — {out.resolve().name}", "".join(parts)), encoding="utf-8")
     return path

@@ -292,9 +292,14 @@ def write_report(run_dir: str | Path) -> Path:
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: not a run directory")
     parts = _result(run) + _scaling(run) + _training(run) + _evaluations(run) + _rollouts(run)
-    title = html.escape(f"t1 report — {run.resolve().name}")
-    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head>'
-            f"<body><h1>{title}</h1>{''.join(parts) or '<p>No metrics found.</p>'}</body></html>")
     out = run / "report.html"
-    out.write_text(page, encoding="utf-8")
+    out.write_text(html_page(f"t1 report — {run.resolve().name}", "".join(parts) or "<p>No metrics found.</p>"),
+                   encoding="utf-8")
     return out
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained page: ``title`` (escaped here) as its title and heading, then ``body`` (HTML)."""
+    title = html.escape(title)
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head>'
+            f"<body><h1>{title}</h1>{body}</body></html>")
