@@ -50,7 +50,7 @@ def sample_and_grade(engine, tok, task: Task, items: list[Item], s: EvalSettings
     rows: list[dict] = []
     bar = tqdm(total=len(items) * s.n, desc=desc, unit="sample", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
-    start_time, tokens = time.perf_counter(), 0
+    start_time, tokens, correct = time.perf_counter(), 0, 0
     for start in range(0, len(items), s.batch_problems):
         chunk = list(range(start, min(len(items), start + s.batch_problems)))
         its = [for_sample(items[i], s.seed, k) for i in chunk for k in range(s.n)]  # choice: options reshuffled
@@ -64,7 +64,8 @@ def sample_and_grade(engine, tok, task: Task, items: list[Item], s: EvalSettings
                          "tokens": len(smp.token_ids), "finished": smp.finished, **it.to_row(), **order})
         bar.update(len(samples))
         tokens += sum(len(x.token_ids) for x in samples)
-        bar.set_postfix(acc=f"{sum(r['correct'] for r in rows) / len(rows):.3f}",
+        correct += sum(r["correct"] for r in rows[-len(samples):])
+        bar.set_postfix(acc=f"{correct / len(rows):.3f}",
                         tok_s=f"{tokens / max(1e-9, time.perf_counter() - start_time):,.0f}")
     bar.close()
     return rows

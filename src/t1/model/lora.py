@@ -182,6 +182,14 @@ def _plain_copy(base, state: dict):
     return plain.to(next(base.parameters()).dtype)
 
 
+def merged_writer(model, tokenizer, cfg: LoraConfig):
+    """What ``RunDir.save_final`` adds to ``final/`` for ``lora.save_merged``: base + adapter in ``merged/``
+    (None when not asked for)."""
+    if not (cfg.rank and cfg.save_merged):
+        return None
+    return lambda final: save_merged(model, tokenizer, final / "merged")
+
+
 def save_kwargs(model) -> dict:
     """Arguments for a LoRA model's ``save_pretrained``: the adapter only — PEFT would otherwise also save a
     targeted output layer's whole (frozen, unchanged) base weight with every checkpoint."""

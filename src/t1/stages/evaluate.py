@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 from t1.config import option, require
@@ -12,7 +13,7 @@ from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import majority_correct, pass1_stats, pass_at_k
 from t1.eval.protocols import SamplingProtocol, describe, samples_for
 from t1.eval.sample import EvalSettings, sample_and_grade
-from t1.io import atomic_write_text, read_log
+from t1.io import atomic_write_text, iter_jsonl
 from t1.rollout import close_engine, open_engine
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
@@ -95,8 +96,8 @@ def report_eval(trackers: Trackers, summaries: dict[str, dict], out: str | Path,
     trackers.summary(summaries)
     for stem in summaries:
         path = Path(out) / f"{stem}.samples.jsonl"
-        if trackers.active and path.exists():
-            trackers.table(f"samples/{stem}", read_log(path)[:rows], 0)
+        if trackers.active and path.exists():  # the first rows only: a file of 64 samples per problem is large
+            trackers.table(f"samples/{stem}", [line.data for line in islice(iter_jsonl(path), rows)], 0)
 
 
 def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettings, gpqa_csv: str | None = None,

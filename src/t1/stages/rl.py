@@ -110,7 +110,7 @@ class RLTrainer:
         self.update_step = Update(cfg, acc, self.model, self.optimizer, self.anchor, self.tok.pad_token_id,
                                   self.sharding)
         # an engine holding a copy loads the plain base model; the first push hands it the trained weights
-        engine_model = lora.base_path(cfg.model) if cfg.lora.rank else lora.base_path(ckpt or cfg.model)
+        engine_model = lora.base_path(cfg.model if cfg.lora.rank else ckpt or cfg.model)
         self.engine = make_engine(cfg.rollout, self.raw, self.tok, model_path=engine_model,
                                   max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out))
         self.task = get_task(cfg.data.task, countdown=cfg.data.countdown, timeout=cfg.train.grader_timeout,
@@ -211,7 +211,7 @@ class RLTrainer:
             self.run.log(row)
         if cfg.train.rollouts_every and (step + 1) % cfg.train.rollouts_every == 0:
             adv = self.update_step.advantages.tolist()
-            shown = [{**r, "advantage": adv[i] if i < len(adv) else None} for i, r in enumerate(shown)]
+            shown = [{**r, "advantage": a} for r, a in zip(shown, adv, strict=True)]
             self.run.log(*shown[: cfg.train.rollouts_kept], to="rollouts")
             self.run.completions(step + 1, shown, cfg.train.rollouts_kept)
 
@@ -254,9 +254,8 @@ class RLTrainer:
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
                 self._checkpoint(step + 1)
         bar.close()
-        merged = (lambda path: lora.save_merged(self.raw, self.tok, path / "merged")) if cfg.lora.save_merged \
-            else None
-        self.run.save_final(self.raw, self.tok, shard.model_state(acc, self.model, self.sharding), merged)
+        self.run.save_final(self.raw, self.tok, shard.model_state(acc, self.model, self.sharding),
+                            lora.merged_writer(self.raw, self.tok, cfg.lora))
         if main:
             print(summary(history), file=sys.stderr)
         self.task.close()

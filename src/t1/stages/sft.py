@@ -32,6 +32,7 @@ from tqdm import tqdm
 from t1.batching import collate, epoch_order, micro_batches
 from t1.config import option, require
 from t1.data.sft import SFTDataConfig, load_examples, source_description
+from t1.model import lora
 from t1.model.forward import Forward, fast_forward_option
 from t1.model.load import (
     Attention,
@@ -43,8 +44,7 @@ from t1.model.load import (
     load_for_training,
     set_attention,
 )
-from t1.model.lora import LoraConfig, check_unsharded, describe, lora_option, save_merged
-from t1.model.lora import save_kwargs as lora_save_kwargs
+from t1.model.lora import LoraConfig, lora_option
 from t1.runtime.device import make_accelerator, resolve_precision
 from t1.runtime.optim import BadSteps, OptimConfig, clip_and_step, lr_factor, make_optimizer, set_lr
 from t1.runtime.run import RunDir, set_rng_state
@@ -194,8 +194,8 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
     stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
 
     optimizer = make_optimizer(model, cfg.train.optim)
-    check_unsharded(model, acc)
-    run.save_kwargs = lora_save_kwargs(model)
+    lora.check_unsharded(model, acc)
+    run.save_kwargs = lora.save_kwargs(model)
     model, optimizer = acc.prepare(model, optimizer)
     forward = Forward(model, acc.unwrap_model(model), cfg.train.fast_forward)
     start, state = 0, run.state()
@@ -205,7 +205,7 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
         start = state["step"]
     run.start_metrics(cfg, start, job_type="sft")
     if main:
-        print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters{describe(model)} | "
+        print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters{lora.describe(model)} | "
               f"{source_description(cfg.data)} | "
               f"{stats.text()} | {stop} of {total} steps × {cfg.train.batch_size} examples | "
               f"{world} process(es) | precision {precision} | attention {attention}"
@@ -249,8 +249,7 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
                                 cfg.train.keep_checkpoints)
     bar.close()
     raw = acc.unwrap_model(model)
-    run.save_final(raw, tokenizer, acc.get_state_dict(model),
-                   (lambda path: save_merged(raw, tokenizer, path / "merged")) if cfg.lora.save_merged else None)
+    run.save_final(raw, tokenizer, acc.get_state_dict(model), lora.merged_writer(raw, tokenizer, cfg.lora))
     wall = time.perf_counter() - t_start
     result = SFTResult(out, stop, loss_value, tok_rate, wall)
     if main:
