@@ -50,17 +50,18 @@ def _load_config(cls, args: argparse.Namespace):
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from t1.model.load import InitConfig, build_model, build_tokenizer, count_parameters, save
+    from t1.chat import chat_format
+    from t1.model.load import InitConfig, build_init, count_parameters, save
 
     cfg, done = _load_config(InitConfig, args)
     if done:
         return 0
-    tok = build_tokenizer(cfg.task.max_value)
-    model = build_model(cfg.model, tok)
+    model, tok = build_init(cfg)
     out = save(model, tok, cfg.out)
     cfglib.save(cfg, out / "t1_config.yaml")
     print(f"wrote a {count_parameters(model) / 1e6:.2f}M-parameter model and a {len(tok)}-token tokenizer "
           f"to {out}")
+    print(chat_format(tok, out).describe())
     return 0
 
 

@@ -20,12 +20,30 @@ def test_penalties_fire_on_crafted_responses_and_not_on_normal_ones():
     assert check(looped, "Solve.", True, [1], set(), CFG).repetitive
     assert not is_repetitive(NORMAL * 3)  # a few repeats are not a loop
     assert is_repetitive("ab" * 12, span=2, times=12) and not is_repetitive("ab" * 11, span=2, times=12)
-    assert garbage_reason("x = \ufffd\ufffd", "Solve.") == "replacement character"
-    assert garbage_reason("x = 5\x07\x00", "Solve.") == "control characters"
-    assert garbage_reason("x = 5", "Solve.", [5, 0, 0, 7], {0}) == "special tokens inside the response"
-    assert garbage_reason("答案是五，" * 5 + "so x = 5", "Solve 3x + 5 = 20 for x.") == "script mix"
+    assert garbage_reason("x = \ufffd\ufffd", "Solve.") == "replacement character at char 4"
+    assert garbage_reason("x = 5\x07\x00", "Solve.") == "control character 0x07 at char 5"
+    names = {0: "<pad>"}.get
+    assert garbage_reason("x = 5", "Solve.", [5, 0, 0, 7], {0}, name=names) == \
+        "special tokens inside the response: 0 <pad> at token 1, 0 <pad> at token 2"
+    assert garbage_reason("答案是五，" * 5 + "so x = 5", "Solve 3x + 5 = 20 for x.").startswith("script mix: 20 of")
     assert garbage_reason("答案是五", "求解方程") is None  # the prompt's own script is fine
     assert garbage_reason("Let θ = π/2, so sin θ = 1 and α + β = γ.", "Find sin θ.") is None  # math Greek
+
+
+def test_every_penalty_records_its_reason():
+    """Each penalised sample says why — the rule, the token ids, where — and a clean one says nothing."""
+    assert check(NORMAL, "Solve 3x+5=20.", True, [1, 2, 3], {0}, CFG).reason == ""
+    cut = check(NORMAL, "Solve 3x+5=20.", False, [1, 2, 3, 4, 5], {0}, CFG)
+    assert cut.reason == "truncated: no stop token in 5 tokens (last ids [2, 3, 4, 5])"
+    looped = "We try again with the same substitution and get the same result once more. " * 25
+    rep = check("Intro:\n" + looped, "Solve.", True, [1], set(), CFG)
+    assert rep.reason.startswith("repetitive: a 80-character span from char 7 occurs ≥ 20 times")
+    both = check("x \ufffd", "Solve.", False, [9, 151644, 8], {151644}, CFG, {151644: "<|im_start|>"}.get)
+    assert both.truncated and both.garbage and not both.repetitive
+    assert both.reason == ("truncated: no stop token in 3 tokens (last ids [9, 151644, 8]); garbage: replacement "
+                           "character at char 2")
+    special = check("x", "Solve.", True, [9, 151644, 8, 151645], {151644}, CFG, {151644: "<|im_start|>"}.get)
+    assert special.reason == "garbage: special tokens inside the response: 151644 <|im_start|> at token 1"
 
 
 def test_penalty_switches():

@@ -3,8 +3,9 @@ and tokenize them with the loss mask on the response only.
 
 Field mapping: ``prompt_field`` / ``response_field`` (plain pairs) or ``messages_field`` (a chat: a list of
 ``{role, content}``; the last assistant message is the response, everything before it the prompt).
-Formatting: the tokenizer's chat template when it has one (prompt rendered with the generation prompt,
-response after it), otherwise ``prompt + separator + response + eos``.
+Formatting (:class:`t1.chat.ChatFormat`): the tokenizer's chat template when it has one (prompt rendered with
+the generation prompt, then the response's tokens and the template's turn end, e.g. ``<|im_end|>``), otherwise
+``prompt + separator + response + eos``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from t1.chat import has_chat_template, prompt_ids
+from t1.chat import ChatFormat, chat_format
 from t1.config import option, require
 from t1.io import DataError, iter_jsonl
 from t1.tasks.countdown import CountdownConfig, generate, heldout_keys, sample_failed, write_trace
@@ -179,28 +180,21 @@ def read_pairs(cfg: SFTDataConfig, stats: DataStats) -> list[Pair]:
 # ------------------------------------------------------------------------------------------- tokenizing
 
 
-def encode(pair: Pair, tokenizer, cfg: SFTDataConfig) -> Example:
-    p_ids = prompt_ids(tokenizer, pair.prompt, cfg.use_chat_template)
-    if cfg.use_chat_template and has_chat_template(tokenizer):
-        msgs = pair.prompt if isinstance(pair.prompt, list) else [{"role": "user", "content": pair.prompt}]
-        full = list(tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": pair.response}],
-                                                  tokenize=True, return_dict=False))
-        if full[: len(p_ids)] != p_ids:
-            raise DataError(f"{pair.where}: the chat template does not render the prompt as a prefix of the "
-                            f"conversation; set data.use_chat_template=false")
-        r_ids = full[len(p_ids):]
-        if not r_ids or r_ids[-1] != tokenizer.eos_token_id:
-            r_ids = r_ids + [tokenizer.eos_token_id]
-    else:
-        r_ids = tokenizer(cfg.separator + pair.response, add_special_tokens=False)["input_ids"]
-        r_ids = r_ids + [tokenizer.eos_token_id]
-    return Example(tuple(p_ids + r_ids), len(p_ids))
+def encode(pair: Pair, tokenizer, cfg: SFTDataConfig, fmt: ChatFormat | None = None) -> Example:
+    """The prompt as every engine sees it (:meth:`ChatFormat.prompt_ids`), then the response's own tokens and the
+    turn end (:meth:`ChatFormat.response_ids`): labels end exactly where generation stops, with nothing after
+    the turn end (no template newline, no eos behind ``<|im_end|>``)."""
+    fmt = fmt or chat_format(tokenizer, None, cfg.use_chat_template)
+    p_ids = fmt.prompt_ids(tokenizer, pair.prompt)
+    return Example(tuple(p_ids + fmt.response_ids(tokenizer, pair.response, cfg.separator)), len(p_ids))
 
 
-def tokenize(pairs: list[Pair], tokenizer, cfg: SFTDataConfig, stats: DataStats) -> list[Example]:
+def tokenize(pairs: list[Pair], tokenizer, cfg: SFTDataConfig, stats: DataStats,
+             fmt: ChatFormat | None = None) -> list[Example]:
+    fmt = fmt or chat_format(tokenizer, None, cfg.use_chat_template)
     examples = []
     for pair in pairs:
-        ex = encode(pair, tokenizer, cfg)
+        ex = encode(pair, tokenizer, cfg, fmt)
         if len(ex.ids) > cfg.max_length:
             if cfg.overlong == "drop" or ex.n_prompt >= cfg.max_length - 1:
                 stats.dropped_overlong += 1
@@ -214,9 +208,10 @@ def tokenize(pairs: list[Pair], tokenizer, cfg: SFTDataConfig, stats: DataStats)
     return examples
 
 
-def load_examples(cfg: SFTDataConfig, tokenizer) -> tuple[list[Example], DataStats]:
+def load_examples(cfg: SFTDataConfig, tokenizer, fmt: ChatFormat | None = None
+                  ) -> tuple[list[Example], DataStats]:
     stats = DataStats()
-    return tokenize(read_pairs(cfg, stats), tokenizer, cfg, stats), stats
+    return tokenize(read_pairs(cfg, stats), tokenizer, cfg, stats, fmt), stats
 
 
 def source_description(cfg: SFTDataConfig) -> str:

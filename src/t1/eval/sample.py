@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from t1.chat import prompt_ids
+from t1.chat import ChatFormat, chat_format
 from t1.config import require
 from t1.eval.benchmarks import for_sample
 from t1.rollout.base import SamplingParams, sample_seed
@@ -43,10 +43,12 @@ def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int
 
 
 def sample_and_grade(engine, tok, task: Task, items: list[Item], s: EvalSettings, desc: str = "eval",
-                     progress: bool = True) -> list[dict]:
+                     progress: bool = True, fmt: ChatFormat | None = None) -> list[dict]:
     """One row per (problem, sample): prompt, response, extracted, correct, tokens, finished. ``engine``: a
-    sampling engine (:func:`t1.rollout.open_engine`); ``task`` grades the responses."""
-    params = SamplingParams(s.temperature, s.top_p, s.max_new_tokens)
+    sampling engine (:func:`t1.rollout.open_engine`); ``task`` grades the responses; ``fmt``: the model's chat
+    format (:func:`t1.chat.chat_format` with its path; default: the tokenizer's alone)."""
+    fmt = fmt or chat_format(tok, None, s.use_chat_template)
+    params = SamplingParams(s.temperature, s.top_p, s.max_new_tokens, fmt.stop_ids)
     rows: list[dict] = []
     bar = tqdm(total=len(items) * s.n, desc=desc, unit="sample", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
@@ -54,7 +56,7 @@ def sample_and_grade(engine, tok, task: Task, items: list[Item], s: EvalSettings
     for start in range(0, len(items), s.batch_problems):
         chunk = list(range(start, min(len(items), start + s.batch_problems)))
         its = [for_sample(items[i], s.seed, k) for i in chunk for k in range(s.n)]  # choice: options reshuffled
-        prompts = [prompt_ids(tok, it.prompt, s.use_chat_template) for it in its]
+        prompts = [fmt.prompt_ids(tok, it.prompt) for it in its]
         seeds = [sample_seed(s.seed, 0, i, k) for i in chunk for k in range(s.n)]
         samples = engine.generate(prompts, seeds, params)
         for j, (it, smp, sc) in enumerate(zip(its, samples, task.score([x.text for x in samples], its))):

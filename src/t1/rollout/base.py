@@ -13,17 +13,41 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """What every engine samples with. ``stop_ids``: the tokens that end a sample (the model's turn end and
+    eos ids: :attr:`t1.chat.ChatFormat.stop_ids`); every engine stops at the first of them, keeps it as the
+    sample's last token and drops anything after it. Empty: the tokenizer's eos alone."""
+
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 128
+    stop_ids: tuple[int, ...] = ()
+
+    def stops(self, eos: int) -> tuple[int, ...]:
+        """The ids that end a sample: ``stop_ids``, or ``(eos,)`` when none are given."""
+        return self.stop_ids or (eos,)
 
 
 @dataclass
 class Sample:
-    token_ids: list[int]  # generated tokens, including the final end-of-sequence token when finished
+    token_ids: list[int]  # generated tokens, including the final stop token when finished
     text: str  # decoded, without special tokens
-    finished: bool  # ended with end-of-sequence within the budget
+    finished: bool  # ended with a stop token within the budget
     logprobs: list[float] | None = None  # log-probs of token_ids under the sampling distribution
+
+
+def finish(token_ids: list[int], logprobs: list[float] | None, ended: bool, stops: tuple[int, ...]
+           ) -> tuple[list[int], list[float] | None, bool]:
+    """A server's or engine's raw output made consistent with ``stops``: cut after the first stop id (anything
+    a server sent past it is not the model's turn); a sample that ``ended`` by itself without one (a stop string,
+    an eos the engine knew but t1 did not) gets ``stops[0]`` appended so training learns to stop there, and loses
+    its log-probs (that token was not sampled). Returns (ids, log-probs, finished)."""
+    stop_set = set(stops)
+    cut = next((i for i, t in enumerate(token_ids) if t in stop_set), None)
+    if cut is not None:
+        return list(token_ids[: cut + 1]), None if logprobs is None else list(logprobs[: cut + 1]), True
+    if ended:
+        return list(token_ids) + [stops[0]], None, True
+    return list(token_ids), logprobs, False
 
 
 class Engine(Protocol):

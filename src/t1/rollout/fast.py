@@ -147,12 +147,13 @@ class FastEngine:
         tokens = torch.empty((B, T), dtype=torch.long, device=device)  # per active batch position
         logps = torch.empty((B, T), dtype=torch.float32, device=device)
         alive = torch.ones(B, dtype=torch.bool, device=device)
+        stops = torch.tensor(params.stops(self.eos), dtype=torch.long, device=device)
         steps = 0
         for t in range(T):
             tok, lp = sample_tokens(logits, u[:, t], params.temperature, params.top_p)
             tokens[:, t], logps[:, t] = tok, lp
             steps = t + 1
-            alive &= tok != self.eos  # a finished row's later tokens are ignored (cut at its first EOS)
+            alive &= ~torch.isin(tok, stops)  # a finished row's later tokens are ignored (cut at its first stop)
             n_alive = int(alive.sum())
             if n_alive == 0 or steps == T:
                 break
@@ -179,11 +180,12 @@ class FastEngine:
                                  kernels)
         out_tokens[rows, :steps] = tokens[:, :steps]
         out_logps[rows, :steps] = logps[:, :steps]
-        return self._samples(out_tokens[:, :steps].cpu(), out_logps[:, :steps].cpu(), steps)
+        return self._samples(out_tokens[:, :steps].cpu(), out_logps[:, :steps].cpu(), steps, stops.cpu())
 
-    def _samples(self, out_tokens: torch.Tensor, out_logps: torch.Tensor, steps: int) -> list[Sample]:
-        """Each row's tokens and log-probs [B, steps] (in the original row order) cut at its first EOS."""
-        is_eos = out_tokens == self.eos
+    def _samples(self, out_tokens: torch.Tensor, out_logps: torch.Tensor, steps: int, stops: torch.Tensor
+                 ) -> list[Sample]:
+        """Each row's tokens and log-probs [B, steps] (in the original row order) cut at its first stop id."""
+        is_eos = torch.isin(out_tokens, stops)
         finished = is_eos.any(-1)
         length = torch.where(finished, is_eos.int().argmax(-1) + 1, steps)
         samples = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from t1.rollout.base import Sample, SamplingParams
+from t1.rollout.base import Sample, SamplingParams, finish
 
 
 class GenerateEngine:
@@ -33,22 +33,17 @@ class GenerateEngine:
                 ids[r, width - len(p):] = torch.tensor(p)
                 attn[r, width - len(p):] = 1
             greedy = params.temperature <= 0
+            stops = params.stops(self.eos)
             gen = self.model.generate(
                 input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=not greedy,
                 temperature=None if greedy else params.temperature, top_p=None if greedy else params.top_p,
-                top_k=None, max_new_tokens=params.max_new_tokens, eos_token_id=self.eos, pad_token_id=self.pad,
+                top_k=None, max_new_tokens=params.max_new_tokens, eos_token_id=list(stops), pad_token_id=self.pad,
                 output_scores=False, return_dict_in_generate=False,
             )[:, width:].cpu()
             for row in gen.tolist():
-                toks = []
-                finished = False
-                for t in row:
-                    toks.append(t)
-                    if t == self.eos:
-                        finished = True
-                        break
-                if not finished:  # generate pads a row that stopped early only after EOS; strip trailing pads
-                    while toks and toks[-1] == self.pad and self.pad != self.eos:
+                toks, _, finished = finish(row, None, False, stops)
+                if not finished:  # generate pads a row only after its stop token; strip trailing pads
+                    while toks and toks[-1] == self.pad and self.pad not in stops:
                         toks.pop()
                 body = toks[:-1] if finished else toks
                 out.append(Sample(toks, self.tokenizer.decode(body, skip_special_tokens=True), finished, None))

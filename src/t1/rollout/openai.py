@@ -37,7 +37,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from t1.io import clean
-from t1.rollout.base import EngineError, Sample, SamplingParams
+from t1.rollout.base import EngineError, Sample, SamplingParams, finish
 from t1.rollout.config import OpenAIConfig
 
 MAX_REPLY_BYTES = 32 << 20  # a reply larger than this is refused (a 16k-token completion with log-probs: ~2 MB)
@@ -287,7 +287,8 @@ class OpenAIEngine:
     def _one(self, prompt: list[int], seed: int, params: SamplingParams) -> Sample:
         payload = {"model": self.model_name, "prompt": prompt, "n": 1, "max_tokens": params.max_new_tokens,
                    "temperature": params.temperature, "top_p": params.top_p, "seed": seed % (1 << 31),
-                   "logprobs": 1, "return_tokens_as_token_ids": True}
+                   "logprobs": 1, "return_tokens_as_token_ids": True,
+                   "stop_token_ids": list(params.stops(self.eos))}
         reply = post_json(self.url, payload, api_key=self.api_key, timeout=self.cfg.timeout,
                           max_retries=self.cfg.max_retries, max_bytes=reply_limit(params.max_new_tokens))
         return scrubbed(self.api_key, self._sample, reply, params)
@@ -310,9 +311,11 @@ class OpenAIEngine:
         else:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             logprobs = None
-        if finished and (not ids or ids[-1] != self.eos):
-            ids = ids + [self.eos]
-            logprobs = None if logprobs is None else logprobs + [0.0]
+        stops = params.stops(self.eos)
+        cut = any(t in stops for t in ids)  # the server ran past a stop id: its turn ends there
+        ids, logprobs, finished = finish(ids, logprobs, finished, stops)
+        if cut:
+            text = self.tokenizer.decode(ids[:-1], skip_special_tokens=True)
         return Sample(ids, text, finished, logprobs)
 
     def generate(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Sample]:

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 import torch
 
-from t1.rollout.base import EngineError, Sample, SamplingParams
+from t1.rollout.base import EngineError, Sample, SamplingParams, finish
 from t1.rollout.config import VLLMConfig
 
 
@@ -153,19 +153,18 @@ class VLLMEngine:
         if not prompts:
             return []
         greedy = params.temperature <= 0
+        stops = params.stops(self.eos)
         sps = [VSP(temperature=0.0 if greedy else params.temperature, top_p=1.0 if greedy else params.top_p,
-                   max_tokens=params.max_new_tokens, seed=s % (1 << 63), logprobs=0, detokenize=False)
+                   max_tokens=params.max_new_tokens, seed=s % (1 << 63), logprobs=0, detokenize=False,
+                   stop_token_ids=list(stops))
                for s in seeds]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sps, use_tqdm=False)
-        return [self._sample(o.outputs[0]) for o in outs]
+        return [self._sample(o.outputs[0], stops) for o in outs]
 
-    def _sample(self, c) -> Sample:
-        ids = list(c.token_ids)
-        lps = [lp[t].logprob for lp, t in zip(c.logprobs or [], ids)] if c.logprobs else None
-        finished = c.finish_reason == "stop"
-        if finished and (not ids or ids[-1] != self.eos):  # a stop string or token ended it: train to stop
-            ids.append(self.eos)
-            lps = None
+    def _sample(self, c, stops: tuple[int, ...]) -> Sample:
+        raw = list(c.token_ids)
+        lps = [lp[t].logprob for lp, t in zip(c.logprobs or [], raw)] if c.logprobs else None
+        ids, lps, finished = finish(raw, lps, c.finish_reason == "stop", stops)
         body = ids[:-1] if finished else ids
         return Sample(ids, self.tokenizer.decode(body, skip_special_tokens=True), finished, lps)
 

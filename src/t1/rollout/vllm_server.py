@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from t1.rollout.base import Sample, SamplingParams
+from t1.rollout.base import Sample, SamplingParams, finish
 from t1.rollout.config import VLLMServerConfig
 from t1.rollout.openai import ServerError, get_json, post_json, reply_limit, scrubbed, token_ids, token_logprobs
 from t1.rollout.vllm_engine import StaleEngineError
@@ -172,29 +172,27 @@ class VLLMServerEngine:
                    "max_tokens": params.max_new_tokens, "temperature": 0.0 if greedy else params.temperature,
                    "top_p": 1.0 if greedy else params.top_p, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
                    "presence_penalty": 0.0, "frequency_penalty": 0.0, "logprobs": 0,
-                   "return_tokens_as_token_ids": True}
+                   "return_tokens_as_token_ids": True, "stop_token_ids": list(params.stops(self.eos))}
         url = self.urls[s] + "/v1/completions"
         reply = post_json(url, payload, api_key=self.api_key, timeout=self.cfg.timeout,
                           max_retries=self.cfg.max_retries, max_bytes=reply_limit(n * params.max_new_tokens))
-        return scrubbed(self.api_key, self._samples, url, reply, n, params.max_new_tokens)
+        return scrubbed(self.api_key, self._samples, url, reply, n, params)
 
-    def _samples(self, url: str, reply: dict, n: int, max_tokens: int) -> list[Sample]:
+    def _samples(self, url: str, reply: dict, n: int, params: SamplingParams) -> list[Sample]:
         try:
             choices = sorted(reply["choices"], key=lambda c: c["index"])
             if len(choices) != n:
                 raise ValueError
-            return [self._sample(url, c, max_tokens) for c in choices]
+            return [self._sample(url, c, params) for c in choices]
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             raise ServerError(f"{url}: malformed completion reply: {str(reply)[:200]}") from None
 
-    def _sample(self, url: str, choice: dict, max_tokens: int) -> Sample:
+    def _sample(self, url: str, choice: dict, params: SamplingParams) -> Sample:
         lp = choice["logprobs"]
-        ids = token_ids(url, lp["tokens"], self.vocab_size, max_tokens)  # checked: the trainer indexes them
-        lps = token_logprobs(url, lp["token_logprobs"], len(ids))
-        finished = choice["finish_reason"] == "stop"
-        if finished and (not ids or ids[-1] != self.eos):  # a stop token other than ours: train to stop
-            ids.append(self.eos)
-            lps.append(0.0)
+        # checked: the trainer indexes them
+        raw = token_ids(url, lp["tokens"], self.vocab_size, params.max_new_tokens)
+        lps = token_logprobs(url, lp["token_logprobs"], len(raw))
+        ids, lps, finished = finish(raw, lps, choice["finish_reason"] == "stop", params.stops(self.eos))
         body = ids[:-1] if finished else ids
         return Sample(ids, self.tokenizer.decode(body, skip_special_tokens=True), finished, lps)
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 
+from t1.chat import chat_format
 from t1.config import option, require
 from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import majority_correct, pass1_stats, pass_at_k
@@ -109,6 +110,8 @@ def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettin
     samples = {b: (samples or {}).get(b, s.n) for b in benches}
     engine, tok, kind = open_engine(s.engine, model_path, batch=s.batch_problems * max(samples.values()),
                                     budget=s.max_new_tokens)
+    fmt = chat_format(tok, model_path, s.use_chat_template)
+    print(f"eval: {fmt.describe()}", file=sys.stderr)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summaries = {}
@@ -119,7 +122,7 @@ def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettin
             bench_s = replace(s, n=samples[name])
             grader = (protocol or {}).get("grader", "default")
             with get_task(task_name, countdown=countdown_cfg, grader=grader) as task:
-                rows = sample_and_grade(engine, tok, task, items, bench_s, desc=name, progress=progress)
+                rows = sample_and_grade(engine, tok, task, items, bench_s, desc=name, progress=progress, fmt=fmt)
             stem = Path(name).stem
             atomic_write_text(out / f"{stem}.samples.jsonl",
                               "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

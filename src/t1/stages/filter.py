@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t1 import config as cfglib
+from t1.chat import chat_format
 from t1.config import option, require
 from t1.data.prompts import PromptDataConfig, load_items
 from t1.eval.sample import EvalSettings, sample_and_grade
@@ -54,12 +55,12 @@ class FilterConfig(Tracking):
                 self.max_pass)
 
 
-def pass_rates(engine, tok, items, cfg: FilterConfig, task: Task, progress: bool = True) -> list[float]:
+def pass_rates(engine, tok, items, cfg: FilterConfig, task: Task, progress: bool = True, fmt=None) -> list[float]:
     """Each prompt's share of ``cfg.samples`` responses that end by themselves with a correct answer."""
     s = EvalSettings(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, engine=cfg.rollout,
                      use_chat_template=cfg.data.use_chat_template, batch_problems=cfg.prompts_per_batch)
-    rows = sample_and_grade(engine, tok, task, items, s, desc="filter", progress=progress)
+    rows = sample_and_grade(engine, tok, task, items, s, desc="filter", progress=progress, fmt=fmt)
     n = cfg.samples
     return [sum(r["correct"] for r in rows[i * n:(i + 1) * n]) / n for i in range(len(items))]
 
@@ -84,7 +85,9 @@ def _filter(cfg: FilterConfig, progress: bool) -> dict:
                                  budget=cfg.max_new_tokens)
     try:
         with get_task(cfg.data.task, countdown=cfg.data.countdown, grader=cfg.data.grader) as task:
-            rates = pass_rates(engine, tok, items, cfg, task, progress)
+            fmt = chat_format(tok, cfg.model, cfg.data.use_chat_template)
+            print(f"filter: {fmt.describe()}", file=sys.stderr)
+            rates = pass_rates(engine, tok, items, cfg, task, progress, fmt)
     finally:
         close_engine(engine)
     out = Path(cfg.out)

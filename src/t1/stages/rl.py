@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from t1.batching import epoch_order
-from t1.chat import prompt_ids
+from t1.chat import chat_format, token_name
 from t1.config import ConfigError
 from t1.data.prompts import load_items
 from t1.model import lora
@@ -46,6 +46,7 @@ from t1.runtime.run import RunDir, Timer, set_rng_state
 from t1.tasks import get_task
 
 PENALTIES = ("truncated", "repetitive", "garbage")
+WARN_STEPS = 3  # a penalty firing on most samples within the first steps is reported (once per kind)
 
 
 def _penalty(flags) -> str:
@@ -80,6 +81,8 @@ class RLTrainer:
         torch.manual_seed(cfg.train.seed)
 
         model, self.tok = load_for_training(cfg.model, cfg.lora, ckpt, self.precision)
+        self.format = chat_format(self.tok, cfg.model, cfg.data.use_chat_template)
+        self.warned: set[str] = set()
         if torch.cuda.is_available():  # refuse a config that cannot fit before hours go into it
             report = memory.check_rl(cfg, lora.base_of(model).config, self.world, torch.cuda.device_count())
             if acc.is_main_process:
@@ -115,8 +118,8 @@ class RLTrainer:
                                   max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out))
         self.task = get_task(cfg.data.task, countdown=cfg.data.countdown, timeout=cfg.train.grader_timeout,
                              grader=cfg.data.grader)
-        self.bad_ids = frozenset(self.tok.all_special_ids) - {self.tok.eos_token_id}
-        self.params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
+        self.params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens,
+                                     self.format.stop_ids)
         self.timer = Timer()
         self.version = self.start  # optimizer steps taken: the weights the engine must sample from
         self._push_weights()
@@ -128,7 +131,7 @@ class RLTrainer:
 
     def _prompt(self, i: int) -> list[int]:
         if i not in self.prompt_cache:
-            self.prompt_cache[i] = prompt_ids(self.tok, self.items[i].prompt, self.cfg.data.use_chat_template)
+            self.prompt_cache[i] = self.format.prompt_ids(self.tok, self.items[i].prompt)
         return self.prompt_cache[i]
 
     def _step_prompts(self, step: int) -> list[int]:
@@ -155,8 +158,10 @@ class RLTrainer:
         with self.timer("score"):
             items = [self.items[i] for i in mine for _ in range(K)]
             scores = self.task.score([s.text for s in samples], items)
-            flags = [penalty_flags(s.text, it.prompt, s.finished, s.token_ids, self.bad_ids, self.cfg.penalties)
+            flags = [penalty_flags(s.text, it.prompt, s.finished, s.token_ids, self.format.special_ids,
+                                   self.cfg.penalties, lambda t: token_name(self.tok, t))
                      for s, it in zip(samples, items)]
+        self._warn_penalties(step, flags)
         correct = torch.tensor([float(sc.correct) for sc in scores])
         bad = {k: torch.tensor([getattr(f, k) for f in flags]) for k in PENALTIES}
         reward = algo.penalize(correct, bad["truncated"], bad["repetitive"], bad["garbage"],
@@ -167,10 +172,26 @@ class RLTrainer:
         stats["step_tokens"] = torch.tensor(float(sum(map(len, ids))))  # prompt + completion: TRL's num_tokens
         shown = [{"step": step + 1, "prompt": it.prompt, "response": s.text, "reward": float(r),
                   "correct": sc.correct, "extracted": sc.extracted, "rule": sc.rule, "finished": s.finished,
-                  "tokens": len(s.token_ids), "penalty": _penalty(f),
+                  "tokens": len(s.token_ids), "penalty": _penalty(f), "penalty_reason": f.reason,
+                  "last_token_ids": s.token_ids[-8:],
                   **{k: bool(getattr(f, k)) for k in PENALTIES}}
                  for it, s, sc, f, r in zip(items, samples, scores, flags, reward)]
         return Batch(ids, [len(p) for p in prompts], reward, stats, [s.logprobs for s in samples]), shown
+
+    def _warn_penalties(self, step: int, flags) -> None:
+        """One line per penalty kind that fires on most of a step's samples within the first steps: the rule
+        and an example of the tokens that fired it (a chat format the model does not follow shows here)."""
+        if step >= WARN_STEPS or not self.acc.is_main_process:
+            return
+        for kind in PENALTIES:
+            hit = [f for f in flags if getattr(f, kind)]
+            if kind in self.warned or 2 * len(hit) <= len(flags):
+                continue
+            self.warned.add(kind)
+            example = next(r for r in hit[0].reason.split("; ") if r.startswith(kind))
+            tqdm.write(f"rl: warning: the {kind} penalty fired on {len(hit)} of {len(flags)} samples at step "
+                       f"{step + 1}, e.g. {example}. Check that the model's responses end the way it was trained "
+                       f"to ({self.format.describe()})", file=sys.stderr)
 
     # ---------------------------------------------------------------------------------------- the update
 
@@ -227,6 +248,7 @@ class RLTrainer:
         cfg, acc = self.cfg, self.acc
         main = acc.is_main_process
         if main:
+            print(f"rl: {self.format.describe()}", file=sys.stderr)
             print(f"rl: {self.n_params / 1e6:.2f}M parameters{lora.describe(self.raw)} | "
                   f"{len(self.items)} prompts ({cfg.data.task}) | "
                   f"{cfg.train.steps} steps × {cfg.rollout.prompts_per_step} prompts × "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from t1.chat import prompt_ids
+from t1.chat import ChatFormat, chat_format
 from t1.config import option, require
 from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import mean_stderr
@@ -98,10 +98,12 @@ def _word_level(tok) -> bool:
         return False
 
 
-def _generate_with_extensions(engine, tok, prompts, seeds, s: ScaleSettings, budget: int) -> list[Sample]:
-    """Budget forcing: replace an early end-of-sequence by the ``extend`` cue, at most ``max_extensions`` times."""
+def _generate_with_extensions(engine, tok, prompts, seeds, s: ScaleSettings, budget: int, fmt: ChatFormat
+                              ) -> list[Sample]:
+    """Budget forcing: replace an early turn end (any stop id) by the ``extend`` cue, at most ``max_extensions``
+    times — the cue goes where the model closed its turn, never after a closed turn."""
     ext_ids = tok(s.extend, add_special_tokens=False)["input_ids"]
-    eos = tok.eos_token_id
+    stops = set(fmt.stop_ids)
     done: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
     active = list(range(len(prompts)))
@@ -111,11 +113,11 @@ def _generate_with_extensions(engine, tok, prompts, seeds, s: ScaleSettings, bud
         reqs = [prompts[i] + done[i] for i in active]
         room = [budget - len(done[i]) for i in active]
         outs = engine.generate(reqs, [seeds[i] + 7919 * round_ for i in active],
-                               SamplingParams(s.temperature, s.top_p, max(1, max(room))))
+                               SamplingParams(s.temperature, s.top_p, max(1, max(room)), fmt.stop_ids))
         nxt = []
         for i, r, o in zip(active, room, outs):
             toks = o.token_ids[:r]
-            ended = bool(toks) and toks[-1] == eos
+            ended = bool(toks) and toks[-1] in stops
             if ended and round_ < s.max_extensions and len(done[i]) + len(toks) - 1 + len(ext_ids) < budget:
                 done[i] += toks[:-1] + ext_ids
                 nxt.append(i)
@@ -127,20 +129,23 @@ def _generate_with_extensions(engine, tok, prompts, seeds, s: ScaleSettings, bud
 
 
 def scaling_points(engine, tok, task: Task, items: list[Item], s: ScaleSettings, summarizer=None,
-                   progress: bool = True) -> list[dict]:
-    """[{budget, accuracy, stderr, finished_rate, mean_tokens}] for one model; ``task`` grades the answers."""
+                   progress: bool = True, fmt: ChatFormat | None = None) -> list[dict]:
+    """[{budget, accuracy, stderr, finished_rate, mean_tokens}] for one model; ``task`` grades the answers;
+    ``fmt``: the model's chat format (default: the tokenizer's alone, see :func:`t1.chat.chat_format`)."""
+    fmt = fmt or chat_format(tok, None, s.use_chat_template)
     cue = s.cue if s.cue is not None else task.answer_cue
     cue_ids = tok(cue, add_special_tokens=False)["input_ids"]
     sep = " " if _word_level(tok) else ""
-    base = [prompt_ids(tok, it.prompt, s.use_chat_template) for it in items for _ in range(s.n)]
+    base = [fmt.prompt_ids(tok, it.prompt) for it in items for _ in range(s.n)]
     seeds = [sample_seed(s.seed, 0, i, k) for i in range(len(items)) for k in range(s.n)]
     its = [it for it in items for _ in range(s.n)]
     budgets = sorted(s.budgets)
-    long = None if s.extend else engine.generate(base, seeds, SamplingParams(s.temperature, s.top_p, budgets[-1]))
+    long = None if s.extend else engine.generate(base, seeds, SamplingParams(s.temperature, s.top_p, budgets[-1],
+                                                                             fmt.stop_ids))
     points = []
     bar = tqdm(budgets, desc="budgets", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     for b in bar:
-        samples = long if long is not None else _generate_with_extensions(engine, tok, base, seeds, s, b)
+        samples = long if long is not None else _generate_with_extensions(engine, tok, base, seeds, s, b, fmt)
         texts, need = [], []
         for j, smp in enumerate(samples):
             toks = smp.token_ids[:b]
@@ -164,7 +169,7 @@ def scaling_points(engine, tok, task: Task, items: list[Item], s: ScaleSettings,
                 rest = [[] if o else cue_ids[_overlap(toks, cue_ids):] for (_, toks), o in zip(need, opened)]
                 reqs = [base[j] + toks + r for (j, toks), r in zip(need, rest)]
                 outs = engine.generate(reqs, [seeds[j] for j, _ in need],
-                                       SamplingParams(0.0, 1.0, s.answer_tokens))
+                                       SamplingParams(0.0, 1.0, s.answer_tokens, fmt.stop_ids))
             else:
                 outs = summarizer.complete([(its[j], _decode(tok, toks)) for j, toks in need], cue,
                                            s.answer_tokens)
@@ -190,12 +195,14 @@ class Summarizer:
 
     def __init__(self, path: str, engine="auto"):
         self.engine, self.tok, _ = open_engine(engine, path)
+        self.fmt = chat_format(self.tok, path)
 
     def complete(self, pairs: list[tuple[Item, str]], cue: str, max_tokens: int) -> list[Sample]:
         cue_ids = self.tok(cue, add_special_tokens=False)["input_ids"]
-        prompts = [prompt_ids(self.tok, fill(self.TEMPLATE, problem=it.problem or it.prompt, partial=partial))
-                   + cue_ids for it, partial in pairs]
-        return self.engine.generate(prompts, list(range(len(prompts))), SamplingParams(0.0, 1.0, max_tokens))
+        prompts = [self.fmt.prompt_ids(self.tok, fill(self.TEMPLATE, problem=it.problem or it.prompt,
+                                                      partial=partial)) + cue_ids for it, partial in pairs]
+        return self.engine.generate(prompts, list(range(len(prompts))),
+                                    SamplingParams(0.0, 1.0, max_tokens, self.fmt.stop_ids))
 
 
 def plot(curves: dict[str, list[dict]], path: Path, title: str = "") -> Path:
@@ -239,7 +246,9 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
         for label, path in models:
             eng, tok, _ = open_engine(engine, path, batch=len(items) * s.n, budget=max(s.budgets))
             try:
-                curves[label] = scaling_points(eng, tok, task, items, s, summarizer, progress)
+                fmt = chat_format(tok, path, s.use_chat_template)
+                print(f"scale: {label}: {fmt.describe()}", file=sys.stderr)
+                curves[label] = scaling_points(eng, tok, task, items, s, summarizer, progress, fmt)
             finally:
                 close_engine(eng)
     out = Path(out)
