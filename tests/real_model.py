@@ -8,12 +8,13 @@ def arithmetic_rows(n: int, seed: int = 0) -> list[dict]:
     model learns to write (and end with <|im_end|>)."""
     import random
 
+    from t1.io import fill
     from t1.tasks.math import MathTask
 
     rng, rows = random.Random(seed), []
     for _ in range(n):
         a, b = rng.randint(1, 4), rng.randint(1, 4)
         problem = f"What is {a} + {b}?"
-        rows.append({"problem": problem, "answer": str(a + b), "prompt": MathTask.template.format(problem=problem),
+        rows.append({"problem": problem, "answer": str(a + b), "prompt": fill(MathTask.template, problem=problem),
                      "response": f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."})
     return rows

@@ -107,7 +107,10 @@ def test_rl_through_vllm_samples_from_every_steps_policy(vllm_model_dir, tmp_pat
     train_rl(C.load(RLConfig, None, rl_args(vllm_model_dir, out, "train.steps=3")), progress=False)
     m = metrics(out)
     assert [r["weight_version"] for r in m] == [1, 2, 3]
-    assert all(r["sampling/logp_diff_max"] < 1e-3 for r in m), [r["sampling/logp_diff_max"] for r in m]
+    # fp32 rounding (~1e-6), except where a token's cumulative mass straddles top_p = 0.95 in one of the two
+    # implementations: the nucleus then differs by that token and the renormalisation by up to its mass
+    # (measured 4e-3 on an AMD EPYC at step 3; 1e-6 at every step with top_p = 1). A stale push is > 1e-2.
+    assert all(r["sampling/logp_diff_max"] < 5e-3 for r in m), [r["sampling/logp_diff_max"] for r in m]
     assert m[-1]["grad_norm"] > 0
 
     # the same run with pushes that only claim the new version: the mismatch metric shows it at once
@@ -183,3 +186,16 @@ def test_eval_and_scale_with_vllm_agree_with_the_fast_engine(vllm_model_dir, tmp
                        ScaleSettings(budgets=(8, 16)), engine=vllm, limit=10, progress=False)
     assert [p["budget"] for p in curves["m"]] == [8, 16]
     assert json.loads((tmp_path / "scale" / "scaling.json").read_text())["curves"]["m"] == curves["m"]
+
+
+def test_a_model_shape_vllm_refuses_is_one_line(tiny_model_dir, capsys):
+    """Head size 16 (the tiny test model): vLLM's CPU build has no attention kernel for it. `t1 eval` says so in
+    one line naming the model, the cause and the way out, not a 100-line traceback."""
+    from t1.cli import main
+
+    code = main(["eval", f"model={tiny_model_dir}", "bench=[countdown]", "limit=2", "rollout.engine=vllm",
+                 "rollout.vllm.dtype=float32", "max_new_tokens=8", "out=/nonexistent-not-written"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("t1 eval: error: sampling engine: engine vllm: vLLM cannot run ") and "head_dim=16" in err[-1]
+    assert "rollout.engine=fast" in err[-1]

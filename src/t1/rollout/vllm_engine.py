@@ -79,13 +79,25 @@ class VLLMEngine:
                       max_num_batched_tokens=max(cfg.max_num_batched_tokens, max_model_len or 0, 8192))
         eager = cfg.enforce_eager if cfg.enforce_eager is not None else not self.cuda
         rank = torch.distributed.get_rank() if self.tp_group is not None else 0
-        self.llm = LLM(model=str(model_path), tokenizer=str(model_path), dtype=cfg.dtype,
-                       max_model_len=max_model_len, tensor_parallel_size=self.tp, max_num_seqs=cfg.max_num_seqs,
-                       enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=eager,
-                       logprobs_mode="processed_logprobs", seed=cfg.seed + rank // self.tp,
-                       skip_tokenizer_init=False, **kw)
+        try:
+            self.llm = LLM(model=str(model_path), tokenizer=str(model_path), dtype=cfg.dtype,
+                           max_model_len=max_model_len, tensor_parallel_size=self.tp,
+                           max_num_seqs=cfg.max_num_seqs, enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=eager,
+                           logprobs_mode="processed_logprobs", seed=cfg.seed + rank // self.tp,
+                           skip_tokenizer_init=False, **kw)
+            self._probe()  # kernels vLLM lacks for this shape fail at the first forward: fail here, in one line
+        except Exception as e:  # noqa: BLE001 - vLLM refuses a model shape, dtype or memory setting: one line
+            raise EngineError(refusal(model_path, e)) from None
         self.sleeping = False
         self.weight_version = self._versions(self.llm.collective_rpc(_set_version, args=(0,)))
+
+    def _probe(self) -> None:
+        """One greedy token from a one-token prompt (every rank of a tensor-parallel group runs it together)."""
+        from vllm import SamplingParams as VSP
+        from vllm.inputs import TokensPrompt
+
+        self.llm.generate([TokensPrompt(prompt_token_ids=[0])], VSP(temperature=0.0, max_tokens=1),
+                          use_tqdm=False)
 
     # ------------------------------------------------------------------------------------------ weights
 
@@ -167,6 +179,17 @@ class VLLMEngine:
         ids, lps, finished = finish(raw, lps, c.finish_reason == "stop", stops)
         body = ids[:-1] if finished else ids
         return Sample(ids, self.tokenizer.decode(body, skip_special_tokens=True), finished, lps)
+
+
+def refusal(model_path, error: Exception) -> str:
+    """vLLM's refusal of a model (a 100-line traceback) as one line naming the model, the cause and what to do."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = lines[-1] if lines else type(error).__name__
+    hint = "; rollout.engine=fast (or generate) samples any model t1 can load"
+    if "head_dim" in cause or "head size" in cause.lower():
+        hint = ("; vLLM's CPU build has no attention kernel for this head size (hidden / heads): choose another "
+                "shape, or rollout.engine=fast")
+    return f"engine vllm: vLLM cannot run {model_path}: {type(error).__name__}: {cause[:300]}{hint}"
 
 
 def _tp_group(tp: int):
