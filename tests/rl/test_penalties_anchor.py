@@ -25,7 +25,8 @@ def test_penalties_fire_on_crafted_responses_and_not_on_normal_ones():
     names = {0: "<pad>"}.get
     assert garbage_reason("x = 5", "Solve.", [5, 0, 0, 7], {0}, name=names) == \
         "special tokens inside the response: 0 <pad> at token 1, 0 <pad> at token 2"
-    assert garbage_reason("答案是五，" * 5 + "so x = 5", "Solve 3x + 5 = 20 for x.").startswith("script mix: 20 of")
+    mixed = garbage_reason("答案是五，" * 5 + "so x = 5", "Solve 3x + 5 = 20 for x.")
+    assert mixed.startswith("script mix: 20 of")
     assert garbage_reason("答案是五", "求解方程") is None  # the prompt's own script is fine
     assert garbage_reason("Let θ = π/2, so sin θ = 1 and α + β = γ.", "Find sin θ.") is None  # math Greek
 

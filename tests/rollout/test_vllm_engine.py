@@ -197,5 +197,6 @@ def test_a_model_shape_vllm_refuses_is_one_line(tiny_model_dir, capsys):
                  "rollout.vllm.dtype=float32", "max_new_tokens=8", "out=/nonexistent-not-written"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and "Traceback" not in "\n".join(err)
-    assert err[-1].startswith("t1 eval: error: sampling engine: engine vllm: vLLM cannot run ") and "head_dim=16" in err[-1]
+    assert err[-1].startswith("t1 eval: error: sampling engine: engine vllm: vLLM cannot run ")
+    assert "head_dim=16" in err[-1]
     assert "rollout.engine=fast" in err[-1]
