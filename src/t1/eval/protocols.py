@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from t1.config import option, require
-from t1.eval.sample import check_sampling
+from t1.rollout.base import check_sampling
 from t1.tasks import GraderName, grader_option
 
 R1_SAMPLES = {"aime24": 64, "aime25": 64, "amc23": 64, "gpqa": 8}

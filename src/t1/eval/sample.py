@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from tqdm import tqdm
 from t1.chat import ChatFormat, chat_format
 from t1.config import require
 from t1.eval.benchmarks import for_sample
-from t1.rollout.base import SamplingParams, sample_seed
+from t1.rollout.base import SamplingParams, check_sampling, sample_seed
 from t1.tasks.base import Item, Task
 
 
@@ -31,15 +30,6 @@ class EvalSettings:
     def __post_init__(self):
         check_sampling(self.n, self.temperature, self.top_p, self.max_new_tokens)
         require(self.batch_problems >= 1, "batch_problems", "must be ≥ 1", self.batch_problems)
-
-
-def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int | None = None) -> None:
-    """The sampling settings every evaluation command takes, refused with the option's name when out of range."""
-    require(n >= 1, "n", "must be ≥ 1 (samples per problem)", n)
-    require(math.isfinite(temperature) and temperature >= 0, "temperature", "must be ≥ 0", temperature)
-    require(0 < top_p <= 1, "top_p", "must be in (0, 1]", top_p)
-    if max_new_tokens is not None:
-        require(max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1", max_new_tokens)
 
 
 def sample_and_grade(engine, tok, task: Task, items: list[Item], s: EvalSettings, desc: str = "eval",

@@ -13,6 +13,7 @@ from t1.model.forward import fast_forward_option
 from t1.model.load import Attention, attention_option
 from t1.model.lora import LoraConfig, lora_option
 from t1.rl.penalties import PenaltyConfig
+from t1.rollout.base import check_sampling
 from t1.rollout.config import EngineConfig
 from t1.runtime.optim import OptimConfig
 from t1.runtime.trackers import Tracking
@@ -38,9 +39,7 @@ class RolloutConfig(EngineConfig):
         require(self.prompts_per_step >= 1, "prompts_per_step", "must be ≥ 1", self.prompts_per_step)
         require(self.samples_per_prompt >= 2, "samples_per_prompt", "must be ≥ 2 (RLOO needs a group)",
                 self.samples_per_prompt)
-        require(self.temperature >= 0, "temperature", "must be ≥ 0", self.temperature)
-        require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
-        require(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1", self.max_new_tokens)
+        check_sampling(self.samples_per_prompt, self.temperature, self.top_p, self.max_new_tokens)
         require(self.is_cap == 0 or self.is_cap >= 1, "is_cap", "must be 0 (off) or ≥ 1", self.is_cap)
 
 

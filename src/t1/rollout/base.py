@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
+
+from t1.config import require
 
 
 class EngineError(RuntimeError):
@@ -22,9 +25,22 @@ class SamplingParams:
     max_new_tokens: int = 128
     stop_ids: tuple[int, ...] = ()
 
+    def __post_init__(self):
+        check_sampling(1, self.temperature, self.top_p, self.max_new_tokens)
+
     def stops(self, eos: int) -> tuple[int, ...]:
         """The ids that end a sample: ``stop_ids``, or ``(eos,)`` when none are given."""
         return self.stop_ids or (eos,)
+
+
+def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int | None = None) -> None:
+    """The one check of the sampling settings (every config that has them calls it, and every
+    :class:`SamplingParams`): refused with the option's name when out of range."""
+    require(n >= 1, "n", "must be ≥ 1 (samples per problem)", n)
+    require(math.isfinite(temperature) and temperature >= 0, "temperature", "must be ≥ 0", temperature)
+    require(math.isfinite(top_p) and 0 < top_p <= 1, "top_p", "must be in (0, 1]", top_p)
+    if max_new_tokens is not None:
+        require(max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1", max_new_tokens)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from t1.eval.protocols import SamplingProtocol, describe, samples_for
 from t1.eval.sample import EvalSettings, sample_and_grade
 from t1.io import atomic_write_text, iter_jsonl
 from t1.rollout import close_engine, open_engine
+from t1.rollout.base import check_sampling
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
 from t1.runtime.trackers import Trackers, Tracking, open_trackers
@@ -69,7 +70,7 @@ class EvalConfig(SamplingProtocol, Tracking):
         super().validate()
         require(bool(self.model), "model", "is required: a checkpoint path or hub name", self.model)
         require(len(self.bench) > 0, "bench", "give at least one benchmark", self.bench)
-        require(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1", self.max_new_tokens)
+        check_sampling(max(1, self.n), self.temperature, self.top_p, self.max_new_tokens)
         require(self.batch_problems >= 1, "batch_problems", "must be ≥ 1", self.batch_problems)
 
     def settings(self) -> EvalSettings:

@@ -20,6 +20,7 @@ from t1.data.prompts import PromptDataConfig, load_items
 from t1.eval.sample import EvalSettings, sample_and_grade
 from t1.io import atomic_write_text
 from t1.rollout import close_engine, open_engine
+from t1.rollout.base import check_sampling
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
 from t1.runtime.trackers import Tracking, open_trackers
@@ -47,9 +48,7 @@ class FilterConfig(Tracking):
     def validate(self) -> None:
         require(bool(self.model), "model", "is required", self.model)
         require(self.samples >= 1, "samples", "must be ≥ 1", self.samples)
-        require(self.temperature >= 0, "temperature", "must be ≥ 0", self.temperature)
-        require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
-        require(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1", self.max_new_tokens)
+        check_sampling(self.samples, self.temperature, self.top_p, self.max_new_tokens)
         require(self.prompts_per_batch >= 1, "prompts_per_batch", "must be ≥ 1", self.prompts_per_batch)
         require(0 <= self.min_pass <= self.max_pass <= 1, "max_pass", "need 0 ≤ min_pass ≤ max_pass ≤ 1",
                 self.max_pass)

@@ -32,10 +32,9 @@ from t1.config import option, require
 from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import mean_stderr
 from t1.eval.protocols import SamplingProtocol, describe, samples_for
-from t1.eval.sample import check_sampling
 from t1.io import atomic_write_text, fill
 from t1.rollout import close_engine, open_engine
-from t1.rollout.base import Sample, SamplingParams, sample_seed
+from t1.rollout.base import Sample, SamplingParams, check_sampling, sample_seed
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
 from t1.runtime.trackers import Trackers, Tracking, open_trackers
