@@ -2,11 +2,17 @@
 
 ``data/grading_agreement.jsonl`` holds (response, gold, expected) rows in the styles real reasoning models write
 (one ``\\boxed{}``, several boxes forming one answer, "Final Answer: ..." sentences, "the answer is ...", an
-unboxed closing expression, R1 ``<think>`` blocks, equivalent forms) and rows that must earn nothing (lists of
-candidates, no answer, a response cut off before its answer). ``expected`` is what a careful human grader says
+unboxed closing expression, R1 ``<think>`` blocks, equivalent forms; since issue 23 part 5 also one box per part
+of a multi-part answer with words between, display math after "Answer", percents in words, an inequality in a
+closing sentence, decimal commas, and responses that run past their chat turn's end marker) and rows that must
+earn nothing (lists of candidates, no answer, a response cut off before its answer, an answer written after
+the turn ended). ``expected`` is what a careful human grader says
 — is the response's final answer mathematically equal to the gold? — which is math-verify's intended verdict:
 every row's final answer was checked with ``verify(parse("$<gold>$"), parse("$\\boxed{<answer>}$"))``, and rows
-where math-verify itself is wrong were left out. Each row cites where its style comes from (``source``).
+where math-verify itself is wrong were left out — except the readings t1 adds on purpose
+(t1.tasks.math.grade_math: an inequality against the interval it describes, a decimal comma, a percent in words
+or of a non-integer), each such row saying so in its ``note``. Each row cites where its style comes from
+(``source``).
 
 ``MathTask.score`` must give every row its ``expected`` verdict. All rows are graded in one batch, so the file
 runs in seconds on CPU.
@@ -24,11 +30,12 @@ from t1.tasks.base import Item
 from t1.tasks.math import MathTask
 
 TABLE = Path(__file__).parent / "data" / "grading_agreement.jsonl"
-MIN_ROWS = 150
+MIN_ROWS = 290
 FIELDS = {"id": str, "style": str, "response": str, "gold": str, "expected": bool, "source": str}
 # every style is present with both verdicts, except no_answer: a response without an answer is never right
 STYLES = ("boxed_single", "boxed_multi", "final_answer_sentence", "answer_is", "unboxed_final_expression",
-          "think_tags", "equivalent_forms", "gaming", "truncated")
+          "think_tags", "equivalent_forms", "gaming", "truncated", "boxed_parts", "display_after_phrase",
+          "percent_words", "closing_relation", "decimal_comma", "chat_tokens")
 FALSE_ONLY = ("no_answer",)
 
 
@@ -105,7 +112,9 @@ def test_listing_candidates_earns_no_reward(graded):
     A response that lists several candidate values (in prose, on an answer line, each in its own box, or as a
     spray of numbers), hedges between alternatives, or ends in prose after a table of values earns nothing
     even though the gold is among the numbers it wrote — often the last one, which plain math-verify would take.
-    A response whose final box is wrong earns nothing even if an earlier box was right. The same candidates
+    A response whose final box is wrong earns nothing even if an earlier box was right; against a gold of several
+    parts, a spray of boxes is not those parts and a retracted box is not one of them; an answer written after
+    the response's chat turn ended (a made-up next turn) counts for nothing. The same candidates
     followed by one committed answer are still graded on that answer (the ``gaming`` rows with expected true).
     Extraction must find *the* final answer, never any number in the text.
     """

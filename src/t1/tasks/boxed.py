@@ -128,10 +128,39 @@ def _last_box(text: str) -> tuple[int, str] | None:
     return None
 
 
-def final_boxes(text: str) -> list[str]:
+def count_parts(answer: str) -> int:
+    """How many answers ``answer`` lists: its parts parted by commas or semicolons outside brackets and braces
+    (``(3, 3), (1, 1)`` has 2, ``\\frac{1}{2}`` and ``(0, 1]`` 1, ``1, 2, 3`` 3). A thousands separator
+    (``1,000``, ``12,345,678``), a ``{,}`` and an escaped ``\\,`` part nothing."""
+    inside = {m.start() + i for m in _THOUSANDS.finditer(answer) for i, c in enumerate(m.group()) if c == ","}
+    parts, depth, prev = 1, 0, ""
+    for i, c in enumerate(answer):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+        elif c in ",;" and depth == 0 and prev != "\\" and i not in inside:
+            parts += 1
+        prev = c
+    return parts
+
+
+_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d.]|,\d)")  # ``1,000``, ``12,345,678``
+# a word that takes back what came before: boxes across it are not one answer
+# (``\\boxed{5} ... wait ... \\boxed{7}``)
+_RETRACTION = re.compile(r"(?i)\b(?:wait|hmm+|actually|mistake|wrong|incorrect|error|instead|oops|re-?check|"
+                         r"double-?check|however|correction)\b")
+
+
+def final_boxes(text: str, parts: int = 1) -> list[str]:
     """The contents of the boxes that make the final answer: the last closed box (as :func:`last_boxed` finds
     it) and up to :data:`MAX_GROUP` - 1 boxes right before it with only separators between them (``\\boxed{2}
-    and \\boxed{5}``, ``$\\boxed{(3, 4)}, \\boxed{(4, 3)}$``); [] without a box."""
+    and \\boxed{5}``, ``$\\boxed{(3, 4)}, \\boxed{(4, 3)}$``); [] without a box.
+
+    ``parts``: how many parts the gold answer has (:func:`count_parts`). When it is more than the group holds,
+    the boxes before the group are added across any words but a retraction (:data:`_RETRACTION`) until they
+    hold exactly ``parts`` (``\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}``); if they never
+    do, the group alone is the answer. With a one-part gold only the group counts, so more boxes earn nothing."""
     last = _last_box(text)
     if last is None:
         return []
@@ -142,7 +171,17 @@ def final_boxes(text: str) -> list[str]:
             break
         group.insert(0, prev[1])
         at = prev[0]
-    return group
+    if parts <= 1 or parts <= (have := sum(count_parts(box) for box in group)):
+        return group
+    wider = list(group)
+    while have < parts and len(wider) < MAX_GROUP:
+        prev = _box_before(text, at)
+        if prev is None or _RETRACTION.search(text, prev[2] + 1, at):
+            break
+        wider.insert(0, prev[1])
+        have += count_parts(prev[1])
+        at = prev[0]
+    return wider if have == parts else group
 
 
 def last_answer_tag(text: str) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 from t1.io import DataError
 from t1.tasks.base import Item, Score, Task, answer_text, shown
 from t1.tasks.boxed import last_boxed
+from t1.tasks.extract import turn_only
 
 # no two ``\s*`` side by side (with only optional text between them the engine tries every split of a long run of
 # spaces: minutes for 4000 of them)
@@ -15,9 +16,11 @@ _LINE = re.compile(r"answer\s*(?:is\s*)?(?:[:：]\s*)?(?:\(\s*)?([A-J])(?![A-Za-
 
 
 def extract_letter(response: str, letters: str = "ABCD") -> str | None:
-    """The chosen letter: the last ``ANSWER: X`` (also "answer is (X)"), else the last ``\\boxed{X}``."""
+    """The chosen letter: the last ``ANSWER: X`` (also "answer is (X)"), else the last ``\\boxed{X}``, in the
+    response's own chat turn (:func:`t1.tasks.extract.turn_only`)."""
     if not isinstance(response, str):
         return None
+    response = turn_only(response)  # a response that runs past its chat turn is graded on its turn only
     found = [m.upper() for m in _LINE.findall(response[-4000:])]
     found = [f for f in found if f in letters]
     if found:

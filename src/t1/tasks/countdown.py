@@ -36,6 +36,7 @@ from t1.io import DataError
 from t1.tasks.arith import MAX_DIGITS, ArithError, evaluate
 from t1.tasks.base import Item, Score, Task, shown
 from t1.tasks.boxed import last_answer_tag, last_boxed
+from t1.tasks.extract import turn_only
 
 # ------------------------------------------------------------------------------------------------- config
 
@@ -287,6 +288,7 @@ def verify(response: str, numbers, target: int, cfg: CountdownConfig | None = No
     cfg = cfg or CountdownConfig()
     if not isinstance(response, str):
         return Score(False, None, "no_answer", "response is not text")
+    response = turn_only(response)  # a response that runs past its chat turn is graded on its turn only
     extracted = last_boxed(response)
     if extracted is None:
         extracted = last_answer_tag(response)

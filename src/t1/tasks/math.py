@@ -1,9 +1,11 @@
 """Math answers: extract the final answer from a response and grade it against a gold answer with math-verify.
 
-* Extraction (:mod:`t1.tasks.extract`): the final group of boxes, else the expression after an answer phrase,
-  else a final expression, each found with math-verify's own parsing — what math-verify, lighteval and
-  open-r1 read (``tests/tasks/data/grading_agreement.jsonl``: 224 responses in the styles models write); never
-  "some number in the text", which grades guesses. ``grader="strict"``: boxed answers only.
+* Extraction (:mod:`t1.tasks.extract`): the response's own chat turn (:func:`~t1.tasks.extract.turn_only`),
+  then in it the final group of boxes (with a gold of several parts, one box per part, words between), else
+  the expression after an answer phrase, else a final expression, each found with math-verify's own parsing —
+  what math-verify, lighteval and open-r1 read (``tests/tasks/data/grading_agreement.jsonl``: 294 responses in
+  the styles models write); never "some number in the text", which grades guesses. ``grader="strict"``: boxed
+  answers only.
 * Gold answers from the data files are bare LaTeX (``\\frac{1}{2}``, ``10, 4, 2``). math-verify reads a bare
   string by falling back to its last number, so ``10, 4, 2`` would match ``4, 12, 2``; :func:`wrap_gold`
   puts it in ``$...$`` first.
@@ -28,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 from t1.pool import DeadlinePool, Outcome, check_limits, note
 from t1.tasks.base import Item, OnResult, Score, Task
-from t1.tasks.extract import check_grader, find_answer
+from t1.tasks.extract import answer_parts, check_grader, decimal_comma, find_answer, part_boxes, percent_words
 
 MAX_EXTRACTED = 1000  # characters of an extracted answer kept; longer is garbage, not an answer
 
@@ -53,8 +55,12 @@ def wrap_gold(gold: str) -> str:
 
 def grade_math(response: str, gold: str, grader: str = "default") -> tuple[str | None, bool, str]:
     """(extracted answer, correct, rule) for one response (:mod:`t1.tasks.extract` finds the answer; ``grader``
-    "strict" reads boxes only). Unbounded in time: call it through :class:`MathGrader`."""
-    from math_verify import parse, verify
+    "strict" reads boxes only). Unbounded in time: call it through :class:`MathGrader`.
+
+    Beyond math-verify's own equivalence: an inequality in one variable equals the interval it describes
+    (``x \\geq 5`` and ``[5, \\infty)``, either way round: math-verify's ``allow_set_relation_comp``), and an
+    answer math-verify finds wrong is read again in the ways :func:`_read_otherwise` lists."""
+    from math_verify import parse
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every call that we time it ourselves
     if not isinstance(response, str):
@@ -66,9 +72,52 @@ def grade_math(response: str, gold: str, grader: str = "default") -> tuple[str |
     extracted = extracted[:MAX_EXTRACTED]
     note(extracted)
     gold_parsed = parse(wrap_gold(gold), parsing_timeout=None)
-    if not gold_parsed or not pred_parsed:
+    if not gold_parsed:
         return extracted, False, rule
-    return extracted, bool(verify(gold_parsed, pred_parsed, timeout_seconds=None)), rule
+    if pred_parsed and _equal(gold_parsed, pred_parsed):
+        return extracted, True, rule
+    other = _read_otherwise(response, gold, gold_parsed, extracted, rule)
+    return (extracted, False, rule) if other is None else (other[:MAX_EXTRACTED], True, rule)
+
+
+_PERCENT = re.compile(r"\\?%")
+
+
+def _read_otherwise(response: str, gold: str, gold_parsed, extracted: str, rule: str) -> str | None:
+    """The answer, read in a way math-verify does not, that equals the gold; None if no reading does. Tried
+    only after math-verify said no, so each reading only adds credit:
+
+    * against a gold of several parts (:func:`~t1.tasks.extract.answer_parts`), one box per part with words
+      between (:func:`~t1.tasks.extract.part_boxes`);
+    * against a one-part gold, a decimal comma (:func:`~t1.tasks.extract.decimal_comma`: ``3,5`` is 3.5,
+      ``1,000`` stays one thousand);
+    * a percent on either side compared as its number (math-verify does this for whole numbers only: ``28``
+      equals ``28\\%``, but ``12.5`` did not equal ``12.5\\%``)."""
+    from math_verify import parse
+
+    def boxed(text: str):
+        return parse(f"$\\boxed{{{text}}}$", parsing_timeout=None)
+
+    parts = answer_parts(gold)
+    wider = part_boxes(response, parts) if rule == "boxed" else None
+    if wider is not None and _equal(gold_parsed, boxed(percent_words(wider))):
+        return wider
+    decimal = decimal_comma(extracted) if parts == 1 else None
+    if decimal is not None and _equal(gold_parsed, boxed(decimal)):
+        return extracted
+    answer = percent_words(extracted)  # "12.5 \\text{ percent}" → "12.5\\%"
+    if "%" in gold or "%" in answer:
+        plain_gold = parse(wrap_gold(_PERCENT.sub("", gold)), parsing_timeout=None)
+        if plain_gold and _equal(plain_gold, boxed(_PERCENT.sub("", answer))):
+            return extracted
+    return None
+
+
+def _equal(gold_parsed, pred_parsed) -> bool:
+    from math_verify import verify
+
+    return bool(pred_parsed) and bool(verify(gold_parsed, pred_parsed, allow_set_relation_comp=True,
+                                             timeout_seconds=None))
 
 
 def _to_score(outcome: Outcome) -> Score:
