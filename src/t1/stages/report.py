@@ -277,8 +277,9 @@ def _rollouts(run: Path) -> list[str]:
         parts.append(f"<h3>Step {st}</h3>")
         for r in rows:
             verdict = "correct" if r["correct"] else ("penalised" if r["reward"] < 0 else "wrong")
-            extra = (f" ({r['penalty']})" if r.get("penalty") else "") + \
-                (f" · advantage {r['advantage']:+.3f}" if r.get("advantage") is not None else "")
+            extra = (f" ({r.get('penalty_reason') or r['penalty']})" if r.get("penalty") else "") + \
+                (f" · advantage {r['advantage']:+.3f}" if r.get("advantage") is not None else "") + \
+                (f" · last ids {list(r['last_token_ids'])}" if r.get("last_token_ids") is not None else "")
             parts.append(f"<div class='rollout {verdict}'><div class='meta'>{verdict} · reward "
                          f"{r['reward']:+.0f}{html.escape(extra)} · {r['tokens']} tokens</div>"
                          f"<div class='prompt'>{html.escape(r['prompt'])}</div>"
