@@ -27,9 +27,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
 from t1.batching import collate, epoch_order, micro_batches
+from t1.chat import ChatFormat, chat_format
 from t1.config import option, require
 from t1.data.sft import SFTDataConfig, load_examples, source_description
 from t1.model import lora
@@ -45,6 +47,7 @@ from t1.model.load import (
     set_attention,
 )
 from t1.model.lora import LoraConfig, lora_option
+from t1.rl import logp as chunked
 from t1.runtime.device import make_accelerator, resolve_precision
 from t1.runtime.optim import BadSteps, OptimConfig, clip_and_step, lr_factor, make_optimizer, set_lr
 from t1.runtime.run import RunDir, set_rng_state
@@ -64,6 +67,11 @@ class SFTTrainConfig:
         0.8, "start a new micro-batch when an example is shorter than this × the longest in it (less padding)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option(
         "auto", "autocast precision: auto = bf16 where the hardware has it, else fp32")
+    logits_chunk: int = option(
+        512, "the loss over the vocabulary this many tokens at a time, forward and backward: temporaries of "
+             "~chunk × vocab × 8 bytes (0.6 GB at Qwen's 151,936), no logits kept for the backward on one process "
+             "(under DDP/FSDP the model's own logits are, in their dtype); 0, or a vocabulary at most 4× the "
+             "hidden size: a micro-batch's logits at once, with fp32 copies (see BENCHMARKS.md)")
     fast_forward: bool = fast_forward_option()
     attention: Attention = attention_option()
     seed: int = option(0, "data order and initialisation seed")
@@ -80,6 +88,7 @@ class SFTTrainConfig:
         require(self.epochs > 0, "epochs", "must be > 0", self.epochs)
         require(self.batch_size >= 1, "batch_size", "must be ≥ 1", self.batch_size)
         require(self.micro_batch_tokens >= 16, "micro_batch_tokens", "must be ≥ 16", self.micro_batch_tokens)
+        require(self.logits_chunk >= 0, "logits_chunk", "must be ≥ 0 (0 = off)", self.logits_chunk)
         require(0 <= self.bucket_ratio <= 1, "bucket_ratio", "must be in [0, 1]", self.bucket_ratio)
         require(self.log_every >= 1, "log_every", "must be ≥ 1", self.log_every)
         require(self.save_every >= 0, "save_every", "must be ≥ 0", self.save_every)
@@ -102,12 +111,105 @@ class SFTConfig(Tracking):
                 "(a path or hub name), or lora.rank=0 to train the tiny model built here", self.lora.rank)
 
 
-def token_nll_sum(forward, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Sum over response tokens of −log p(token | prefix); only the selected rows of logits go to fp32.
-    ``forward``: (ids, attention_mask) -> logits, see :class:`t1.model.forward.Forward`."""
-    logits = forward(ids, attn)  # [B, T, V]
+def token_nll_sum(forward, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor,
+                  chunk: int = 0) -> torch.Tensor:
+    """Sum over response tokens of −log p(token | prefix), in fp32. ``forward``: (ids, attention_mask) ->
+    logits, see :class:`t1.model.forward.Forward`. ``chunk`` > 0 keeps at most ``chunk`` × vocabulary logits
+    at a time, forward and backward:
+
+    - on ``forward``'s fast path (one process): the final hidden states once (:func:`_final_hidden`), then the
+      output layer and the cross-entropy over the response positions only, ``chunk`` at a time, their
+      gradients taken chunk by chunk in the same pass (:class:`_HeadNLL`: no logits kept for the backward);
+    - otherwise (a wrapped model under DDP/FSDP, any other callable): the model's logits [B, T, V] as they come,
+      log-probs ``chunk`` positions at a time with their gradient written over the logits (:mod:`t1.rl.logp`).
+
+    ``chunk`` = 0, or a vocabulary at most 4× the hidden size (:func:`_chunking_pays`): all at once, the
+    selected rows' logits copied to fp32."""
     sel = loss_mask[:, 1:]  # token t is predicted at position t-1
+    chunk = chunk if chunk and _chunking_pays(forward) else 0
+    if chunk and getattr(forward, "fast", False):
+        hidden, weight, bias = _final_hidden(forward, ids, attn)
+        return _HeadNLL.apply(hidden[:, :-1][sel], weight, bias, ids[:, 1:][sel], chunk, torch.is_grad_enabled())
+    logits = forward(ids, attn)  # [B, T, V]
+    if chunk:
+        logp, _ = chunked.shifted(logits, ids, chunk, entropy=False, grad_in_place=True)
+        return -logp[sel].sum()
     return F.cross_entropy(logits[:, :-1][sel].float(), ids[:, 1:][sel], reduction="sum")
+
+
+def _chunking_pays(forward) -> bool:
+    """Whether ``forward``'s model has logits over 4× wider than its hidden states: the measured break-even of
+    the chunked loss on a CPU (bf16, hidden 128: 2 % slower at a 128-entry vocabulary, even at 512, 12 % faster
+    at 2048); real vocabularies are 8–170× their models' hidden size, the Countdown tiny model's is 1×. True
+    for a callable without a model config."""
+    cfg = getattr(lora.base_of(forward.raw), "config", None) if isinstance(forward, Forward) else None
+    return cfg is None or cfg.vocab_size > 4 * cfg.hidden_size
+
+
+def _final_hidden(forward: Forward, ids: torch.Tensor, attn: torch.Tensor):
+    """(normalised final hidden states [B, T, H], output weight [V, H], output bias or None) of ``forward``'s
+    fast pass, whose output layer ``F.linear(norm(h), lm_head, lm_head_b)`` reads the final norm's weight
+    folded into ``lm_head`` (:class:`t1.model.forward.Prepared`; LoRA-merged and tied weights included): the
+    same pass with an identity in its place returns norm(h) exactly (products with 1 and 0), for an [H, H]
+    product instead of the [V, H] one."""
+    prep = forward.prepare()
+    weight, bias = prep.lm_head, prep.lm_head_b
+    prep.lm_head = torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device)
+    prep.lm_head_b = None
+    return forward(ids, attn, prep), weight, bias
+
+
+class _HeadNLL(torch.autograd.Function):
+    """Σ_rows −log softmax(x Wᵀ + b)[target] for hidden states x [n, H] in the matrix dtype, ``chunk`` rows at a
+    time: each chunk's logits in the matrix dtype (as the output layer makes them under autocast), their
+    log-softmax in fp32, and with ``grads`` the loss's gradients at once (softmax − one-hot, through the
+    output layer), so nothing vocabulary-sized outlives its chunk and the backward only scales them by the
+    incoming gradient (one product per chunk fewer than recomputing the logits there). Extra memory: two
+    [chunk, V] buffers (matrix dtype and fp32), plus the gradients of x and of W (an fp32 [V, H] accumulator)
+    held from the forward to the backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, chunk: int, grads: bool):
+        acc, dev, V = torch.promote_types(x.dtype, torch.float32), x.device, weight.shape[0]
+        total = torch.zeros((), dtype=acc, device=dev)
+        need = [grads and t is not None and t.requires_grad for t in (x, weight, bias)]
+        gx = torch.empty_like(x) if need[0] else None
+        gw, gb = (torch.zeros(t.shape, dtype=acc, device=dev) if n else None
+                  for t, n in zip((weight, bias), need[1:]))
+        rows = min(chunk, x.shape[0])  # one buffer for a chunk's logits and then their gradient, one in fp32
+        z_buf = torch.empty(rows, V, dtype=x.dtype, device=dev)
+        lp_buf = torch.empty(rows, V, dtype=acc, device=dev)
+        w_part = torch.empty_like(weight) if gw is not None and x.dtype != acc else None
+        with torch.autocast(dev.type, enabled=False):
+            for s in range(0, x.shape[0], chunk):
+                xs, ts = x[s: s + chunk], targets[s: s + chunk, None]
+                z, logp = z_buf[: len(xs)], lp_buf[: len(xs)]
+                if bias is None:
+                    torch.mm(xs, weight.t(), out=z)
+                else:
+                    torch.addmm(bias, xs, weight.t(), out=z)
+                torch.log_softmax(z, -1, dtype=acc, out=logp)
+                total -= logp.gather(-1, ts).sum()
+                if not any(need):
+                    continue
+                dz = logp.exp_().scatter_add_(-1, ts, torch.full(ts.shape, -1.0, dtype=acc, device=dev))
+                if gb is not None:
+                    gb += dz.sum(0)
+                if dz.dtype != x.dtype:  # as the output layer's backward gets it under autocast
+                    dz = z.copy_(dz)
+                if gx is not None:
+                    torch.mm(dz, weight, out=gx[s: s + chunk])
+                if w_part is not None:
+                    gw.add_(torch.mm(dz.t(), xs, out=w_part))
+                elif gw is not None:
+                    gw.addmm_(dz.t(), xs)
+        ctx.grads = gx, gw, gb
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        return (*(None if t is None else t * g.to(t.dtype) for t in ctx.grads), None, None, None)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -129,6 +231,15 @@ def _load_model(cfg: SFTConfig, run: RunDir, precision: str):
         return load_for_training(cfg.model or "", cfg.lora, run.checkpoint, precision)
     tokenizer = build_tokenizer(cfg.data.countdown.max_value)
     return build_model(cfg.tiny, tokenizer), tokenizer
+
+
+def _chat_format(cfg: SFTConfig, model, tokenizer) -> ChatFormat:
+    """The model's chat format (:mod:`t1.chat`); with a template, the saved model's generation config lists its
+    stop ids, so it stops at its turn end in any tool (`vllm serve`, ``generate``), not only in t1."""
+    fmt = chat_format(tokenizer, cfg.model or None, cfg.data.use_chat_template)
+    if fmt.template:
+        lora.base_of(model).generation_config.eos_token_id = list(fmt.stop_ids)
+    return fmt
 
 
 def _global_batch(order_cache: dict[int, list[int]], n_examples: int, step: int, steps_per_epoch: int,
@@ -155,7 +266,7 @@ def _accumulate(acc, model, forward, examples, lengths: list[int], batch: list[i
         dummy = not mb  # an empty share still joins the gradient all-reduce, with zero weight
         ids, attn, mask = collate([examples[i] for i in (mb or batch[:1])], pad_id, acc.device)
         with sync, acc.autocast():
-            nll = token_nll_sum(forward, ids, attn, mask)
+            nll = token_nll_sum(forward, ids, attn, mask, train.logits_chunk)
             loss = nll * (0.0 if dummy else world / global_loss_tokens)
             acc.backward(loss)
         if not dummy:
@@ -186,7 +297,8 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
     set_seed(cfg.train.seed)
 
     model, tokenizer = _load_model(cfg, run, precision)
-    examples, stats = load_examples(cfg.data, tokenizer)
+    fmt = _chat_format(cfg, model, tokenizer)
+    examples, stats = load_examples(cfg.data, tokenizer, fmt)
     lengths = [len(e.ids) for e in examples]
     attention = set_attention(model, cfg.train.attention, max(lengths, default=0))
     steps_per_epoch = math.ceil(len(examples) / cfg.train.batch_size)
@@ -205,6 +317,7 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
         start = state["step"]
     run.start_metrics(cfg, start, job_type="sft")
     if main:
+        print(f"sft: {fmt.describe()}", file=sys.stderr)
         print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters{lora.describe(model)} | "
               f"{source_description(cfg.data)} | "
               f"{stats.text()} | {stop} of {total} steps × {cfg.train.batch_size} examples | "
