@@ -3,6 +3,10 @@ fast forward (hidden states once, output layer + cross-entropy a chunk at a time
 logits (the fallback under DDP/FSDP), with tied or untied output layers, biases, LoRA and bf16 autocast."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -150,24 +154,55 @@ def test_narrow_vocabularies_keep_the_whole_batch_path(monkeypatch):
         assert torch.equal(got[0], want[0]) and all(torch.equal(got[1][n], want[1][n]) for n in want[1])
 
 
-def test_train_sft_takes_the_chunked_loss(tmp_path, monkeypatch):
-    """`t1 sft` passes train.logits_chunk on: a few steps on a 1024-entry vocabulary give the weights and losses
-    of logits_chunk=0."""
+def _sft_args(model, out, chunk):
+    return [f"out={out}", f"model={model}", "data.num_examples=48", "train.epochs=1", "train.batch_size=16",
+            "train.micro_batch_tokens=600", "train.log_every=1", "train.precision=fp32", "train.optim.lr=0.003",
+            f"train.logits_chunk={chunk}"]
+
+
+def _run_result(out):
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return losses, load_file(str(out / "final" / "model.safetensors"))
+
+
+def _assert_same_run(got, want):
+    assert len(want[0]) == 3 and got[0] == pytest.approx(want[0], rel=1e-5)
+    for k, w in want[1].items():
+        torch.testing.assert_close(got[1][k], w, rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory):
+    """A tiny Llama over a 1024-entry vocabulary (32× its hidden size: the chunked loss applies)."""
     tok = build_tokenizer(100)
-    path = save(build_model(replace(SHAPE, max_positions=128), tok, vocab_size=1024), tok, tmp_path / "model")
+    return save(build_model(replace(SHAPE, max_positions=128), tok, vocab_size=1024), tok,
+                tmp_path_factory.mktemp("wide") / "model")
+
+
+def test_train_sft_takes_the_chunked_loss(wide_model, tmp_path, monkeypatch):
+    """`t1 sft` passes train.logits_chunk on: a few steps give the weights and losses of logits_chunk=0."""
     calls = []
     apply = _HeadNLL.apply
     monkeypatch.setattr(_HeadNLL, "apply", lambda *a: calls.append(a[4]) or apply(*a))
     runs = {}
     for chunk in (0, 64):
-        out = tmp_path / f"c{chunk}"
-        train_sft(C.load(SFTConfig, None, [
-            f"out={out}", f"model={path}", "data.num_examples=48", "train.epochs=1", "train.batch_size=16",
-            "train.micro_batch_tokens=600", "train.log_every=1", "train.precision=fp32", "train.optim.lr=0.003",
-            f"train.logits_chunk={chunk}"]), progress=False)
-        losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-        runs[chunk] = losses, load_file(str(out / "final" / "model.safetensors"))
+        train_sft(C.load(SFTConfig, None, _sft_args(wide_model, tmp_path / f"c{chunk}", chunk)), progress=False)
+        runs[chunk] = _run_result(tmp_path / f"c{chunk}")
         assert bool(calls) == bool(chunk) and set(calls) <= {64}
-    assert len(runs[0][0]) == 3 and runs[64][0] == pytest.approx(runs[0][0], rel=1e-5)
-    for k, w in runs[0][1].items():
-        torch.testing.assert_close(runs[64][1][k], w, rtol=1e-4, atol=1e-5, msg=k)
+    _assert_same_run(runs[64], runs[0])
+
+
+def test_two_processes_chunk_the_models_own_logits(wide_model, tmp_path):
+    """Under DDP (the wrapped model's forward, logits chunked as they come) the same run as one process."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    train_sft(C.load(SFTConfig, None, _sft_args(wide_model, one, 0)), progress=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "t1", "sft", *_sft_args(wide_model, two, 64), "--quiet"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stderr
+    _assert_same_run(_run_result(two), _run_result(one))
