@@ -79,11 +79,11 @@ class Fake:
 
 
 def completion(payload):
-    """n choices, choice k = [seed + k + 3, prompt length]; an even seed stops (with EOS returned when the
+    """n choices, choice k = [seed + k + 3, prompt length + 3]; an even seed stops (with EOS returned when the
     seed divides by 4, as vLLM does; without it otherwise, as a stop string would), an odd one is cut."""
     seed, choices = payload["seed"], []
     for k in range(payload["n"]):
-        ids = [(seed + k) % 100 + 3, len(payload["prompt"])] + ([EOS] if seed % 4 == 0 else [])
+        ids = [(seed + k) % 100 + 3, len(payload["prompt"]) + 3] + ([EOS] if seed % 4 == 0 else [])
         lp = {"tokens": [f"token_id:{i}" for i in ids], "token_logprobs": [-0.5] * len(ids)}
         choices.append({"index": k, "text": "", "finish_reason": "length" if seed % 2 else "stop", "logprobs": lp})
     return {"choices": choices[::-1]}  # out of order: the engine sorts by index
@@ -117,7 +117,7 @@ def test_groups_go_as_one_request_each_round_robin_in_order():
     r = next(r for r in reqs[a.url] if r["n"] == 3)
     assert r["model"] == "tiny" and r["temperature"] == 0.7 and r["top_p"] == 0.9 and r["max_tokens"] == 8
     assert r["logprobs"] == 0 and r["return_tokens_as_token_ids"] and r["top_k"] == 0
-    assert [s.token_ids for s in out] == [[15, 2, EOS], [16, 2, EOS], [17, 2, EOS], [24, 1], [25, 1], [33, 2, EOS]]
+    assert [s.token_ids for s in out] == [[15, 5, EOS], [16, 5, EOS], [17, 5, EOS], [24, 4], [25, 4], [33, 5, EOS]]
     assert [s.finished for s in out] == [True] * 3 + [False] * 2 + [True]
     assert out[0].logprobs == [-0.5] * 3 and out[3].logprobs == [-0.5] * 2
     assert out[5].logprobs == [-0.5, -0.5, 0.0]  # the end-of-sequence token the server did not return
@@ -369,7 +369,8 @@ def test_rl_through_a_server_samples_from_every_steps_policy(served, tmp_path):
     train_rl(cfg, progress=False)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["weight_version"] for r in rows] == [1, 2, 3]
-    assert all(r["sampling/logp_diff_max"] < 1e-3 for r in rows), [r["sampling/logp_diff_max"] for r in rows]
+    # fp32 rounding, except at the top-p nucleus edge (see tests/rollout/test_vllm_engine.py: 4e-3 measured at step 3)
+    assert all(r["sampling/logp_diff_max"] < 5e-3 for r in rows), [r["sampling/logp_diff_max"] for r in rows]
     assert json.loads((out / "engine_weights" / VERSION_FILE).read_text()) == {"version": 3}
 
 

@@ -55,14 +55,16 @@ def finish(token_ids: list[int], logprobs: list[float] | None, ended: bool, stop
            ) -> tuple[list[int], list[float] | None, bool]:
     """A server's or engine's raw output made consistent with ``stops``: cut after the first stop id (anything
     a server sent past it is not the model's turn); a sample that ``ended`` by itself without one (a stop string,
-    an eos the engine knew but t1 did not) gets ``stops[0]`` appended so training learns to stop there, and loses
-    its log-probs (that token was not sampled). Returns (ids, log-probs, finished)."""
+    an eos the engine knew but t1 did not) gets ``stops[0]`` appended so training learns to stop there, with
+    log-prob 0 (that token was not sampled; 0 keeps the sample's other log-probs usable for the mismatch
+    measure and the IS correction, which skip a micro-batch holding a sample without any). Returns (ids,
+    log-probs, finished)."""
     stop_set = set(stops)
     cut = next((i for i, t in enumerate(token_ids) if t in stop_set), None)
     if cut is not None:
         return list(token_ids[: cut + 1]), None if logprobs is None else list(logprobs[: cut + 1]), True
     if ended:
-        return list(token_ids) + [stops[0]], None, True
+        return list(token_ids) + [stops[0]], None if logprobs is None else list(logprobs) + [0.0], True
     return list(token_ids), logprobs, False
 
 
