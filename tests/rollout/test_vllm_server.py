@@ -369,7 +369,7 @@ def test_rl_through_a_server_samples_from_every_steps_policy(served, tmp_path):
     train_rl(cfg, progress=False)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["weight_version"] for r in rows] == [1, 2, 3]
-    # fp32 rounding, except at the top-p nucleus edge (see tests/rollout/test_vllm_engine.py: 4e-3 measured at step 3)
+    # fp32 rounding, except at the top-p nucleus edge (tests/rollout/test_vllm_engine.py: 4e-3 here at step 3)
     assert all(r["sampling/logp_diff_max"] < 5e-3 for r in rows), [r["sampling/logp_diff_max"] for r in rows]
     assert json.loads((out / "engine_weights" / VERSION_FILE).read_text()) == {"version": 3}
 
