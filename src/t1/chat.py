@@ -14,15 +14,14 @@ penalties, log-prob alignment, evaluation, scaling):
 * **special ids**: the tokenizer's special tokens other than the stop ids. One of them inside a response is
   garbage (a base model opening a new turn with ``<|im_start|>``); a stop id never is.
 
-:func:`chat_format` derives all of it once from the tokenizer, its template and the model directory, and
+:func:`chat_format` derives all of it once from the tokenizer, its template and the model's eos ids
+(:func:`t1.model.load.chat_format_of` reads them from the model directory), and
 :meth:`ChatFormat.describe` is the line each stage prints at its start.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 _MARK = "T1 reply"  # an assistant message whose tokens cannot merge with what the template writes after it
 
@@ -61,17 +60,9 @@ class ChatFormat:
         exactly as a sampler's tokens continue the prompt's (no merge across the prompt boundary)."""
         text = response if self.template else separator + response
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.cut(ids)[0] if self.stop_at(ids) is not None else ids + [self.end_id]
-
-    def stop_at(self, ids) -> int | None:
-        """Index of the first stop id in ``ids``, or None."""
-        stops = set(self.stop_ids)
-        return next((i for i, t in enumerate(ids) if t in stops), None)
-
-    def cut(self, ids: list[int]) -> tuple[list[int], bool]:
-        """(``ids`` up to and including the first stop id, whether there was one)."""
-        i = self.stop_at(ids)
-        return (list(ids), False) if i is None else (list(ids[: i + 1]), True)
+        stops = set(self.stop_ids)  # a response already carrying its turn end is cut there, not doubled
+        i = next((i for i, t in enumerate(ids) if t in stops), None)
+        return ids + [self.end_id] if i is None else ids[: i + 1]
 
     def name(self, token_id: int) -> str:
         return dict(self.names).get(token_id, str(token_id))
@@ -85,9 +76,10 @@ class ChatFormat:
                 f"count as garbage inside a response")
 
 
-def chat_format(tokenizer, model_path: str | Path | None = None, use_chat_template: bool = True) -> ChatFormat:
-    """The :class:`ChatFormat` of ``tokenizer`` (and the model at ``model_path``, whose generation config may list
-    more eos ids). Raises ``ValueError`` when the tokenizer has no eos token at all."""
+def chat_format(tokenizer, eos_ids=(), use_chat_template: bool = True) -> ChatFormat:
+    """The :class:`ChatFormat` of ``tokenizer``; ``eos_ids``: the model's own eos ids
+    (:func:`t1.model.load.generation_eos`, which ``t1.model.load.chat_format_of`` passes). Raises ``ValueError``
+    when the tokenizer has no eos token at all."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos token: t1 cannot tell where a response ends (set eos_token "
@@ -100,7 +92,7 @@ def chat_format(tokenizer, model_path: str | Path | None = None, use_chat_templa
             end_id, source = found, "what the chat template writes after an assistant message"
         else:
             source = "the tokenizer's eos: the chat template writes no special token after an assistant message"
-    stops = [end_id, eos] + generation_eos(model_path)
+    stops = [end_id, eos, *eos_ids]
     stop_ids = tuple(dict.fromkeys(t for t in stops if isinstance(t, int) and 0 <= t))
     special = _special_ids(tokenizer) - set(stop_ids)
     names = tuple((t, token_name(tokenizer, t)) for t in stop_ids)
@@ -135,28 +127,3 @@ def _template_end(tokenizer) -> int | None:
     tail = tokenizer(text[i + len(_MARK):], add_special_tokens=False)["input_ids"]
     added = set(getattr(tokenizer, "added_tokens_decoder", None) or {}) | _special_ids(tokenizer)
     return tail[0] if tail and tail[0] in added else None
-
-
-def generation_eos(model_path: str | Path | None) -> list[int]:
-    """The eos ids of the model at ``model_path``: ``generation_config.json``'s ``eos_token_id`` (an id or a
-    list), else ``config.json``'s; for a LoRA adapter directory, its base model's. [] when neither says."""
-    if model_path is None:
-        return []
-    path = Path(model_path)
-    adapter = path / "adapter_config.json"
-    if adapter.is_file() and not (path / "config.json").is_file():
-        try:
-            base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
-            path = Path(base) if isinstance(base, str) else path
-        except (OSError, ValueError):
-            pass
-    for name in ("generation_config.json", "config.json"):
-        try:
-            value = json.loads((path / name).read_text(encoding="utf-8")).get("eos_token_id")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if value is None:
-            continue
-        values = value if isinstance(value, list) else [value]
-        return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-    return []

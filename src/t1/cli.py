@@ -50,8 +50,7 @@ def _load_config(cls, args: argparse.Namespace):
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from t1.chat import chat_format
-    from t1.model.load import InitConfig, build_init, count_parameters, save
+    from t1.model.load import InitConfig, build_init, chat_format_of, count_parameters, save
 
     cfg, done = _load_config(InitConfig, args)
     if done:
@@ -61,7 +60,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     cfglib.save(cfg, out / "t1_config.yaml")
     print(f"wrote a {count_parameters(model) / 1e6:.2f}M-parameter model and a {len(tok)}-token tokenizer "
           f"to {out}")
-    print(chat_format(tok, out).describe())
+    print(chat_format_of(tok, out).describe())
     return 0
 
 

@@ -8,7 +8,7 @@ import json
 from t1.chat import chat_format
 from t1.data.sft import Pair, SFTDataConfig, encode
 from t1.model import real_tokenizers
-from t1.model.load import build_tokenizer
+from t1.model.load import build_tokenizer, chat_format_of
 
 IM_START, IM_END, EOT = 151644, 151645, 151643
 
@@ -37,23 +37,23 @@ def test_qwen_chat_template_and_turn_end(qwen_tokenizer, qwen_model_dir):
                                               tokenize=False)
     assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
                     "<|im_start|>assistant\n")
-    fmt = chat_format(qwen_tokenizer, qwen_model_dir)
+    fmt = chat_format_of(qwen_tokenizer, qwen_model_dir)
     assert fmt.template and fmt.end_id == IM_END and fmt.stop_ids == (IM_END, EOT)
     assert IM_START in fmt.special_ids and IM_END not in fmt.special_ids and EOT not in fmt.special_ids
     assert 151657 not in fmt.special_ids  # <tool_call> is an added token, not a special one: text, not garbage
     line = fmt.describe()
     assert "chat template" in line and "151645 <|im_end|>" in line and "151643 <|endoftext|>" in line
-    plain = chat_format(qwen_tokenizer, qwen_model_dir, use_chat_template=False)
+    plain = chat_format_of(qwen_tokenizer, qwen_model_dir, use_chat_template=False)
     assert not plain.template and plain.end_id == EOT and plain.stop_ids == (EOT,)
 
 
 def test_generation_config_eos_lists_join_the_stop_ids(qwen_tokenizer, tmp_path):
     """An instruct model's generation_config lists several eos ids: every one of them stops a sample."""
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [IM_END, EOT, 151646]}))
-    fmt = chat_format(qwen_tokenizer, tmp_path)
+    fmt = chat_format_of(qwen_tokenizer, tmp_path)
     assert fmt.stop_ids == (IM_END, EOT, 151646) and 151646 not in fmt.special_ids
     (tmp_path / "generation_config.json").write_text("{not json")  # unreadable: the tokenizer's alone
-    assert chat_format(qwen_tokenizer, tmp_path).stop_ids == (IM_END, EOT)
+    assert chat_format_of(qwen_tokenizer, tmp_path).stop_ids == (IM_END, EOT)
 
 
 def test_sft_labels_end_at_the_turn_end_and_nothing_after(qwen_tokenizer):

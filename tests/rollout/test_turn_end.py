@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from t1.chat import chat_format
-from t1.model.load import load
+from t1.model.load import chat_format_of, load
 from t1.rl.penalties import PenaltyConfig, check
 from t1.rollout import make_engine
 from t1.rollout.base import SamplingParams
@@ -25,7 +25,7 @@ IM_START, IM_END, EOT = 151644, 151645, 151643
 def sft(qwen_sft_dir):
     model, tok = load(qwen_sft_dir, dtype="float32")
     model.eval()
-    fmt = chat_format(tok, qwen_sft_dir)
+    fmt = chat_format_of(tok, qwen_sft_dir)
     prompts = [fmt.prompt_ids(tok, r["prompt"]) for r in arithmetic_rows(4, seed=1) for _ in range(4)]
     return model, tok, fmt, prompts
 
@@ -116,7 +116,7 @@ def test_vllm_server_stops_at_the_turn_end_and_aligns(sft, qwen_sft_dir, tmp_pat
     pytest.importorskip("vllm")
     from t1.rollout.config import VLLMServerConfig
     from t1.rollout.vllm_server import VLLMServerEngine
-    from tests.rollout.test_vllm_server import serve
+    from tests.vllm_serve import serve
 
     model, tok, fmt, prompts = sft
     for url, _, _ in serve(qwen_sft_dir, tmp_path_factory.mktemp("qwen_serve")):

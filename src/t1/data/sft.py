@@ -184,14 +184,14 @@ def encode(pair: Pair, tokenizer, cfg: SFTDataConfig, fmt: ChatFormat | None = N
     """The prompt as every engine sees it (:meth:`ChatFormat.prompt_ids`), then the response's own tokens and the
     turn end (:meth:`ChatFormat.response_ids`): labels end exactly where generation stops, with nothing after
     the turn end (no template newline, no eos behind ``<|im_end|>``)."""
-    fmt = fmt or chat_format(tokenizer, None, cfg.use_chat_template)
+    fmt = fmt or chat_format(tokenizer, (), cfg.use_chat_template)
     p_ids = fmt.prompt_ids(tokenizer, pair.prompt)
     return Example(tuple(p_ids + fmt.response_ids(tokenizer, pair.response, cfg.separator)), len(p_ids))
 
 
 def tokenize(pairs: list[Pair], tokenizer, cfg: SFTDataConfig, stats: DataStats,
              fmt: ChatFormat | None = None) -> list[Example]:
-    fmt = fmt or chat_format(tokenizer, None, cfg.use_chat_template)
+    fmt = fmt or chat_format(tokenizer, (), cfg.use_chat_template)
     examples = []
     for pair in pairs:
         ex = encode(pair, tokenizer, cfg, fmt)

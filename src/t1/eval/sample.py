@@ -37,7 +37,7 @@ def sample_and_grade(engine, tok, task: Task, items: list[Item], s: EvalSettings
     """One row per (problem, sample): prompt, response, extracted, correct, tokens, finished. ``engine``: a
     sampling engine (:func:`t1.rollout.open_engine`); ``task`` grades the responses; ``fmt``: the model's chat
     format (:func:`t1.chat.chat_format` with its path; default: the tokenizer's alone)."""
-    fmt = fmt or chat_format(tok, None, s.use_chat_template)
+    fmt = fmt or chat_format(tok, (), s.use_chat_template)
     params = SamplingParams(s.temperature, s.top_p, s.max_new_tokens, fmt.stop_ids)
     rows: list[dict] = []
     bar = tqdm(total=len(items) * s.n, desc=desc, unit="sample", file=sys.stderr, disable=not progress,

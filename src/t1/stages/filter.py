@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t1 import config as cfglib
-from t1.chat import chat_format
 from t1.config import option, require
 from t1.data.prompts import PromptDataConfig, load_items
 from t1.eval.sample import EvalSettings, sample_and_grade
 from t1.io import atomic_write_text
+from t1.model.load import chat_format_of
 from t1.rollout import close_engine, open_engine
 from t1.rollout.base import check_sampling
 from t1.rollout.config import EngineConfig
@@ -84,7 +84,7 @@ def _filter(cfg: FilterConfig, progress: bool) -> dict:
                                  budget=cfg.max_new_tokens)
     try:
         with get_task(cfg.data.task, countdown=cfg.data.countdown, grader=cfg.data.grader) as task:
-            fmt = chat_format(tok, cfg.model, cfg.data.use_chat_template)
+            fmt = chat_format_of(tok, cfg.model, cfg.data.use_chat_template)
             print(f"filter: {fmt.describe()}", file=sys.stderr)
             rates = pass_rates(engine, tok, items, cfg, task, progress, fmt)
     finally:

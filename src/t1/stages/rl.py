@@ -24,11 +24,11 @@ import torch
 from tqdm import tqdm
 
 from t1.batching import epoch_order
-from t1.chat import chat_format, token_name
+from t1.chat import token_name
 from t1.config import ConfigError
 from t1.data.prompts import load_items
 from t1.model import lora
-from t1.model.load import count_parameters, load_for_training, set_attention
+from t1.model.load import chat_format_of, count_parameters, load_for_training, set_attention
 from t1.rl import algo, shard
 from t1.rl.anchor import Anchor
 from t1.rl.batch import Batch
@@ -81,7 +81,7 @@ class RLTrainer:
         torch.manual_seed(cfg.train.seed)
 
         model, self.tok = load_for_training(cfg.model, cfg.lora, ckpt, self.precision)
-        self.format = chat_format(self.tok, cfg.model, cfg.data.use_chat_template)
+        self.format = chat_format_of(self.tok, cfg.model, cfg.data.use_chat_template)
         self.warned: set[str] = set()
         if torch.cuda.is_available():  # refuse a config that cannot fit before hours go into it
             report = memory.check_rl(cfg, lora.base_of(model).config, self.world, torch.cuda.device_count())

@@ -33,6 +33,7 @@ from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import mean_stderr
 from t1.eval.protocols import SamplingProtocol, describe, samples_for
 from t1.io import atomic_write_text, fill
+from t1.model.load import chat_format_of
 from t1.rollout import close_engine, open_engine
 from t1.rollout.base import Sample, SamplingParams, check_sampling, sample_seed
 from t1.rollout.config import EngineConfig
@@ -131,7 +132,7 @@ def scaling_points(engine, tok, task: Task, items: list[Item], s: ScaleSettings,
                    progress: bool = True, fmt: ChatFormat | None = None) -> list[dict]:
     """[{budget, accuracy, stderr, finished_rate, mean_tokens}] for one model; ``task`` grades the answers;
     ``fmt``: the model's chat format (default: the tokenizer's alone, see :func:`t1.chat.chat_format`)."""
-    fmt = fmt or chat_format(tok, None, s.use_chat_template)
+    fmt = fmt or chat_format(tok, (), s.use_chat_template)
     cue = s.cue if s.cue is not None else task.answer_cue
     cue_ids = tok(cue, add_special_tokens=False)["input_ids"]
     sep = " " if _word_level(tok) else ""
@@ -194,7 +195,7 @@ class Summarizer:
 
     def __init__(self, path: str, engine="auto"):
         self.engine, self.tok, _ = open_engine(engine, path)
-        self.fmt = chat_format(self.tok, path)
+        self.fmt = chat_format_of(self.tok, path)
 
     def complete(self, pairs: list[tuple[Item, str]], cue: str, max_tokens: int) -> list[Sample]:
         cue_ids = self.tok(cue, add_special_tokens=False)["input_ids"]
@@ -245,7 +246,7 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
         for label, path in models:
             eng, tok, _ = open_engine(engine, path, batch=len(items) * s.n, budget=max(s.budgets))
             try:
-                fmt = chat_format(tok, path, s.use_chat_template)
+                fmt = chat_format_of(tok, path, s.use_chat_template)
                 print(f"scale: {label}: {fmt.describe()}", file=sys.stderr)
                 curves[label] = scaling_points(eng, tok, task, items, s, summarizer, progress, fmt)
             finally:

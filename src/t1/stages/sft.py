@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 from tqdm import tqdm
 
 from t1.batching import collate, epoch_order, micro_batches
-from t1.chat import ChatFormat, chat_format
+from t1.chat import ChatFormat
 from t1.config import option, require
 from t1.data.sft import SFTDataConfig, load_examples, source_description
 from t1.model import lora
@@ -42,6 +42,7 @@ from t1.model.load import (
     attention_option,
     build_model,
     build_tokenizer,
+    chat_format_of,
     count_parameters,
     load_for_training,
     set_attention,
@@ -236,7 +237,7 @@ def _load_model(cfg: SFTConfig, run: RunDir, precision: str):
 def _chat_format(cfg: SFTConfig, model, tokenizer) -> ChatFormat:
     """The model's chat format (:mod:`t1.chat`); with a template, the saved model's generation config lists its
     stop ids, so it stops at its turn end in any tool (`vllm serve`, ``generate``), not only in t1."""
-    fmt = chat_format(tokenizer, cfg.model or None, cfg.data.use_chat_template)
+    fmt = chat_format_of(tokenizer, cfg.model or None, cfg.data.use_chat_template)
     if fmt.template:
         lora.base_of(model).generation_config.eos_token_id = list(fmt.stop_ids)
     return fmt
