@@ -84,7 +84,10 @@ def check_anchor(model_dir: str, mode: str) -> None:
 if __name__ == "__main__":
     enable()
     if sys.argv[1] == "check-anchor":
+        from t1.runtime.device import end_distributed
+
         check_anchor(sys.argv[2], sys.argv[3])
+        end_distributed()
     else:
         from t1.cli import main
 

@@ -274,7 +274,12 @@ def _config_command(sub, name: str, help_text: str, func, flags: tuple[str, ...]
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        if "torch" in sys.modules:  # under torchrun: leave the process group before exiting (see there)
+            from t1.runtime.device import end_distributed
+
+            end_distributed()
+        return code
     except (cfglib.ConfigError, DataError, FileNotFoundError) as e:
         print(f"t1 {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -81,3 +81,15 @@ def make_accelerator(precision: str):
     AcceleratorState._reset_state()
     cpu = not torch.cuda.is_available()
     return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=cpu)
+
+
+def end_distributed() -> None:
+    """Leave the process group cleanly at the end of a multi-process command: every process waits for the
+    others, then destroys its group. Exiting with the group alive lets one process's teardown close the
+    sockets another's gloo threads still use, which aborts that process (SIGABRT) after its work was done.
+    A no-op in a single process or when no group was made."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
