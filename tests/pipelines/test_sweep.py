@@ -126,3 +126,45 @@ def test_demo_scale_config_is_the_demos_scaling_protocol():
     assert cfg.bench == "countdown" and cfg.budgets == demo.budgets and cfg.limit == demo.eval_problems
     assert (cfg.n, cfg.temperature, cfg.top_p, cfg.seed) == (1, 1.0, 1.0, demo.seed + 11)
     assert cfg.models == ("runs/demo/rl/final",)
+
+
+def test_a_rerun_with_another_override_is_refused_and_a_longer_one_resumes(tiny_model_dir, tmp_path, capsys):
+    """Runs that finished under one config and a sweep command that says another: refused in one line naming
+    the run and the fields, before anything runs (the old numbers are neither reported as the new config's
+    nor replaced); a longer run (train.steps, constant lr) is not finished any more; logging changes are."""
+    from dataclasses import replace
+
+    from t1.pipelines.sweep import _done, check_reruns, plan
+
+    cfg, out = _rl_yaml(tmp_path, tiny_model_dir), tmp_path / "sweep"
+    runs = plan("rl", parse_grid([str(cfg), "rollout.samples_per_prompt=2,4"]), out)
+    for run in runs:  # as if each had run: its config recorded, a final checkpoint and final/
+        (run.dir / "checkpoints" / "step-0000003").mkdir(parents=True)
+        (run.dir / "checkpoints" / "step-0000003" / "trainer_state.pt").write_bytes(b"")
+        (run.dir / "final").mkdir()
+        C.save(run.cfg, run.dir / "config.yaml")
+    check_reruns("rl", runs)
+    assert all(_done("rl", r) for r in runs)
+
+    # another seed is another folder (seed5/): nothing was run there, nothing to refuse
+    check_reruns("rl", plan("rl", parse_grid([str(cfg), "rollout.samples_per_prompt=2,4", "train.optim.lr=0.02",
+                                             "train.seed=5"]), out))
+    again = plan("rl", parse_grid([str(cfg), "rollout.samples_per_prompt=2,4", "train.optim.lr=0.02"]), out)
+    with pytest.raises(C.ConfigError) as e:
+        check_reruns("rl", again)
+    assert str(e.value) == (f"sweep: run rollout.samples_per_prompt=2 seed 0 ({runs[0].dir}) was run with a "
+                            "different config: train.optim.lr 0.01 → 0.02; re-running it would mix two runs, "
+                            "skipping it would report the old one's numbers — use another --out or drop the "
+                            "override")
+    assert main(["sweep", "rl", str(cfg), "rollout.samples_per_prompt=2,4", "train.optim.lr=0.02", "--out",
+                 str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("t1 sweep: error: sweep: run ")
+
+    longer = [replace(r, cfg=replace(r.cfg, train=replace(r.cfg.train, steps=5, log_every=2))) for r in runs]
+    check_reruns("rl", longer)
+    assert not any(_done("rl", r) for r in longer)
+    chatty = [replace(r, cfg=replace(r.cfg, train=replace(r.cfg.train, log_every=2))) for r in runs]
+    assert all(_done("rl", r) for r in chatty)
+    shorter = [replace(r, cfg=replace(r.cfg, train=replace(r.cfg.train, steps=2))) for r in runs]
+    with pytest.raises(C.ConfigError, match=r"train.steps 3 → 2 \(the checkpoint is at step 3 already\)"):
+        check_reruns("rl", shorter)

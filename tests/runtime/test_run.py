@@ -11,12 +11,15 @@ import sys
 import pytest
 import torch
 
+from t1 import config as C
 from t1.cli import main
 from t1.config import ConfigError
 from t1.io import DataError
 from t1.model.load import ModelConfig, build_model, build_tokenizer
+from t1.runtime import resume as resumelib
 from t1.runtime import run as runlib
-from t1.runtime.run import CHECKPOINT_STATE, Log, RunDir, RunError, checkpoint_dirs
+from t1.runtime.checkpoint import write_checksums
+from t1.runtime.run import CHECKPOINT_STATE, CHECKSUMS, Log, RunDir, RunError, checkpoint_dirs
 
 
 class OneProcess:
@@ -89,9 +92,10 @@ def test_broken_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny,
     checkpoint(run, 4, tiny)
     run.close()
     (out / "checkpoints" / "step-0000004" / CHECKPOINT_STATE).write_bytes(b"PK\x03\x04 torn")
+    (out / "checkpoints" / "step-0000004" / CHECKSUMS).unlink()  # a checkpoint from before checksums
     run = RunDir(out, True, OneProcess())
     assert run.checkpoint.name == "step-0000002"
-    assert f"{CHECKPOINT_STATE} does not load" in capsys.readouterr().err
+    assert f"incomplete ({CHECKPOINT_STATE} does not load" in capsys.readouterr().err
     run.close()
 
 
@@ -117,6 +121,7 @@ def test_trainer_state_holding_pickled_objects_is_refused(tmp_path, tiny):
     assert state["step"] == 2 and isinstance(state["rng"]["python"], tuple)
     torch.save({**state, "payload": ConfigError("would run code")}, out / "checkpoints" / "step-0000002" /
                CHECKPOINT_STATE)
+    write_checksums(out / "checkpoints" / "step-0000002")  # whoever made the folder made its checksums too
     with pytest.raises(DataError, match=f"{CHECKPOINT_STATE}: refused: it holds pickled Python objects"):
         RunDir(out, True, OneProcess())
     with pytest.raises(ConfigError, match="already holds a run"):  # the lock was released by the failure
@@ -164,3 +169,192 @@ def test_failed_save_is_one_error_and_keeps_earlier_checkpoints(tmp_path, tiny, 
     run.close()
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002"] and not (out / "final").exists()
     assert RunDir(out, True, OneProcess()).state()["step"] == 2
+
+
+# ---------------------------------------------------------------------------------------------- what is whole
+
+
+def flip_a_weight_byte(path):
+    """One byte of the tensor data changed, the safetensors header intact (bit rot, a copy gone wrong)."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start + (len(data) - start) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_checksums_catch_damaged_bytes_under_an_intact_header(tmp_path, tiny, capsys):
+    out = tmp_path / "run"
+    run = RunDir(out, False, OneProcess())
+    for step in (2, 4):
+        checkpoint(run, step, tiny, marker=torch.tensor(step))
+    run.close()
+    ckpt = out / "checkpoints" / "step-0000004"
+    files = json.loads((ckpt / CHECKSUMS).read_text())["files"]
+    assert set(files) == {p.name for p in ckpt.iterdir()} - {CHECKSUMS} and CHECKPOINT_STATE in files
+    flip_a_weight_byte(ckpt / "model.safetensors")
+    run = RunDir(out, True, OneProcess())
+    assert run.checkpoint.name == "step-0000002" and run.state()["marker"] == 2
+    run.close()
+    err = capsys.readouterr().err
+    assert "step-0000004: damaged (model.safetensors: its bytes do not match checksums.json" in err
+    assert "set aside as broken-step-0000004" in err
+    (out / "checkpoints" / "step-0000002" / CHECKSUMS).unlink()  # from before checksums: taken as it is
+    run = RunDir(out, True, OneProcess())
+    assert run.checkpoint.name == "step-0000002" and not capsys.readouterr().err
+    run.close()
+
+
+def test_a_lora_checkpoint_is_whole_and_its_adapter_is_checked(tmp_path, capsys):
+    """A LoRA run's checkpoint is the adapter (adapter_config.json + adapter_model.safetensors), no config.json
+    or model.safetensors: it is resumed from, not set aside as incomplete."""
+    from t1.model import lora
+
+    tok = build_tokenizer(20)
+    model = lora.apply(build_model(ModelConfig(hidden=16, layers=1, heads=2, kv_heads=2, ffn=32,
+                                               max_positions=64), tok), lora.LoraConfig(rank=2))
+    out = tmp_path / "run"
+    run = RunDir(out, False, OneProcess())
+    run.save_kwargs = lora.save_kwargs(model)
+    for step in (2, 4):
+        checkpoint(run, step, (model, tok))
+    run.close()
+    ckpt = out / "checkpoints" / "step-0000004"
+    assert (ckpt / "adapter_config.json").exists() and not (ckpt / "config.json").exists()
+    run = RunDir(out, True, OneProcess())
+    assert run.checkpoint == ckpt and not capsys.readouterr().err
+    run.close()
+    flip_a_weight_byte(ckpt / "adapter_model.safetensors")
+    run = RunDir(out, True, OneProcess())
+    assert run.checkpoint.name == "step-0000002"
+    assert "damaged (adapter_model.safetensors: its bytes do not match" in capsys.readouterr().err
+    run.close()
+    (out / "checkpoints" / "step-0000002" / "adapter_model.safetensors").unlink()
+    assert runlib.check_checkpoint(out / "checkpoints" / "step-0000002")[1] == "no adapter_model.safetensors"
+
+
+def test_a_sharded_checkpoint_needs_every_shard_its_index_lists(tmp_path, tiny):
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "step-0000002"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    shards = [f"model-0000{i}-of-00002.safetensors" for i in (1, 2)]
+    index = {"weight_map": {"a": shards[0], "b": shards[1]}}
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    save_file({"a": torch.ones(2)}, str(ckpt / shards[0]))
+    torch.save({"step": 2}, ckpt / CHECKPOINT_STATE)
+    assert runlib.check_checkpoint(ckpt) == (None, f"no {shards[1]}")
+    save_file({"b": torch.ones(2)}, str(ckpt / shards[1]))
+    assert runlib.check_checkpoint(ckpt) == ({"step": 2}, None)
+
+
+# ---------------------------------------------------------------------------------------------- a changed config
+
+
+def rl(*extra):
+    from t1.rl.config import RLConfig
+
+    return C.load(RLConfig, None, ["model=m", "out=runs/x", *extra])
+
+
+def sft(*extra):
+    from t1.stages.sft import SFTConfig
+
+    return C.load(SFTConfig, None, ["out=runs/x", *extra])
+
+
+@pytest.mark.parametrize("make, before, after, refused", [
+    (rl, ["train.optim.lr=0.001"], ["train.optim.lr=0.002"], "train.optim.lr 0.001 → 0.002"),
+    (rl, [], ["train.seed=1", "rollout.samples_per_prompt=16"],
+     "rollout.samples_per_prompt 64 → 16, train.seed 0 → 1"),
+    (rl, [], ["model=other"], "model m → other"),
+    (rl, [], ["lora.rank=4"], "lora.rank 0 → 4"),
+    (rl, [], ["data.num_prompts=64"], "data.num_prompts 4096 → 64"),
+    (rl, ["train.steps=2"], ["train.steps=4", "train.optim.schedule=cosine"],
+     "train.steps 2 → 4 (the cosine lr schedule and warm-up span train.steps), train.optim.schedule constant → "
+     "cosine"),
+    (rl, ["train.steps=2", "train.optim.warmup_ratio=0.1"], ["train.steps=4", "train.optim.warmup_ratio=0.1"],
+     "train.steps 2 → 4 (the constant lr schedule"),
+    (sft, [], ["train.epochs=4"], "train.epochs 3.0 → 4.0 (the cosine lr schedule"),
+    (sft, [], ["tiny.hidden=64"], "tiny.hidden 128 → 64"),
+    (sft, [], ["data.num_examples=10", "train.batch_size=8"],
+     "data.num_examples 20000 → 10, train.batch_size 64 → 8"),
+    (rl, ["train.steps=2"], ["train.steps=4", "report_to=[tensorboard]", "train.save_every=1", "out=elsewhere",
+                             "train.micro_batch_tokens=1000"], None),  # a longer run under a constant lr
+    (sft, ["train.max_steps=5"], ["train.max_steps=0", "train.log_every=1", "lora.save_merged=true"], None),
+])
+def test_resume_refuses_a_changed_field_that_shapes_the_run(tmp_path, make, before, after, refused):
+    C.save(make(*before), tmp_path / "config.yaml")
+    new = make(*before, *after)
+    if refused is None:
+        accepted = resumelib.check(new, tmp_path)
+        assert {c.field for c in accepted} == {a.split("=")[0] for a in after}
+        return
+    with pytest.raises(ConfigError) as e:
+        resumelib.check(new, tmp_path)
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(f"out: {tmp_path} was run with a different config: {refused}")
+    assert line.endswith("resuming would mix two runs — start a new out or drop the override")
+
+
+def test_resume_refusal_comes_before_anything_moves_and_accepted_changes_are_recorded(tmp_path, tiny):
+    out = tmp_path / "run"
+    run = RunDir(out, False, OneProcess(), rl("train.steps=2"))
+    run.start_metrics(rl("train.steps=2"), 0)
+    for step in (2, 4):
+        checkpoint(run, step, tiny)
+    run.close()
+    (out / "checkpoints" / "step-0000004" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"train.optim.lr 1.5e-06 → 0.001; resuming would mix two runs"):
+        RunDir(out, True, OneProcess(), rl("train.optim.lr=0.001"))
+    assert (out / "checkpoints" / "step-0000004").is_dir()  # refused: not even the broken one was set aside
+    for steps in (6, 8):
+        cfg = rl(f"train.steps={steps}", "train.log_every=2")
+        run = RunDir(out, True, OneProcess(), cfg)
+        run.start_metrics(cfg, 2)
+        run.close()
+    text = (out / "config.yaml").read_text()
+    assert text.startswith("# resumed at step 2: train.steps 2 → 6, train.log_every 1 → 2\n"
+                           "# resumed at step 2: train.steps 6 → 8\n")
+    assert C.load(type(cfg), out / "config.yaml").train.steps == 8
+
+
+class OtherRank(OneProcess):
+    is_main_process, num_processes = False, 2
+
+
+def test_every_process_follows_the_main_process_choice(tmp_path, tiny, monkeypatch):
+    """Under torchrun only the main process checks the checkpoints and the config; the others take its choice
+    (a broadcast), so they go on from the same checkpoint or stop with the same one line."""
+    import accelerate.utils
+
+    out = tmp_path / "run"
+    run = RunDir(out, False, OneProcess())
+    checkpoint(run, 2, tiny, marker=torch.tensor(7))
+    run.close()
+    sent = [("step-0000002", None)]
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda objs, from_process=0: list(sent))
+    run = RunDir(out, True, OtherRank())
+    assert run.checkpoint == out / "checkpoints" / "step-0000002" and run.state()["marker"] == 7
+    sent[0] = (None, ("config", "out: x was run with a different config: train.seed 0 → 1"))
+    with pytest.raises(ConfigError, match=r"^out: x was run with a different config: train.seed 0 → 1$"):
+        RunDir(out, True, OtherRank())
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_checkpoints_and_final_get_the_mode_the_umask_gives(tmp_path, tiny, mask, file_mode, dir_mode):
+    """safetensors writes its files 0600 whatever the umask: a team's shared run folder was unreadable to the
+    group. Every file and folder of a checkpoint and of final/ now gets the umask's mode."""
+    old = os.umask(mask)
+    try:
+        run = RunDir(tmp_path / "run", False, OneProcess())
+        checkpoint(run, 1, tiny)
+        run.save_final(*tiny, None)
+        run.close()
+    finally:
+        os.umask(old)
+    for root in (tmp_path / "run" / "checkpoints" / "step-0000001", tmp_path / "run" / "final"):
+        assert root.stat().st_mode & 0o777 == dir_mode, root
+        files = [p for p in root.rglob("*") if p.is_file()]
+        assert any(p.suffix == ".safetensors" for p in files), files
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(file_mode) for p in files}

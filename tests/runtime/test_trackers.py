@@ -268,3 +268,51 @@ def test_a_backend_failing_mid_run_is_warned_once_and_switched_off(tmp_path, cap
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("reward")] == [0, 1, 2]
+
+
+# ------------------------------------------------------------------------------------------------- resume
+
+
+def killed_and_resumed(report_to, out):
+    """A run logs steps 1..5 and is killed after its checkpoint at step 3; resumed from it, it logs steps 4..6
+    again (the values of 4 and 5 marked, to see which copy a tracker keeps). The kill is a close: the data
+    the killed run had sent is what a tracker holds either way."""
+    with Trackers(report_to, out, CONFIG, name="run1") as t:
+        for s in range(1, 6):
+            t.log({"reward": float(s)}, step=s)
+    with Trackers(report_to, out, CONFIG, name="run1", resume=True, resume_step=3) as t:
+        for s in range(4, 7):
+            t.log({"reward": s + 0.5}, step=s)
+
+
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
+    """TensorBoard purges the events the killed run logged past the checkpoint: the resumed run's copy shows."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    killed_and_resumed(("tensorboard",), tmp_path)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("reward")] == [(1, 1), (2, 2), (3, 3), (4, 4.5), (5, 5.5),
+                                                                   (6, 6.5)]
+    assert len(acc.Tensors("config/text_summary")) == 1  # the config once, not again on resume
+
+
+def test_a_resumed_run_shows_each_step_once_in_mlflow(tmp_path, monkeypatch):
+    """MLflow cannot delete points: the steps it holds are not sent again (in a real run their values are
+    equal: resume is exact)."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_ALLOW_FILE_STORE"):
+        monkeypatch.delenv(var, raising=False)
+    killed_and_resumed(("mlflow",), tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow_client((tmp_path / "mlruns").resolve().as_uri())
+    run_id = (tmp_path / ".mlflow_run_id").read_text().strip()
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "reward")) == \
+        [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6.5)]
+
+
+def test_a_resumed_run_shows_each_step_once_in_trackio(tmp_path, trackio_dir):
+    from trackio.sqlite_storage import SQLiteStorage
+
+    killed_and_resumed(("trackio",), tmp_path / "run")
+    assert [(log["step"], log["reward"]) for log in SQLiteStorage.get_logs("t1", "run1")] == \
+        [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6.5)]

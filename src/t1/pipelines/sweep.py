@@ -11,6 +11,14 @@
 * Runs go to ``OUT/<field>=<value>[,<field2>=<value2>]/seed<s>/``. A finished run (``final/`` for training
   stages, ``scaling.json`` / ``summary.json`` for scale / eval) is skipped, an unfinished training run resumes
   from its newest checkpoint: a killed sweep continues where it stopped.
+* Running a sweep again with a different override: every run that has done anything is compared with the
+  config it recorded (a training run's ``config.yaml``; the sweep writes one for scale / eval runs and for
+  ``--scale``'s ``<run>/scale/``), by the rules of ``--resume`` (:mod:`t1.runtime.resume`). A changed field
+  that shapes the run is refused in one line naming the run and every such field, old → new, before any run
+  starts: skipping the run would report the old run's numbers under the new config, and re-running it would
+  replace results — neither silently. A longer training run (``train.steps`` …, where allowed) is no longer
+  finished: it resumes from its last checkpoint and runs the extra steps; other allowed changes (logging,
+  trackers) leave a finished run skipped.
 * ``--scale SCALE.yaml`` (training stages): after each run, `t1 scale` on its ``final/`` with that config, its
   ``models``, ``labels`` and ``out`` replaced (``<run>/scale/``); the scaling protocol, its seed included, is
   the same for every run, so only the trained models differ.
@@ -34,7 +42,9 @@ from typing import Any
 
 from t1 import config as cfglib
 from t1.config import ConfigError
-from t1.io import DataError, atomic_write_text, read_log
+from t1.io import DataError, atomic_write_text, check_output_dir, read_json, read_log
+from t1.runtime import resume
+from t1.runtime.checkpoint import checkpoint_dirs
 
 
 @dataclass(frozen=True)
@@ -228,15 +238,61 @@ def _scale_cfg(path: str | None, run_dir: Path, label: str):
 
 
 def _done(stage: str, run: Run) -> bool:
-    if not (run.dir / STAGES[stage].done).exists():
+    if not (run.dir / STAGES[stage].done).exists() or _extended(stage, run):
         return False
     return run.scale_cfg is None or (run.dir / "scale" / "scaling.json").exists()
 
 
+def _resolved(stage: str, cfg: Any) -> Any:
+    """The config as the stage records it in its ``config.yaml`` (`t1 rl` resolves its anchor first)."""
+    if stage == "rl":
+        from t1.rl.config import resolve_anchor
+
+        return resolve_anchor(cfg)[0]
+    return cfg
+
+
+def _records(stage: str, run: Run) -> list[tuple[str, Any, Path, int | None]]:
+    """(what, config, its record, the checkpoint step) for the parts of ``run`` that did something: its stage
+    run (a checkpoint, ``final/`` or its result) and its ``--scale`` run (``scale/scaling.json``)."""
+    name = f"sweep: run {run.label} seed {run.seed} ({run.dir})"
+    ckpts = checkpoint_dirs(run.dir)
+    step = int(ckpts[-1].name.split("-")[1]) if ckpts else None
+    out = []
+    if ckpts or (run.dir / STAGES[stage].done).exists():
+        out.append((name, _resolved(stage, run.cfg), run.dir / "config.yaml", step))
+    if run.scale_cfg is not None and (run.dir / "scale" / "scaling.json").exists():
+        out.append((f"{name} --scale", run.scale_cfg, run.dir / "scale" / "config.yaml", None))
+    return out
+
+
+def check_reruns(stage: str, runs: list[Run]) -> None:
+    """Refuse, before any run starts, a run that did something under a config that differs from its own in a
+    field that shapes it (see the module doc): one ConfigError naming the run and the fields."""
+    for run in runs:
+        for name, cfg, record, step in _records(stage, run):
+            refused, _ = resume.compare(cfg, record, step)
+            if refused:
+                raise ConfigError(resume.refusal(name, refused, "use another --out or drop the override",
+                                                 "re-running it would mix two runs, skipping it would report "
+                                                 "the old one's numbers"))
+
+
+def _extended(stage: str, run: Run) -> bool:
+    """Whether a finished training run's recorded config is shorter than ``run.cfg``'s (an allowed change of
+    ``train.steps`` …): it resumes to run the extra steps."""
+    if not STAGES[stage].training:
+        return False
+    _, accepted = resume.compare(_resolved(stage, run.cfg), run.dir / "config.yaml")
+    return any(c.field in resume.LENGTH for c in accepted)
+
+
 def execute(stage: str, runs: list[Run], progress: bool = True) -> None:
-    """Each run in turn, in this process (a finished one skipped, an unfinished training run resumed)."""
+    """Each run in turn, in this process (a finished one skipped, an unfinished or extended training run
+    resumed), once :func:`check_reruns` found no run done under another config."""
     spec = STAGES[stage]
     _, runner = stage_parts(stage)
+    check_reruns(stage, runs)
     for i, run in enumerate(runs, 1):
         head = f"sweep: run {i}/{len(runs)}: {run.label} seed {run.seed}"
         if _done(stage, run):
@@ -244,15 +300,17 @@ def execute(stage: str, runs: list[Run], progress: bool = True) -> None:
             continue
         print(f"\n{head} → {run.dir}", file=sys.stderr)
         try:
-            if not (run.dir / spec.done).exists():
+            if not (run.dir / spec.done).exists() or _extended(stage, run):
                 if spec.training:  # resume: from the newest complete checkpoint, or from the start if none
                     runner(run.cfg, resume=True, progress=progress)
-                else:
+                else:  # the record its re-run is checked against (a training run writes its own)
+                    cfglib.save(run.cfg, run.dir / "config.yaml")
                     runner(run.cfg, progress=progress)
             if run.scale_cfg is not None:
                 from t1.stages.scale import scale
 
                 print(f"{head}: t1 scale on {run.dir / 'final'}", file=sys.stderr)
+                cfglib.save(run.scale_cfg, run.dir / "scale" / "config.yaml")
                 scale(run.scale_cfg, progress=progress)
         except (ConfigError, DataError) as e:
             raise type(e)(f"run {run.label} seed {run.seed} ({run.dir}): {e}") from e
@@ -275,7 +333,7 @@ def _free_memory() -> None:
 def _curve_numbers(path: Path, prefix_labels: bool) -> tuple[dict[str, float], list[int]]:
     """``accuracy@B`` and ``truncated@B`` (share of samples cut at B) for each budget of a scaling.json
     (``LABEL accuracy@B`` … with several models)."""
-    data = json.loads(path.read_text())
+    data = read_json(path)
     numbers, budgets = {}, []
     for label, pts in data["curves"].items():
         for p in pts:
@@ -304,10 +362,10 @@ def run_numbers(stage: str, run_dir: Path) -> tuple[dict[str, float], list[int]]
             more, budgets = _curve_numbers(run_dir / "scale" / "scaling.json", False)
             numbers.update(more)
     elif stage == "scale":
-        curves = json.loads((run_dir / "scaling.json").read_text())["curves"]
+        curves = read_json(run_dir / "scaling.json")["curves"]
         numbers, budgets = _curve_numbers(run_dir / "scaling.json", len(curves) > 1)
     else:
-        for bench, s in json.loads((run_dir / "summary.json").read_text())["benchmarks"].items():
+        for bench, s in read_json(run_dir / "summary.json")["benchmarks"].items():
             for key in ("pass@1", "mean_tokens", "truncated_rate"):
                 numbers[f"{bench} {key}"] = s[key]
     return numbers, budgets
@@ -378,9 +436,10 @@ def run_sweep(stage: str, args: list[str], out: str | Path | None = None, seeds:
     grid = parse_grid(args)
     out = Path(out) if out is not None else default_out(stage, grid)
     runs = plan(stage, grid, out, seeds, scale_config)
+    check_output_dir(out, grid.config, scale_config, files=["sweep.json", "sweep.html"])
+    check_reruns(stage, runs)  # a refusal is the command's only line
     print(f"sweep: {len(runs)} runs of t1 {stage} ({len({r.label for r in runs})} values × {seeds} seed(s)) "
           f"→ {out}", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
     execute(stage, runs, progress)
     meta = {"out": str(out), "config": grid.config, "fields": [k for k, _ in grid.swept],
             "overrides": list(grid.overrides), "seeds": seeds, "scale_config": scale_config}

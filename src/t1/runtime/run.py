@@ -6,29 +6,35 @@ A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON ob
 * One run at a time: the main process holds ``.lock`` (``flock``) for the run; a second run on the same
   directory is refused in one line, and a killed run's lock goes with its process.
 * A directory that already holds a checkpoint or ``final/`` is refused unless the run resumes; ``--resume``
-  continues from the newest complete checkpoint (none yet: from the start). The newest is checked first (its
-  trainer state loads, its safetensors files are whole); one that is not is set aside as ``broken-step-N``
-  and the previous one is used, with a warning.
+  continues from the newest whole checkpoint (none yet: from the start). The newest is checked first (its
+  model files — a full model's or a LoRA adapter's — are there with whole safetensors headers, its bytes match
+  its ``checksums.json``, its trainer state loads); one that is not is set aside as ``broken-step-N`` and the
+  previous one is used, with a warning. The main process checks (reading every byte once) and tells the others
+  which checkpoint it chose (:mod:`t1.runtime.checkpoint`).
+* Resuming from a checkpoint, the command's config is compared with the run's ``config.yaml``: a changed field
+  that shapes the run (lr, seed, batch, data, K, model, LoRA, …) is refused in one line naming every such
+  field, old → new; the allow-list of safe changes (output, logging, memory knobs, a longer run when the lr
+  schedule allows it) and how accepted ones are recorded: :mod:`t1.runtime.resume`. Every process raises
+  the main process's refusal, so a run under torchrun stops as one.
 * Checkpoints and ``final/`` are written under a temporary name, every file and folder fsynced, then renamed
   into place, so a kill or a power cut leaves the old set or the new one; leftovers of a killed save are
   removed when the next run starts. A failed save (a full disk, say) is one error naming the path and the
   cause, with earlier checkpoints intact; weights holding NaN/inf are never written (a diverged run).
 * Logs: on resume the rows past the checkpoint's step (and a torn last line) are dropped first, so every log
-  reads as if the run had never stopped.
+  reads as if the run had never stopped; the experiment trackers are told the step too, so they do not show
+  the steps between the checkpoint and the kill twice (:mod:`t1.runtime.trackers`).
 
-A checkpoint is the model and tokenizer (HF format) plus ``trainer_state.pt``: the step, the trainer's own
-state (optimizer; RL adds the anchor) and the RNG state, as tensors and plain data only. It is loaded with
-``weights_only=True``: a state file holding pickled Python objects (which could run code) is refused.
-`t1 sft` and `t1 rl` both go through :class:`RunDir`.
+A checkpoint is the model and tokenizer (HF format; a LoRA run's: the adapter) plus ``trainer_state.pt``: the
+step, the trainer's own state (optimizer; RL adds the anchor) and the RNG state, as tensors and plain data
+only, and ``checksums.json``. It is loaded with ``weights_only=True``: a state file holding pickled Python
+objects (which could run code) is refused. `t1 sft` and `t1 rl` both go through :class:`RunDir`.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
-import pickle
 import random
 import re
 import shutil
@@ -43,17 +49,23 @@ import torch
 from t1 import config as cfglib
 from t1.config import ConfigError
 from t1.io import DataError, atomic_write_text, read_log
+from t1.runtime import resume as resumelib
+from t1.runtime.checkpoint import (  # noqa: F401  (re-exported: the run directory's one import)
+    CHECKPOINT_STATE,
+    CHECKSUMS,
+    RunError,
+    check_checkpoint,
+    check_finite,
+    checkpoint_dirs,
+    load_checkpoint_state,
+    newest_whole,
+    remove_stale,
+    save_checkpoint,
+    write_dir,
+)
 from t1.runtime.trackers import Trackers, open_trackers
 
-CHECKPOINT_STATE = "trainer_state.pt"
 LOCK = ".lock"
-_STEP = re.compile(r"step-(\d+)")
-_STALE = re.compile(r"\.tmp-(old-)?(step-\d+|final)-\d+")  # what a killed save leaves
-
-
-class RunError(ConfigError, RuntimeError):
-    """A run that cannot go on (its training diverged, its output cannot be written), in one line: the ``t1``
-    command prints it like a config error (exit 2); a RuntimeError too, for callers that catch those."""
 
 
 def rng_state() -> dict:
@@ -163,173 +175,34 @@ class RunLock:
             self.fd = None
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Checkpoints that finished saving (renamed into place, with their trainer state), oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    done = [p for p in root.iterdir() if _STEP.fullmatch(p.name) and (p / CHECKPOINT_STATE).exists()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
-def remove_stale(run_dir: Path) -> None:
-    """Remove what a killed save left (``.tmp-step-*``, ``.tmp-final-*``); call it holding the run's lock."""
-    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if _STALE.fullmatch(p.name):
-                    shutil.rmtree(p, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            _fsync(Path(folder) / name)
-        _fsync(Path(folder))
-
-
-def _cause(e: BaseException, free: int | None) -> str:
-    """Why a save failed, in words: a full disk is named as such (torch.save says only ``enforce fail``)."""
-    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (free is not None and free < 64 << 20):
-        return "no space left on device" + (f" ({free >> 20} MiB free)" if free is not None else "")
-    if isinstance(e, OSError):
-        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def write_dir(dest: Path, write: Callable[[Path], None]) -> Path:
-    """Make the folder ``dest`` atomically and durably: ``write(tmp)`` fills a temporary sibling, every file and
-    folder in it is fsynced, then it is renamed to ``dest`` (an old ``dest`` set aside first and removed after)
-    and the parent fsynced. A failure (OSError, or torch's and safetensors' RuntimeError-like errors) removes the
-    partial copy and is a :class:`RunError` naming ``dest`` and the cause; ``dest`` as it was is untouched."""
-    from safetensors import SafetensorError
-
-    parent = dest.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".tmp-{dest.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-    except (OSError, RuntimeError, SafetensorError) as e:
-        try:
-            free = shutil.disk_usage(parent).free
-        except OSError:
-            free = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RunError(f"{dest}: could not be written: {_cause(e, free)}; nothing was replaced "
-                       "(earlier checkpoints are intact)") from None
-    old = parent / f".tmp-old-{dest.name}-{os.getpid()}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    _fsync(parent)
-    shutil.rmtree(old, ignore_errors=True)
-    return dest
-
-
-def check_finite(state_dict: dict, dest: Path) -> None:
-    """Refuse to write weights that hold NaN or inf: they are a diverged run, never a result."""
-    for name, t in state_dict.items():
-        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise RunError(f"{dest}: not written: the weights hold NaN or inf (first in {name}); the training "
-                           "diverged — lower train.optim.lr")
-
-
-def save_checkpoint(run_dir: Path, step: int, write_model, state: dict, keep: int) -> Path:
-    """Write a checkpoint atomically: ``write_model(dir)`` saves the model and tokenizer (HF format) and
-    ``state`` (optimizer, RNG, counters) goes to ``trainer_state.pt``; keep the newest ``keep``."""
-    def write(path: Path) -> None:
-        write_model(path)
-        torch.save(state, path / CHECKPOINT_STATE)
-
-    final = write_dir(Path(run_dir) / "checkpoints" / f"step-{step:07d}", write)
-    for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint_state(path: Path) -> dict:
-    """``trainer_state.pt`` of the checkpoint ``path``, loaded with ``weights_only=True``; a file holding pickled
-    Python objects is refused (:class:`t1.io.DataError`): loading it could run code."""
-    file = Path(path) / CHECKPOINT_STATE
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise
-        raise DataError(f"{file}: refused: it holds pickled Python objects, not only tensors and plain data "
-                        "(loading it could run code); t1 never writes such a file") from None
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """Why the model files of checkpoint ``path`` are not whole, or None: safetensors' own header check (it
-    refuses a file its header does not cover exactly, e.g. a torn or zero-length one)."""
-    from safetensors import SafetensorError, safe_open
-
-    files = sorted(path.glob("*.safetensors"))
-    if not files or not (path / "config.json").exists():
-        return "no model.safetensors or config.json"
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as e:
-            return f"{f.name}: {e}"
-    return None
-
-
-def check_checkpoint(path: Path) -> tuple[dict | None, str | None]:
-    """(trainer state, None) for a whole checkpoint, else (None, what is wrong); cheap beside loading it."""
-    problem = _safetensors_problem(path)
-    if problem is not None:
-        return None, problem
-    try:
-        return load_checkpoint_state(path), None
-    except DataError:
-        raise
-    except Exception as e:  # a torn zip archive, an empty file, …
-        text = str(e).strip()
-        return None, f"{CHECKPOINT_STATE} does not load ({text.splitlines()[0] if text else type(e).__name__})"
-
-
-def _newest_whole(ckpts: list[Path]) -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
-    """(the newest whole checkpoint, its trainer state, [(newer broken checkpoint, why)])."""
-    broken = []
-    for ckpt in reversed(ckpts):
-        state, problem = check_checkpoint(ckpt)
-        if problem is None:
-            return ckpt, state, broken
-        broken.append((ckpt, problem))
-    return None, None, broken
-
-
 # ---------------------------------------------------------------------------------------------- run dir
+
+
+def _from_main(acc, value: Any) -> Any:
+    """``value`` as the main process has it, on every process (one broadcast; nothing with one process)."""
+    if getattr(acc, "num_processes", 1) <= 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 class RunDir:
     """One training run's directory, for every process of the run (``acc``: an accelerate Accelerator); only
     the main process writes, and holds the lock. Made before the model is loaded: refuses a directory that
-    another run is using, or that holds a run unless ``resume``, and names the checkpoint to resume from
-    (``checkpoint``, None for a fresh start). Call :meth:`close` when the run ends, however it ends."""
+    another run is using, or that holds a run unless ``resume``, or whose ``config.yaml`` differs from ``cfg``
+    (the resolved stage config; None: not compared) in a field :mod:`t1.runtime.resume` does not allow, and
+    names the checkpoint to resume from (``checkpoint``, None for a fresh start). Call :meth:`close` when the
+    run ends, however it ends."""
 
-    def __init__(self, out: str | Path, resume: bool, acc):
+    def __init__(self, out: str | Path, resume: bool, acc, cfg: Any = None):
         self.out, self.acc, self.main = Path(out), acc, acc.is_main_process
         self.logs: dict[str, Log] = {}
         self.save_kwargs: dict[str, Any] = {}  # more arguments for the model's save_pretrained (a LoRA run's)
         self.trackers: Trackers | None = None
+        self.checkpoint: Path | None = None
+        self._state: dict | None = None
+        self.accepted: list[resumelib.Change] = []  # config changes allowed on this resume (main process)
         self.lock = RunLock(self.out) if self.main else None
         try:
             ckpts = checkpoint_dirs(self.out)
@@ -338,8 +211,7 @@ class RunDir:
                                   "another out")
             if self.main:
                 remove_stale(self.out)
-            self.checkpoint, self._state, broken = _newest_whole(ckpts) if resume else (None, None, [])
-            acc.wait_for_everyone()  # every process has chosen before a broken checkpoint is moved
+            broken = self._choose(ckpts, cfg) if resume else []
             if self.main:
                 self._set_aside(broken)
         except BaseException:
@@ -347,13 +219,37 @@ class RunDir:
             raise
         acc.wait_for_everyone()
 
+    def _choose(self, ckpts: list[Path], cfg: Any) -> list[tuple[Path, str]]:
+        """Pick the checkpoint to resume from and check ``cfg`` against the run's: the main process does both
+        (it reads every byte of the checkpoint once) and hands its choice, or its error, to every process, so
+        they all go on from the same checkpoint or all stop with the same one line. Returns the newer broken
+        checkpoints (main process), to be set aside."""
+        choice: tuple[str | None, tuple[str, str] | None] = (None, None)
+        broken: list[tuple[Path, str]] = []
+        if self.main:
+            try:
+                ckpt, self._state, broken = newest_whole(ckpts)
+                if ckpt is not None and cfg is not None:
+                    self.accepted = resumelib.check(cfg, self.out, int(self._state["step"]))
+                choice = (ckpt.name if ckpt is not None else None, None)
+            except (ConfigError, DataError) as e:
+                choice = (None, ("data" if isinstance(e, DataError) else "config", str(e)))
+        name, error = _from_main(self.acc, choice)
+        if error is not None:
+            raise (DataError if error[0] == "data" else ConfigError)(error[1])
+        self.checkpoint = self.out / "checkpoints" / name if name is not None else None
+        if self.checkpoint is not None and not self.main:
+            self._state = load_checkpoint_state(self.checkpoint)
+        return broken
+
     def _set_aside(self, broken: list[tuple[Path, str]]) -> None:
         instead = f"resuming from {self.checkpoint}" if self.checkpoint else "no whole checkpoint: starting over"
         for ckpt, problem in broken:
             aside = ckpt.with_name(f"broken-{ckpt.name}")
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(ckpt, aside)
-            print(f"t1: warning: {ckpt}: incomplete ({problem}); set aside as {aside.name}, {instead}",
+            kind = "damaged" if CHECKSUMS in problem else "incomplete"
+            print(f"t1: warning: {ckpt}: {kind} ({problem}); set aside as {aside.name}, {instead}",
                   file=sys.stderr)
 
     def state(self) -> dict | None:
@@ -363,17 +259,22 @@ class RunDir:
 
     def start_metrics(self, cfg: Any, start: int, note: str = "", logs: tuple[str, ...] = ("metrics",),
                       job_type: str = "") -> None:
-        """Write ``config.yaml`` (``note``: comment lines above it), open the run's logs (``NAME.jsonl`` for
-        each of ``logs``) at step ``start`` — rows past it dropped when resuming — and the experiment trackers
-        ``cfg.report_to`` names (:mod:`t1.runtime.trackers`); main process only."""
+        """Write ``config.yaml`` (``note``: comment lines above it, then the config changes accepted on this
+        and earlier resumes), open the run's logs (``NAME.jsonl`` for each of ``logs``) at step ``start`` —
+        rows past it dropped when resuming — and the experiment trackers ``cfg.report_to`` names
+        (:mod:`t1.runtime.trackers`; told the step resumed from); main process only."""
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            cfglib.save(cfg, self.out / "config.yaml", note)
             resume_step = start if self.checkpoint is not None else None
+            if resume_step is not None:
+                note = "\n".join(filter(None, [note, resumelib.note(self.out / "config.yaml", start,
+                                                                     self.accepted)]))
+            cfglib.save(cfg, self.out / "config.yaml", note)
             self.logs = {name: Log(self.out / f"{name}.jsonl", resume_step) for name in logs}
             remove_completions(self.out, resume_step or 0)
             if getattr(cfg, "report_to", ()):
-                self.trackers = open_trackers(cfg, self.out, job_type, resume=self.checkpoint is not None)
+                self.trackers = open_trackers(cfg, self.out, job_type, resume=resume_step is not None,
+                                              resume_step=resume_step)
 
     def log(self, *rows: dict[str, Any], to: str = "metrics") -> None:
         """Append ``rows`` to the log ``to`` (main process; others do nothing); metrics rows also go to the

@@ -13,6 +13,10 @@ What goes where (``out`` is the run directory):
 * tables (:meth:`Trackers.table`): rows of dicts (prompt, response, reward...), columns in first-seen order.
 * :meth:`Trackers.summary`: final numbers (nested mappings flattened with ``/``).
 
+A run resumed from a checkpoint (``resume_step``) logs the steps between the checkpoint and the kill again; each
+tracker shows them once: TensorBoard purges the old ones (``purge_step``), MLflow (no deleting) and Trackio skip
+the steps their store holds (same values: resume is exact), W&B drops them by its own rule (steps only grow).
+
 tensorboard
     ``torch.utils.tensorboard.SummaryWriter`` writing ``out/tensorboard/events.out.tfevents.*``: the config as
     the text ``config`` (YAML in a code block), scalars by tag, each table as a markdown text (cells cut to
@@ -92,11 +96,13 @@ class Tracking:
     run_group: str = option("", "the trackers' run group (the demo puts its stages in one; empty: none)")
 
 
-def open_trackers(cfg: Tracking, out: str | Path, job_type: str, resume: bool = False) -> Trackers:
+def open_trackers(cfg: Tracking, out: str | Path, job_type: str, resume: bool = False,
+                  resume_step: int | None = None) -> Trackers:
     """:class:`Trackers` for a stage's config ``cfg`` (sent as the run's config) writing under ``out``; the run
-    is named after ``out``. Call on the main process only."""
+    is named after ``out``; ``resume_step``: the checkpoint's step a resumed run goes on from. Call on the main
+    process only."""
     return Trackers(cfg.report_to, Path(out), to_dict(cfg), name=str(out), group=cfg.run_group or None,
-                    job_type=job_type, resume=resume)
+                    job_type=job_type, resume=resume, resume_step=resume_step)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -201,11 +207,14 @@ class _Backend:
 class _TensorBoard(_Backend):
     name = "tensorboard"
 
-    def __init__(self, out: Path, config: dict, **_):
+    def __init__(self, out: Path, config: dict, resume: bool = False, resume_step: int | None = None, **_):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
-        self.writer.add_text("config", "```yaml\n" + config_text(config) + "```", 0)
+        earlier = resume and any((out / "tensorboard").glob("events.out.tfevents.*"))  # its config is there
+        purge = resume_step + 1 if earlier and resume_step is not None else None  # readers drop events past it
+        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=purge)
+        if not earlier:
+            self.writer.add_text("config", "```yaml\n" + config_text(config) + "```", 0)
 
     def log(self, values, step):
         for key, value in values.items():
@@ -222,7 +231,7 @@ class _TensorBoard(_Backend):
 class _Wandb(_Backend):
     name = "wandb"
 
-    def __init__(self, out: Path, config: dict, name: str, group: str | None, job_type: str, resume: bool):
+    def __init__(self, out: Path, config: dict, name: str, group: str | None, job_type: str, resume: bool, **_):
         import wandb
 
         self.wandb = wandb
@@ -248,7 +257,7 @@ class _Wandb(_Backend):
 class _Trackio(_Backend):
     name = "trackio"
 
-    def __init__(self, out: Path, config: dict, name: str, group: str | None, job_type: str, resume: bool):
+    def __init__(self, out: Path, config: dict, name: str, group: str | None, job_type: str, resume: bool, **_):
         import trackio
 
         self.trackio = trackio
@@ -258,15 +267,19 @@ class _Trackio(_Backend):
             kwargs["group"] = group
         # a fresh context: trackio.init would otherwise finish whatever run this context last started
         self.run = contextvars.Context().run(trackio.init, **kwargs)
+        self.held = getattr(self.run, "_next_step", 0) - 1 if resume else -1  # the last step its store holds
 
     def log(self, values, step):
+        if step <= self.held:
+            return
         if values.get("step") == step:  # trackio reserves "step" (its own axis): a copy of it is left out
             values = {k: v for k, v in values.items() if k != "step"}
         if values:
             self.run.log(values, step=step)
 
     def table(self, key, columns, data, step):
-        self.run.log({key: self.trackio.Table(columns=columns, data=data)}, step=step)
+        if step > self.held:
+            self.run.log({key: self.trackio.Table(columns=columns, data=data)}, step=step)
 
     def close(self, failed):
         self.run.finish()
@@ -296,7 +309,7 @@ def _file_store_allowed(uri: str):
 class _Mlflow(_Backend):
     name = "mlflow"
 
-    def __init__(self, out: Path, config: dict, name: str, group: str | None, job_type: str, resume: bool):
+    def __init__(self, out: Path, config: dict, name: str, group: str | None, job_type: str, resume: bool, **_):
         from mlflow.tracking import MlflowClient
 
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").resolve().as_uri()
@@ -305,6 +318,9 @@ class _Mlflow(_Backend):
             experiment = self._experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "t1")
         id_file = out / ".mlflow_run_id"
         self.run_id = self._reopen(id_file) if resume else None
+        history = {k: self.client.get_metric_history(self.run_id, k)  # a reopened run's: not sent again
+                   for k in (self.client.get_run(self.run_id).data.metrics if self.run_id else ())}
+        self.held = {k: max(m.step for m in h) for k, h in history.items() if h}
         if self.run_id is None:
             tags = {k: v for k, v in (("group", group), ("job_type", job_type)) if v}
             self.run_id = self.client.create_run(experiment, run_name=name, tags=tags).info.run_id
@@ -356,7 +372,8 @@ class _Mlflow(_Backend):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(mlflow_key(k), float(v), now, step) for k, v in values.items()]
+        metrics = [Metric(mlflow_key(k), float(v), now, step) for k, v in values.items()
+                   if step > self.held.get(mlflow_key(k), -1)]
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
 
@@ -404,7 +421,7 @@ class Trackers:
     ``with`` block on an exception marks the run failed where the tracker has such a state (wandb, mlflow)."""
 
     def __init__(self, report_to, out: Path, config: dict, name: str, group: str | None = None,
-                 job_type: str = "", resume: bool = False):
+                 job_type: str = "", resume: bool = False, resume_step: int | None = None):
         names = check_report_to(report_to)
         self.out = Path(out)
         self.backends: list[_Backend] = []
@@ -416,7 +433,8 @@ class Trackers:
         for tracker in names:
             try:
                 self.backends.append(BACKENDS[tracker](self.out, dict(config), name=name, group=group,
-                                                       job_type=job_type, resume=resume))
+                                                       job_type=job_type, resume=resume,
+                                                       resume_step=resume_step))
             except Exception as e:
                 self._finish(failed=True)
                 if isinstance(e, ConfigError):

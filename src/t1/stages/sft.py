@@ -281,7 +281,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SF
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg.train.precision, device)
     acc = make_accelerator(precision)
-    run = RunDir(cfg.out, resume, acc)
+    run = RunDir(cfg.out, resume, acc, cfg)  # --resume: cfg checked against the run's config.yaml
     try:  # the run's lock and logs are released however it ends
         result = _train(cfg, acc, run, precision, progress)
     finally:
