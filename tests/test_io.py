@@ -63,3 +63,128 @@ def test_an_output_is_never_an_input_and_must_be_writable(tmp_path):
         locked.chmod(0o500)
         with pytest.raises(DataError, match="not writable"):
             check_output(locked / "out.jsonl", src)
+
+
+def test_outputs_are_compared_resolved_and_checked_as_files_or_folders(tmp_path):
+    """``D/new/../data.jsonl`` is ``D/data.jsonl``: compared before resolving it got past the input guard."""
+    from t1.io import check_output_dir
+
+    src = tmp_path / "data.jsonl"
+    src.write_text("{}\n")
+    with pytest.raises(DataError, match="is also an input"):
+        check_output(tmp_path / "new" / ".." / "data.jsonl", src)
+    with pytest.raises(DataError, match="is also an input"):  # a folder whose file would be an input
+        check_output_dir(tmp_path / "x" / "..", src, files=["data.jsonl"])
+    with pytest.raises(DataError, match="is a file, expected a directory"):
+        check_output_dir(src)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DataError, match=r"cannot create its folder .*afile/out: Not a directory"):
+        check_output(tmp_path / "afile" / "out" / "x.jsonl")
+    with pytest.raises(DataError, match=r"cannot create it: Not a directory"):
+        check_output_dir(tmp_path / "afile" / "out")
+    assert check_output_dir(tmp_path / "made", src, files=["summary.json"]).is_dir()
+    assert os.listdir(tmp_path / "made") == []  # the write probe is gone
+
+
+def test_an_output_on_a_nearly_full_disk_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from t1.io import check_output_dir
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 5 << 20))
+    with pytest.raises(DataError, match=r"no space left on .* \(5 MiB free\)"):
+        check_output(tmp_path / "out.jsonl")
+    with pytest.raises(DataError, match=r"no space left on .* \(5 MiB free\)"):
+        check_output_dir(tmp_path / "out")
+
+
+@pytest.mark.parametrize("record", ["[" * 200_000, '{"a":' * 200_000])
+def test_a_record_nested_too_deeply_is_a_data_error(tmp_path, record):
+    """json's decoder recurses per level: 200,000 levels was a RecursionError (a traceback) wherever JSON Lines
+    are read."""
+    from t1.io import read_json
+
+    src = tmp_path / "deep.jsonl"
+    src.write_text('{"a": 1}\n' + record + "\n")
+    with pytest.raises(DataError, match=r"deep.jsonl:2: not a valid JSON object: nested too deeply"):
+        list(iter_jsonl(src))
+    bad = []
+    assert [x.data for x in iter_jsonl(src, skip_bad=True, bad=bad)] == [{"a": 1}] and bad[0][0] == 2
+    src.write_text(record + '\n{"a": 1}\n')  # a log: damage before the last line
+    with pytest.raises(DataError, match=r"deep.jsonl:1: not a valid JSON object: nested too deeply"):
+        read_log(src)
+    src.write_text(record)
+    with pytest.raises(DataError, match=r"deep.jsonl: not valid JSON: nested too deeply"):
+        read_json(src)
+
+
+def _full_disk_at(monkeypatch, name: str) -> None:
+    """Writes through ``t1.io`` to a temporary of ``name`` fail as on a full disk."""
+    import errno
+
+    import t1.io
+
+    real = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        f = real(fd, *args, **kwargs)
+        if f".{name}." in os.readlink(f"/proc/self/fd/{fd}"):
+            def write(_):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            f.write = write
+        return f
+
+    monkeypatch.setattr(t1.io.os, "fdopen", fdopen)
+
+
+def test_a_failed_write_names_the_path_and_leaves_no_trace(tmp_path, monkeypatch):
+    out = atomic_write_text(tmp_path / "out.txt", "old")
+    _full_disk_at(monkeypatch, "out.txt")
+    with pytest.raises(OSError, match="No space left on device") as info:
+        atomic_write_text(out, "new")
+    assert info.value.filename == str(out)  # the user's name, not the temporary's
+    assert out.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_all_or_nothing_leaves_the_old_result_when_its_last_file_fails(tmp_path, monkeypatch):
+    from t1.io import all_or_nothing
+
+    for name in ("a.jsonl", "summary.json"):
+        (tmp_path / name).write_text("old")
+    _full_disk_at(monkeypatch, "summary.json")
+    with pytest.raises(OSError, match="No space left on device"):
+        with all_or_nothing() as staged:
+            staged.write_text(tmp_path / "a.jsonl", "new")
+            staged.write_text(tmp_path / "summary.json", "new")
+    assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "summary.json"]
+    assert {p.read_text() for p in tmp_path.iterdir()} == {"old"}
+    monkeypatch.undo()
+    with all_or_nothing() as staged:
+        staged.write_text(tmp_path / "a.jsonl", "new")
+        staged.path(tmp_path / "b.png").write_bytes(b"png")
+    assert (tmp_path / "a.jsonl").read_text() == "new" and (tmp_path / "b.png").read_bytes() == b"png"
+    assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "b.png", "summary.json"]
+
+
+@pytest.fixture
+def umask():
+    """``umask(value)`` for the rest of the test; the old one restored after."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_get_the_mode_the_umask_gives(tmp_path, umask, mask, mode):
+    """mkstemp makes its files 0600 whatever the umask: results were unreadable to the user's group."""
+    from t1.io import all_or_nothing, write_jsonl
+
+    umask(mask)
+    a = atomic_write_text(tmp_path / "a.txt", "x")
+    b = write_jsonl(tmp_path / "b.jsonl", [{"a": 1}])
+    with all_or_nothing() as staged:
+        c = staged.write_text(tmp_path / "c.json", "{}")
+        staged.path(tmp_path / "d.png").write_bytes(b"")
+    for path in (a, b, c, tmp_path / "d.png"):
+        assert path.stat().st_mode & 0o777 == mode, path

@@ -2,7 +2,11 @@
 
 Stage commands take ``CONFIG.yaml`` (optional) followed by ``dotted.key=value`` overrides, e.g.
 ``t1 init out=runs/tiny model.layers=2``. ``--print-config`` shows the resolved config and exits;
-``--help-config`` lists every field with its type, default and help text.
+``--help-config`` lists every field with its type, default and help text. Options may come anywhere after
+the command (``t1 sft a=1 --quiet b=2``, ``t1 sweep sft --out D f=a,b``).
+
+Exit codes: 0 done; 2 bad input — a config value, a data file, an output that cannot be written (every
+OSError: one line naming the path and the system's reason); 3 a sampling engine failed; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import sys
 from pathlib import Path
 
 from t1 import config as cfglib
-from t1.io import DataError
+from t1.io import DataError, atomic_write_text, check_output, check_output_dir
 from t1.rollout.base import EngineError
 
 
@@ -46,6 +50,11 @@ def _load_config(cls, args: argparse.Namespace):
     return cfg, False
 
 
+def _config_path(args: argparse.Namespace) -> list[str]:
+    """The CONFIG.yaml among a command's arguments, as an input its outputs must not overwrite."""
+    return [a for a in args.args if "=" not in a and a.endswith((".yaml", ".yml"))][:1]
+
+
 # --------------------------------------------------------------------------------------------- commands
 
 
@@ -55,9 +64,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     cfg, done = _load_config(InitConfig, args)
     if done:
         return 0
+    check_output_dir(cfg.out, *_config_path(args), what="out")
+    from t1.runtime.device import quiet_libraries
+
+    quiet_libraries()  # transformers' "Writing model shards" bar is not ours to show
     model, tok = build_init(cfg)
-    out = save(model, tok, cfg.out)
-    cfglib.save(cfg, out / "t1_config.yaml")
+    out = save(model, tok, cfg.out, files={"t1_config.yaml": cfglib.dump(cfg)})  # the config is part of the model
     print(f"wrote a {count_parameters(model) / 1e6:.2f}M-parameter model and a {len(tok)}-token tokenizer "
           f"to {out}")
     print(chat_format_of(tok, out).describe())
@@ -70,6 +82,12 @@ def cmd_countdown(args: argparse.Namespace) -> int:
     cfg, done = _load_config(CountdownConfig, args)
     if done:
         return 0
+    if args.n < 1:
+        raise cfglib.ConfigError(f"--n must be ≥ 1 (got {args.n})")
+    if args.failed is not None and args.failed < 0:
+        raise cfglib.ConfigError(f"--failed must be ≥ 0 (got {args.failed})")
+    if args.out:
+        check_output(args.out, *_config_path(args), what="--out")
     rng = random.Random(args.seed + 1)
     rows = []
     for p in generate(cfg, args.n, args.seed):
@@ -78,8 +96,6 @@ def cmd_countdown(args: argparse.Namespace) -> int:
                      **p.to_dict()})
     text = "".join(json.dumps(r) + "\n" for r in rows)
     if args.out:
-        from t1.io import atomic_write_text
-
         atomic_write_text(Path(args.out), text)
         print(f"wrote {len(rows)} problems with traces to {args.out}", file=sys.stderr)
     else:
@@ -250,6 +266,7 @@ def _add_sweep_command(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``t1`` parser; its commands' parsers are also in ``parser.t1_commands`` (see :func:`parse_args`)."""
     parser = argparse.ArgumentParser(
         prog="t1",
         description="Train language models to reason with RL (the T1 recipe); measure inference scaling."
@@ -260,7 +277,31 @@ def build_parser() -> argparse.ArgumentParser:
         _config_command(sub, name, help_text, handlers[handler], flags)
     _add_tool_commands(sub)
     _add_sweep_command(sub)
+    parser.t1_commands = sub.choices
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """``argv`` parsed with options allowed anywhere after the command: a plain parse hands everything after
+    the first positional run to the overrides, so ``t1 sft a=1 --quiet b=2`` was refused as "unrecognized
+    arguments: b=2", blaming the fields when the option's place was the problem. argparse's intermixed
+    parsing does not support subparsers, so the command's own parser does it on the words after the
+    command; anything else (no command, ``-h``, an unknown command) goes to the top parser for its usual
+    message."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in parser.t1_commands:
+        return parser.parse_args(argv)
+    args = parser.t1_commands[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError as ``path: reason`` (``str(e)`` would be ``[Errno 28] No space left on device``, no path)."""
+    if e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}" + (f" (to {e.filename2})" if e.filename2 is not None else "")
+    return str(e) or type(e).__name__
 
 
 def _config_command(sub, name: str, help_text: str, func, flags: tuple[str, ...]) -> None:
@@ -272,7 +313,7 @@ def _config_command(sub, name: str, help_text: str, func, flags: tuple[str, ...]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         code = args.func(args)
         if "torch" in sys.modules:  # under torchrun: leave the process group before exiting (see there)
@@ -280,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
             end_distributed()
         return code
-    except (cfglib.ConfigError, DataError, FileNotFoundError) as e:
+    except (cfglib.ConfigError, DataError) as e:
         print(f"t1 {args.command}: error: {e}", file=sys.stderr)
         return 2
     except EngineError as e:  # a sampling server died, an engine holds stale weights: checkpoints are intact
@@ -294,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a file that cannot be read or written (a full disk, a missing path): one line
+        print(f"t1 {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -96,3 +96,38 @@ def test_report_shows_each_check_with_its_number_and_the_seeds(tmp_path):
     assert "<b>+6.5</b> points at the free budget, 256 tokens" in page  # (+5 and +8) / 2
     assert "<td>RL, seed 1</td><td>49.5%</td>" not in page and "<td>RL, seed 1</td><td>47.0%</td>" in page
     assert "<td>rl</td><td>40.0%</td><td>30.0%</td><td>0.0%</td>" in page  # truncated per budget
+
+
+def test_damaged_result_files_are_named_and_a_full_disk_keeps_the_old_page(tmp_path, capsys, monkeypatch):
+    """A summary.json or scaling.json cut short (a run killed while copying it) was a JSONDecodeError
+    traceback; a disk that fills while the page is written leaves the old page whole, in one line."""
+    import errno
+    import os
+
+    import t1.io
+
+    run = tmp_path / "demo"
+    (run / "eval").mkdir(parents=True)
+    (run / "summary.json").write_text('{"accuracy_budget": 64, "se')
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"t1 report: error: {run / 'summary.json'}: not valid JSON: " \
+                          "Unterminated string starting at: line 1 column 25 (char 24)"
+    (run / "summary.json").unlink()
+    (run / "eval" / "scaling.png").write_bytes(b"")
+    (run / "eval" / "scaling.json").write_text("[" * 200_000)
+    assert main(["report", str(run)]) == 2
+    assert "scaling.json: not valid JSON: nested too deeply" in capsys.readouterr().err
+    for name in ("scaling.json", "scaling.png"):
+        (run / "eval" / name).unlink()
+    (run / "report.html").write_text("old")
+
+    def full(fd, *args, **kwargs):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(t1.io.os, "fdopen", full)
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"t1 report: error: {run / 'report.html'}: No space left on device"
+    assert (run / "report.html").read_text() == "old" and sorted(os.listdir(run)) == ["eval", "report.html"]

@@ -13,7 +13,6 @@ number into digits and discards our word-level pipeline. For a ``llama`` checkpo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from t1.config import ConfigError, option, require
+from t1.io import parse_json
 from t1.model import lora
 from t1.tasks.countdown import CountdownConfig, CountdownTask
 
@@ -105,13 +105,22 @@ def build_model(cfg: ModelConfig, tokenizer, arch: Literal["llama", "qwen2"] = "
     return model
 
 
-def save(model, tokenizer, out: str | Path) -> Path:
-    """``save_pretrained`` both into ``out`` (safetensors)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+def save(model, tokenizer, out: str | Path, files: dict[str, str] | None = None) -> Path:
+    """``save_pretrained`` both into ``out`` (safetensors), with ``files`` (name: text) beside them, as one
+    whole: written into a temporary sibling, fsynced, then renamed into place (a model that was there is
+    replaced only then), so a full disk or a kill leaves the old model or the new one, never half of one. A
+    failure is one line naming ``out`` and the cause (:class:`t1.runtime.run.RunError`). Every file and folder
+    gets the mode the umask gives (``0666 & ~umask``; see :func:`t1.runtime.checkpoint.write_dir`)."""
+    from t1.io import atomic_write_text
+    from t1.runtime.run import write_dir
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (files or {}).items():
+            atomic_write_text(tmp / name, text)
+
+    return write_dir(Path(out), write, intact="the old model, if any, is intact")
 
 
 def check_model(name_or_path: str | Path) -> None:
@@ -147,7 +156,7 @@ def generation_eos(name_or_path: str | Path | None) -> list[int]:
     path = Path(lora.base_path(name_or_path))
     for name in ("generation_config.json", "config.json"):
         try:
-            value = json.loads((path / name).read_text(encoding="utf-8")).get("eos_token_id")
+            value = parse_json((path / name).read_text(encoding="utf-8")).get("eos_token_id")
         except (OSError, ValueError, AttributeError):
             continue
         if value is not None:
@@ -199,9 +208,14 @@ def load_for_training(model_path: str, cfg: lora.LoraConfig, checkpoint: Path | 
     """(model, tokenizer) to train: without LoRA the checkpoint being resumed, else ``model_path``, in fp32;
     with LoRA (``cfg.rank > 0``) the base ``model_path`` (an adapter directory is merged into its base first)
     plus the checkpoint's adapter, trainable, or fresh adapters. The frozen base is held in bf16 when training
-    runs in bf16 (``precision``: half the weight memory, no autocast copy); adapters are always fp32."""
+    runs in bf16 (``precision``: half the weight memory, no autocast copy); adapters are always fp32.
+
+    Full fine-tuning trains every weight, so all are made trainable: a LoRA run's ``final/`` (the natural
+    ``t1 sft lora.rank=8`` → ``t1 rl`` path) loads as base + adapter merged by PEFT, which leaves the base
+    frozen — the first backward would find nothing that requires a gradient."""
     if not cfg.rank:
-        return load(checkpoint or model_path, dtype="float32")
+        model, tok = load(checkpoint or model_path, dtype="float32")
+        return model.requires_grad_(True), tok
     model, tok = load(model_path, dtype="bfloat16" if precision == "bf16" else "float32")
     if checkpoint is None:
         return lora.apply(model, cfg, base=model_path), tok

@@ -26,7 +26,6 @@ t1 does not set up; LoRA runs on one GPU or under DDP. DoRA and other PEFT varia
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 
 from t1.config import ConfigError, option, require
+from t1.io import parse_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -78,8 +78,8 @@ def base_path(path: str | Path) -> str:
     if not is_adapter_dir(path):
         return str(path)
     try:
-        base = json.loads((Path(path) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError) as e:
+        base = parse_json((Path(path) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as e:
         raise ConfigError(f"model: {Path(path) / ADAPTER_CONFIG}: unreadable ({e})") from None
     if not isinstance(base, str) or not base:
         raise ConfigError(f"model: {Path(path) / ADAPTER_CONFIG}: no base_model_name_or_path")

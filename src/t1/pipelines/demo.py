@@ -46,7 +46,7 @@ from t1.data.prompts import PromptDataConfig
 from t1.data.sft import SFTDataConfig, countdown_pairs
 from t1.eval.demo_checks import FREE_TRUNCATION, at, rule, show, summarize
 from t1.eval.sample import EvalSettings
-from t1.io import atomic_write_text
+from t1.io import atomic_write_text, check_output_dir
 from t1.model.load import ModelConfig
 from t1.rl.config import AlgoConfig, AnchorConfig, RLConfig, RLTrainConfig, RolloutConfig
 from t1.rl.penalties import PenaltyConfig
@@ -331,8 +331,7 @@ def _summary(cfg: DemoConfig, out: Path, st: _Stages, runs: list[tuple[str, int,
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     t0 = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(cfg.out)  # before any stage: not a file, a folder that takes files, with room left
     cfglib.save(cfg, out / "demo_config.yaml")
     cfg = replace(cfg, run_group=cfg.run_group or str(out))  # the trackers show the demo's stages as one group
     st = _Stages(out)

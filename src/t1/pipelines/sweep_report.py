@@ -8,12 +8,11 @@ std). `t1 sweep` writes it; `t1 report OUT` rewrites it.
 from __future__ import annotations
 
 import html
-import json
 import re
 import statistics
 from pathlib import Path
 
-from t1.io import read_log
+from t1.io import atomic_write_text, check_output, read_json, read_log
 from t1.stages.report import _fig, _img, _save, _table, html_page
 from t1.stages.scale import plot as plot_budgets
 
@@ -84,11 +83,13 @@ def _summary_table(result: dict) -> str:
 
 
 def write_sweep_report(out_dir: str | Path) -> Path:
-    """``sweep.html`` in a sweep directory (one holding ``sweep.json``)."""
+    """``sweep.html`` in a sweep directory (one holding ``sweep.json``), checked writable before anything is
+    read and replaced atomically."""
     out = Path(out_dir)
     if not (out / "sweep.json").exists():
         raise FileNotFoundError(f"{out}: no sweep.json (not a t1 sweep directory)")
-    result = json.loads((out / "sweep.json").read_text())
+    path = check_output(out / "sweep.html", what="report")
+    result = read_json(out / "sweep.json")
     fields = ", ".join(result.get("fields") or []) or "seeds only"
     seeds = max((len(p["runs"]) for p in result["points"]), default=0)
     parts = [f"<p>t1 {html.escape(result['stage'])} over {html.escape(fields)}"
@@ -105,6 +106,4 @@ def write_sweep_report(out_dir: str | Path) -> Path:
         png = plot_steps(out, result, key, title, out / f"sweep_{key}.png")
         if png is not None:
             parts.append(f"<h2>{html.escape(title[0].upper() + title[1:])} vs step</h2>" + _img(png, title))
-    path = out / "sweep.html"
-    path.write_text(html_page(f"t1 sweep — {out.resolve().name}", "".join(parts)), encoding="utf-8")
-    return path
+    return atomic_write_text(path, html_page(f"t1 sweep — {out.resolve().name}", "".join(parts)))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from t1.config import option, require
 from t1.data import DATA_DIR
-from t1.io import DataError, atomic_write_text, check_output, iter_jsonl
+from t1.io import DataError, all_or_nothing, check_output, iter_jsonl
 from t1.pool import DeadlinePool
 from t1.tasks.boxed import last_boxed
 from t1.tasks.math import wrap_gold
@@ -129,8 +129,11 @@ def _parses(label: str) -> bool:  # runs in a grader worker process
 
 
 def prepare(cfg: PrepareConfig) -> dict:
-    out = check_output(cfg.out, *cfg.inputs, what="out")  # before any work: never an input, writable
-    check_output(out.with_suffix(".report.json"), *cfg.inputs, what="out's report")
+    """Write the prompts to ``out`` and the counts to ``out``'s ``.report.json``, both or neither; both are
+    checked before any work against every input (the raw files and the evaluation sets)."""
+    inputs = [*cfg.inputs, *(e for e in cfg.eval_files if Path(e).exists())]
+    out = check_output(cfg.out, *inputs, what="out")  # before any work: never an input, writable
+    check_output(out.with_suffix(".report.json"), *inputs, what="out's report")
     rows, reasons = [], Counter()
     for path in cfg.inputs:
         for line in iter_jsonl(path):
@@ -178,10 +181,11 @@ def prepare(cfg: PrepareConfig) -> dict:
             hits[pid.split(":")[0]] += 1
             continue
         final.append(r)
-    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in final))
     total = len(final) + sum(reasons.values())
     report = {"rows": total, "kept": len(final), "dropped": dict(reasons), "contamination_by_eval_set": dict(hits)}
-    atomic_write_text(out.with_suffix(".report.json"), json.dumps(report, indent=2))
+    with all_or_nothing() as staged:
+        staged.write_text(out.with_suffix(".report.json"), json.dumps(report, indent=2))
+        staged.write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in final))
     print(f"prepare: kept {len(final)} of {total} rows -> {cfg.out}", file=sys.stderr)
     for why, n in reasons.most_common():
         print(f"  dropped {n:6d}  {why}", file=sys.stderr)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 from t1.eval.demo_checks import rule, show, truncated
-from t1.io import read_log
+from t1.io import atomic_write_text, check_output, read_json, read_log
 
 RL_PANELS = [("reward", "mean reward"), ("accuracy", "accuracy"), ("entropy", "token entropy"),
              ("kl", "KL to anchor (per response)"), ("response_length", "response length (tokens)"),
@@ -36,9 +35,14 @@ def _fig():
 
 
 def _save(fig, path: Path) -> Path:
+    """``fig`` as the PNG ``path``; a failed write is an OSError naming ``path`` (matplotlib's names none)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _fig().close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    finally:
+        _fig().close(fig)
     return path
 
 
@@ -115,7 +119,7 @@ def _result(run: Path) -> list[str]:
     """The demo's headline table and checks (from summary.json)."""
     if not (run / "summary.json").exists():
         return []
-    summary = json.loads((run / "summary.json").read_text())
+    summary = read_json(run / "summary.json")
     b = summary["accuracy_budget"]
     seeds = summary.get("seeds", [])
 
@@ -185,7 +189,7 @@ def _scaling(run: Path) -> list[str]:
     scaling = run / "eval" / "scaling.png"
     if not scaling.exists():
         return []
-    data = json.loads((run / "eval" / "scaling.json").read_text())
+    data = read_json(run / "eval" / "scaling.json")
     budgets = [p["budget"] for p in next(iter(data["curves"].values()))]
     return ["<h2>Inference scaling</h2>",
             "<p>Accuracy of a single generation whose thinking is cut at each budget; a cut response is "
@@ -236,7 +240,7 @@ def _evaluations(run: Path) -> list[str]:
         return []
     rows = []
     for path in evals:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         for bench, s in data["benchmarks"].items():
             n = s["samples_per_problem"]
             rows.append([path.parent.name, bench, s["problems"], n,
@@ -288,15 +292,16 @@ def _rollouts(run: Path) -> list[str]:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """``report.html`` in ``run_dir`` (a demo, SFT or RL run directory): every section whose data is there."""
+    """``report.html`` in ``run_dir`` (a demo, SFT or RL run directory): every section whose data is there.
+    The page is checked writable before anything is read and replaced atomically (an old report stays whole
+    when the disk fills); the PNGs beside it are copies of what it embeds."""
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: not a run directory")
+    out = check_output(run / "report.html", what="report")
     parts = _result(run) + _scaling(run) + _training(run) + _evaluations(run) + _rollouts(run)
-    out = run / "report.html"
-    out.write_text(html_page(f"t1 report — {run.resolve().name}", "".join(parts) or "<p>No metrics found.</p>"),
-                   encoding="utf-8")
-    return out
+    return atomic_write_text(out, html_page(f"t1 report — {run.resolve().name}",
+                                            "".join(parts) or "<p>No metrics found.</p>"))
 
 
 def html_page(title: str, body: str) -> str:
