@@ -8,6 +8,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BLOCK = b'{"choices": "' + b"x" * ((1 << 20) - 13)  # what a "huge" reply is made of
+WORDS = b"1 " * (1 << 19)  # what a "text" reply's text is made of (1 MiB; one token per "1 ")
 
 
 class FakeServer:
@@ -15,8 +16,11 @@ class FakeServer:
     ``("garbage", body)``, ``("redirect", location)`` (307), ``("echo", code)`` (the request's Authorization
     header in the body), ``("drip", seconds)`` (the whole response, status line included, one byte every
     ``seconds``), ``("huge", nbytes, declared)`` (a 200 body of ``nbytes``, its Content-Length sent only when
-    ``declared``); when it is empty, ``reply(payload)`` answers. ``requests`` holds the payloads,
-    ``headers`` each request's headers."""
+    ``declared``), ``("text", nbytes, chat)`` (a well-formed completion, or with ``chat`` a chat completion,
+    whose text is ``nbytes`` of "1 1 1 …", streamed), ``("nested", depth)`` (``{"choices": [[[…]]]}`` nested
+    ``depth`` deep); when it is empty, ``reply(payload)`` answers (a reply may hold ``float("inf")`` or
+    ``float("nan")``: they go out as ``Infinity`` / ``NaN``, as Python servers send them). ``requests`` holds the
+    payloads, ``headers`` each request's headers."""
 
     def __init__(self, reply, script=()):
         self.reply, self.script, self.requests, self.headers = reply, list(script), [], []
@@ -66,13 +70,32 @@ class FakeServer:
                     for start in range(0, action[1], len(block)):
                         self.wfile.write(block[: action[1] - start])
                     return
+                if kind == "text":
+                    self._text(action[1], action[2])
+                    return
                 if kind == "sleep":
                     time.sleep(action[1])
+                if kind == "nested":
+                    depth = action[1]
+                    kind, action = "garbage", ("garbage", b'{"choices": ' + b"[" * depth + b"]" * depth + b"}")
                 body = action[1] if kind == "garbage" else json.dumps(server.reply(payload)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _text(self, nbytes, chat):
+                head = b'{"choices": [{"message": {"role": "assistant", "content": "' if chat else \
+                    b'{"choices": [{"text": "'
+                tail = b'"}, "finish_reason": "length"}]}' if chat else b'", "finish_reason": "length"}]}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(head) + nbytes + len(tail)))
+                self.end_headers()
+                self.wfile.write(head)
+                block = memoryview(WORDS)
+                for start in range(0, nbytes, len(block)):
+                    self.wfile.write(block[: nbytes - start])
+                self.wfile.write(tail)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -131,3 +131,91 @@ def test_bad_token_ids_from_a_server_are_refused(tokens, message):
             engine(server.url).generate([[1]], [3], SamplingParams(max_new_tokens=8))
     assert OpenAIEngine(TOK, OpenAIConfig(), vocab_size=200).vocab_size == 200  # the model's rows, when known
 
+
+
+# ------------------------------------------------------------------------------- replies bounded by the request
+
+
+def test_a_reply_is_bounded_by_what_was_asked_not_by_a_32_mb_floor():
+    """A 1 MB text answering a 16-token request: refused while reading (the cap is ~68 KB for 16 tokens)."""
+    assert openai.reply_limit(16) < 100_000 and openai.reply_limit(32768) > 8 << 20
+    with FakeServer(completion, script=[("text", 1 << 20, False)]) as server:
+        t = time.monotonic()
+        with pytest.raises(ServerError, match=f"reply of .* bytes refused: over the limit of "
+                                              f"{openai.reply_limit(16)} bytes"):
+            engine(server.url).generate([[1]], [3], SamplingParams(max_new_tokens=16))
+        assert time.monotonic() - t < 5
+
+
+@pytest.mark.parametrize("words, ids", [(100, False), (100, True), (48, False)])
+def test_a_text_far_longer_than_max_tokens_is_refused(words, ids):
+    """The text path (no token ids) re-tokenizes the text: 100 tokens for max_tokens=16 is a server ignoring
+    max_tokens (refused, naming the server and the sizes); 48 = 2 × 16 + 16 is tokenizer slack (kept). With
+    token ids the text is still what is graded: a text far longer than them is refused too."""
+    def reply(payload):
+        choice = {"text": "1 " * words, "finish_reason": "length"}
+        if ids:
+            choice["logprobs"] = {"tokens": ["token_id:28"] * 3, "token_logprobs": [-0.5] * 3}
+        return {"choices": [choice]}
+
+    with FakeServer(reply) as server:
+        eng = engine(server.url)
+        if words > 48:
+            with pytest.raises(ServerError, match=f"{server.url}/completions: completion text of 100 tokens for "
+                                                  "max_tokens=16 .more than 48 = 2 × max_tokens . 16.: the server "
+                                                  "ignores max_tokens"):
+                eng.generate([[1]], [3], SamplingParams(max_new_tokens=16))
+        else:
+            assert len(eng.generate([[1]], [3], SamplingParams(max_new_tokens=16))[0].token_ids) == 48
+
+
+@pytest.mark.parametrize("bad, shown", [(float("inf"), "inf"), (50, "50"), (float("nan"), "nan"),
+                                        (float("-inf"), "-inf"), (1e-3, "0.001"), ("x", "not a number: x"),
+                                        (True, "not a number: True")])
+def test_log_probs_that_are_not_log_probabilities_are_refused(bad, shown):
+    """+Infinity, +50, NaN (sent as JSON's Infinity / NaN, as Python servers do): a log-prob is finite and ≤ 0
+    (1e-4 of rounding allowed); anything else would reach the IS weights and metrics.jsonl."""
+    def reply(payload):
+        lp = {"tokens": ["token_id:28", "token_id:29"], "token_logprobs": [-0.5, bad]}
+        return {"choices": [{"text": "1 2", "finish_reason": "length", "logprobs": lp}]}
+
+    with FakeServer(reply) as server:
+        with pytest.raises(ServerError, match=f"{server.url}/completions: .*{shown}"):
+            engine(server.url).generate([[1]], [3], SamplingParams(max_new_tokens=8))
+
+
+def test_log_probs_within_rounding_of_zero_are_kept():
+    def reply(payload):
+        lp = {"tokens": ["token_id:28", "token_id:29"], "token_logprobs": [-0.0, 5e-5]}
+        return {"choices": [{"text": "1 2", "finish_reason": "length", "logprobs": lp}]}
+
+    with FakeServer(reply) as server:
+        assert engine(server.url).generate([[1]], [3], SamplingParams(max_new_tokens=8))[0].logprobs == [0.0, 5e-5]
+
+
+@pytest.mark.parametrize("depth", [50, 900, 5000])
+def test_deeply_nested_replies_are_one_clear_error(depth):
+    """Nested past what the parser follows (or just under it): a ServerError naming the server, never a
+    RecursionError."""
+    with FakeServer(completion, script=[("nested", depth)]) as server:
+        with pytest.raises(ServerError, match=f"{server.url}/completions: (malformed completion reply|reply is "
+                                              "not JSON)"):
+            engine(server.url).generate([[1]], [3], SamplingParams(max_new_tokens=8))
+
+
+@pytest.mark.parametrize("size, message", [(1 << 20, "reply of .* bytes refused: over the limit of"),
+                                           (10_000, "reply of 10,000 characters for max_tokens=64 .more than "
+                                                    "2,304.: the server ignores max_tokens")])
+def test_synth_replies_are_bounded_by_max_tokens(tmp_path, size, message):
+    """`t1 synth`'s chat calls: a 1 MB reply to max_tokens 64 is refused while reading; 10,000 characters
+    (within the bytes, ~156 characters a token) is refused too; neither is cached nor retried."""
+    from t1.stages.synth import Cache, Client, Endpoint, SynthConfig
+
+    with FakeServer(completion, script=[("text", size, True)]) as server:
+        ep = Endpoint(base_url=server.url, model="m", max_tokens=64)
+        cfg = SynthConfig(inputs=("x",), teachers=(ep,), max_retries=0, timeout=5.0)
+        client = Client(cfg, Cache(tmp_path / "cache.jsonl"))
+        with pytest.raises(ServerError, match=f"{server.url}/chat/completions: {message}"):
+            client.chat(ep, "What is 1 + 1?")
+    assert not (tmp_path / "cache.jsonl").exists() or (tmp_path / "cache.jsonl").read_text() == ""
+    assert len(server.requests) == 1

@@ -232,6 +232,77 @@ def test_a_bad_reply_inside_t1_rl_is_one_line_naming_the_server(tiny_model_dir, 
     assert "Traceback" not in err and any(path == "/v1/completions" for _, path, _ in fake.requests)
 
 
+def lp_reply(values):
+    """A completion route whose every choice has two tokens with log-probs ``values``."""
+    return lambda p: {"choices": [
+        {"index": k, "text": "", "finish_reason": "length",
+         "logprobs": {"tokens": ["token_id:7", "token_id:8"], "token_logprobs": list(values)}}
+        for k in range(p["n"])]}
+
+
+@pytest.mark.parametrize("bad, shown", [(float("inf"), "inf"), (50, "50"), (float("nan"), "nan"),
+                                        (float("-inf"), "-inf"), (0.01, "0.01"), (None, "not a number: None"),
+                                        (10 ** 30, "1000000000000000000000000000000")])
+def test_log_probs_must_be_log_probabilities(bad, shown):
+    """+Infinity and +50 are not log-probs (≤ 0); NaN is nothing: each is refused naming the server and the
+    value, so none reaches the IS weights or metrics.jsonl (where Infinity is not JSON)."""
+    fake = Fake(dev_routes(**{"POST /v1/completions": lp_reply([-0.5, bad])}))
+    try:
+        engine = VLLMServerEngine(TOK, cfg(fake.url))
+        with pytest.raises(ServerError, match=f"^{fake.url}/v1/completions: .*{shown}"):
+            engine.generate([[1]], [0], SamplingParams(max_new_tokens=8))
+        fake.routes["POST /v1/completions"] = lp_reply([-0.0, 5e-5])  # rounding: kept
+        assert engine.generate([[1]], [0], SamplingParams(max_new_tokens=8))[0].logprobs == [0.0, 5e-5]
+    finally:
+        fake.close()
+
+
+def test_nested_oversized_and_duplicate_replies_are_one_clear_error():
+    """A reply nested past the parser (or just under it), one far larger than n × max_tokens can need, and one
+    whose choices repeat an index (so another is missing): a ServerError naming the server, nothing raw."""
+    fake = Fake(dev_routes())
+    try:
+        engine = VLLMServerEngine(TOK, cfg(fake.url))
+        one = {"index": 0, "text": "", "finish_reason": "length",
+               "logprobs": {"tokens": ["token_id:7"], "token_logprobs": [-0.5]}}
+        for bad, message in ((b'{"choices": ' + b"[" * 900 + b"]" * 900 + b"}", "(malformed|nested too deeply)"),
+                             (b'{"choices": ' + b"[" * 20000 + b"]" * 20000 + b"}", "nested too deeply"),
+                             ({"choices": [{"index": [[[[1]]]]}] * 2}, "malformed completion reply"),
+                             ({"choices": [one, one]}, "malformed completion reply"),
+                             (json.dumps({"choices": [one] * 2, "pad": "x" * (1 << 20)}).encode(),
+                              r"over the limit of \d+ bytes")):
+            fake.routes["POST /v1/completions"] = bad
+            with pytest.raises(ServerError, match=f"^{fake.url}/v1/completions: .*{message}"):
+                engine.generate([[1], [1]], [0, 1], SamplingParams(max_new_tokens=8))
+    finally:
+        fake.close()
+
+
+def test_an_infinite_log_prob_inside_t1_rl_is_one_line_and_never_reaches_metrics(tiny_model_dir, tmp_path,
+                                                                                 capsys):
+    from t1.cli import main
+
+    version = {"v": "0"}
+    routes = weight_routes()
+    routes["GET /weight_info"] = lambda _: {"weight_version": version["v"]}
+    routes["POST /update_weight_version"] = lambda p: version.update(v=p["new_version"]) or {"success": True}
+    routes["POST /v1/completions"] = lp_reply([-0.5, float("inf")])
+    fake = Fake(routes)
+    try:
+        code = main(["rl", f"model={tiny_model_dir}", f"out={tmp_path / 'run'}", "rollout.engine=vllm_server",
+                     f"rollout.vllm_server.urls=[{fake.url}]", "rollout.vllm_server.max_retries=0",
+                     "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4",
+                     "data.num_prompts=8", "train.steps=1", "--quiet"])
+    finally:
+        fake.close()
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert f"t1 rl: error: sampling engine: {fake.url}/v1/completions: token log-prob inf (token 1) is not a " \
+           "log-probability" in err and "Traceback" not in err
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert not metrics.exists() or "Infinity" not in metrics.read_text()
+
+
 # ------------------------------------------------------------------------------------ a real vllm serve
 
 

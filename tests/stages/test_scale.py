@@ -110,3 +110,30 @@ def test_truncated_samples_that_already_answered_are_graded_on_that_answer():
     assert [p["accuracy"] for p in pts] == [0.0, 0.0, 0.0, 0.0]  # always forcing: the wrong second answer wins
     assert all(r[-len(forced.cue):] == forced.cue for r in forced.requests) and len(forced.requests) == 4
 
+
+
+def test_a_failed_plot_leaves_the_old_result_whole(tiny_model_dir, tmp_path, monkeypatch):
+    """scaling.json and scaling.png are one result: a disk that fills while the plot is saved used to leave a
+    new scaling.json beside the old plot; now both stay as they were, and no temporary is left behind."""
+    import errno
+    import os
+
+    import pytest
+
+    import t1.stages.scale as scale
+
+    out = tmp_path / "scale"
+    out.mkdir()
+    for name in ("scaling.json", "scaling.png"):
+        (out / name).write_text("old")
+
+    def full(curves, path, title=""):
+        path.write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(scale, "plot", full)
+    with pytest.raises(OSError, match="No space left"):
+        scale.run_scale([("tiny", str(tiny_model_dir))], "countdown", out, ScaleSettings(budgets=(2,)), limit=1,
+                        progress=False)
+    assert sorted(os.listdir(out)) == ["scaling.json", "scaling.png"]
+    assert {p.read_bytes() for p in out.iterdir()} == {b"old"}

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from t1.config import option, require
+from t1.config import ConfigError, option, require
 from t1.io import DataError, iter_jsonl
 from t1.tasks import GraderName, TaskName, get_task, grader_option
 from t1.tasks.base import Item
 from t1.tasks.countdown import CountdownConfig, CountdownTask, generate, heldout_keys
+
+MAX_GENERATED = 1 << 20  # countdown problems generated (and held out): each is a search; 1M take minutes
 
 
 @dataclass(frozen=True)
@@ -23,18 +25,34 @@ class PromptDataConfig:
     template: str | None = option(None, "prompt template with {problem}; null = the task's default")
     grader: GraderName = grader_option()
     use_chat_template: bool = option(True, "wrap prompts in the tokenizer's chat template when it has one")
-    num_prompts: int = option(4096, "countdown: problems to generate; jsonl: cap (0 = all)")
+    num_prompts: int = option(4096, "countdown: problems to generate (1..1,048,576); jsonl: cap (0 = all)")
     seed: int = option(1, "countdown: problem seed (keep it apart from SFT's)")
-    exclude_heldout: int = option(500, "countdown: never use the first N held-out evaluation problems")
+    exclude_heldout: int = option(500, "countdown: never use the first N held-out evaluation problems "
+                                       "(≤ 1,048,576)")
     countdown: CountdownConfig = option(help="countdown: problem knobs", factory=CountdownConfig)
 
     def validate(self) -> None:
         require(self.num_prompts >= 0, "num_prompts", "must be ≥ 0", self.num_prompts)
-        require(self.exclude_heldout >= 0, "exclude_heldout", "must be ≥ 0", self.exclude_heldout)
+        require(0 <= self.exclude_heldout <= MAX_GENERATED, "exclude_heldout",
+                f"must be ≥ 0 and ≤ {MAX_GENERATED:,}", self.exclude_heldout)
         if self.source == "jsonl":
             require(len(self.paths) > 0, "paths", "source=jsonl needs at least one file", self.paths)
+        else:  # generated one by one: a count past the cap runs for hours; 0 would be no prompts at all
+            require(1 <= self.num_prompts <= MAX_GENERATED, "num_prompts",
+                    f"must be ≥ 1 and ≤ {MAX_GENERATED:,} problems to generate (source=countdown)",
+                    self.num_prompts)
         if self.template is not None:
             require("{problem}" in self.template, "template", "must contain {problem}", self.template)
+
+
+def check_enough(have: int, need: int, field: str, where: str) -> None:
+    """Refuse a step (or batch) of ``need`` prompts (``field``) from data holding only ``have`` (``where``
+    says which: ``data.num_prompts``, or the files read): the loop would repeat each prompt within one step
+    without a word, so the K samples of a "group" would span copies and the step would see fewer distinct
+    prompts than asked. Raised as a :class:`t1.config.ConfigError` (one line, the field and both numbers)."""
+    if need > have:
+        raise ConfigError(f"{field}: {need:,} is more than the {have:,} prompts in data ({where}): lower {field} "
+                          f"to ≤ {have:,} or give more prompts")
 
 
 def load_items(cfg: PromptDataConfig) -> list[Item]:

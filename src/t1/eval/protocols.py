@@ -39,7 +39,8 @@ class SamplingProtocol:
     preset: Literal["none", "r1", "greedy"] = option(
         "none", "a published protocol's sampling values as defaults: r1 (DeepSeek-R1 / open-r1: T 0.6, top-p "
                 "0.95, 32,768 tokens, n by benchmark) | greedy (lighteval's default) | none")
-    n: int = option(1, "samples per problem; 0 = the r1 protocol's n per benchmark (64 AIME/AMC, 8 GPQA, 4 else)")
+    n: int = option(1, "samples per problem, ≤ 65,536 (t1.rollout.base.MAX_SAMPLES); 0 = the r1 protocol's n per "
+                       "benchmark (64 AIME/AMC, 8 GPQA, 4 else)")
     temperature: float = option(1.0, "sampling temperature (0 = greedy)")
     top_p: float = option(1.0, "nucleus sampling mass")
     seed: int = option(0, "sampling seed (each sample has its own, derived from it)")
@@ -50,7 +51,7 @@ class SamplingProtocol:
 
     def validate(self) -> None:
         require(self.n >= 0, "n", "must be ≥ 1, or 0 for the r1 protocol's n per benchmark", self.n)
-        check_sampling(max(1, self.n), self.temperature, self.top_p)
+        check_sampling(max(1, self.n), self.temperature, self.top_p)  # n ≤ MAX_SAMPLES too
         require(self.limit >= 0, "limit", "must be ≥ 0 (0 = all problems)", self.limit)
 
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from t1.config import option, require
-from t1.data.prompts import PromptDataConfig
+from t1.data.prompts import PromptDataConfig, check_enough
 from t1.model.forward import fast_forward_option
 from t1.model.load import Attention, attention_option
 from t1.model.lora import LoraConfig, lora_option
 from t1.rl.penalties import PenaltyConfig
-from t1.rollout.base import check_sampling
+from t1.rollout.base import check_sampling, check_sequences
 from t1.rollout.config import EngineConfig
 from t1.runtime.optim import OptimConfig
 from t1.runtime.trackers import Tracking
@@ -24,11 +24,13 @@ class RolloutConfig(EngineConfig):
     """The engine table (:class:`t1.rollout.config.EngineConfig`: ``engine``, ``vllm``, ``vllm_server`` …)
     plus what RL samples."""
 
-    prompts_per_step: int = option(32, "P: prompts per RL step, across all processes (the paper: 32)")
-    samples_per_prompt: int = option(64, "K: samples per prompt — the oversampling (the paper: 64)")
+    prompts_per_step: int = option(32, "P: prompts per RL step, across all processes (the paper: 32; P × K ≤ "
+                                       "65,536, and no more than the prompts in data)")
+    samples_per_prompt: int = option(64, "K: samples per prompt — the oversampling (the paper: 64; ≤ 65,536)")
     temperature: float = option(1.2, "sampling temperature (the paper: 1.2)")
     top_p: float = option(0.95, "nucleus sampling (the authors' code: 0.95)")
-    max_new_tokens: int = option(10240, "generation budget; longer responses are truncated (paper: 10240)")
+    max_new_tokens: int = option(10240, "generation budget; longer responses are truncated (paper: 10240; "
+                                        "≤ 1,048,576, and the longest prompt + it within the model's context)")
     is_cap: float = option(0.0, "truncated importance sampling: weight each token's loss by min(π_train / "
                                 "π_sampler, cap) to correct the sampler-trainer mismatch (0 = off; 2 is common)")
 
@@ -39,7 +41,10 @@ class RolloutConfig(EngineConfig):
         require(self.prompts_per_step >= 1, "prompts_per_step", "must be ≥ 1", self.prompts_per_step)
         require(self.samples_per_prompt >= 2, "samples_per_prompt", "must be ≥ 2 (RLOO needs a group)",
                 self.samples_per_prompt)
-        check_sampling(self.samples_per_prompt, self.temperature, self.top_p, self.max_new_tokens)
+        check_sampling(self.samples_per_prompt, self.temperature, self.top_p, self.max_new_tokens,
+                       n_field="samples_per_prompt")
+        check_sequences(self.prompts_per_step, self.samples_per_prompt, "prompts_per_step",
+                        "prompts_per_step × samples_per_prompt")
         require(self.is_cap == 0 or self.is_cap >= 1, "is_cap", "must be 0 (off) or ≥ 1", self.is_cap)
 
 
@@ -146,6 +151,11 @@ class RLConfig(Tracking):
 
     def validate(self) -> None:
         require(bool(self.model), "model", "is required: a checkpoint path or hub name", self.model)
+        # data.num_prompts is the exact count of generated problems and a cap on files' rows: fewer than one
+        # step takes would repeat prompts within a step (files: t1.data.prompts.check_enough once read)
+        if self.data.num_prompts:
+            check_enough(self.data.num_prompts, self.rollout.prompts_per_step, "rollout.prompts_per_step",
+                         "data.num_prompts")
 
 
 def resolve_anchor(cfg: RLConfig) -> tuple[RLConfig, str]:

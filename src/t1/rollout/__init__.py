@@ -26,7 +26,9 @@ def make_engine(cfg, model, tokenizer, *, model_path: str | None = None, max_len
                 run_dir: str | None = None) -> Engine:
     """The engine ``cfg`` (a :class:`t1.rollout.config.EngineConfig`, or just an engine name) asks for.
     ``model`` is the loaded policy (fast/generate sample from it); ``model_path`` is where vLLM loads the
-    starting weights from; ``max_len`` the longest prompt + budget; ``run_dir`` holds disk-synced weights."""
+    starting weights from; ``max_len`` the longest prompt + budget; ``run_dir`` holds disk-synced weights.
+    A ``t1 rl`` rollout config carries its budget and step size: they are checked against the policy's context
+    and this machine's memory here, before anything samples (:func:`t1.rollout.bounds.check_engine`)."""
     from t1.rollout.config import EngineConfig, resolve
 
     if isinstance(cfg, str):
@@ -34,11 +36,13 @@ def make_engine(cfg, model, tokenizer, *, model_path: str | None = None, max_len
     kind = resolve(cfg.engine)
     if kind == "fast":
         from t1.model.forward import llama_family
+
+        kind = "fast" if llama_family(model) else "generate"
+    _check_rollout(cfg, kind, model, max_len)
+    if kind == "fast":
         from t1.rollout.fast import FastEngine
 
-        if llama_family(model):
-            return FastEngine(model, tokenizer, max_batch=cfg.max_batch, dtype=cfg.dtype)
-        kind = "generate"
+        return FastEngine(model, tokenizer, max_batch=cfg.max_batch, dtype=cfg.dtype)
     if kind == "generate":
         from t1.rollout.hf_generate import GenerateEngine
 
@@ -59,6 +63,24 @@ def make_engine(cfg, model, tokenizer, *, model_path: str | None = None, max_len
     return OpenAIEngine(tokenizer=tokenizer, cfg=cfg.openai, vocab_size=_vocab_size(model, model_path))
 
 
+def _check_rollout(cfg, kind: str, model, max_len: int) -> None:
+    """`t1 rl`'s budget (a RolloutConfig has ``max_new_tokens``) against the loaded policy's context and, on a
+    CPU, the memory its step's sequences need per process; other configs were checked by :func:`open_engine`."""
+    budget = getattr(cfg, "max_new_tokens", 0)
+    if not budget or model is None:
+        return
+    import torch
+
+    from t1.model import lora
+    from t1.rollout import bounds
+
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    per_process = -(-cfg.prompts_per_step * cfg.samples_per_prompt // world)
+    bounds.check_engine(cfg, kind, getattr(lora.base_of(model), "config", None), budget, per_process, max_len,
+                        loaded=True, field="rollout.max_new_tokens")
+
+
 def _vocab_size(model, model_path: str | None) -> int:
     """The model's vocabulary (its embedding rows, which may exceed the tokenizer's), from the loaded model or
     the checkpoint's config.json; 0 when neither says. Bounds the token ids a server may return."""
@@ -75,12 +97,14 @@ def _vocab_size(model, model_path: str | None) -> int:
 
 
 def open_engine(cfg, model_path: str, *, max_len: int = 0, run_dir: str | None = None, batch: int = 0,
-                budget: int = 0):
+                budget: int = 0, field: str = "max_new_tokens"):
     """(engine, tokenizer, engine name) for sampling from the checkpoint at ``model_path``. The Hugging Face
     model is loaded only for the engines that sample from it (fast, generate): a vLLM engine loads its own
-    weights, so a 32B evaluation never holds a second fp32 copy in host memory. On a GPU, with ``batch``
-    sequences of ``budget`` new tokens, the memory estimate is printed first and an impossible
-    configuration refused (:mod:`t1.rollout.memory`)."""
+    weights, so a 32B evaluation never holds a second fp32 copy in host memory. With ``batch`` sequences of
+    ``budget`` new tokens (``field``: the budget's option), before any weights load: more than MAX_SEQUENCES
+    at once, or a budget past the model's context or this machine's memory, is refused
+    (:mod:`t1.rollout.bounds`); on a GPU the memory estimate is printed and an impossible configuration
+    refused (:mod:`t1.rollout.memory`)."""
     import sys
 
     import torch
@@ -88,6 +112,8 @@ def open_engine(cfg, model_path: str, *, max_len: int = 0, run_dir: str | None =
     from t1.config import ConfigError
     from t1.model import lora
     from t1.model.load import load, load_tokenizer
+    from t1.rollout import bounds
+    from t1.rollout.base import MAX_SEQUENCES
     from t1.rollout.config import EngineConfig, resolve
 
     if isinstance(cfg, str):
@@ -99,6 +125,12 @@ def open_engine(cfg, model_path: str, *, max_len: int = 0, run_dir: str | None =
             raise ConfigError(f"model: {model_path} is a LoRA adapter and engine vllm loads plain models: train "
                               "with lora.save_merged=true (final/merged/) or use rollout.engine=fast")
         model_path = merged
+    if batch > MAX_SEQUENCES:
+        raise ConfigError(f"n: {batch:,} sequences in one engine call (problems × samples per problem) is more "
+                          f"than {MAX_SEQUENCES:,} (t1.rollout.base.MAX_SEQUENCES): lower n or limit")
+    if budget and kind in bounds.LOCAL_ENGINES:
+        bounds.check_engine(cfg, kind, bounds.local_config(lora.base_path(model_path)), budget, batch, max_len,
+                            field=field)
     if torch.cuda.is_available() and batch and budget:
         from transformers import AutoConfig
 

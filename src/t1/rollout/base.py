@@ -1,4 +1,7 @@
-"""The engine interface: sampling parameters, a sample, the Engine protocol, per-sample seeds, engine errors."""
+"""The engine interface: sampling parameters, a sample, the Engine protocol, per-sample seeds, engine errors,
+and the hard caps on what a user may ask of an engine (:data:`MAX_NEW_TOKENS`, :data:`MAX_SAMPLES`,
+:data:`MAX_SEQUENCES`), checked by every config before any work. Bounds that depend on the model (its context)
+and on the machine (its memory) are :mod:`t1.rollout.bounds`'s."""
 
 from __future__ import annotations
 
@@ -6,7 +9,16 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from t1.config import require
+from t1.config import ConfigError, require
+
+# Hard caps, whatever the model and machine: values past them are typing mistakes (n=100000000), not plans,
+# and would run without bound or allocate without limit before failing far from their cause.
+MAX_NEW_TOKENS = 1 << 20  # 1,048,576 new tokens per sample: the longest context of released models (1M)
+MAX_SAMPLES = 1 << 16  # 65,536 samples per prompt: pass@k is reported up to k = 128, majority vote needs tens;
+# a problem's samples must fit one engine call (MAX_SEQUENCES) and each is a row of the samples file
+MAX_SEQUENCES = 1 << 16  # 65,536 sequences in one engine call (an RL step, an eval batch): prompt lists,
+# seeds and results of one call are held in memory at once (the paper's RL step: 32 × 64 = 2,048)
+LOGPROB_SLACK = 1e-4  # a log-prob may exceed 0 by this much (float rounding), never more
 
 
 class EngineError(RuntimeError):
@@ -33,14 +45,62 @@ class SamplingParams:
         return self.stop_ids or (eos,)
 
 
-def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int | None = None) -> None:
+def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int | None = None,
+                   n_field: str = "n", tokens_field: str = "max_new_tokens") -> None:
     """The one check of the sampling settings (every config that has them calls it, and every
-    :class:`SamplingParams`): refused with the option's name when out of range."""
-    require(n >= 1, "n", "must be ≥ 1 (samples per problem)", n)
+    :class:`SamplingParams`): refused with the option's name (``n_field``, ``tokens_field``: what the config
+    calls them) when out of range, the hard caps included."""
+    require(n >= 1, n_field, "must be ≥ 1 (samples per problem)", n)
+    require(n <= MAX_SAMPLES, n_field, f"must be ≤ {MAX_SAMPLES:,} samples per problem "
+            "(t1.rollout.base.MAX_SAMPLES)", n)
     require(math.isfinite(temperature) and temperature >= 0, "temperature", "must be ≥ 0", temperature)
     require(math.isfinite(top_p) and 0 < top_p <= 1, "top_p", "must be in (0, 1]", top_p)
     if max_new_tokens is not None:
-        require(max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1", max_new_tokens)
+        check_tokens(max_new_tokens, tokens_field)
+
+
+def check_tokens(tokens: int, field: str = "max_new_tokens") -> None:
+    """A token budget: ≥ 1 and at most :data:`MAX_NEW_TOKENS` (the model's context is checked once it is known:
+    :func:`t1.rollout.bounds.check_context`)."""
+    require(tokens >= 1, field, "must be ≥ 1", tokens)
+    require(tokens <= MAX_NEW_TOKENS, field, f"must be ≤ {MAX_NEW_TOKENS:,} tokens "
+            "(t1.rollout.base.MAX_NEW_TOKENS; the model's context bounds it further)", tokens)
+
+
+def check_sequences(prompts: int, samples: int, field: str, what: str) -> None:
+    """``prompts`` × ``samples`` sequences go to the engine in one call: at most :data:`MAX_SEQUENCES`.
+    ``field`` names the option to lower, ``what`` the two factors (for the message)."""
+    total = prompts * samples
+    if total > MAX_SEQUENCES:
+        raise ConfigError(f"{field}: {prompts:,} × {samples:,} = {total:,} sequences in one engine call ({what}) "
+                          f"is more than {MAX_SEQUENCES:,} (t1.rollout.base.MAX_SEQUENCES): lower {field} to "
+                          f"≤ {max(1, MAX_SEQUENCES // samples):,}")
+
+
+def check_logprobs(where: str, values, n: int, error: type[EngineError] = EngineError) -> list[float]:
+    """``n`` log-probs from a server (``where``: its URL), as floats: each a finite number ≤ :data:`LOGPROB_SLACK`
+    (a log-probability is ≤ 0; NaN, ±Infinity and +50 are refused), else ``error`` naming the server and the
+    value. Why: a bad one reaches the IS weights (exp(π_train − π_sampler) collapses to 0 or explodes) and the
+    metrics file (``Infinity`` is not JSON), far from the server that sent it."""
+    if not isinstance(values, list) or len(values) != n:
+        raise error(f"{where}: expected {n} token log-probs, got {shown(values)}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise error(f"{where}: a token log-prob is not a number: {shown(v)} (token {i})")
+        f = float(v) if isinstance(v, float) or abs(v) < 1 << 60 else math.copysign(math.inf, v)
+        if not (math.isfinite(f) and f <= LOGPROB_SLACK):  # NaN fails both
+            raise error(f"{where}: token log-prob {shown(v)} (token {i}) is not a log-probability: each must be "
+                        f"finite and ≤ 0")
+    return [float(v) for v in values]
+
+
+def shown(value, limit: int = 200) -> str:
+    """``str(value)`` cut to ``limit`` characters, for messages about untrusted data: a deeply nested reply
+    cannot make the message itself fail (RecursionError)."""
+    try:
+        return str(value)[:limit]
+    except (RecursionError, ValueError):  # ValueError: an int too long to print
+        return f"<{type(value).__name__} too deep or large to show>"
 
 
 @dataclass

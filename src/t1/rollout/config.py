@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from t1.config import ConfigError, option, require
+from t1.rollout.base import MAX_SEQUENCES
 
 EngineName = Literal["auto", "fast", "generate", "vllm", "vllm_server", "openai"]
 ENGINES = ("auto", "fast", "generate", "vllm", "vllm_server", "openai")
@@ -64,12 +65,23 @@ def http_url(url: str) -> bool:
         return False
 
 
+MAX_TIMEOUT = 86400.0  # seconds: a request, or a weight push, that may take more than a day is a hang
+MAX_RETRIES = 100  # retries of one request (each backs off up to 60 s): more never ends in practice
+MAX_CONCURRENCY = 1024  # requests in flight: each is a thread here and a connection to the server
+
+
 def check_client(timeout: float, max_retries: int, concurrency: int) -> None:
-    """The HTTP client's settings, for the ``validate()`` of every config that has them."""
-    require(math.isfinite(timeout) and timeout > 0, "timeout", "must be a finite number of seconds > 0",
-            timeout)
-    require(max_retries >= 0, "max_retries", "must be ≥ 0", max_retries)
-    require(concurrency >= 1, "concurrency", "must be ≥ 1", concurrency)
+    """The HTTP client's settings, for the ``validate()`` of every config that has them: every call is bounded
+    in time (timeout × (max_retries + 1) plus back-off) and in threads (concurrency)."""
+    check_seconds(timeout, "timeout")
+    require(0 <= max_retries <= MAX_RETRIES, "max_retries", f"must be ≥ 0 and ≤ {MAX_RETRIES}", max_retries)
+    require(1 <= concurrency <= MAX_CONCURRENCY, "concurrency", f"must be ≥ 1 and ≤ {MAX_CONCURRENCY}",
+            concurrency)
+
+
+def check_seconds(seconds: float, field: str) -> None:
+    require(math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT, field,
+            f"must be a finite number of seconds > 0 and ≤ {MAX_TIMEOUT:.0f} (a day)", seconds)
 
 
 @dataclass(frozen=True)
@@ -122,8 +134,7 @@ class VLLMServerConfig:
         for url in self.urls:
             require(http_url(url), "urls", "each must be an http:// or https:// URL", url)
         check_client(self.timeout, self.max_retries, self.concurrency)
-        require(math.isfinite(self.sync_timeout) and self.sync_timeout > 0, "sync_timeout",
-                "must be a finite number of seconds > 0", self.sync_timeout)
+        check_seconds(self.sync_timeout, "sync_timeout")
         require(1 <= self.nccl_port <= 65535, "nccl_port", "must be a port number (1..65535)", self.nccl_port)
 
 
@@ -131,7 +142,8 @@ class VLLMServerConfig:
 class EngineConfig:
     engine: EngineName = option("auto", "auto (vLLM on a GPU when installed, else fast) | fast | generate | "
                                         "vllm | vllm_server | openai (see t1.rollout.config)")
-    max_batch: int = option(512, "fast/generate engines: sequences decoded together")
+    max_batch: int = option(512, "fast/generate engines: sequences decoded together (their KV cache must fit "
+                                 "this machine's memory: checked before the model loads)")
     dtype: str = option("auto", "fast engine weights: auto (bf16 where fast) | float32 | bfloat16")
     vllm: VLLMConfig = option(help="engine=vllm: vLLM in every training process", factory=VLLMConfig)
     vllm_server: VLLMServerConfig = option(help="engine=vllm_server: running vLLM servers",
@@ -139,7 +151,8 @@ class EngineConfig:
     openai: OpenAIConfig = option(help="engine=openai: an OpenAI-compatible server", factory=OpenAIConfig)
 
     def validate(self) -> None:
-        require(self.max_batch >= 1, "max_batch", "must be ≥ 1", self.max_batch)
+        require(1 <= self.max_batch <= MAX_SEQUENCES, "max_batch", f"must be ≥ 1 and ≤ {MAX_SEQUENCES:,}",
+                self.max_batch)
 
 
 def vllm_installed() -> bool:

@@ -14,8 +14,13 @@ exponential backoff (honouring ``Retry-After``) up to ``max_retries`` times; a m
 
 * ``timeout`` bounds a whole attempt — connecting, sending, the headers and the body — not each socket read
   (a server sending a byte a second cannot stretch it);
-* a reply is read in chunks and refused beyond :data:`MAX_REPLY_BYTES` (or :data:`REPLY_BYTES_PER_TOKEN` per
-  requested token, when larger);
+* a reply is read in chunks and refused beyond what was asked (:func:`reply_limit`: n × max_tokens ×
+  :data:`REPLY_BYTES_PER_TOKEN` + :data:`MIN_REPLY_BYTES`; a 16-token request takes ≤ 68 KB), or beyond
+  :data:`MAX_REPLY_BYTES` for a call that asks for no tokens (model lists, weight routes);
+* a completion's text may not re-tokenize to more than 2 × max_tokens + 16 tokens (:func:`check_text`):
+  a server that ignores ``max_tokens`` is refused, not trusted (see there why not cut);
+* every log-prob is checked (:func:`t1.rollout.base.check_logprobs`: finite, ≤ 0) and a deeply nested reply
+  is a :class:`MalformedReply`, never a RecursionError;
 * redirects are never followed (a redirect would carry the API key to another host): the error names the
   new address;
 * the API key never appears in an error message (replaced by ``***``: :func:`scrubbed`);
@@ -37,13 +42,17 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from t1.io import clean
-from t1.rollout.base import EngineError, Sample, SamplingParams, finish
+from t1.rollout.base import EngineError, Sample, SamplingParams, check_logprobs, finish, shown
 from t1.rollout.config import OpenAIConfig
 
-MAX_REPLY_BYTES = 32 << 20  # a reply larger than this is refused (a 16k-token completion with log-probs: ~2 MB)
-REPLY_BYTES_PER_TOKEN = 256  # ...or than this per requested token (n samples × max_tokens), when larger
+MAX_REPLY_BYTES = 4 << 20  # a reply to a call that asks for no tokens (vLLM's /server_info: ~20 KB)
+REPLY_BYTES_PER_TOKEN = 256  # a completion's reply per requested token (n samples × max_tokens): a token's text,
+# its "token_id:N", its log-prob and top log-prob take ~100 bytes in JSON, \uXXXX escapes included
+MIN_REPLY_BYTES = 64 << 10  # ...plus this (ids, usage, headers of the JSON): a 16-token request takes ≤ 68 KB
+TEXT_TOKEN_SLACK = (2, 16)  # a completion's text may re-tokenize to 2 × max_tokens + 16 (tokenizers differ)
 ERROR_BODY_BYTES = 1 << 16  # of an error reply, only this much is read (its first 200 bytes are shown)
 _CHUNK = 1 << 16
+LIMIT_SOURCE = "(t1.rollout.openai: MAX_REPLY_BYTES, or reply_limit for n × max_tokens requested)"
 _TOKEN_ID = re.compile(r"token_id:(-?[0-9]{1,18})")
 
 
@@ -61,8 +70,16 @@ class MalformedReply(ServerError):
 
 
 def reply_limit(tokens: int) -> int:
-    """The largest reply accepted for a request of ``tokens`` new tokens in all (n × max_tokens)."""
-    return max(MAX_REPLY_BYTES, tokens * REPLY_BYTES_PER_TOKEN)
+    """The largest reply accepted for a request of ``tokens`` new tokens in all (n × max_tokens): proportional
+    to what was asked, so a server cannot fill memory with a 20 MB answer to a 16-token question."""
+    return MIN_REPLY_BYTES + tokens * REPLY_BYTES_PER_TOKEN
+
+
+def text_limit(max_tokens: int) -> int:
+    """The most tokens a completion's text may re-tokenize to for ``max_tokens`` asked: ids from another
+    tokenization of the same text differ a little (merges at the edges, normalisation), never by 2×."""
+    factor, extra = TEXT_TOKEN_SLACK
+    return factor * max_tokens + extra
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
@@ -135,7 +152,10 @@ def _retry_after(value: str | None) -> float:
 def _parse(url: str, body: bytes, shown: bytes) -> dict:
     try:  # bytes that are not UTF-8 become U+FFFD, lone surrogates too (clean)
         reply = clean(json.loads(body.decode("utf-8", errors="replace")))
-    except (ValueError, RecursionError):
+    except RecursionError:  # nested deeper than the parser (or clean) can follow
+        raise MalformedReply(f"{url}: reply is not JSON this client can read (nested too deeply): "
+                             f"{shown[:200]!r}") from None
+    except ValueError:  # not JSON, or a number too long to convert
         raise MalformedReply(f"{url}: reply is not JSON: {shown[:200]!r}") from None
     if not isinstance(reply, dict):
         raise MalformedReply(f"{url}: reply is not a JSON object: {shown[:200]!r}")
@@ -160,14 +180,14 @@ def _attempt(method: str, url: str, data: bytes | None, headers: dict, timeout: 
             length = resp.getheader("Content-Length", "")
             if ok and length.isdigit() and int(length) > max_bytes:
                 raise ServerError(f"{url}: reply of {length} bytes refused: over the limit of {max_bytes} bytes "
-                                  "(t1.rollout.openai.MAX_REPLY_BYTES)")
+                                  f"{LIMIT_SOURCE}")
             body = bytearray()
             while chunk := resp.read(min(_CHUNK, limit + 1 - len(body))):
                 body += chunk
                 if len(body) > limit:
                     if ok:
                         raise ServerError(f"{url}: reply refused: over the limit of {max_bytes} bytes "
-                                          "(t1.rollout.openai.MAX_REPLY_BYTES)")
+                                          f"{LIMIT_SOURCE}")
                     del body[limit:]
                     break
             return resp.status, resp.headers, bytes(body)
@@ -244,14 +264,14 @@ def token_ids(url: str, tokens, vocab_size: int, max_tokens: int) -> list[int]:
     ``max_tokens`` of them; else a :class:`ServerError` naming ``url`` and the bad token (an id the trainer
     cannot index would fail much later, far from its cause)."""
     if not isinstance(tokens, list):
-        raise ServerError(f"{url}: logprobs.tokens is not a list: {str(tokens)[:200]}")
+        raise ServerError(f"{url}: logprobs.tokens is not a list: {shown(tokens)}")
     if len(tokens) > max_tokens:
         raise ServerError(f"{url}: returned {len(tokens)} tokens, more than max_tokens={max_tokens}")
     ids = []
     for t in tokens:
         m = _TOKEN_ID.fullmatch(t) if isinstance(t, str) else None
         if m is None:
-            raise ServerError(f"{url}: token {str(t)[:100]!r} is not token_id:<integer>")
+            raise ServerError(f"{url}: token {shown(t, 100)!r} is not token_id:<integer>")
         i = int(m.group(1))
         if not 0 <= i < vocab_size:
             raise ServerError(f"{url}: token id {i} is outside the vocabulary (0..{vocab_size - 1})")
@@ -260,12 +280,18 @@ def token_ids(url: str, tokens, vocab_size: int, max_tokens: int) -> list[int]:
 
 
 def token_logprobs(url: str, values, n: int) -> list[float]:
-    """``n`` log-probs, numbers and not NaN; else a :class:`ServerError` naming ``url``."""
-    if not isinstance(values, list) or len(values) != n:
-        raise ServerError(f"{url}: expected {n} token log-probs, got {str(values)[:200]}")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in values):
-        raise ServerError(f"{url}: a token log-prob is not a number: {str(values)[:200]}")
-    return [float(v) for v in values]
+    """``n`` log-probs, each finite and ≤ 0 (:func:`t1.rollout.base.check_logprobs`); else a :class:`ServerError`
+    naming ``url`` and the value."""
+    return check_logprobs(url, values, n, ServerError)
+
+
+def check_text(url: str, n_tokens: int, max_tokens: int) -> None:
+    """Refuse a completion whose text re-tokenizes to more than :func:`text_limit` tokens. Refused, not cut to
+    ``max_tokens``: a server that ignores ``max_tokens`` is not sampling what was asked (its finish_reason and
+    its text cannot be trusted either), and a cut would grade or train on text the model did not end there."""
+    if n_tokens > text_limit(max_tokens):
+        raise ServerError(f"{url}: completion text of {n_tokens:,} tokens for max_tokens={max_tokens:,} (more "
+                          f"than {text_limit(max_tokens):,} = 2 × max_tokens + 16): the server ignores max_tokens")
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -299,18 +325,20 @@ class OpenAIEngine:
             text = choice["text"]
             finished = choice.get("finish_reason") == "stop"
             lp = choice.get("logprobs") or {}
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise ServerError(f"{self.url}: malformed completion reply: {str(reply)[:200]}") from None
+        except (KeyError, IndexError, TypeError, AttributeError, RecursionError):
+            raise ServerError(f"{self.url}: malformed completion reply: {shown(reply)}") from None
         if not isinstance(text, str):
-            raise ServerError(f"{self.url}: completion text is not a string: {str(reply)[:200]}")
+            raise ServerError(f"{self.url}: completion text is not a string: {shown(reply)}")
+        retokenized = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        check_text(self.url, len(retokenized), params.max_new_tokens)  # the text is graded even beside ids
         tokens = lp.get("tokens") if isinstance(lp, dict) else None
-        if tokens and all(isinstance(t, str) and t.startswith("token_id:") for t in tokens):
+        if tokens and isinstance(tokens, list) and all(isinstance(t, str) and t.startswith("token_id:")
+                                                       for t in tokens):
             ids = token_ids(self.url, tokens, self.vocab_size, params.max_new_tokens)
             values = lp.get("token_logprobs")
             logprobs = None if values is None else token_logprobs(self.url, values, len(ids))
         else:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            logprobs = None
+            ids, logprobs = retokenized, None
         stops = params.stops(self.eos)
         cut = any(t in stops for t in ids)  # the server ran past a stop id: its turn ends there
         ids, logprobs, finished = finish(ids, logprobs, finished, stops)

@@ -12,7 +12,8 @@ its own); both are checked at construction (bounded by ``sync_timeout``). Recipe
   flight per server, each bounded by ``timeout`` and retried ``max_retries`` times (``post_json``); a
   malformed reply or a dead server raises a one-line ``ServerError`` naming the server. Token ids come back
   exactly (``return_tokens_as_token_ids``) and are checked (integers within the model's vocabulary, at most
-  ``max_tokens``: ``t1.rollout.openai.token_ids``), the server's end-of-sequence token included; a sample that
+  ``max_tokens``: ``t1.rollout.openai.token_ids``), their log-probs too (finite, ≤ 0:
+  ``t1.rollout.base.check_logprobs``), the server's end-of-sequence token included; a sample that
   stopped without it gets one appended with log-prob 0.0 (as ``t1.rollout.openai``). Text is decoded here
   without special tokens. Knobs a ``generation_config.json`` could set on the server (top-k, min-p,
   penalties) are sent switched off.
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from t1.rollout.base import Sample, SamplingParams, finish
+from t1.rollout.base import Sample, SamplingParams, finish, shown
 from t1.rollout.config import VLLMServerConfig
 from t1.rollout.openai import ServerError, get_json, post_json, reply_limit, scrubbed, token_ids, token_logprobs
 from t1.rollout.vllm_engine import StaleEngineError
@@ -121,7 +122,7 @@ class VLLMServerEngine:
         try:
             mode = info["vllm_config"]["model_config"]["logprobs_mode"]
         except (KeyError, TypeError):
-            raise ServerError(f"{url}/server_info: no logprobs_mode in {str(info)[:200]}") from None
+            raise ServerError(f"{url}/server_info: no logprobs_mode in {shown(info)}") from None
         if mode != "processed_logprobs":
             raise ServerError(f"{url}: returns {mode!r} log-probs; start `vllm serve` with "
                               "--logprobs-mode processed_logprobs")
@@ -129,9 +130,12 @@ class VLLMServerEngine:
             return self.cfg.model
         models = self._get(url, "/v1/models", timeout)
         try:
-            return str(models["data"][0]["id"])
+            name = models["data"][0]["id"]
+            if not isinstance(name, str) or not 0 < len(name) <= 1000:
+                raise TypeError
+            return name
         except (KeyError, IndexError, TypeError):
-            raise ServerError(f"{url}/v1/models: malformed reply: {str(models)[:200]}") from None
+            raise ServerError(f"{url}/v1/models: malformed reply: {shown(models)}") from None
 
     # ----------------------------------------------------------------------------------------- sampling
 
@@ -139,7 +143,7 @@ class VLLMServerEngine:
         """Every server's weight version (``GET /weight_info``), as strings."""
         def one(url):
             v = self._get(url, "/weight_info", self.cfg.timeout).get("weight_version")
-            return None if v is None else str(v)
+            return None if v is None else shown(v)
         return self._each(one)
 
     def generate(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams,
@@ -179,13 +183,14 @@ class VLLMServerEngine:
         return scrubbed(self.api_key, self._samples, url, reply, n, params)
 
     def _samples(self, url: str, reply: dict, n: int, params: SamplingParams) -> list[Sample]:
-        try:
-            choices = sorted(reply["choices"], key=lambda c: c["index"])
-            if len(choices) != n:
+        try:  # choices 0..n-1, each once, in any order (an index that is not an int is malformed)
+            choices = reply["choices"]
+            by_index = {c["index"]: c for c in choices if type(c["index"]) is int}
+            if not isinstance(choices, list) or len(choices) != n or sorted(by_index) != list(range(n)):
                 raise ValueError
-            return [self._sample(url, c, params) for c in choices]
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-            raise ServerError(f"{url}: malformed completion reply: {str(reply)[:200]}") from None
+            return [self._sample(url, by_index[k], params) for k in range(n)]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError):
+            raise ServerError(f"{url}: malformed completion reply: {shown(reply)}") from None
 
     def _sample(self, url: str, choice: dict, params: SamplingParams) -> Sample:
         lp = choice["logprobs"]

@@ -9,14 +9,15 @@ from itertools import islice
 from pathlib import Path
 
 from t1.config import option, require
-from t1.eval.benchmarks import load_bench
+from t1.data import DATA_DIR
+from t1.eval.benchmarks import FILES, load_bench
 from t1.eval.metrics import majority_correct, pass1_stats, pass_at_k
 from t1.eval.protocols import SamplingProtocol, describe, samples_for
 from t1.eval.sample import EvalSettings, sample_and_grade
-from t1.io import atomic_write_text, iter_jsonl
+from t1.io import all_or_nothing, check_output_dir, iter_jsonl
 from t1.model.load import chat_format_of
 from t1.rollout import close_engine, open_engine
-from t1.rollout.base import check_sampling
+from t1.rollout.base import check_sampling, check_sequences
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
 from t1.runtime.trackers import Trackers, Tracking, open_trackers
@@ -61,9 +62,11 @@ class EvalConfig(SamplingProtocol, Tracking):
     bench: tuple[str, ...] = option(("math500",), "benchmarks: math500, aime24, aime25, amc23, omni_math, "
                                                   "omni500, gpqa, countdown, or *.jsonl paths")
     out: str = option("runs/eval", "output directory: summary.json and <bench>.samples.jsonl")
-    max_new_tokens: int = option(1024, "thinking + answer budget per sample")
+    max_new_tokens: int = option(1024, "thinking + answer budget per sample (≤ 1,048,576, and below the model's "
+                                       "context: checked before the weights load)")
     use_chat_template: bool = option(True, "wrap prompts in the tokenizer's chat template when it has one")
-    batch_problems: int = option(256, "problems sampled together (× n sequences)")
+    batch_problems: int = option(256, "problems sampled together (× n sequences ≤ 65,536: "
+                                      "t1.rollout.base.MAX_SEQUENCES)")
     rollout: EngineConfig = option(help="the sampling engine and its settings", factory=EngineConfig)
 
     def validate(self) -> None:
@@ -72,6 +75,8 @@ class EvalConfig(SamplingProtocol, Tracking):
         require(len(self.bench) > 0, "bench", "give at least one benchmark", self.bench)
         check_sampling(max(1, self.n), self.temperature, self.top_p, self.max_new_tokens)
         require(self.batch_problems >= 1, "batch_problems", "must be ≥ 1", self.batch_problems)
+        n = max(samples_for(self.n, b) for b in self.bench)  # what run_eval opens the engine for
+        check_sequences(self.batch_problems, n, "batch_problems", f"batch_problems × n={n:,} samples per problem")
 
     def settings(self) -> EvalSettings:
         return EvalSettings(n=max(1, self.n), temperature=self.temperature, top_p=self.top_p,
@@ -84,6 +89,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     if cfg.preset != "none" or cfg.n == 0:
         print(f"eval: {describe(cfg, list(cfg.bench))}", file=sys.stderr)
     samples = {b: samples_for(cfg.n, b) for b in cfg.bench}
+    check_eval_output(cfg.out, cfg.model, list(cfg.bench), cfg.gpqa_csv, cfg.data_dir)  # before the trackers
     with open_trackers(cfg, cfg.out, "eval") as trackers:  # a tracker that cannot start stops us before sampling
         summaries = run_eval(cfg.model, list(cfg.bench), cfg.out, cfg.settings(), cfg.gpqa_csv, cfg.data_dir,
                              cfg.limit, progress=progress, samples=samples,
@@ -102,36 +108,52 @@ def report_eval(trackers: Trackers, summaries: dict[str, dict], out: str | Path,
             trackers.table(f"samples/{stem}", [line.data for line in islice(iter_jsonl(path), rows)], 0)
 
 
+def check_eval_output(out: str | Path, model: str, benches: list[str], gpqa_csv: str | None = None,
+                      data_dir: str | None = None) -> Path:
+    """Before any model is loaded: ``out`` can take summary.json and each benchmark's samples, and none of them
+    (nor ``out`` itself) is an input — the model, a benchmark's file, the GPQA CSV."""
+    inputs = [model, gpqa_csv, *(b for b in benches if b.endswith(".jsonl")),
+              *(Path(data_dir or DATA_DIR) / FILES[b] for b in benches if b in FILES)]
+    files = [f"{Path(b).stem}.samples.jsonl" for b in benches] + ["summary.json"]
+    return check_output_dir(out, *inputs, files=files)
+
+
 def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettings, gpqa_csv: str | None = None,
              data_dir: str | None = None, limit: int = 0, progress: bool = True, countdown_cfg=None,
              samples: dict[str, int] | None = None, protocol: dict | None = None) -> dict:
     """Sample and grade ``benches``; ``samples``: n per benchmark (default ``s.n``); writes summary.json (with
-    the settings, ``protocol`` and n per benchmark) and <bench>.samples.jsonl under ``out``."""
+    the settings, ``protocol`` and n per benchmark) and <bench>.samples.jsonl under ``out``.
+
+    The files are one result, written all or nothing (:func:`t1.io.all_or_nothing`, summary.json last): a
+    failure — a full disk, a benchmark that cannot be read after another was sampled — leaves the previous
+    result in ``out`` whole, never new samples beside an old summary."""
+    out = check_eval_output(out, model_path, benches, gpqa_csv, data_dir)
     quiet_libraries()
     samples = {b: (samples or {}).get(b, s.n) for b in benches}
-    engine, tok, kind = open_engine(s.engine, model_path, batch=s.batch_problems * max(samples.values()),
+    problems = min(s.batch_problems, limit) if limit else s.batch_problems
+    engine, tok, kind = open_engine(s.engine, model_path, batch=problems * max(samples.values()),
                                     budget=s.max_new_tokens)
     fmt = chat_format_of(tok, model_path, s.use_chat_template)
     print(f"eval: {fmt.describe()}", file=sys.stderr)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     summaries = {}
-    try:
-        for name in benches:
-            task_name, items = load_bench(name, data_dir, gpqa_csv, countdown_cfg)
-            items = items[:limit] if limit else items
-            bench_s = replace(s, n=samples[name])
-            grader = (protocol or {}).get("grader", "default")
-            with get_task(task_name, countdown=countdown_cfg, grader=grader) as task:
-                rows = sample_and_grade(engine, tok, task, items, bench_s, desc=name, progress=progress, fmt=fmt)
-            stem = Path(name).stem
-            atomic_write_text(out / f"{stem}.samples.jsonl",
-                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            summaries[stem] = summarize(rows, bench_s.n)
-    finally:
-        close_engine(engine)
-    settings = {**asdict(s), "engine": kind, "samples_per_benchmark": samples, **(protocol or {})}
-    atomic_write_text(out / "summary.json", json.dumps({"model": str(model_path), "settings": settings,
-                                                        "benchmarks": summaries}, indent=2, default=str))
+    with all_or_nothing() as staged:
+        try:
+            for name in benches:
+                task_name, items = load_bench(name, data_dir, gpqa_csv, countdown_cfg)
+                items = items[:limit] if limit else items
+                bench_s = replace(s, n=samples[name])
+                grader = (protocol or {}).get("grader", "default")
+                with get_task(task_name, countdown=countdown_cfg, grader=grader) as task:
+                    rows = sample_and_grade(engine, tok, task, items, bench_s, desc=name, progress=progress,
+                                            fmt=fmt)
+                stem = Path(name).stem
+                staged.write_text(out / f"{stem}.samples.jsonl",
+                                  "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                summaries[stem] = summarize(rows, bench_s.n)
+        finally:
+            close_engine(engine)
+        settings = {**asdict(s), "engine": kind, "samples_per_benchmark": samples, **(protocol or {})}
+        staged.write_text(out / "summary.json", json.dumps({"model": str(model_path), "settings": settings,
+                                                            "benchmarks": summaries}, indent=2, default=str))
     print(table(summaries), file=sys.stderr)
     return summaries

@@ -2,7 +2,9 @@
 
 For each prompt, sample ``samples`` responses, grade them, and keep the prompt when its pass rate lies in
 (min_pass, max_pass] (the lower end closed with ``include_min``). Writes ``kept.jsonl`` (rows that
-``t1 rl data.source=jsonl`` reads) and ``pass_rates.jsonl`` (every prompt with its pass rate) to ``out``.
+``t1 rl data.source=jsonl`` reads), ``pass_rates.jsonl`` (every prompt with its pass rate) and ``config.yaml``
+to ``out`` — all or none of them, after checking before any work that none is an input (``out=D`` with
+``data.paths=[D/kept.jsonl]`` would replace the prompts it read by the few it kept).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from t1 import config as cfglib
 from t1.config import option, require
 from t1.data.prompts import PromptDataConfig, load_items
 from t1.eval.sample import EvalSettings, sample_and_grade
-from t1.io import atomic_write_text
+from t1.io import all_or_nothing, check_output_dir
 from t1.model.load import chat_format_of
 from t1.rollout import close_engine, open_engine
-from t1.rollout.base import check_sampling
+from t1.rollout.base import check_sampling, check_sequences
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
 from t1.runtime.trackers import Tracking, open_trackers
@@ -48,8 +50,9 @@ class FilterConfig(Tracking):
     def validate(self) -> None:
         require(bool(self.model), "model", "is required", self.model)
         require(self.samples >= 1, "samples", "must be ≥ 1", self.samples)
-        check_sampling(self.samples, self.temperature, self.top_p, self.max_new_tokens)
+        check_sampling(self.samples, self.temperature, self.top_p, self.max_new_tokens, n_field="samples")
         require(self.prompts_per_batch >= 1, "prompts_per_batch", "must be ≥ 1", self.prompts_per_batch)
+        check_sequences(self.prompts_per_batch, self.samples, "prompts_per_batch", "prompts_per_batch × samples")
         require(0 <= self.min_pass <= self.max_pass <= 1, "max_pass", "need 0 ≤ min_pass ≤ max_pass ≤ 1",
                 self.max_pass)
 
@@ -69,8 +72,12 @@ def keep(rate: float, cfg: FilterConfig) -> bool:
     return above and rate <= cfg.max_pass + 1e-12
 
 
+OUTPUTS = ("config.yaml", "pass_rates.jsonl", "kept.jsonl")  # in the order they are put in place: kept.jsonl last
+
+
 def run_filter(cfg: FilterConfig, progress: bool = True) -> dict:
     """Score every prompt's pass rate and keep those in the interval; the summary also goes to the trackers."""
+    check_output_dir(cfg.out, cfg.model, *cfg.data.paths, files=OUTPUTS)  # before the trackers and the model
     with open_trackers(cfg, cfg.out, "filter") as trackers:
         summary = _filter(cfg, progress)
         trackers.summary(summary)
@@ -90,12 +97,12 @@ def _filter(cfg: FilterConfig, progress: bool) -> dict:
     finally:
         close_engine(engine)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfglib.save(cfg, out / "config.yaml")
     kept = [{**it.to_row(), "pass_rate": r} for it, r in zip(items, rates) if keep(r, cfg)]
-    atomic_write_text(out / "kept.jsonl", "".join(json.dumps(k) + "\n" for k in kept))
-    atomic_write_text(out / "pass_rates.jsonl",
-                      "".join(json.dumps({**it.to_row(), "pass_rate": r}) + "\n" for it, r in zip(items, rates)))
+    with all_or_nothing() as staged:
+        staged.write_text(out / "config.yaml", cfglib.dump(cfg))
+        staged.write_text(out / "pass_rates.jsonl", "".join(json.dumps({**it.to_row(), "pass_rate": r}) + "\n"
+                                                            for it, r in zip(items, rates)))
+        staged.write_text(out / "kept.jsonl", "".join(json.dumps(k) + "\n" for k in kept))
     hist = Counter(round(r, 3) for r in rates)
     summary = {"prompts": len(items), "kept": len(kept), "mean_pass_rate": sum(rates) / max(1, len(rates)),
                "all_wrong": hist.get(0.0, 0), "all_right": hist.get(1.0, 0)}

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from t1.batching import epoch_order
 from t1.chat import token_name
 from t1.config import ConfigError
-from t1.data.prompts import load_items
+from t1.data.prompts import check_enough, load_items
 from t1.model import lora
 from t1.model.load import chat_format_of, count_parameters, load_for_training, set_attention
 from t1.rl import algo, shard
@@ -67,12 +67,23 @@ class RLTrainer:
         if P % self.world:
             raise ConfigError(f"rollout.prompts_per_step: must be divisible by the {self.world} processes "
                               f"(got {P})")
-        self.run = RunDir(self.out, resume, acc)
+        self.run = RunDir(self.out, resume, acc, cfg)  # --resume: cfg checked against config.yaml
         try:  # the run's lock is released if the setup fails
             self._setup(note)
         except BaseException:
             self.run.close()
             raise
+
+    def _check_budget(self) -> None:
+        """Before any weights load: a sampling budget past the model's context, or (CPU engines) this machine's
+        memory, is refused in one line (:mod:`t1.rollout.bounds`); the prompts' lengths are checked again
+        once they are known (:func:`t1.rollout.make_engine`)."""
+        from t1.rollout import bounds
+
+        r = self.cfg.rollout
+        per_process = -(-r.prompts_per_step * r.samples_per_prompt // self.world)
+        bounds.check_engine(r, resolve_engine(r.engine), bounds.local_config(lora.base_path(self.cfg.model)),
+                            r.max_new_tokens, per_process, field="rollout.max_new_tokens")
 
     def _setup(self, note: str) -> None:
         """The model (the checkpoint's when resuming), prompts, anchor, optimizer, engine and task."""
@@ -80,6 +91,10 @@ class RLTrainer:
         ckpt = self.run.checkpoint
         torch.manual_seed(cfg.train.seed)
 
+        self.items = load_items(cfg.data)  # before the weights: too few prompts is refused at once
+        check_enough(len(self.items), cfg.rollout.prompts_per_step, "rollout.prompts_per_step",
+                     ", ".join(cfg.data.paths) or "data")
+        self._check_budget()
         model, self.tok = load_for_training(cfg.model, cfg.lora, ckpt, self.precision)
         self.format = chat_format_of(self.tok, cfg.model, cfg.data.use_chat_template)
         self.warned: set[str] = set()
@@ -87,7 +102,6 @@ class RLTrainer:
             report = memory.check_rl(cfg, lora.base_of(model).config, self.world, torch.cuda.device_count())
             if acc.is_main_process:
                 print(memory.format_report(report), file=sys.stderr)
-        self.items = load_items(cfg.data)
         self.prompt_cache: dict[int, list[int]] = {}
         longest = max(len(self._prompt(i)) for i in range(len(self.items)))
         self.attention = set_attention(model, cfg.train.attention, longest + cfg.rollout.max_new_tokens)

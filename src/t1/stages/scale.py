@@ -32,10 +32,10 @@ from t1.config import option, require
 from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import mean_stderr
 from t1.eval.protocols import SamplingProtocol, describe, samples_for
-from t1.io import atomic_write_text, fill
+from t1.io import all_or_nothing, check_output_dir, fill
 from t1.model.load import chat_format_of
 from t1.rollout import close_engine, open_engine
-from t1.rollout.base import Sample, SamplingParams, check_sampling, sample_seed
+from t1.rollout.base import Sample, SamplingParams, check_sampling, check_tokens, sample_seed
 from t1.rollout.config import EngineConfig
 from t1.runtime.device import quiet_libraries
 from t1.runtime.trackers import Trackers, Tracking, open_trackers
@@ -61,8 +61,12 @@ class ScaleSettings:
         check_sampling(self.n, self.temperature, self.top_p)
         require(len(self.budgets) > 0 and all(b >= 1 for b in self.budgets), "budgets",
                 "must be one or more token budgets ≥ 1", self.budgets)
-        require(self.answer_tokens >= 1, "answer_tokens", "must be ≥ 1", self.answer_tokens)
-        require(self.max_extensions >= 0, "max_extensions", "must be ≥ 0", self.max_extensions)
+        for b in self.budgets:  # the model's context is checked once its config is read (t1.rollout.bounds)
+            check_tokens(b, "budgets")
+        check_tokens(self.answer_tokens, "answer_tokens")
+        # each extension spends at least one token of the largest budget: more can never happen
+        require(0 <= self.max_extensions <= max(self.budgets), "max_extensions",
+                f"must be ≥ 0 and ≤ {max(self.budgets)} (the largest budget)", self.max_extensions)
 
 
 def _decode(tok, ids: list[int]) -> str:
@@ -234,7 +238,9 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str = "") -> Path:
 def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: ScaleSettings, summarizer_path=None,
               engine="auto", limit: int = 0, gpqa_csv=None, data_dir=None, countdown_cfg=None,
               progress: bool = True, protocol: dict | None = None) -> dict[str, list[dict]]:
-    """``models``: (label, path) pairs. Writes scaling.json and scaling.png to ``out``."""
+    """``models``: (label, path) pairs. Writes scaling.json and scaling.png to ``out``, both or neither (see
+    :func:`t1.io.all_or_nothing`); ``out`` is checked before any model is loaded (:func:`check_scale_output`)."""
+    out = check_scale_output(out, [p for _, p in models], bench, summarizer_path, gpqa_csv)
     quiet_libraries()
     task_name, items = load_bench(bench, data_dir, gpqa_csv, countdown_cfg)
     if limit:
@@ -244,21 +250,29 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
     grader = (protocol or {}).get("grader", "default")
     with get_task(task_name, countdown=countdown_cfg, grader=grader) as task:
         for label, path in models:
-            eng, tok, _ = open_engine(engine, path, batch=len(items) * s.n, budget=max(s.budgets))
+            eng, tok, _ = open_engine(engine, path, batch=len(items) * s.n,
+                                      budget=max(s.budgets) + s.answer_tokens, field="budgets")
             try:
                 fmt = chat_format_of(tok, path, s.use_chat_template)
                 print(f"scale: {label}: {fmt.describe()}", file=sys.stderr)
                 curves[label] = scaling_points(eng, tok, task, items, s, summarizer, progress, fmt)
             finally:
                 close_engine(eng)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {**s.__dict__, **(protocol or {})}
-    atomic_write_text(out / "scaling.json", json.dumps({"bench": bench, "settings": settings, "curves": curves},
-                                                       indent=2))
-    plot(curves, out / "scaling.png", f"{bench}: accuracy vs thinking budget")
+    with all_or_nothing() as staged:
+        plot(curves, staged.path(out / "scaling.png"), f"{bench}: accuracy vs thinking budget")
+        staged.write_text(out / "scaling.json", json.dumps({"bench": bench, "settings": settings,
+                                                            "curves": curves}, indent=2))
     print(scaling_table(curves), file=sys.stderr)
     return curves
+
+
+def check_scale_output(out: str | Path, models: list[str], bench: str, summarizer: str | None = None,
+                       gpqa_csv: str | None = None) -> Path:
+    """Before any model is loaded: ``out`` can take scaling.json and scaling.png, and neither it nor they is an
+    input (a model, the summariser, the benchmark's file, the GPQA CSV)."""
+    inputs = [*models, summarizer, gpqa_csv, bench if bench.endswith(".jsonl") else None]
+    return check_output_dir(out, *inputs, files=["scaling.json", "scaling.png"])
 
 
 @dataclass(frozen=True)
@@ -269,15 +283,16 @@ class ScaleConfig(SamplingProtocol, Tracking):
     models: tuple[str, ...] = option((), "checkpoints (paths or hub names) to sweep (required)")
     labels: tuple[str, ...] = option((), "a name per model, in order (default model1, model2, …)")
     bench: str = option("math500", "one benchmark (as for t1 eval)")
-    budgets: tuple[int, ...] = option((16, 32, 64, 128, 256), "thinking budgets in tokens")
+    budgets: tuple[int, ...] = option((16, 32, 64, 128, 256), "thinking budgets in tokens (each ≤ 1,048,576, and "
+                                                               "below the model's context)")
     out: str = option("runs/scale", "output directory: scaling.json and scaling.png")
-    answer_tokens: int = option(24, "tokens allowed after the answer cue")
+    answer_tokens: int = option(24, "tokens allowed after the answer cue (≤ 1,048,576)")
     cue: str | None = option(None, "answer cue appended to truncated thinking (null = the task's)")
     summarizer: str | None = option(None, "a model that turns truncated thinking into an answer")
     force_answer: bool = option(False, "force an answer after every truncated sample, even one that already "
                                        "states an answer")
     extend: str | None = option(None, "s1 budget forcing: replace an early stop by this word")
-    max_extensions: int = option(0, "s1 budget forcing: how many times")
+    max_extensions: int = option(0, "s1 budget forcing: how many times (≤ the largest budget)")
     rollout: EngineConfig = option(help="the sampling engine and its settings", factory=EngineConfig)
 
     def validate(self) -> None:
@@ -298,6 +313,7 @@ def scale(cfg: ScaleConfig, progress: bool = True) -> dict[str, list[dict]]:
     if cfg.preset != "none" or cfg.n == 0:
         print(f"scale: {describe(cfg, [cfg.bench])}", file=sys.stderr)
     models = [(cfg.labels[i] if i < len(cfg.labels) else f"model{i + 1}", m) for i, m in enumerate(cfg.models)]
+    check_scale_output(cfg.out, list(cfg.models), cfg.bench, cfg.summarizer, cfg.gpqa_csv)  # before the trackers
     with open_trackers(cfg, cfg.out, "scale") as trackers:
         curves = run_scale(models, cfg.bench, cfg.out, cfg.settings(), cfg.summarizer, cfg.rollout, cfg.limit,
                            cfg.gpqa_csv, cfg.data_dir, progress=progress,

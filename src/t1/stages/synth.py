@@ -34,11 +34,15 @@ from tqdm import tqdm
 from t1.config import option, require
 from t1.data import DATA_DIR
 from t1.io import DataError, atomic_write_text, check_output, clean_text, fill, iter_jsonl
+from t1.rollout.base import check_tokens
 from t1.rollout.config import ServerAddress, check_client
 from t1.rollout.openai import MalformedReply, ServerError, post_json, reply_limit
 from t1.tasks.math import MathGrader
 
 PROMPTS = DATA_DIR / "synth_prompts"
+MAX_ATTEMPTS = 64  # attempts per teacher: all of them, with critiques, go into one merge prompt
+CHARS_PER_TOKEN = 32  # a reply's text may hold this many characters per max_tokens (+ 256): English averages ~4,
+# whitespace-heavy code ~8; more is a server that ignores max_tokens (its reply would go into the SFT data)
 REFLECTION = re.compile(r"\b(wait|mistake|wrong|incorrect|error|re-?check|reconsider|let me)\b", re.I)
 
 
@@ -47,12 +51,12 @@ class Endpoint(ServerAddress):
     """A chat model: where it is served (:class:`t1.rollout.config.ServerAddress`) and how to sample it."""
 
     temperature: float = option(0.7, "sampling temperature")
-    max_tokens: int = option(4096, "longest reply")
+    max_tokens: int = option(4096, "longest reply (≤ 1,048,576); a reply far longer is refused (t1.stages.synth)")
 
     def validate(self) -> None:
         super().validate()
         require(self.temperature >= 0, "temperature", "must be ≥ 0", self.temperature)
-        require(self.max_tokens >= 1, "max_tokens", "must be ≥ 1", self.max_tokens)
+        check_tokens(self.max_tokens, "max_tokens")
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class SynthConfig:
     problem_field: str = option("problem", "field with the problem")
     answer_field: str = option("answer", "field with the gold answer")
     teachers: tuple[Endpoint, ...] = option(help="models that attempt the problems", factory=lambda: (Endpoint(),))
-    attempts_per_teacher: int = option(2, "attempts sampled from each teacher")
+    attempts_per_teacher: int = option(2, f"attempts sampled from each teacher (≤ {MAX_ATTEMPTS})")
     critic: Endpoint = option(help="the model that critiques attempts", factory=lambda: Endpoint(temperature=0.0))
     writer: Endpoint = option(help="the model that merges and rewrites", factory=lambda: Endpoint(temperature=0.0))
     prompts_dir: str | None = option(None, "directory overriding attempt/critique/merge/rewrite .txt prompts")
@@ -76,7 +80,9 @@ class SynthConfig:
     def validate(self) -> None:
         require(len(self.inputs) > 0, "inputs", "give at least one file", self.inputs)
         require(len(self.teachers) > 0, "teachers", "give at least one teacher", self.teachers)
-        require(self.attempts_per_teacher >= 1, "attempts_per_teacher", "must be ≥ 1", self.attempts_per_teacher)
+        require(1 <= self.attempts_per_teacher <= MAX_ATTEMPTS, "attempts_per_teacher",
+                f"must be ≥ 1 and ≤ {MAX_ATTEMPTS} (the writer reads every attempt in one prompt)",
+                self.attempts_per_teacher)
         check_client(self.timeout, self.max_retries, self.concurrency)
         require(math.isfinite(self.grader_timeout) and self.grader_timeout > 0, "grader_timeout",
                 "must be a finite number of seconds > 0", self.grader_timeout)
@@ -123,7 +129,7 @@ class Client:
                    "temperature": ep.temperature, "max_tokens": ep.max_tokens}
         key = hashlib.sha256(json.dumps([ep.base_url, payload, sample], sort_keys=True).encode()).hexdigest()
         hit = self.cache.get(key)
-        if hit is not None:
+        if hit is not None and fits(hit, ep.max_tokens):  # a reply cached before replies were bounded: asked again
             self.calls["cached"] += 1
             return hit
         url = ep.base_url.rstrip("/") + "/chat/completions"
@@ -135,6 +141,9 @@ class Client:
                 text = reply["choices"][0]["message"]["content"]  # cleaned by post_json
                 if not isinstance(text, str):
                     raise TypeError("content is not a string")
+                if not fits(text, ep.max_tokens):  # not retried: such a server does it again
+                    raise ServerError(f"{url}: reply of {len(text):,} characters for max_tokens={ep.max_tokens:,} "
+                                      f"(more than {text_chars(ep.max_tokens):,}): the server ignores max_tokens")
             except (KeyError, IndexError, TypeError) as e:
                 last = f"malformed reply ({type(e).__name__})"
             except MalformedReply:  # not a JSON object: retried here (post_json retries only the network)
@@ -145,6 +154,15 @@ class Client:
                 return text
             time.sleep(min(30.0, 0.2 * 2 ** attempt))
         raise ServerError(f"{url}: {last} after {self.cfg.max_retries + 1} attempts")
+
+
+def text_chars(max_tokens: int) -> int:
+    """The most characters a reply to ``max_tokens`` may hold (no tokenizer here: :data:`CHARS_PER_TOKEN`)."""
+    return CHARS_PER_TOKEN * max_tokens + 256
+
+
+def fits(text: str, max_tokens: int) -> bool:
+    return len(text) <= text_chars(max_tokens)
 
 
 def load_prompts(prompts_dir: str | None) -> dict[str, str]:
