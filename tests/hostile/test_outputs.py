@@ -110,6 +110,10 @@ CASES = {
                                 files(**{"in.jsonl": rows(3)}), 2, ["is also an input"]),
     "synth out=D/new/../input": (("synth", "inputs=[{d}/in.jsonl]", "out={d}/new/../in.jsonl"),
                                  files(**{"in.jsonl": rows(3)}), 2, ["is also an input"]),
+    "sweep out is a file": (("sweep", "sft", "train.epochs=1,2", "--out", "{d}/f"), files(f="x"), 2,
+                            ["out", "/f: is a file, expected a directory"]),
+    "sweep out under a file": (("sweep", "sft", "train.epochs=1,2", "--out", "{d}/f/sw"), files(f="x"), 2,
+                               ["cannot create it: Not a directory"]),
     "demo out is a file": (("demo", "out={d}/f"), files(f="x"), 2, ["is a file, expected a directory"]),
     # 2. a failed write is one line naming the path, and the old result stays whole
     "eval full disk at the summary": (EVAL + ("out={d}/ev",), full_disk_at("summary.json", **OLD_EVAL), 2,

@@ -358,3 +358,19 @@ def test_checkpoints_and_final_get_the_mode_the_umask_gives(tmp_path, tiny, mask
         files = [p for p in root.rglob("*") if p.is_file()]
         assert any(p.suffix == ".safetensors" for p in files), files
         assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(file_mode) for p in files}
+
+
+def test_log_rows_are_strict_json_even_holding_nan_or_infinity(tmp_path):
+    """A non-finite metric (a diverged loss, an IS weight from a bad server) was written as NaN / Infinity:
+    Python reads it back, jq and pandas do not. It is null in the log; the rest of the row is kept."""
+    log = Log(tmp_path / "metrics.jsonl")
+    log.write({"step": 1, "loss": float("nan"), "w": [1.0, float("inf")], "ok": 0.5},
+              {"step": 2, "nested": {"x": float("-inf")}})
+    log.close()
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    text = (tmp_path / "metrics.jsonl").read_text()
+    rows = [json.loads(line, parse_constant=refuse) for line in text.splitlines()]
+    assert rows == [{"step": 1, "loss": None, "w": [1.0, None], "ok": 0.5}, {"step": 2, "nested": {"x": None}}]

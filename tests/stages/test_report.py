@@ -131,3 +131,19 @@ def test_damaged_result_files_are_named_and_a_full_disk_keeps_the_old_page(tmp_p
     err = capsys.readouterr().err
     assert err.strip() == f"t1 report: error: {run / 'report.html'}: No space left on device"
     assert (run / "report.html").read_text() == "old" and sorted(os.listdir(run)) == ["eval", "report.html"]
+
+
+def test_report_draws_a_run_whose_log_holds_null_numbers(tmp_path):
+    """A NaN or infinite metric is logged as null (strict JSON): the page still renders, with a gap."""
+    from t1.runtime.run import Log
+
+    run = tmp_path / "run"
+    log = Log(run / "metrics.jsonl")
+    log.write(*({"step": i, "reward": float("nan") if i == 1 else 0.1 * i, "accuracy": 0.1, "entropy": 1.0,
+                 "kl": float("inf") if i == 3 else 0.0, "response_length": 9, "penalty_truncated": 0.0,
+                 "penalty_repetitive": 0.0, "penalty_garbage": 0.0, "time_sample": 1.0, "time_score": 0.1,
+                 "time_train": 1.0, "tokens_per_s": 9.0} for i in range(1, 6)))
+    log.close()
+    assert '"reward": null' in (run / "metrics.jsonl").read_text()
+    page = write_report(run).read_text()
+    assert "<h2>RL training" in page and "nan" in page  # the summary table's mean over a gap

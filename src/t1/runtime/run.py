@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import random
 import re
@@ -85,6 +86,25 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------------------------------------- logs
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """One log row as a line of strict JSON: NaN and ±Infinity (which Python's json writes and every other
+    reader — jq, pandas' strict mode, JavaScript — refuses) become null."""
+    try:
+        return json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:
+        return json.dumps(_finite(row), ensure_ascii=False) + "\n"
+
+
 class Log:
     """One JSON Lines log of a run (``metrics.jsonl``, ``rollouts.jsonl``; every row has a ``step``): rows are
     appended and flushed, so a killed run keeps them. Resuming from a checkpoint at ``resume_step``, the rows
@@ -98,12 +118,12 @@ class Log:
             path.unlink(missing_ok=True)
         elif path.exists():
             keep = [row for row in read_log(path) if row.get("step", 0) <= resume_step]
-            atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
+            atomic_write_text(path, "".join(json_line(row) for row in keep))
 
     def write(self, *rows: dict[str, Any]) -> None:
         if self.handle is None:
             self.handle = open(self.path, "a", encoding="utf-8")
-        self.handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        self.handle.write("".join(json_line(row) for row in rows))
         self.handle.flush()
 
     def close(self) -> None:

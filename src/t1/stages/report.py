@@ -21,8 +21,13 @@ RL_PANELS = [("reward", "mean reward"), ("accuracy", "accuracy"), ("entropy", "t
 
 
 def _rows(path: Path) -> list[dict]:
-    """A run's log; a torn last line (a killed or failed write) is dropped with a warning."""
-    return read_log(path)
+    """A run's log; a torn last line (a killed or failed write) is dropped with a warning; a null number (NaN or
+    ±inf when logged, see :func:`t1.runtime.run.json_line`) in ``metrics.jsonl`` reads as NaN, a gap in the
+    curves."""
+    rows = read_log(path)
+    if path.name != "metrics.jsonl":
+        return rows
+    return [{k: float("nan") if v is None else v for k, v in row.items()} for row in rows]
 
 
 def _fig():
