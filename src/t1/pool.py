@@ -149,6 +149,13 @@ class DeadlinePool:
         self.slots: list[_Slot] = []
         self.restarts = 0
 
+    def start(self) -> None:
+        """Fork every worker now rather than at the first :meth:`map`: a caller about to start CUDA, NCCL or
+        a vLLM engine forks its workers while it holds none of their threads (a fork copies the parent at
+        that moment; only the forking thread survives in the child)."""
+        while len(self.slots) < self.workers:
+            self.slots.append(_Slot(self.ctx, self.fn))
+
     def __enter__(self) -> DeadlinePool:
         return self
 

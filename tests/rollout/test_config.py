@@ -51,6 +51,9 @@ def test_bad_client_settings_name_their_field():
                                   ("sync_timeout", 0, "must be a finite number"),
                                   ("concurrency", 0, "must be ≥ 1"),
                                   ("urls", "[ftp://a]", "each must be an http:// or https:// URL"),
-                                  ("nccl_port", 0, "must be a port number")):
+                                  ("nccl_port", 0, "must be a port number"),
+                                  ("decode_tokens_per_s", 0, "must be a finite number > 0"),
+                                  ("decode_tokens_per_s", ".nan", "must be a finite number"),
+                                  ("dtype", "float64", "must be one of 'auto' | 'bfloat16'")):
         with pytest.raises(ConfigError, match=f"^rollout.vllm_server.{field}: {message}"):
             C.load(FilterConfig, None, ["model=m", f"rollout.vllm_server.{field}={value}"])

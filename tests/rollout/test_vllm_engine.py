@@ -3,6 +3,8 @@ after weight pushes, stale engines are refused, and `t1 rl` samples from the pol
 
 import copy
 import json
+import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +22,170 @@ from t1.rollout.weights import full_parameters  # noqa: E402
 from t1.stages.rl import train_rl  # noqa: E402
 
 PARAMS = SamplingParams(temperature=1.2, top_p=0.95, max_new_tokens=24)
+
+
+# ------------------------------------------------------------------ what t1 hands vLLM (a fake LLM class)
+# First in this module: no real engine (and no vLLM process group) exists yet in the process.
+
+
+class FakeLLM:
+    """Stands in for ``vllm.LLM``: records its keyword arguments, the requests' sampling parameters and the
+    lifecycle calls; its worker consumes pushed weights."""
+
+    made: list = []
+
+    def __init__(self, **kw):
+        FakeLLM.made.append(kw)
+        self.calls, self.requests = [], []
+        self.worker = SimpleNamespace(reload_weights=lambda weights_iterator: [None for _ in weights_iterator])
+        self.llm_engine = SimpleNamespace(engine_core=SimpleNamespace(shutdown=self._shutdown))
+
+    def _shutdown(self):
+        from vllm.distributed import parallel_state as ps
+
+        self.calls.append("shutdown")
+        ps.destroy_distributed_environment()  # as EngineCore.shutdown → cleanup_dist_env_and_memory does
+
+    def generate(self, prompts, sps, use_tqdm=False):
+        self.requests.extend(sps if isinstance(sps, list) else [sps] * len(prompts))
+        out = SimpleNamespace(token_ids=[5], logprobs=[{5: SimpleNamespace(logprob=-0.5)}], finish_reason="length")
+        return [SimpleNamespace(outputs=[out]) for _ in prompts]
+
+    def collective_rpc(self, fn, args=()):
+        return [fn(self.worker, *args)]
+
+    def sleep(self, level):
+        self.calls.append(f"sleep {level}")
+
+    def wake_up(self, tags):
+        self.calls.append(f"wake {','.join(tags)}")
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset")
+
+
+@pytest.fixture
+def fake_llm(monkeypatch):
+    import vllm
+
+    FakeLLM.made = []
+    monkeypatch.setattr(vllm, "LLM", FakeLLM)
+    return FakeLLM
+
+
+def gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_only_t1_rls_engine_sleeps_and_starts_from_dummy_weights(fake_llm, tiny_model_dir, monkeypatch):
+    """eval / filter / scale (open_engine) read the checkpoint and never sleep: sleep mode means vLLM's CuMem
+    allocator, one instance per process, and `t1 scale` may hold two engines. `t1 rl`'s engine (training) runs
+    in sleep mode on a GPU and starts from dummy weights, which its first push replaces."""
+    from t1.rl.config import RolloutConfig
+    from t1.rollout import make_engine, open_engine
+
+    gpu(monkeypatch)
+    _, tok = load(tiny_model_dir)
+    eng, _, _ = open_engine("vllm", str(tiny_model_dir))
+    rl = make_engine(RolloutConfig(engine="vllm"), None, tok, model_path=str(tiny_model_dir), training=True)
+    off = make_engine(RolloutConfig(engine="vllm", vllm=VLLMConfig(dummy_weights=False, enable_sleep_mode=False)),
+                      None, tok, model_path=str(tiny_model_dir), training=True)
+    (other, trained, switched_off) = fake_llm.made
+    assert (other["enable_sleep_mode"], other["load_format"]) == (False, "auto")
+    assert (trained["enable_sleep_mode"], trained["load_format"]) == (True, "dummy")
+    assert (switched_off["enable_sleep_mode"], switched_off["load_format"]) == (False, "auto")
+    eng.sleep()
+    off.sleep()
+    rl.sleep()
+    assert eng.llm.calls == [] and off.llm.calls == [] and rl.llm.calls == ["sleep 2"]
+    with pytest.raises(StaleEngineError, match="version -1"):  # dummy weights: nothing to sample from yet
+        rl.generate([[3]], [0], PARAMS, version=0)
+
+
+def test_a_first_push_over_dummy_weights_must_carry_every_checkpoint_weight(fake_llm, tiny_model_dir):
+    """vLLM only logs a weight a push lacks: over dummy weights it would stay random, so the first push is
+    checked against the checkpoint's names (tied lm_head: the checkpoint lacks it, the push carries it)."""
+    from t1.rollout.base import EngineError
+
+    model, tok = load(tiny_model_dir, dtype="float32")
+    eng = VLLMEngine(str(tiny_model_dir), tok, VLLMConfig(), training=True)
+    assert fake_llm.made[0]["load_format"] == "dummy" and eng.engine_version() == -1
+    with pytest.raises(EngineError, match=r"^rollout.vllm.dummy_weights: the first weight push lacked 1 of the "
+                                          r"checkpoint's weights \(e.g. model.norm.weight\)"):
+        eng.push_weights(((n, t) for n, t in full_parameters(model) if n != "model.norm.weight"), 1)
+    eng.push_weights(full_parameters(model), 1)
+    assert eng.engine_version() == 1 and eng.expected is None
+
+
+def test_another_vllm_series_is_refused_before_the_engine_is_built(fake_llm, tiny_model_dir, monkeypatch):
+    """t1 calls reload_weights(weights_iterator=…) and the weight-transfer API of vLLM 0.32: an older wheel
+    crashed at the first push, hours in. Refused in one line before vllm.LLM is built."""
+    import vllm
+
+    from t1.config import ConfigError
+
+    tok = load(tiny_model_dir, dtype="float32")[1]
+    monkeypatch.setattr(vllm, "__version__", "0.31.2")
+    with pytest.raises(ConfigError, match=r"^rollout.engine: vLLM 0.31.2 is installed; t1 supports 0.32"):
+        VLLMEngine(str(tiny_model_dir), tok, VLLMConfig(), training=True)
+    assert fake_llm.made == []
+
+
+def test_per_request_seeds_switch(fake_llm, tiny_model_dir, monkeypatch):
+    """Seeded requests put vLLM's GPU sampler on a per-request loop: by default only the CPU build gets them
+    (exact tests and resumes), a GPU run the engine's seed alone; either can be forced."""
+    _, tok = load(tiny_model_dir)
+
+    def seeds(**cfg) -> list:
+        eng = VLLMEngine(str(tiny_model_dir), tok, VLLMConfig(**cfg))
+        eng.llm.requests.clear()  # the start-up probe's
+        eng.generate([[3], [4]], [7, 8], PARAMS)
+        return [r.seed for r in eng.llm.requests]
+
+    assert seeds() == [7, 8] and seeds(per_request_seeds=False) == [None, None]
+    gpu(monkeypatch)
+    assert seeds() == [None, None] and seeds(per_request_seeds=True) == [7, 8]
+
+
+def test_close_shuts_the_engine_core_down(fake_llm, tiny_model_dir, monkeypatch):
+    """close() shuts vLLM's engine core down itself (not left to a garbage collection of the LLM that may
+    never come); under a distributed launch the trainer's default process group survives it."""
+    import torch.distributed as dist
+    from vllm.distributed import parallel_state as ps
+
+    _, tok = load(tiny_model_dir)
+    eng = VLLMEngine(str(tiny_model_dir), tok, VLLMConfig())
+    llm = eng.llm  # a reference held elsewhere: the LLM is not collected at close()
+    eng.close()
+    eng.close()
+    assert llm.calls == ["shutdown"] and eng.llm is None
+
+    monkeypatch.setattr(ps, "_WORLD", None)  # no vLLM world group: only torch's default group is at stake
+    made = not dist.is_initialized()
+    if made:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_store()}", rank=0, world_size=1)
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")  # a launch: the default group is the trainer's
+        eng = VLLMEngine(str(tiny_model_dir), tok, VLLMConfig())
+        assert fake_llm.made[-1]["distributed_executor_backend"] == "external_launcher"
+        llm = eng.llm
+        eng.close()
+        assert llm.calls == ["shutdown"] and dist.is_initialized()
+    finally:
+        if made and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def tmp_store() -> str:
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="t1-pg-")
+    os.close(fd)
+    os.unlink(path)
+    return path
+
+
+# -------------------------------------------------------------------------- vLLM's CPU build, for real
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +291,8 @@ def test_rl_through_vllm_samples_from_every_steps_policy(vllm_model_dir, tmp_pat
     stale = tmp_path / "stale"
     train_rl(C.load(RLConfig, None, rl_args(vllm_model_dir, stale, "train.steps=3")), progress=False)
     s = metrics(stale)
-    assert s[0]["sampling/logp_diff_max"] < 1e-3  # step 1 samples from the starting weights: still equal
-    assert all(r["sampling/logp_diff_max"] > 1e-2 for r in s[1:]), [r["sampling/logp_diff_max"] for r in s]
+    # t1 rl's engine starts from dummy weights (never reading the checkpoint): even step 1 samples from them
+    assert all(r["sampling/logp_diff_max"] > 1e-2 for r in s), [r["sampling/logp_diff_max"] for r in s]
 
 
 def test_lora_rl_through_vllm_samples_from_the_merged_weights(vllm_model_dir, tmp_path):

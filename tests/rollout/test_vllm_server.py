@@ -336,6 +336,8 @@ def test_real_server_log_probs_and_a_disk_push(served, tmp_path):
     model.eval()
     engine = VLLMServerEngine(tok, cfg(url, timeout=120, sync_timeout=120, sync_dir=str(tmp_path / "sync")))
     assert engine.server_versions() == ["default"]
+    # what t1 reads of a real server (/version passed; /server_info): fp32 (kept exact), batch and KV sizes
+    assert engine.push_dtype == torch.float32 and engine.capacity[0][0] >= 1 and engine.capacity[0][1] >= 512
     params = SamplingParams(0.8, 0.9, 24)
     prompts = [[5, 6, 7]] * 3 + [[9, 10]] * 2 + [[11]]
     seeds = [101, 102, 103, 201, 202, 301]
@@ -385,7 +387,9 @@ def test_rl_through_a_server_samples_from_every_steps_policy(served, tmp_path):
     assert [r["weight_version"] for r in rows] == [1, 2, 3]
     # fp32 rounding, except at the top-p nucleus edge (tests/rollout/test_vllm_engine.py: 4e-3 here at step 3)
     assert all(r["sampling/logp_diff_max"] < 5e-3 for r in rows), [r["sampling/logp_diff_max"] for r in rows]
-    assert json.loads((out / "engine_weights" / VERSION_FILE).read_text()) == {"version": 3}
+    # pushed at the start of each step (t1.stages.rl: the engine sleeps through the checkpoints): step 3 sampled
+    # version 2; the weights of its update (3) go to final/, not to the servers
+    assert json.loads((out / "engine_weights" / VERSION_FILE).read_text()) == {"version": 2}
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ from t1.model.load import Attention, attention_option
 from t1.model.lora import LoraConfig, lora_option
 from t1.rl.penalties import PenaltyConfig
 from t1.rollout.base import check_sampling, check_sequences
-from t1.rollout.config import EngineConfig
+from t1.rollout.config import EngineConfig, check_seconds
+from t1.runtime.device import NCCL_TIMEOUT
 from t1.runtime.optim import OptimConfig
 from t1.runtime.trackers import Tracking
 
@@ -120,6 +121,9 @@ class RLTrainConfig:
     rollouts_kept: int = option(8, "rollouts written per sampled step")
     max_bad_steps: int = option(3, "stop after this many consecutive updates with a NaN/inf loss or gradient")
     grader_timeout: float = option(5.0, "seconds allowed per math answer check")
+    nccl_timeout: float = option(NCCL_TIMEOUT, "seconds a collective (NCCL, gloo) waits for the slowest process "
+                                               "before the job aborts (torch's NCCL default is 600: too short "
+                                               "for long samples and large checkpoints)")
     optim: OptimConfig = option(help="AdamW (0.9, 0.95), wd 0.1, lr 1.5e-6, warm-up then constant (paper)",
                                 factory=_rl_optim)
 
@@ -135,6 +139,7 @@ class RLTrainConfig:
         require(self.rollouts_every >= 0, "rollouts_every", "must be ≥ 0 (0 = never)", self.rollouts_every)
         require(self.rollouts_kept >= 0, "rollouts_kept", "must be ≥ 0", self.rollouts_kept)
         require(self.grader_timeout > 0, "grader_timeout", "must be > 0 seconds", self.grader_timeout)
+        check_seconds(self.nccl_timeout, "nccl_timeout")
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,13 @@ __all__ = ["Engine", "EngineError", "Sample", "SamplingParams", "sample_seed", "
 
 
 def make_engine(cfg, model, tokenizer, *, model_path: str | None = None, max_len: int = 0,
-                run_dir: str | None = None) -> Engine:
+                run_dir: str | None = None, training: bool = False) -> Engine:
     """The engine ``cfg`` (a :class:`t1.rollout.config.EngineConfig`, or just an engine name) asks for.
     ``model`` is the loaded policy (fast/generate sample from it); ``model_path`` is where vLLM loads the
     starting weights from; ``max_len`` the longest prompt + budget; ``run_dir`` holds disk-synced weights.
+    ``training``: `t1 rl`'s engine, pushed every weight before it samples and asleep in between — vLLM may
+    then start from dummy weights and run in sleep mode; every other stage's (:func:`open_engine`) reads the
+    checkpoint and never sleeps (:mod:`t1.rollout.vllm_engine`).
     A ``t1 rl`` rollout config carries its budget and step size: they are checked against the policy's context
     and this machine's memory here, before anything samples (:func:`t1.rollout.bounds.check_engine`)."""
     from t1.rollout.config import EngineConfig, resolve
@@ -52,7 +55,7 @@ def make_engine(cfg, model, tokenizer, *, model_path: str | None = None, max_len
 
         if model_path is None:
             raise ValueError("engine vllm needs the model's path")
-        return VLLMEngine(model_path, tokenizer, cfg.vllm, max_len=max_len)
+        return VLLMEngine(model_path, tokenizer, cfg.vllm, max_len=max_len, training=training)
     if kind == "vllm_server":
         from t1.rollout.vllm_server import VLLMServerEngine
 
@@ -144,7 +147,10 @@ def open_engine(cfg, model_path: str, *, max_len: int = 0, run_dir: str | None =
         model.eval()
     else:
         model, tok = None, load_tokenizer(model_path)
-    return make_engine(cfg, model, tok, model_path=str(model_path), max_len=max_len, run_dir=run_dir), tok, kind
+    # not `t1 rl`'s engine: vLLM reads the checkpoint and never sleeps (one sleep-mode engine per process)
+    engine = make_engine(cfg, model, tok, model_path=str(model_path), max_len=max_len, run_dir=run_dir,
+                         training=False)
+    return engine, tok, kind
 
 
 def close_engine(engine) -> None:

@@ -97,12 +97,20 @@ class VLLMConfig:
     max_num_batched_tokens: int = option(0, "tokens per scheduler step (0 = vLLM's default; on CPU ≥ the "
                                             "longest sequence, so no seeded prefill is split)")
     enable_prefix_caching: bool = option(True, "share the KV cache of a prompt among its K samples")
-    enable_sleep_mode: bool = option(True, "GPU: free the KV cache during the update, wake before sampling "
-                                           "(vLLM's CPU backend has no sleep mode: ignored there)")
+    enable_sleep_mode: bool = option(True, "t1 rl on GPU: free vLLM's weights and KV cache during the update and "
+                                           "checkpoints, wake at the next push (other stages never sleep: vLLM "
+                                           "allows one sleep-mode engine per process; no sleep mode on CPU)")
+    dummy_weights: bool = option(True, "t1 rl: vLLM starts from random weights instead of reading the "
+                                       "checkpoint on every rank, since the first push replaces every one "
+                                       "(checked); other stages always read it")
     dtype: str = option("auto", "vLLM weights and compute: auto (bf16 on GPU, the model's dtype on CPU) | "
                                 "float32 | bfloat16 | float16")
     enforce_eager: bool | None = option(None, "no CUDA graphs / torch.compile (null = eager on CPU only)")
-    seed: int = option(0, "engine seed (each request also carries its own)")
+    seed: int = option(0, "engine seed (+ rank // tensor_parallel_size)")
+    per_request_seeds: bool | None = option(
+        None, "a seed on every request: samples independent of batching, exact resumes; on GPU vLLM then "
+              "samples request by request (estimated 10-20 % slower). null = on CPU only (GPU runs are not "
+              "bit-exact anyway)")
 
     def validate(self) -> None:
         require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]",
@@ -122,9 +130,15 @@ class VLLMServerConfig:
                 "nccl: broadcast from training rank 0 to every server's GPUs (vLLM's weight-transfer API)")
     sync_dir: str = option("", "disk sync: a directory every server can read (empty: <run dir>/engine_weights)")
     nccl_host: str = option(
-        "", "nccl sync: this trainer's address the servers can reach (empty: this host's name)")
+        "", "nccl sync: this trainer's address the servers can reach (empty: the address this host routes "
+            "to the first remote server from; a loopback address is refused when a server is remote)")
     nccl_port: int = option(29600, "nccl sync: the port of the weight-broadcast group")
-    timeout: float = option(1800.0, "seconds per request, all of it (a 16k-token sample can take minutes)")
+    timeout: float = option(1800.0, "seconds per request, all of it, at least (raised to the step's work on the "
+                                     "server at decode_tokens_per_s: see t1.rollout.vllm_server)")
+    decode_tokens_per_s: float = option(
+        2.0, "slowest decode speed of one sequence in a full server batch (tokens/s): sizes request time-outs")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = option(
+        "auto", "dtype the weights travel and are written in (auto: the servers' own, from /server_info)")
     sync_timeout: float = option(600.0, "seconds allowed for one weight push to all servers")
     max_retries: int = option(2, "retries on 429 / 5xx / connection errors before the step fails")
     concurrency: int = option(64, "requests in flight per server")
@@ -135,6 +149,8 @@ class VLLMServerConfig:
             require(http_url(url), "urls", "each must be an http:// or https:// URL", url)
         check_client(self.timeout, self.max_retries, self.concurrency)
         check_seconds(self.sync_timeout, "sync_timeout")
+        require(math.isfinite(self.decode_tokens_per_s) and self.decode_tokens_per_s > 0, "decode_tokens_per_s",
+                "must be a finite number > 0", self.decode_tokens_per_s)
         require(1 <= self.nccl_port <= 65535, "nccl_port", "must be a port number (1..65535)", self.nccl_port)
 
 

@@ -9,7 +9,7 @@ its own); both are checked at construction (bounded by ``sync_timeout``). Recipe
   and the seed of the run's *first* sample: vLLM seeds sample k with ``seed + k``, so samples are
   reproducible per (prompt, seed of its group) and the other seeds are unused. Runs over 64 are split with
   the same seeds. Requests go round-robin over the servers (offset by the training rank), ``concurrency`` in
-  flight per server, each bounded by ``timeout`` and retried ``max_retries`` times (``post_json``); a
+  flight per server, each bounded by a time-out and retried ``max_retries`` times (``post_json``); a
   malformed reply or a dead server raises a one-line ``ServerError`` naming the server. Token ids come back
   exactly (``return_tokens_as_token_ids``) and are checked (integers within the model's vocabulary, at most
   ``max_tokens``: ``t1.rollout.openai.token_ids``), their log-probs too (finite, ≤ 0:
@@ -17,50 +17,80 @@ its own); both are checked at construction (bounded by ``sync_timeout``). Recipe
   stopped without it gets one appended with log-prob 0.0 (as ``t1.rollout.openai``). Text is decoded here
   without special tokens. Knobs a ``generation_config.json`` could set on the server (top-k, min-p,
   penalties) are sent switched off.
+* Request time-out: ``max(timeout, waves × max_tokens / decode_tokens_per_s)``, where waves = this step's
+  samples on that server (every training rank sends as many as this one: ``t1 rl`` splits a step evenly)
+  over the sequences it decodes at once (``max_num_seqs`` × data-parallel size, and no more than its KV
+  cache holds at prompt + budget tokens each: both from ``/server_info``).
+  vLLM schedules first come, first served and a request's clock starts when it is *sent* (requests not yet
+  sent wait here untimed), but a sent request can still queue on the server behind every other rank's: the
+  step's whole work on that server bounds its wait, whatever the queue. Lowering ``concurrency`` instead
+  cannot help (ranks do not coordinate: 32 ranks × 1 request × n = 64 already fill 8 waves of 256).
+* Start-up checks: each server's vLLM series (``GET /version``, where the server has it:
+  :mod:`t1.rollout.vllm_version`), its dtype (weights are pushed in it, ``dtype: auto``), its batch size.
 * ``generate(..., version=v)`` first asks every server's ``GET /weight_info`` and raises ``StaleEngineError``
   unless each reports ``str(v)``.
 * ``weight_sync: disk`` (works anywhere, CPUs included): every process iterates the weights (gathers are
   collectives); the main process (``torch.distributed`` rank 0, else this one) writes safetensors into
   ``sync_dir`` (default ``<run dir>/engine_weights``, readable by every server at the same path) and asks
   each server to ``reload_weights`` from it (``/collective_rpc``), reset its prefix cache and take the
-  version (``/update_weight_version``).
+  version (``/update_weight_version``). Tensors are written in the servers' dtype (bf16 on GPUs: half of fp32's
+  bytes; ``t1.rollout.weights.engine_copy``).
 * ``weight_sync: nccl``: vLLM's trainer-side NCCL weight transfer (``vllm.distributed.weight_transfer``). At
   the first push the main process opens the group through ``NCCLTrainerWeightTransferEngine.trainer_init``
   (rank 0 at ``nccl_host:nccl_port``; server i's workers take the ranks after servers 0..i-1's); a push is
   ``start_weight_update``, per ~1 GiB chunk ``update_weights`` (names, dtypes, shapes) while the chunk is
-  broadcast tensor by tensor, then ``finish_weight_update`` with the version. Servers need
-  ``--weight-transfer-config '{"backend": "nccl"}'``. Written from vLLM 0.32's code: untested on hardware
-  in CI (no GPU there).
+  broadcast tensor by tensor (in the servers' dtype), then ``finish_weight_update``, a prefix-cache reset and
+  the version, as the disk path: vLLM's ``finish_weight_update`` only finalises the reload
+  (``AsyncLLM.finish_weight_update`` → ``Worker.finish_weight_update``), so without the reset the next step
+  would reuse KV blocks of every shared prompt prefix computed with the old weights. ``nccl_host``: see
+  :func:`nccl_address`. Servers need ``--weight-transfer-config '{"backend": "nccl"}'``. Written from vLLM
+  0.32's code: untested on hardware in CI (no GPU there).
 
 An API key in ``VLLM_API_KEY`` (what ``vllm serve`` reads) is sent as a bearer token, never shown.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
+from t1.config import ConfigError
 from t1.rollout.base import Sample, SamplingParams, finish, shown
-from t1.rollout.config import VLLMServerConfig
+from t1.rollout.config import MAX_TIMEOUT, VLLMServerConfig
 from t1.rollout.openai import ServerError, get_json, post_json, reply_limit, scrubbed, token_ids, token_logprobs
 from t1.rollout.vllm_engine import StaleEngineError
-from t1.rollout.weights import write_safetensors
+from t1.rollout.vllm_version import check_installed, check_server
+from t1.rollout.weights import engine_copy, write_safetensors
 
 DEV_MODE = ("the weight routes are missing: start `vllm serve` with the environment variable "
             "VLLM_SERVER_DEV_MODE=1")
 MAX_N = 64  # samples per request
 CHUNK_BYTES = 1 << 30  # nccl sync: tensors held (copied) per update_weights call
+DTYPES = ("bfloat16", "float16", "float32")
 
 
 def _rank(default: int = 0) -> int:
     """This process's ``torch.distributed`` rank, ``default`` when it is not initialized."""
     dist = torch.distributed
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else default
+
+
+def _world() -> int:
+    """Training processes sampling at once (``torch.distributed``, else ``WORLD_SIZE``, else 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _groups(prompts: list[list[int]], seeds: list[int]) -> list[tuple[int, int, int]]:
@@ -91,7 +121,10 @@ class VLLMServerEngine:
         self.rank = _rank(int(os.environ.get("RANK", "0")))  # offsets the round-robin
         self.weight_version: int | None = None
         self._nccl = None
-        self.models = self._each(self._check)
+        checked = self._each(self._check)
+        self.models = [m for m, _, _ in checked]
+        self.capacity = [c for _, _, c in checked]  # (sequences, KV-cache tokens) of each server
+        self.push_dtype = _push_dtype(cfg.dtype, [d for _, d, _ in checked])
 
     # ------------------------------------------------------------------------------------------- HTTP
 
@@ -114,18 +147,36 @@ class VLLMServerEngine:
         with ThreadPoolExecutor(len(self.urls)) as pool:
             return list(pool.map(fn, self.urls))
 
-    def _check(self, url: str) -> str:
-        """Dev mode and processed log-probs on; the served model's name."""
+    def _check(self, url: str) -> tuple[str, str | None, tuple[int, int]]:
+        """Dev mode and processed log-probs on, a supported vLLM; (served model's name, its dtype, its
+        :func:`_capacity`). ``/server_info``'s ``vllm_config`` is vLLM's config dumped to JSON (torch dtypes
+        as ``str``: ``"torch.bfloat16"``, ``entrypoints/serve/dev/server_info/api_router.py``)."""
         timeout = self.cfg.sync_timeout
         self._get(url, "/weight_info", timeout, missing=DEV_MODE)
+        version = self._version(url, timeout)
+        if version is not None:
+            check_server(url, version)
         info = self._get(url, "/server_info?config_format=json", timeout, missing=DEV_MODE)
         try:
-            mode = info["vllm_config"]["model_config"]["logprobs_mode"]
+            config = info["vllm_config"]
+            mode = config["model_config"]["logprobs_mode"]
         except (KeyError, TypeError):
             raise ServerError(f"{url}/server_info: no logprobs_mode in {shown(info)}") from None
         if mode != "processed_logprobs":
             raise ServerError(f"{url}: returns {mode!r} log-probs; start `vllm serve` with "
                               "--logprobs-mode processed_logprobs")
+        return self._model_name(url, timeout), _served_dtype(config), _capacity(config)
+
+    def _version(self, url: str, timeout: float):
+        """The server's vLLM version (``GET /version``), None where it has no such route (404)."""
+        try:
+            return self._get(url, "/version", timeout).get("version")
+        except ServerError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def _model_name(self, url: str, timeout: float) -> str:
         if self.cfg.model:
             return self.cfg.model
         models = self._get(url, "/v1/models", timeout)
@@ -160,17 +211,31 @@ class VLLMServerEngine:
         if not prompts:
             return []
         pools = [ThreadPoolExecutor(self.cfg.concurrency) for _ in self.urls]
+        longest = max(map(len, prompts)) + params.max_new_tokens
+        timeouts = [self.request_timeout(s, len(prompts), params.max_new_tokens, longest)
+                    for s in range(len(self.urls))]
         try:
             futures = []
             for g, (start, n, seed) in enumerate(_groups(prompts, seeds)):
                 s = (g + self.rank) % len(self.urls)
-                futures.append(pools[s].submit(self._request, s, prompts[start], n, seed, params))
+                futures.append(pools[s].submit(self._request, s, prompts[start], n, seed, params, timeouts[s]))
             return [sample for f in futures for sample in f.result()]
         finally:  # on a failure, requests not yet sent are dropped; those in flight end within their time-out
             for pool in pools:
                 pool.shutdown(wait=False, cancel_futures=True)
 
-    def _request(self, s: int, prompt: list[int], n: int, seed: int, params: SamplingParams) -> list[Sample]:
+    def request_timeout(self, s: int, samples: int, budget: int, longest: int = 0) -> float:
+        """Seconds a request to server ``s`` may take when this process samples ``samples`` × ``budget``
+        tokens (``longest``: prompt + budget): the step's work on that server at ``decode_tokens_per_s``
+        (module docstring), at least ``timeout``, at most a day."""
+        seqs, kv_tokens = self.capacity[s]
+        at_once = max(1, min(seqs, kv_tokens // max(1, longest))) if kv_tokens else seqs
+        on_server = -(-samples * _world() // len(self.urls))
+        waves = -(-on_server // at_once)
+        return min(MAX_TIMEOUT, max(self.cfg.timeout, waves * budget / self.cfg.decode_tokens_per_s))
+
+    def _request(self, s: int, prompt: list[int], n: int, seed: int, params: SamplingParams,
+                 timeout: float) -> list[Sample]:
         greedy = params.temperature <= 0
         payload = {"model": self.models[s], "prompt": list(prompt), "n": n, "seed": seed,
                    "max_tokens": params.max_new_tokens, "temperature": 0.0 if greedy else params.temperature,
@@ -178,7 +243,7 @@ class VLLMServerEngine:
                    "presence_penalty": 0.0, "frequency_penalty": 0.0, "logprobs": 0,
                    "return_tokens_as_token_ids": True, "stop_token_ids": list(params.stops(self.eos))}
         url = self.urls[s] + "/v1/completions"
-        reply = post_json(url, payload, api_key=self.api_key, timeout=self.cfg.timeout,
+        reply = post_json(url, payload, api_key=self.api_key, timeout=timeout,
                           max_retries=self.cfg.max_retries, max_bytes=reply_limit(n * params.max_new_tokens))
         return scrubbed(self.api_key, self._samples, url, reply, n, params)
 
@@ -223,7 +288,7 @@ class VLLMServerEngine:
             raise ValueError("vllm_server.weight_sync=disk needs vllm_server.sync_dir (or a run directory)")
         directory = directory.resolve()
         main = _rank() == 0  # asked now: the process group may have started after this engine
-        write_safetensors(weights, directory, version, write=main)
+        write_safetensors(weights, directory, version, write=main, dtype=self.push_dtype)
         if main:
             self._each(lambda url: self._reload(url, str(directory), version))
 
@@ -231,8 +296,14 @@ class VLLMServerEngine:
         # not retried: a failed reload (e.g. a path the server cannot see) kills vLLM's engine; show its reason
         self._post(url, "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": path}},
                    retries=0)
+        self._publish(url, version)
+
+    def _publish(self, url: str, version: int) -> None:
+        """After new weights: drop the KV blocks computed with the old ones, then announce the version (a
+        sampler checks it). vLLM refuses the reset (``success: false``) while blocks are held by running
+        requests (``entrypoints/serve/dev/cache/api_router.py``): none run during a push."""
         if not self._post(url, "/reset_prefix_cache", {}).get("success", False):
-            raise ServerError(f"{url}: could not reset its prefix cache after the weight reload")
+            raise ServerError(f"{url}: could not reset its prefix cache after the weight update")
         self._post(url, "/update_weight_version", {"new_version": str(version)})
 
     def _push_nccl(self, weights, version: int) -> None:
@@ -246,7 +317,7 @@ class VLLMServerEngine:
         client.start_weight_update()
         side = ThreadPoolExecutor(1)
         try:
-            for chunk in _chunks(weights, CHUNK_BYTES):
+            for chunk in _chunks(weights, CHUNK_BYTES, self.push_dtype):
                 meta = {"names": [n for n, _ in chunk], "shapes": [list(t.shape) for _, t in chunk],
                         "dtype_names": [str(t.dtype).split(".")[-1] for _, t in chunk]}
                 receiving = side.submit(client.update_weights, meta)  # the servers wait in the broadcast
@@ -259,9 +330,16 @@ class VLLMServerEngine:
             torch.cuda.current_stream().synchronize()
         finally:  # never join a thread stuck in a broken NCCL call
             side.shutdown(wait=False)
-        client.finish_weight_update(str(version))
+        client.finish_weight_update(None)  # the version comes after the cache reset
+        self._each(lambda url: self._publish(url, version))
 
     def _init_nccl(self):
+        try:
+            import vllm
+        except ImportError:
+            raise ConfigError("rollout.vllm_server.weight_sync: nccl needs vLLM on the training nodes too — "
+                              "pip install 'vllm==0.32.*' there (or weight_sync=disk)") from None
+        check_installed(getattr(vllm, "__version__", "unknown"))
         from vllm.distributed.weight_transfer import ModuleSource
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo as Info
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerWeightTransferEngine as Trainer
@@ -273,7 +351,7 @@ class VLLMServerEngine:
             return n
 
         sizes = self._each(workers)
-        info = Info(master_address=self.cfg.nccl_host or socket.getfqdn(), master_port=self.cfg.nccl_port,
+        info = Info(master_address=nccl_address(self.cfg.nccl_host, self.urls), master_port=self.cfg.nccl_port,
                     world_size=1 + sum(sizes), packed=False, rank=0)
         # the source is unused: pushes drive the broadcast themselves (their weights arrive one at a time)
         return Trainer.trainer_init(info, client=_Servers(self, sizes), source=ModuleSource(torch.nn.Module()))
@@ -286,13 +364,91 @@ class VLLMServerEngine:
             nccl.shutdown()
 
 
-def _chunks(weights, limit: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Copies of the pairs on this GPU (each tensor is valid only until the next is drawn), a chunk closed as
-    soon as it holds ``limit`` bytes. After a failed push the NCCL group is unusable (as in vLLM)."""
+def _served_dtype(config) -> str | None:
+    """The dtype a server holds its weights in (``model_config.dtype``: ``"torch.bfloat16"``), None if unknown."""
+    dtype = config.get("model_config", {}).get("dtype") if isinstance(config, dict) else None
+    name = dtype.removeprefix("torch.") if isinstance(dtype, str) else None
+    return name if name in DTYPES else None
+
+
+def _capacity(config) -> tuple[int, int]:
+    """(sequences a server decodes at once, its KV-cache tokens; 0: unknown). Sequences: ``max_num_seqs`` (per
+    data-parallel rank, vLLM's ``SchedulerConfig``) × ``data_parallel_size``, 1 where it does not say (the
+    time-out only grows). KV tokens: ``cache_config.num_gpu_blocks`` (the API process sums its engines' after
+    start-up, ``v1/engine/core_client.py``) × ``block_size``: fewer full-length sequences may fit than
+    ``max_num_seqs`` (a 32B server's KV holds ~100 of 17k tokens), and vLLM preempts the rest."""
+    def whole(*path):
+        value = config
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value if type(value) is int and value >= 1 else None
+
+    seqs, dp = whole("scheduler_config", "max_num_seqs"), whole("parallel_config", "data_parallel_size") or 1
+    blocks, size = whole("cache_config", "num_gpu_blocks"), whole("cache_config", "block_size")
+    return (seqs * dp if seqs else 1), (blocks * size if blocks and size else 0)
+
+
+def _push_dtype(configured: str, served: list[str | None]) -> torch.dtype | None:
+    """The dtype pushed weights travel in: ``configured``, or (auto) the servers' own — vLLM casts what it
+    receives to it anyway (:func:`t1.rollout.weights.engine_copy`), so fp32 stays fp32 for an fp32 server
+    (the CPU tests) and a bf16 GPU server gets half the bytes. Servers of different dtypes, or one that does
+    not say: no cast (each casts for itself)."""
+    if configured != "auto":
+        return getattr(torch, configured)
+    kinds = set(served)
+    return getattr(torch, kinds.pop()) if len(kinds) == 1 and None not in kinds else None
+
+
+def nccl_address(configured: str, urls: list[str]) -> str:
+    """The IPv4 address of this trainer for the NCCL weight-transfer rendezvous.
+
+    vLLM's rank 0 *binds* its TCP store to it (``StatelessProcessGroup.create``: an ``AF_INET`` socket,
+    ``listen_socket.bind((host, port))``, ``vllm/distributed/utils.py``) and the servers connect to it, so it
+    must be this host's address on the servers' network. A host name is resolved here, as vLLM would: on
+    stock Ubuntu the host's own name (and ``socket.getfqdn()``) maps to 127.0.1.1 in ``/etc/hosts``, which
+    no other node reaches. Empty: the source address of a route to the first remote server (a UDP socket
+    "connected" there: no packet is sent). A loopback address while a server is remote is refused."""
+    hosts = [urllib.parse.urlsplit(u).hostname or "" for u in urls]
+    remote = [h for h in hosts if not ipaddress.ip_address(_ip(h) or "0.0.0.0").is_loopback]
+    target = (remote or hosts)[0]
+    address = _ip(configured) if configured else _route_to(target)
+    if address is None:
+        what = f"cannot resolve {configured!r} here" if configured else f"no route to the server host {target}"
+        raise ConfigError(f"rollout.vllm_server.nccl_host: {what}; set it to this node's IPv4 address on the "
+                          "servers' network")
+    if remote and ipaddress.ip_address(address).is_loopback:
+        raise ConfigError(f"rollout.vllm_server.nccl_host: {configured or 'this host'} is {address} here, a "
+                          f"loopback address the server {remote[0]} cannot reach; set it to this node's IPv4 "
+                          "address on the servers' network")
+    return address
+
+
+def _ip(host: str) -> str | None:
+    """``host``'s IPv4 address as resolved here (an address as is), None if it does not resolve."""
+    try:
+        return socket.gethostbyname(host)
+    except (OSError, UnicodeError):
+        return None
+
+
+def _route_to(host: str) -> str | None:
+    """The local address this host would send from to ``host`` (a connected UDP socket sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except (OSError, UnicodeError):
+        return None
+
+
+def _chunks(weights, limit: int, dtype: torch.dtype | None = None) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Copies of the pairs on this GPU in ``dtype`` (each tensor is valid only until the next is drawn), a
+    chunk closed as soon as it holds ``limit`` bytes. After a failed push the NCCL group is unusable (as in
+    vLLM)."""
     chunk, size = [], 0
     for name, t in weights:
-        chunk.append((name, t.detach().to(torch.cuda.current_device(), copy=True).contiguous()))
-        size += t.numel() * t.element_size()
+        chunk.append((name, engine_copy(t, torch.cuda.current_device(), dtype)))
+        size += chunk[-1][1].numel() * chunk[-1][1].element_size()
         if size >= limit:
             yield chunk
             chunk, size = [], 0

@@ -68,19 +68,38 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def make_accelerator(precision: str):
+NCCL_TIMEOUT = 7200.0  # seconds: see make_accelerator
+
+
+def make_accelerator(precision: str, nccl_timeout: float = NCCL_TIMEOUT):
     """An ``Accelerator`` for this run. accelerate keeps one process-wide state; its accelerator part is reset
     first so that several runs in one process (the demo: SFT then RL; the tests) can each pick a precision.
-    The distributed part (process group, rank) is kept."""
+    The distributed part (process group, rank) is kept.
+
+    ``nccl_timeout``: seconds a collective waits for the slowest process before the job is aborted. accelerate
+    hands ``InitProcessGroupKwargs(timeout=…)`` to ``torch.distributed.init_process_group`` when its
+    ``PartialState`` creates the group (accelerate 1.15 ``Accelerator.__init__`` → ``AcceleratorState(**
+    init_handler.to_kwargs())`` → ``PartialState``; without a handler NCCL's default is 10 minutes,
+    ``InitProcessGroupKwargs.__post_init__``). That is the first ``Accelerator`` of the process, which is
+    this call in every ``t1`` command (a process group made earlier keeps its own timeout). 10 minutes is
+    too short for a T1 step: ranks whose engine finished early wait in the update's first collective for
+    the slowest one (10–16k-token samples, several waves: tens of minutes for 32B), and the other ranks wait
+    in a barrier while rank 0 writes a 100–500 GB checkpoint. transformers' ``ddp_timeout`` (TRL's) is
+    30 minutes and long-generation runs raise it; the default here is 2 hours."""
+    from datetime import timedelta
+
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import InitProcessGroupKwargs
 
     quiet_libraries()
     if not torch.cuda.is_available():
         keep_freed_memory()
     AcceleratorState._reset_state()
     cpu = not torch.cuda.is_available()
-    return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=cpu)
+    group = InitProcessGroupKwargs(timeout=timedelta(seconds=nccl_timeout))
+    return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=cpu,
+                       kwargs_handlers=[group])
 
 
 def end_distributed() -> None:

@@ -5,9 +5,10 @@ One step: take P prompts (each process its share), sample K responses each (the 
 reward, then the −1 penalties), then the update (:class:`t1.rl.step.Update`): the policy's and the anchor's
 log-probs, rewards shaped with the group-centred KL, RLOO advantages, optionally a subset, the clipped
 policy-gradient loss with the entropy bonus, the optimizer step, the anchor's move — fused or in two passes.
-Then the engine gets the new weights, and metrics, sampled rollouts and checkpoints go to the run directory
-(:class:`t1.runtime.run.RunDir`). With ``algo.kl_beta = 0`` there is no KL term and no anchor: the run's
-``config.yaml`` says ``anchor.mode: none`` with a note (:func:`t1.rl.config.resolve_anchor`).
+Metrics, sampled rollouts and checkpoints go to the run directory (:class:`t1.runtime.run.RunDir`); the
+engine gets the new weights at the next step's start, so that checkpoints are written while vLLM sleeps.
+With ``algo.kl_beta = 0`` there is no KL term and no anchor: the run's ``config.yaml`` says
+``anchor.mode: none`` with a note (:func:`t1.rl.config.resolve_anchor`).
 
 Memory at scale: log-probs and entropy are taken ``train.logits_chunk`` positions at a time
 (:mod:`t1.rl.logp`), and under FSDP the anchor is sharded like the policy (:mod:`t1.rl.shard`): FSDP runs
@@ -59,20 +60,47 @@ class RLTrainer:
         cfg, note = resolve_anchor(cfg)  # kl_beta = 0: no anchor, and config.yaml says so
         self.cfg, self.progress = cfg, progress
         self.out = Path(cfg.out)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = resolve_precision(cfg.train.precision, device)
-        self.acc = acc = make_accelerator(self.precision)
-        self.world, self.rank = acc.num_processes, acc.process_index
-        P = cfg.rollout.prompts_per_step
-        if P % self.world:
-            raise ConfigError(f"rollout.prompts_per_step: must be divisible by the {self.world} processes "
-                              f"(got {P})")
-        self.run = RunDir(self.out, resume, acc, cfg)  # --resume: cfg checked against config.yaml
-        try:  # the run's lock is released if the setup fails
+        self.task = self._start_task()
+        try:  # the graders, and the run's lock once taken, are released if the setup fails
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            self.precision = resolve_precision(cfg.train.precision, device)
+            self.acc = acc = make_accelerator(self.precision, cfg.train.nccl_timeout)
+            self.world, self.rank = acc.num_processes, acc.process_index
+            P = cfg.rollout.prompts_per_step
+            if P % self.world:
+                raise ConfigError(f"rollout.prompts_per_step: must be divisible by the {self.world} processes "
+                                  f"(got {P})")
+            self.run = RunDir(self.out, resume, acc, cfg)  # --resume: cfg checked against config.yaml
+        except BaseException:
+            self.task.close()
+            raise
+        try:
             self._setup(note)
         except BaseException:
-            self.run.close()
+            self.close()
             raise
+
+    def _start_task(self):
+        """The task and its grader's worker processes, started first: the workers are forked from this
+        process before it holds CUDA, NCCL or vLLM threads (``fork`` copies none of them; a fork of a process
+        that holds them is fragile), each process taking its share of the cores (:mod:`t1.tasks.math`)."""
+        cfg = self.cfg
+        task = get_task(cfg.data.task, countdown=cfg.data.countdown, timeout=cfg.train.grader_timeout,
+                        grader=cfg.data.grader)
+        start = getattr(task, "start", None)
+        if start is not None:
+            start()
+        return task
+
+    def close(self) -> None:
+        """Release the graders, the engine (vLLM's memory) and the run's lock and logs."""
+        try:
+            self.task.close()
+            engine, self.engine = getattr(self, "engine", None), None
+            if engine is not None:
+                close_engine(engine)
+        finally:
+            self.run.close()
 
     def _check_budget(self) -> None:
         """Before any weights load: a sampling budget past the model's context, or (CPU engines) this machine's
@@ -86,7 +114,7 @@ class RLTrainer:
                             r.max_new_tokens, per_process, field="rollout.max_new_tokens")
 
     def _setup(self, note: str) -> None:
-        """The model (the checkpoint's when resuming), prompts, anchor, optimizer, engine and task."""
+        """The model (the checkpoint's when resuming), prompts, anchor, optimizer and engine."""
         cfg, acc = self.cfg, self.acc
         ckpt = self.run.checkpoint
         torch.manual_seed(cfg.train.seed)
@@ -129,14 +157,13 @@ class RLTrainer:
         # an engine holding a copy loads the plain base model; the first push hands it the trained weights
         engine_model = lora.base_path(cfg.model if cfg.lora.rank else ckpt or cfg.model)
         self.engine = make_engine(cfg.rollout, self.raw, self.tok, model_path=engine_model,
-                                  max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out))
-        self.task = get_task(cfg.data.task, countdown=cfg.data.countdown, timeout=cfg.train.grader_timeout,
-                             grader=cfg.data.grader)
+                                  max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out),
+                                  training=True)
+        self._sleep_engine()  # asleep until the first step's push, which wakes it (TRL: sleep right after start)
         self.params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens,
                                      self.format.stop_ids)
         self.timer = Timer()
         self.version = self.start  # optimizer steps taken: the weights the engine must sample from
-        self._push_weights()
         self.run.start_metrics(cfg, self.start, note, logs=("metrics", "rollouts"), job_type="rl")
         if note and acc.is_main_process:
             print(f"rl: {note}", file=sys.stderr)
@@ -167,7 +194,7 @@ class RLTrainer:
                 samples = self.engine.generate(prompts, seeds, self.params)
             else:  # a copy of the weights: it must hold this step's version (else StaleEngineError)
                 samples = self.engine.generate(prompts, seeds, self.params, version=self.version)
-                self.engine.sleep()  # GPU sleep mode: vLLM's memory is the update's until the next push
+                self._sleep_engine()  # GPU sleep mode: vLLM's memory is the update's until the next push
             self.raw.train()
         with self.timer("score"):
             items = [self.items[i] for i in mine for _ in range(K)]
@@ -210,15 +237,25 @@ class RLTrainer:
     # ---------------------------------------------------------------------------------------- the update
 
     def update(self, step: int, batch: Batch) -> dict:
+        """The optimizer step(s); the engine gets the new weights at the next step's start
+        (:meth:`_push_weights`)."""
         with self.timer("train"):
             out = self.update_step(step, batch)
         self.version = step + 1
-        self._push_weights()
         return out
+
+    def _sleep_engine(self) -> None:
+        """Put an engine holding a copy of the weights to sleep (vLLM on GPU: its weights and KV cache
+        freed) from its start and after each sampling call to the next push: the update, the checkpoints and
+        ``final/`` gather full FSDP units, which do not fit beside an awake engine (its share was sized for the
+        sampling peak); a resumed run's first push also goes through the wake path."""
+        if not self.engine.shares_weights:
+            self.engine.sleep()
 
     def _push_weights(self) -> None:
         """Hand the policy's weights to an engine that samples from a copy (vLLM, servers) as version
-        ``self.version``, one full parameter at a time; engines sharing the policy's tensors need nothing."""
+        ``self.version``, one full parameter at a time, right before it samples (it wakes for the push, and
+        sleeps again after sampling); engines sharing the policy's tensors need nothing."""
         if self.engine.shares_weights:
             return
         with self.timer("push"):
@@ -251,12 +288,12 @@ class RLTrainer:
             self.run.completions(step + 1, shown, cfg.train.rollouts_kept)
 
     def train(self) -> list[dict]:
-        """Steps ``start`` … ``train.steps``, then ``final/``; the run's lock and logs are released however it
-        ends."""
+        """Steps ``start`` … ``train.steps``, then ``final/``; the graders, the engine and the run's lock and
+        logs are released however it ends."""
         try:
             return self._train()
         finally:
-            self.run.close()
+            self.close()
 
     def _train(self) -> list[dict]:
         cfg, acc = self.cfg, self.acc
@@ -275,6 +312,7 @@ class RLTrainer:
         history, bad_steps = [], BadSteps("rl", cfg.train.max_bad_steps)
         for step in range(self.start, cfg.train.steps):
             t0 = time.perf_counter()
+            self._push_weights()  # the engine sleeps until here: checkpoints and final/ are written while it does
             batch, shown = self.rollout(step)
             upd = self.update(step, batch)
             bad_steps.check(step, upd["skipped"])
@@ -294,8 +332,6 @@ class RLTrainer:
                             lora.merged_writer(self.raw, self.tok, cfg.lora))
         if main:
             print(summary(history), file=sys.stderr)
-        self.task.close()
-        close_engine(self.engine)
         return history
 
 

@@ -49,7 +49,8 @@ from t1.model.load import (
 )
 from t1.model.lora import LoraConfig, lora_option
 from t1.rl import logp as chunked
-from t1.runtime.device import make_accelerator, resolve_precision
+from t1.rollout.config import check_seconds
+from t1.runtime.device import NCCL_TIMEOUT, make_accelerator, resolve_precision
 from t1.runtime.optim import BadSteps, OptimConfig, clip_and_step, lr_factor, make_optimizer, set_lr
 from t1.runtime.run import RunDir, set_rng_state
 from t1.runtime.trackers import Tracking
@@ -83,6 +84,9 @@ class SFTTrainConfig:
                                "(0 = run all epochs)")
     max_bad_steps: int = option(3, "stop after this many consecutive steps with a NaN/inf loss or gradient "
                                    "(each is skipped)")
+    nccl_timeout: float = option(NCCL_TIMEOUT, "seconds a collective (NCCL, gloo) waits for the slowest process "
+                                               "before the job aborts (torch's NCCL default is 600: too short "
+                                               "while rank 0 writes a large checkpoint)")
     optim: OptimConfig = option(help="optimizer and schedule (the paper: lr 1e-5, cosine)", factory=_sft_optim)
 
     def validate(self) -> None:
@@ -96,6 +100,7 @@ class SFTTrainConfig:
         require(self.max_steps >= 0, "max_steps", "must be ≥ 0", self.max_steps)
         require(self.max_bad_steps >= 1, "max_bad_steps", "must be ≥ 1", self.max_bad_steps)
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1", self.keep_checkpoints)
+        check_seconds(self.nccl_timeout, "nccl_timeout")
 
 
 @dataclass(frozen=True)
@@ -280,7 +285,7 @@ def _accumulate(acc, model, forward, examples, lengths: list[int], batch: list[i
 def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SFTResult:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg.train.precision, device)
-    acc = make_accelerator(precision)
+    acc = make_accelerator(precision, cfg.train.nccl_timeout)  # the collective timeout reaches the group
     run = RunDir(cfg.out, resume, acc, cfg)  # --resume: cfg checked against the run's config.yaml
     try:  # the run's lock and logs are released however it ends
         result = _train(cfg, acc, run, precision, progress)

@@ -11,11 +11,11 @@
   puts it in ``$...$`` first.
 * Time: math-verify bounds its own work with ``signal.alarm``, which fails outside a main thread. Grading
   here always runs in worker processes of a :class:`~t1.pool.DeadlinePool`, which kills a check that runs
-  past ``timeout`` seconds and reports it as timed out — from any calling thread — and uses every core.
-  Extraction is linear in the response's length and runs in the worker too, which notes the answer it found
-  to the parent (:func:`t1.pool.note`): a check stopped later still shows it, and the parent never redoes
-  any of the work (a timed-out check whose extraction itself overran — a response of many megabytes of
-  braces — shows none).
+  past ``timeout`` seconds and reports it as timed out — from any calling thread — and uses every core
+  (its share of them under a multi-process launch). Extraction is linear in the response's length and runs
+  in the worker too, which notes the answer it found to the parent (:func:`t1.pool.note`): a check stopped
+  later still shows it, and the parent never redoes any of the work (a timed-out check whose extraction
+  itself overran — a response of many megabytes of braces — shows none).
 
 :class:`MathTask` is the task behind the :class:`~t1.tasks.base.Task` interface; it starts its
 :class:`MathGrader` on the first batch it grades.
@@ -128,7 +128,15 @@ def _to_score(outcome: Outcome) -> Score:
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """This process's share of the cores it may run on: all of them, divided among the processes a launcher
+    started on this node (torchrun and accelerate set ``LOCAL_WORLD_SIZE``), so that 8 training ranks on a
+    192-core node fork 24 graders each, not 192."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        local = 1
+    return max(1, cores // max(1, local))
 
 
 class MathGrader:
@@ -152,6 +160,10 @@ class MathGrader:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def start(self) -> None:
+        """Fork the workers now (:meth:`t1.pool.DeadlinePool.start`)."""
+        self.pool.start()
+
     def close(self) -> None:
         self.pool.close()
 
@@ -167,8 +179,9 @@ class MathGrader:
 
 class MathTask(Task):
     """Math with a LaTeX gold answer, graded by math-verify in a :class:`MathGrader` pool of ``workers``
-    processes (default: every core), each check bounded by ``timeout`` seconds. The pool starts on the first
-    batch and lives until :meth:`close`."""
+    processes (default: this process's share of the cores, :func:`default_workers`), each check bounded by
+    ``timeout`` seconds. The pool starts on the first batch (or at :meth:`start`) and lives until
+    :meth:`close`."""
 
     name = "math"
     template = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -179,6 +192,14 @@ class MathTask(Task):
         self.grader = check_grader(grader)
         self.timeout, self.workers = timeout, workers
         self._grader: MathGrader | None = None
+
+    def start(self) -> MathGrader:
+        """Start the grader and fork its workers now (`t1 rl` does, before CUDA and vLLM start); else the
+        first batch starts them."""
+        if self._grader is None:
+            self._grader = MathGrader(workers=self.workers, timeout=self.timeout, grader=self.grader)
+            self._grader.start()
+        return self._grader
 
     def score(self, responses: Sequence[str], items: Sequence[Item],
               on_result: OnResult | None = None) -> list[Score]:
