@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         if "torch" in sys.modules:  # under torchrun: leave the process group before exiting (see there)
             from t1.runtime.device import end_distributed
 
-            end_distributed()
+            end_distributed(code)
         return code
     except (cfglib.ConfigError, DataError) as e:
         print(f"t1 {args.command}: error: {e}", file=sys.stderr)

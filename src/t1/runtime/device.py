@@ -102,13 +102,28 @@ def make_accelerator(precision: str, nccl_timeout: float = NCCL_TIMEOUT):
                        kwargs_handlers=[group])
 
 
-def end_distributed() -> None:
-    """Leave the process group cleanly at the end of a multi-process command: every process waits for the
-    others, then destroys its group. Exiting with the group alive lets one process's teardown close the
-    sockets another's gloo threads still use, which aborts that process (SIGABRT) after its work was done.
-    A no-op in a single process or when no group was made."""
+def end_distributed(code: int = 0) -> None:
+    """End a command run by a distributed launcher (torchrun, ``accelerate launch``) with exit status
+    ``code``: every process waits for the others, destroys its process group, flushes its output and leaves
+    with ``os._exit``. A no-op in a single process or when no group was made.
+
+    Why not a normal exit: with gloo, interpreter finalisation still destroys C++ process-group objects that
+    Python holds elsewhere (FSDP2's device mesh, accelerate's state) and their worker threads; about one run
+    in forty here, one of them was still joinable and the process aborted ("terminate called without an
+    active exception", SIGABRT) *after* its work was done and reported — the launcher then fails the whole
+    job. PyTorch knows the class of problem (pytorch/pytorch#179291: gloo threads touching Python objects
+    during finalisation). Every file t1 writes is closed and fsynced before this point, so skipping the
+    finaliser loses nothing. Outside a launcher (``TORCHELASTIC_RUN_ID`` unset, e.g. in-process tests) only
+    the group is destroyed and the caller returns normally."""
+    import sys
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    if os.environ.get("TORCHELASTIC_RUN_ID") is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
