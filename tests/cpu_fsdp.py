@@ -48,10 +48,11 @@ def check_anchor(model_dir: str, mode: str) -> None:
     model, _ = load(model_dir, dtype="float32")
     holder = copy.deepcopy(model)  # takes the gathered policy after each step
     reference = Anchor(copy.deepcopy(model), mode, ema_decay=0.8, reset_every=2)
-    anchor = Anchor(model, mode, ema_decay=0.8, reset_every=2)
+    anchor = Anchor(model, mode, ema_decay=0.8, reset_every=2, sharded=True)
+    assert anchor.meta  # no full copy of the weights before sharding (host RAM, D4)
     policy, opt = acc.prepare(model, make_optimizer(model, OptimConfig(lr=0.05, warmup_steps=0)))
-    anchor.distribute(acc)
-    assert anchor.sharded
+    anchor.distribute(acc, policy)
+    assert anchor.sharded and not anchor.meta
     n_local = sum(shard.local(p).numel() for p in anchor.model.parameters())
     n_full = sum(p.numel() for p in reference.model.parameters())
     assert n_local < 0.75 * n_full, (n_local, n_full)  # each process holds about half
@@ -73,9 +74,10 @@ def check_anchor(model_dir: str, mode: str) -> None:
         torch.testing.assert_close(full[k], ref[k], rtol=0, atol=1e-7, msg=k)
     moved = max(float((full[k] - holder.state_dict()[k]).abs().max()) for k in ref)
     assert moved > 1e-3, moved  # the anchor lags the policy: the comparison is not trivial
-    fresh = Anchor(load(model_dir, dtype="float32")[0], mode, ema_decay=0.8, reset_every=2)
+    start = load(model_dir, dtype="float32")[0]  # a resume: a fresh policy, the anchor from the checkpoint
+    fresh = Anchor(start, mode, ema_decay=0.8, reset_every=2, sharded=True)
     fresh.load_state_dict(full)
-    fresh.distribute(acc)
+    fresh.distribute(acc, acc.prepare(start, make_optimizer(start, OptimConfig()))[0])
     back = fresh.state_dict(keep=True)
     assert all(torch.equal(back[k], full[k]) for k in full)
     print(f"anchor check ok: {how} {mode}, {n_local} of {n_full} parameters here, anchor-policy gap {moved:.3g}")

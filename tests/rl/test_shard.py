@@ -157,3 +157,26 @@ def test_zero3_and_unsharded_accelerators():
     anchor = Anchor(torch.nn.Linear(2, 2), "ema")
     anchor.distribute(Acc())
     assert not anchor.sharded and shard.sharding(Acc()) == ""
+
+
+_MAPPED = """
+import sys, torch
+from t1.runtime.checkpoint import load_checkpoint_state
+
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) << 10
+
+before = rss()
+state = load_checkpoint_state(sys.argv[1])
+print((rss() - before) >> 20, float(state["optimizer"]["m"][-1]))
+"""
+
+
+def test_trainer_state_is_mapped_not_copied(tmp_path):
+    """A resumed run's every process loads ``trainer_state.pt`` (AdamW moments and anchor: 12N bytes): mapped
+    from the file it costs no private memory until read (D4, host RAM). 256 MiB of state must add < 64 MiB."""
+    torch.save({"step": 1, "optimizer": {"m": torch.full((64 << 20,), 3.0)}}, tmp_path / "trainer_state.pt")
+    proc = subprocess.run([sys.executable, "-c", _MAPPED, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    grown, last = proc.stdout.split()
+    assert float(last) == 3.0 and int(grown) < 64, proc.stdout

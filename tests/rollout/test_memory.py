@@ -234,7 +234,8 @@ def test_format_report_is_a_table():
     r = estimate("7b", 8)
     text = M.format_report(r)
     assert all(name in text for name, _, _ in r.lines)
-    assert "peak = static + max(sample, update)" in text and "71.56  of 79.1" in text
+    assert "peak = static + max(sample, update, ckpt, push)" in text and "71.56  of 79.1" in text
+    assert "host RAM per node, peak: 312.1 GiB" in text
     assert text.splitlines()[-1] == "  verdict: fits"
 
 
@@ -323,3 +324,76 @@ def test_lora_adapter_count_matches_peft_and_shrinks_the_trainer_state():
     assert line(lora, "anchor: the adapter's EMA") == pytest.approx(4 * adapter / GiB)
     assert line(lora, "LoRA base weights bf16") == pytest.approx(2 * 7_615_616_512 / GiB)
     assert line(full, "AdamW moments") > 50 * 8 * adapter / GiB
+
+
+# ------------------------------------------------------------------------- checkpoint, push and host RAM
+
+TiB = 1 << 40
+
+
+@pytest.mark.parametrize("size, gpus, ckpt, push, host", [("7b", 8, 9.12, 12.15, 312.1),
+                                                          ("14b", 8, 12.60, 13.68, 605.2),
+                                                          ("32b", 32, 12.60, 14.43, 1342.6)])
+def test_checkpoint_push_and_host_ram_of_the_paper_configs(size, gpus, ckpt, push, host):
+    """The root unit (embed + lm_head) gathered in fp32 twice at a checkpoint, once at a push beside vLLM's
+    awake weights; host RAM per node: every process loads the fp32 model, a resume maps the trainer state.
+    7B and 14B fit 8 × 80 GB on a 1 TiB host; 32B needs 2 TiB per node (every rank reads 131 GB)."""
+    r = M.check_rl(paper(size), M.qwen25(size), gpus, 8, M.GPU_80GB, sharded=True, checkpointing=True,
+                   refuse=False, host_bytes=2 * TiB)
+    n, h = M.Shape.of(M.qwen25(size)).params, M.QWEN25[size][0]
+    assert line(r, "checkpoint: root unit") == pytest.approx(2 * 4 * 2 * V * h / GiB)
+    assert gib(r.total("checkpoint")) == pytest.approx(ckpt, abs=0.01)
+    assert gib(r.total("push")) == pytest.approx(push, abs=0.01)
+    assert gib(r.host_peak) == pytest.approx(host, abs=0.1) and r.fits
+    assert dict(r.host)["trainer state on resume (mapped; once per node)"] == 12 * n
+    small = M.check_rl(paper(size), M.qwen25(size), gpus, 8, M.GPU_80GB, sharded=True, checkpointing=True,
+                       refuse=False, host_bytes=TiB)
+    assert small.fits == (size != "32b")
+    if size == "32b":
+        with pytest.raises(ConfigError, match=r"host RAM: 1,343 GiB per node needed of 1,024"):
+            M.check_rl(paper(size), M.qwen25(size), gpus, 8, M.GPU_80GB, True, True, host_bytes=TiB)
+
+
+def test_a_config_that_fits_only_without_the_checkpoint_phase_is_refused():
+    """A model whose embeddings dominate (a large vocabulary, two layers) and short sequences: sampling and the
+    update fit, the checkpoint's fp32 gather of embed + lm_head does not — refused before the run, not at its
+    first checkpoint."""
+    from transformers import Qwen2Config
+
+    big_vocab = Qwen2Config(hidden_size=4096, num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=8,
+                            intermediate_size=11008, vocab_size=600_000, tie_word_embeddings=False)
+    cfg = paper("7b", "rollout.max_new_tokens=256", "train.micro_batch_tokens=512",
+                "rollout.vllm.max_model_len=512", f"rollout.vllm.kv_cache_memory_bytes={GiB}",
+                "rollout.vllm.tensor_parallel_size=8")
+    r = M.check_rl(cfg, big_vocab, 8, 8, 10 * M.GPU_80GB, True, True, refuse=False)
+    other = r.total("static") + max(r.total("sample"), r.total("update"), r.total("push"))
+    device = int(other + 0.5 * (r.peak - other))  # between: everything but the checkpoint fits
+    assert r.total("static") + r.total("checkpoint") == r.peak > device > other
+    with pytest.raises(ConfigError, match=r"a checkpoint \(every train.save_every steps, and final/\) needs"):
+        M.check_rl(cfg, big_vocab, 8, 8, device, True, True)
+
+
+def test_sampling_stages_take_most_of_the_gpu_unless_told():
+    """D9: a stage that only samples (eval, filter, scale) has the GPU to itself: vLLM's default share is 0.9
+    there and 0.35 (colocated) only in t1 rl; a share the user set is kept in both."""
+    from t1.rollout.vllm_engine import VLLMEngine
+
+    assert (VLLMConfig().utilization(False), VLLMConfig().utilization(True)) == (0.9, 0.35)
+    assert VLLMConfig(gpu_memory_utilization=0.5).utilization(False) == 0.5
+    ecfg = EngineConfig(engine="vllm")
+    r = M.check_sampling(ecfg, M.qwen25("32b"), 8192, 8, M.GPU_80GB * 2, refuse=False)  # 61 GiB of weights
+    assert line(r, "vLLM share (0.9 × device)") == pytest.approx(0.9 * 2 * M.GPU_80GB / GiB) and r.fits
+    for training, util in ((False, 0.9), (True, 0.35)):
+        engine = VLLMEngine.__new__(VLLMEngine)
+        engine.cfg, engine.cuda, engine.expected, engine.external = VLLMConfig(), True, None, False
+        engine.training, engine.sleep_mode = training, training
+        assert engine._llm_kwargs(128)["gpu_memory_utilization"] == util
+
+
+def test_host_ram_of_this_machine_is_a_note(monkeypatch):
+    """On the GPU machine itself (no device_bytes) the host lines are checked against its RAM as a note: `t1 rl`
+    estimates after the model is loaded, past the start-up peak."""
+    monkeypatch.setattr(M, "device_memory", lambda device_bytes=None: M.GPU_80GB)
+    monkeypatch.setattr(M, "host_memory", lambda: 1 << 40)
+    r = M.check_rl(paper("32b"), M.qwen25("32b"), 32, 8, sharded=True, checkpointing=True)
+    assert r.fits and any(n.startswith("host RAM: 1,343 GiB per node needed of 1,024") for n in r.notes)

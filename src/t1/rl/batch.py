@@ -69,14 +69,21 @@ def sampler_logp(batch: Batch, rows: list[int]) -> torch.Tensor | None:
 
 class Mismatch:
     """Sampler vs trainer: |log π_sampler − log π_trainer| per response token, both under the distribution
-    sampled from (temperature, top-p), summed, counted and maxed over a step (``sampling/logp_diff_*``); and,
-    with ``cap`` > 0, truncated importance-sampling weights min(π_trainer / π_sampler, cap) per token."""
+    sampled from (temperature, top-p), summed, counted and maxed over a step (``sampling/logp_diff_*``) over
+    the tokens inside both nuclei; the tokens one side keeps and the other cuts are counted apart
+    (``sampling/nucleus_mismatch``). Why apart: with bf16 logits on both sides and different top-p kernels
+    (vLLM's pivot-based one on GPUs), a token within rounding of the top-p boundary falls outside the trainer's
+    nucleus a few times per million tokens; its log-prob there is −inf (:attr:`FLOOR`), and one such token
+    would put ≈ 98 into a max meant to read the gap of rounding (≲ 1e-2) or of a stale engine (≫ 1e-2). With
+    ``cap`` > 0, truncated importance-sampling weights min(π_trainer / π_sampler, cap) per token (a token
+    outside the trainer's nucleus gets ≈ 0)."""
 
     FLOOR = -100.0  # a token outside the trainer's nucleus has log-prob −inf; counted as this
 
     def __init__(self, temperature: float, top_p: float, cap: float):
         self.temperature, self.top_p, self.cap = temperature, top_p, cap
         self.diff_sum, self.diff_max, self.n = 0.0, 0.0, 0
+        self.outside, self.tokens = 0, 0
         self.weight_sum, self.clipped = 0.0, 0
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, sampled: torch.Tensor | None
@@ -86,10 +93,15 @@ class Mismatch:
         if sampled is None or targets.numel() == 0:
             return None
         mine = processed_logp(logits.detach(), targets, self.temperature, self.top_p).clamp(min=self.FLOOR)
-        delta = mine - sampled.to(mine.device)
-        self.diff_sum += float(delta.abs().sum())
-        self.diff_max = max(self.diff_max, float(delta.abs().max()))
-        self.n += delta.numel()
+        sampled = sampled.to(mine.device)
+        delta = mine - sampled
+        inside = (mine > self.FLOOR) & (sampled > self.FLOOR)  # both nuclei hold the token
+        gap = delta[inside].abs()
+        self.diff_sum += float(gap.sum())
+        self.diff_max = max(self.diff_max, float(gap.max())) if gap.numel() else self.diff_max
+        self.n += gap.numel()
+        self.outside += int((~inside).sum())
+        self.tokens += delta.numel()
         if not self.cap:
             return None
         ratio = delta.exp()
@@ -100,4 +112,5 @@ class Mismatch:
 
     def stats(self) -> dict:
         return {"logp_diff_sum": self.diff_sum, "logp_diff_max": self.diff_max, "logp_diff_n": float(self.n),
+                "nucleus_mismatch": float(self.outside), "logp_tokens": float(self.tokens),
                 "is_weight_sum": self.weight_sum, "is_clipped": float(self.clipped)}

@@ -12,9 +12,8 @@ stale gathered root (embeddings, final norm, lm_head from before the EMA moved t
 
 Checkpoints hold the anchor, like the policy, as a full state dict with Hugging Face names, gathered one
 parameter at a time to the main process's CPU (:func:`full_state_dict`); a resume loads it into the
-unsharded copy before wrapping, so any number of processes can resume any run. The optimizer's state under
-FSDP goes through ``torch.distributed.checkpoint.state_dict`` as a full state dict keyed by parameter name
-(saving rank 0's ``optimizer.state_dict()``, as before, handed every rank rank 0's moments on resume).
+unsharded copy before wrapping, so any number of processes can resume any run. The policy's and the
+optimizer's state under FSDP: :mod:`t1.runtime.sharded_state`, shared with `t1 sft`.
 
 Tested on CPU processes over gloo with accelerate's FSDP (versions 1 and 2) forced on (accelerate enables
 FSDP only on accelerators): tests/rl/test_shard.py — the sharded EMA/reset against the unsharded one, and `t1
@@ -32,19 +31,7 @@ import torch
 
 from t1.config import ConfigError
 from t1.rollout.weights import clean_name, full_parameters
-
-
-def sharding(acc) -> str:
-    """How ``acc`` (an Accelerator) holds the policy: "fsdp1", "fsdp2", "zero3", or "" (whole on every
-    process: one process, DDP, DeepSpeed ZeRO-1/2)."""
-    from accelerate.utils import DistributedType
-
-    if acc.distributed_type == DistributedType.FSDP:
-        return "fsdp2" if acc.is_fsdp2 else "fsdp1"
-    if acc.distributed_type == DistributedType.DEEPSPEED:
-        plugin = acc.state.deepspeed_plugin
-        return "zero3" if plugin is not None and plugin.zero_stage == 3 else ""
-    return ""
+from t1.runtime.sharded_state import sharding  # noqa: F401  (re-exported: the anchor and tests ask here)
 
 
 def check_launch(acc, how: str, engine: str, anchor: bool) -> None:
@@ -66,18 +53,31 @@ def check_launch(acc, how: str, engine: str, anchor: bool) -> None:
 
 def shard_like_policy(acc, module: torch.nn.Module) -> torch.nn.Module:
     """``module`` (frozen, on CPU or the device) wrapped the way ``acc.prepare`` wrapped the policy under
-    FSDP, or moved to the device when nothing is sharded. Raises ConfigError under DeepSpeed ZeRO-3."""
+    FSDP, or moved to the device when nothing is sharded. Raises ConfigError under DeepSpeed ZeRO-3.
+
+    Under FSDP ``module``'s parameters may be on the meta device (:func:`meta_copy`): it is then sharded
+    without weights and each process allocates only its shards, uninitialised — the caller fills them
+    (:func:`local_pairs`), so no process ever holds the whole module."""
     how = sharding(acc)
+    meta = any(p.is_meta for p in module.parameters())
     if how == "fsdp2":
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
-        module = fsdp2_prepare_model(acc, module)
+        plugin = acc.state.fsdp_plugin
+        ram_efficient = plugin.cpu_ram_efficient_loading  # its rank-0 broadcast has nothing to send on meta
+        plugin.cpu_ram_efficient_loading = ram_efficient and not meta
+        try:
+            module = fsdp2_prepare_model(acc, module)
+        finally:
+            plugin.cpu_ram_efficient_loading = ram_efficient
+        if meta:
+            _materialize(module, acc.device)
         # no backward follows the anchor's forward: free every gathered unit after it (accelerate keeps the root
         # and the embedding/lm_head unit gathered until the backward, which would leave them whole)
         module.set_reshard_after_forward(True, recurse=True)
         return module
     if how == "fsdp1":
-        return _fsdp1(acc, module)
+        return _fsdp1(acc, module, meta)
     if how == "zero3":
         raise ConfigError("anchor: DeepSpeed ZeRO-3 cannot shard the KL anchor in t1 (FSDP can: accelerate "
                           "launch --use_fsdp); or anchor.mode=none / algo.kl_beta=0")
@@ -102,8 +102,45 @@ def release(module: torch.nn.Module) -> None:
         handle._prefetched = False
 
 
-def _fsdp1(acc, module: torch.nn.Module) -> torch.nn.Module:
-    """FSDP1 with the keyword arguments accelerate's ``prepare_model`` passes for the policy (accelerate 1.x)."""
+def meta_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``module`` whose parameters are on the meta device (no memory; ties kept) and whose
+    buffers (rotary frequencies: small) are copied: the anchor before FSDP shards it
+    (:func:`shard_like_policy`)."""
+    import copy
+
+    memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+            for p in module.parameters()}
+    return copy.deepcopy(module, memo=memo)
+
+
+def _materialize(module: torch.nn.Module, device) -> None:
+    """Allocate an FSDP2-sharded meta module's local shards on ``device`` (uninitialised), keeping its buffers
+    (``to_empty`` would leave them uninitialised too)."""
+    buffers = {name: b.clone() for name, b in module.named_buffers() if not b.is_meta}
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for name, b in module.named_buffers():
+            if name in buffers:
+                b.copy_(buffers[name])
+
+
+def _fsdp1_init(device):
+    """FSDP1's ``param_init_fn`` for a meta module: each unit's own parameters allocated on ``device``
+    (uninitialised; tied ones once), its buffers left as they are."""
+    made: dict[int, torch.nn.Parameter] = {}
+
+    def init(m: torch.nn.Module) -> None:
+        for name, p in list(m._parameters.items()):
+            if p is not None and p.is_meta:
+                if id(p) not in made:
+                    made[id(p)] = torch.nn.Parameter(torch.empty_like(p, device=device), requires_grad=False)
+                m._parameters[name] = made[id(p)]
+    return init
+
+
+def _fsdp1(acc, module: torch.nn.Module, meta: bool = False) -> torch.nn.Module:
+    """FSDP1 with the keyword arguments accelerate's ``prepare_model`` passes for the policy (accelerate 1.x);
+    a meta ``module`` gets its shards allocated and nothing broadcast (the caller fills them)."""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     plugin = acc.state.fsdp_plugin
@@ -114,6 +151,8 @@ def _fsdp1(acc, module: torch.nn.Module) -> torch.nn.Module:
               "backward_prefetch": plugin.backward_prefetch, "forward_prefetch": plugin.forward_prefetch,
               "use_orig_params": plugin.use_orig_params, "limit_all_gathers": plugin.limit_all_gathers,
               "device_id": acc.device}
+    if meta:
+        kwargs.update(param_init_fn=_fsdp1_init(acc.device), sync_module_states=False)
     ignored = plugin.ignored_modules
     if isinstance(ignored, str):  # accelerate's regex over module names
         pattern = re.compile(ignored)
@@ -142,6 +181,21 @@ def local_pairs(ref: torch.nn.Module, cur: torch.nn.Module) -> Iterator[tuple[to
         yield la, lb
 
 
+def load_full_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full state dict (Hugging Face names, every process holding it) into an FSDP-sharded module: each
+    process keeps its shards. Raises RuntimeError naming what does not match."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    names = {clean_name(n) for n, _ in module.named_parameters()}
+    tied = {clean_name(n) for n, _ in module.named_parameters(remove_duplicate=False)}
+    missing, unexpected = sorted(names - set(state)), sorted(set(state) - names - tied)
+    if missing or unexpected:
+        raise RuntimeError(f"anchor checkpoint does not match the model: missing {missing}, "
+                           f"unexpected {unexpected}")
+    # a copy: torch replaces the dict's entries with the shards it made (FSDP2: DTensors)
+    set_model_state_dict(module, dict(state), options=StateDictOptions(full_state_dict=True, strict=False))
+
+
 def full_state_dict(module: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor] | None:
     """The full parameters of a (possibly sharded) module on CPU with Hugging Face names, gathered one at a
     time; every process must call it (collectives), only those with ``keep`` get the dict (else None)."""
@@ -150,42 +204,3 @@ def full_state_dict(module: torch.nn.Module, keep: bool) -> dict[str, torch.Tens
         if keep:
             out[name] = t.detach().to("cpu", copy=True)
     return out
-
-
-def model_state(acc, model: torch.nn.Module, how: str) -> dict | None:
-    """The policy's full state dict for saving: under FSDP gathered one parameter at a time to the main
-    process's CPU (others get None; every process calls), else accelerate's."""
-    if how in ("fsdp1", "fsdp2"):
-        return full_state_dict(model, acc.is_main_process)
-    return acc.get_state_dict(model)
-
-
-def optimizer_state(model: torch.nn.Module, optimizer, how: str, keep: bool) -> dict | None:
-    """The optimizer's state for a checkpoint: its own state_dict when nothing is sharded; under FSDP the
-    full state keyed by parameter name, gathered to CPU (every process calls; rank 0 gets it)."""
-    if how not in ("fsdp1", "fsdp2"):
-        return optimizer.state_dict() if keep else None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    # gathered to CPU (rank 0) one parameter at a time; CPU processes (the tests) skip the "offload": torch
-    # 2.13's FSDP1 then hands back one tensor for both of a parameter's AdamW moments (exp_avg = exp_avg_sq)
-    offload = next(model.parameters()).device.type != "cpu"
-    state = get_optimizer_state_dict(model, _inner(optimizer),
-                                     options=StateDictOptions(full_state_dict=True, cpu_offload=offload))
-    return state if keep else None
-
-
-def load_optimizer_state(model: torch.nn.Module, optimizer, how: str, state: dict) -> None:
-    """Inverse of :func:`optimizer_state` (every process passes the full state it loaded)."""
-    if how not in ("fsdp1", "fsdp2"):
-        optimizer.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    set_optimizer_state_dict(model, _inner(optimizer), optim_state_dict=state,
-                             options=StateDictOptions(full_state_dict=True))
-
-
-def _inner(optimizer):
-    """The torch optimizer inside accelerate's wrapper."""
-    return getattr(optimizer, "optimizer", optimizer)

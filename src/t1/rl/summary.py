@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-ROW_SUMS = ("kl", "entropy", "tokens", "selected", "logp_diff_sum", "logp_diff_n", "is_weight_sum", "is_clipped")
+ROW_SUMS = ("kl", "entropy", "tokens", "selected", "logp_diff_sum", "logp_diff_n", "nucleus_mismatch",
+            "logp_tokens", "is_weight_sum", "is_clipped")
 EXTREMES = ("length_max", "length_min", "terminated_max", "terminated_min")  # reduced with max (min: negated)
 
 
@@ -52,7 +53,7 @@ def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, v
              is_cap: float) -> dict:
     """The step's metrics row from the batch's ``stats`` and the update's ``upd`` (both summed over every
     process here; a collective), phase ``times`` and the weight ``version`` the engine sampled from."""
-    sums = {**{k: v for k, v in stats.items() if k not in EXTREMES}, **{k: upd[k] for k in ROW_SUMS}}
+    sums = {**{k: v for k, v in stats.items() if k not in EXTREMES}, **{k: upd.get(k, 0.0) for k in ROW_SUMS}}
     names = list(sums)
     stacked = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in names])
     tot = acc.reduce(stacked.to(acc.device), "sum")
@@ -61,7 +62,7 @@ def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, v
         ext = torch.stack([torch.as_tensor(stats[k], dtype=torch.float32) for k in EXTREMES])
         s.update(zip(EXTREMES, acc.reduce(ext.to(acc.device), "max").tolist()))
     diff_max = float(acc.reduce(torch.tensor(upd["logp_diff_max"], device=acc.device), "max"))
-    n, n_tok = max(1.0, s["samples"]), max(1.0, s["logp_diff_n"])
+    n, n_tok = max(1.0, s["samples"]), max(1.0, s["logp_tokens"])
     row = {"step": step + 1, "reward": s["reward"] / n, "accuracy": s["accuracy"] / n,
            "penalty_truncated": s["penalty_truncated"] / n, "penalty_repetitive": s["penalty_repetitive"] / n,
            "penalty_garbage": s["penalty_garbage"] / n, "truncation_rate": s["truncated"] / n,
@@ -72,9 +73,12 @@ def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, v
            "time_train": times.get("train", 0.0), "time_push": times.get("push", 0.0), "time_step": wall,
            "tokens_per_s": s["response_tokens"] / wall, "weight_version": version,
            "step_tokens": s.get("step_tokens", 0.0)}
-    if s["logp_diff_n"]:  # engines that return log-probs: how far the sampler is from the trainer
-        row.update({"sampling/logp_diff_mean": s["logp_diff_sum"] / n_tok, "sampling/logp_diff_max": diff_max})
-    if is_cap and s["logp_diff_n"]:
+    if s["logp_tokens"]:  # engines that return log-probs: how far the sampler is from the trainer (t1.rl.batch)
+        row.update({"sampling/logp_diff_mean": s["logp_diff_sum"] / max(1.0, s["logp_diff_n"]),
+                    "sampling/logp_diff_max": diff_max,
+                    "sampling/nucleus_mismatch": s["nucleus_mismatch"] / n_tok,
+                    "sampling/nucleus_mismatch_count": s["nucleus_mismatch"]})
+    if is_cap and s["logp_tokens"]:
         row.update({"sampling/is_weight_mean": s["is_weight_sum"] / n_tok,
                     "sampling/is_clipped_fraction": s["is_clipped"] / n_tok})
     if "groups" in s and "length_max" in s:

@@ -84,10 +84,16 @@ def check_seconds(seconds: float, field: str) -> None:
             f"must be a finite number of seconds > 0 and ≤ {MAX_TIMEOUT:.0f} (a day)", seconds)
 
 
+COLOCATED_SHARE = 0.35  # t1 rl: vLLM beside the trainer in every process
+ALONE_SHARE = 0.9  # eval / filter / scale: vLLM alone on the GPU
+
+
 @dataclass(frozen=True)
 class VLLMConfig:
-    gpu_memory_utilization: float = option(
-        0.35, "share of each GPU vLLM may take (weights + KV cache); colocated, the trainer keeps the rest")
+    gpu_memory_utilization: float | None = option(
+        None, f"share of each GPU vLLM may take (weights + KV cache); null = {COLOCATED_SHARE} in t1 rl "
+              f"(colocated: the trainer keeps the rest), {ALONE_SHARE} in stages that only sample (eval, filter, "
+              "scale: vLLM is alone on the GPU)")
     kv_cache_memory_bytes: int = option(
         0, "KV cache size in bytes, overriding gpu_memory_utilization (0 = from it; on CPU 0 means 1 GiB)")
     max_model_len: int = option(
@@ -112,9 +118,16 @@ class VLLMConfig:
               "samples request by request (estimated 10-20 % slower). null = on CPU only (GPU runs are not "
               "bit-exact anyway)")
 
+    def utilization(self, training: bool) -> float:
+        """The share of the GPU vLLM takes: the one set, else the colocated default in `t1 rl` (``training``)
+        and nearly the whole GPU in a stage that only samples (a 32B model's bf16 weights alone are 61 GiB)."""
+        if self.gpu_memory_utilization is not None:
+            return self.gpu_memory_utilization
+        return COLOCATED_SHARE if training else ALONE_SHARE
+
     def validate(self) -> None:
-        require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]",
-                self.gpu_memory_utilization)
+        util = self.gpu_memory_utilization
+        require(util is None or 0 < util <= 1, "gpu_memory_utilization", "must be in (0, 1] (or null)", util)
         require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be ≥ 1", self.tensor_parallel_size)
         require(self.max_num_seqs >= 1, "max_num_seqs", "must be ≥ 1", self.max_num_seqs)
         require(self.kv_cache_memory_bytes >= 0, "kv_cache_memory_bytes", "must be ≥ 0",

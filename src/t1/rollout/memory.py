@@ -37,12 +37,22 @@ stage that only samples. Bytes, for N parameters and T = max(train.micro_batch_t
   for the CUDA context, NCCL and allocator slack (a guess).
 
 Phases: static lines stay all step; sampling lines (KV, vLLM's share) and update lines (gradients, activations,
-logits, bf16 copies) do not overlap: peak = static + max(sample, update). With sleep mode (GPU) vLLM frees its
-weights and KV cache after sampling (level 2) and the update reuses them, less 1 GiB it keeps (CUDA graphs);
-without it vLLM keeps its share through the update: peak = static + both. vLLM reserves its share at start
-and at every wake-up, so the static lines must fit in (1 − gpu_memory_utilization) × device (the trainer must
-torch.cuda.empty_cache() before waking it). A KV cache holding fewer full-length sequences than a step runs at
-once is a note, not a refusal: vLLM runs them in waves (slower, not wrong; shorter responses leave room).
+logits, bf16 copies) do not overlap: peak = static + max(sample, update, checkpoint, push). ``checkpoint``
+(every train.save_every steps and final/, vLLM asleep): under FSDP the largest unit gathered in fp32 twice —
+the root unit (embeddings + lm_head; FSDP1's summon_full_params gathers a whole flat parameter, and its full
+optimizer state allocates the unsharded flat size once per unit). ``push`` (every step's, a resumed run's
+first too): vLLM's weights awake (its KV cache wakes after the push) beside the root unit gathered in fp32.
+With sleep mode (GPU) vLLM frees its weights and KV cache after sampling (level 2) and the update reuses them,
+less 1 GiB it keeps (CUDA graphs); without it vLLM keeps its share through the update: peak = static + both.
+vLLM reserves its share at start and at every wake-up, so the static lines must fit in
+(1 − gpu_memory_utilization) × device (the trainer must torch.cuda.empty_cache() before waking it).
+A KV cache holding fewer full-length sequences than a step runs at once is a note, not a refusal: vLLM runs them
+in waves (slower, not wrong; shorter responses leave room).
+Host RAM per node (:func:`host_ram`, printed beside; refused against ``host_bytes``): at start every
+process reads the whole model in fp32 (4N each: transformers' loader, rank-0-only loading not done), the
+unsharded anchor copies it again (4N each; under FSDP it is built from the shards: nothing), a resume maps
+``trainer_state.pt`` (AdamW 8N + anchor 4N, shared through the page cache: once per node); at a checkpoint
+the main process gathers the policy, anchor and AdamW to its CPU (16N on its node).
 Prompts count as PROMPT_TOKENS = 1024 tokens unless rollout.vllm.max_model_len caps the sequence (a generous
 guess for MATH-style prompts with a chat template).
 
@@ -154,9 +164,12 @@ class Report:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     overlap: bool = False  # sampling memory held through the update (vLLM without sleep mode)
+    tp: int = 1  # vLLM's tensor_parallel_size
     kv_tokens: int = 0
     kv_sequences: int = 0
     need_sequences: int = 0
+    host: list[tuple[str, int]] = field(default_factory=list)  # host RAM per node: (name, bytes)
+    host_peak: int = 0
 
     def add(self, name: str, phase: str, nbytes: float) -> None:
         if nbytes:
@@ -168,7 +181,8 @@ class Report:
     @property
     def peak(self) -> int:
         s, u = self.total("sample"), self.total("update")
-        return self.total("static") + (s + u if self.overlap else max(s, u))
+        rest = max(self.total("checkpoint"), self.total("push"))
+        return self.total("static") + max(s + u if self.overlap else max(s, u), rest)
 
     @property
     def fits(self) -> bool:
@@ -196,8 +210,9 @@ def launched() -> tuple[bool, bool]:
     return fsdp or zero3, fsdp and on("FSDP_ACTIVATION_CHECKPOINTING")
 
 
-def _sampling(r: Report, ecfg, shape: Shape, max_len: int, seqs: int, where: str) -> None:
-    """The engine's lines for ``seqs`` sequences of ``max_len`` tokens per process; ``where``: field prefix."""
+def _sampling(r: Report, ecfg, shape: Shape, max_len: int, seqs: int, where: str, training: bool) -> None:
+    """The engine's lines for ``seqs`` sequences of ``max_len`` tokens per process; ``where``: field prefix;
+    ``training``: `t1 rl` (vLLM's default share is then the colocated one)."""
     if ecfg.engine in ("fast", "generate"):
         b = min(ecfg.max_batch if ecfg.engine == "fast" else GENERATE_BATCH, seqs)
         kv = b * max_len * shape.kv_per_token(4)
@@ -210,21 +225,22 @@ def _sampling(r: Report, ecfg, shape: Shape, max_len: int, seqs: int, where: str
                               f"{where}max_batch or {where}max_new_tokens, or use engine vllm")
     elif ecfg.engine == "vllm":
         v = ecfg.vllm
-        _vllm(r, v, shape, max_len, min(seqs * v.tensor_parallel_size, v.max_num_seqs), f"{where}vllm.")
+        _vllm(r, v, shape, max_len, min(seqs * v.tensor_parallel_size, v.max_num_seqs), f"{where}vllm.",
+              v.utilization(training))
     elif ecfg.engine not in ("vllm_server", "openai"):
         raise ConfigError(f"{where}engine: the estimate needs a concrete engine, not {ecfg.engine!r}")
 
 
-def _vllm(r: Report, v, shape: Shape, max_len: int, need: int, where: str) -> None:
+def _vllm(r: Report, v, shape: Shape, max_len: int, need: int, where: str, util: float) -> None:
     tp, weights = v.tensor_parallel_size, 2 * shape.params / v.tensor_parallel_size
     own = v.kv_cache_memory_bytes
-    share = weights + VLLM_RUNTIME + own if own else v.gpu_memory_utilization * r.device
+    share = weights + VLLM_RUNTIME + own if own else util * r.device
     kv = max(0.0, share - weights - VLLM_RUNTIME)
     r.kv_tokens, r.need_sequences = int(kv // shape.kv_per_token(2, tp)), need
     r.kv_sequences = r.kv_tokens // max_len
     r.overlap = not v.enable_sleep_mode
     r.add("vLLM share (weights + runtime + kv_cache_memory_bytes)" if own else
-          f"vLLM share ({v.gpu_memory_utilization:g} × device)", "sample", share)
+          f"vLLM share ({util:g} × device)", "sample", share)
     r.add("vLLM asleep (CUDA graphs)", "update", 0 if r.overlap else VLLM_ASLEEP)
     r.detail.append(f"vLLM: weights bf16 /tp{tp} {weights / GiB:.1f} + runtime {VLLM_RUNTIME / GiB:.1f} + KV "
                     f"{kv / GiB:.1f} GiB = {r.kv_tokens:,} tokens = {r.kv_sequences} sequences of {max_len}; "
@@ -323,14 +339,73 @@ def _update_fit(r: Report, cfg, max_len: int, sharded: bool, ckpt: bool) -> None
                       + ", ".join(fix))
 
 
+def _checkpoint_push(r: Report, shape: Shape, sharded: bool, vllm: bool) -> None:
+    """The checkpoint and push phases (module doc) and their refusals: a config that fits sampling and the
+    update can still fail at its first checkpoint, hours in."""
+    head = shape.vocab * shape.hidden * (1 if shape.tied else 2)  # FSDP's root unit: embeddings + lm_head
+    weights = next((b for name, _, b in r.lines if name.startswith("vLLM share")), 0)
+    if vllm and not r.overlap:  # asleep through the checkpoint; at a push its weights wake, not its KV cache
+        r.add("vLLM asleep (CUDA graphs)", "checkpoint", VLLM_ASLEEP)
+        weights = min(weights, 2 * shape.params / r.tp + VLLM_ASLEEP)
+    elif vllm:
+        r.add("vLLM share (no sleep mode: awake)", "checkpoint", weights)
+    if sharded:
+        r.add("checkpoint: root unit fp32 gathered ×2", "checkpoint", 2 * 4 * head)
+    if vllm:
+        r.add("vLLM weights awake (push)", "push", weights)
+        r.add("push: root unit fp32 gathered", "push", 4 * head if sharded else 0)
+    static = r.total("static")
+    sleep = "turn on rollout.vllm.enable_sleep_mode, " if r.overlap and vllm else ""
+    for phase, what, fix in (
+            ("checkpoint", "a checkpoint (every train.save_every steps, and final/)", sleep),
+            ("push", "a weight push (every step; a resumed run's first)",
+             sleep + "raise rollout.vllm.tensor_parallel_size, ")):
+        need = static + r.total(phase)
+        if r.total(phase) and need > r.device and not r.problems:  # else the update's refusal says it first
+            r.problems.append(f"{what} needs {need / GiB:.1f} GiB per GPU of {r.device / GiB:.1f} (static "
+                              f"{static / GiB:.1f} + {phase} {r.total(phase) / GiB:.1f}): {fix}use more GPUs "
+                              "(FSDP shards the static state more)")
+
+
+def host_ram(r: Report, cfg, shape: Shape, sharded: bool, host_bytes: int | None, refuse: bool = True) -> None:
+    """Host RAM per node (module doc) into ``r.host`` / ``r.host_peak``; over ``host_bytes`` is a problem (a
+    note with ``refuse`` False: `t1 rl` checks after the model is loaded, past the start-up peak)."""
+    n, procs = shape.params, min(r.per_node, r.world)
+    anchor = cfg.anchor.mode != "none" and cfg.algo.kl_beta > 0
+    lora_run = bool(getattr(getattr(cfg, "lora", None), "rank", 0))
+    load = procs * (2 if lora_run and cfg.train.precision == "bf16" else 4) * n
+    copy = procs * 4 * n if anchor and not sharded and not lora_run else 0
+    state = 0 if lora_run else (8 + (4 if anchor else 0)) * n
+    gather = 0 if lora_run else (4 + 8 + (4 if anchor else 0)) * n
+    r.host = [(f"model load: fp32 in each of {procs} processes", load),
+              (f"anchor copy before placing ({'none: built from the FSDP shards' if sharded else 'per process'})",
+               copy), ("trainer state on resume (mapped; once per node)", state),
+              ("checkpoint: the main process gathers policy + anchor + AdamW", gather)]
+    r.host_peak = max(load + copy + state, gather)
+    if host_bytes and r.host_peak > host_bytes:
+        (r.problems if refuse else r.notes).append(
+            f"host RAM: {r.host_peak / GiB:,.0f} GiB per node needed of {host_bytes / GiB:,.0f} (every process "
+            f"loads the fp32 model, {procs} per node): use a host with more RAM or fewer processes per node")
+
+
+def host_memory() -> int | None:
+    """This machine's RAM (MemTotal), or None where /proc/meminfo is not there."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) << 10 for line in f if line.startswith("MemTotal"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def check_rl(cfg, model_config, world: int, gpus_per_node: int, device_bytes: int | None = None,
              sharded: bool | None = None, checkpointing: bool | None = None,
-             prompt_tokens: int = PROMPT_TOKENS, refuse: bool = True) -> Report:
+             prompt_tokens: int = PROMPT_TOKENS, refuse: bool = True, host_bytes: int | None = None) -> Report:
     """Estimate `t1 rl`'s memory per GPU for ``cfg`` (an RLConfig) and ``model_config`` (a transformers config,
     a model directory, or a Qwen2.5 name); raise ConfigError naming the fields to change when it cannot fit
     (``refuse=False``: return the Report with its ``problems``), else return the Report. ``world``: training
     processes; ``device_bytes``: one GPU's memory (default: this GPU's); ``sharded`` (FSDP/ZeRO-3 trainer state)
-    and ``checkpointing`` (activations) default to what ``accelerate launch`` set up."""
+    and ``checkpointing`` (activations) default to what ``accelerate launch`` set up; ``host_bytes``: one node's
+    RAM, refused when short (default: this machine's, a note, when ``device_bytes`` is this GPU's)."""
     shape, dev = Shape.of(model_config), device_memory(device_bytes)
     sharded = launched()[0] if sharded is None else sharded
     ckpt = launched()[1] if checkpointing is None else checkpointing
@@ -345,7 +420,8 @@ def check_rl(cfg, model_config, world: int, gpus_per_node: int, device_bytes: in
                gpus_per_node)
     r.add("runtime (CUDA, NCCL, slack)", "static", RUNTIME)
     _trainer(r, cfg, ro.engine, shape, world, sharded, ckpt, max(cfg.train.micro_batch_tokens, max_len))
-    _sampling(r, ro, shape, max_len, math.ceil(ro.prompts_per_step * ro.samples_per_prompt / world), "rollout.")
+    _sampling(r, ro, shape, max_len, math.ceil(ro.prompts_per_step * ro.samples_per_prompt / world), "rollout.",
+              training=True)
     if vllm and (gpus_per_node % tp or world % tp):
         r.problems.append(f"rollout.vllm.tensor_parallel_size {tp} must divide the {gpus_per_node} GPUs per "
                           f"node and the {world} processes")
@@ -353,6 +429,10 @@ def check_rl(cfg, model_config, world: int, gpus_per_node: int, device_bytes: in
         r.problems.append(f"rollout.vllm.max_model_len {v.max_model_len} leaves no room for a prompt "
                           f"before rollout.max_new_tokens {ro.max_new_tokens}")
     _update_fit(r, cfg, max_len, sharded, ckpt)
+    r.tp = tp
+    _checkpoint_push(r, shape, sharded, vllm)
+    own = None if device_bytes else host_memory()  # on the GPU machine itself: its RAM, as a note
+    host_ram(r, cfg, shape, sharded, host_bytes or own, refuse=bool(host_bytes))
     return _verdict(r) if refuse else r
 
 
@@ -366,7 +446,7 @@ def check_sampling(engine_cfg, model_config, max_len: int, batch: int, device_by
                f"device {dev / GiB:.1f} GiB", dev)
     r.add("runtime (CUDA, slack)", "static", RUNTIME)
     r.add("model fp32 weights", "static", 4 * shape.params if ecfg.engine in ("fast", "generate") else 0)
-    _sampling(r, ecfg, shape, max_len, batch, "")
+    _sampling(r, ecfg, shape, max_len, batch, "", training=False)
     return _verdict(r) if refuse else r
 
 
@@ -380,9 +460,13 @@ def _verdict(r: Report) -> Report:
 def format_report(r: Report) -> str:
     """A small table: one row per line (GiB, phase), the phase totals, the peak, vLLM's KV cache, the verdict."""
     rows = [r.title] + [f"  {name:42s} {b / GiB:7.2f}  {phase}" for name, phase, b in r.lines]
-    how = "static + sample + update" if r.overlap else "static + max(sample, update)"
-    static, sample, update = (r.total(p) / GiB for p in ("static", "sample", "update"))
-    rows += [f"  {'static / sample / update':42s} {static:7.2f} / {sample:.2f} / {update:.2f}",
-             f"  {'peak = ' + how:42s} {r.peak / GiB:7.2f}  of {r.device / GiB:.1f}"]
+    how = "static + max(sample + update, ckpt, push)" if r.overlap else "static + max(sample, update, ckpt, push)"
+    static, sample, update, ckpt, push = (r.total(p) / GiB for p in ("static", "sample", "update", "checkpoint",
+                                                                      "push"))
+    rows += [f"  {'static / sample / update / checkpoint / push':46s} {static:.2f} / {sample:.2f} / {update:.2f}"
+             f" / {ckpt:.2f} / {push:.2f}", f"  {'peak = ' + how:46s} {r.peak / GiB:.2f}  of {r.device / GiB:.1f}"]
+    if r.host:
+        rows += [f"  host RAM per node: {name} {b / GiB:,.1f}" for name, b in r.host if b]
+        rows.append(f"  host RAM per node, peak: {r.host_peak / GiB:,.1f} GiB")
     rows += [f"  {d}" for d in r.detail] + [f"  note: {n}" for n in r.notes]
     return "\n".join(rows + ["  verdict: " + ("fits" if r.fits else "REFUSED: " + "; ".join(r.problems))])

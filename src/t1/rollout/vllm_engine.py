@@ -75,6 +75,7 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.eos = tokenizer.eos_token_id
         self.cuda = torch.cuda.is_available()
+        self.training = training  # t1 rl: colocated with the trainer (its share of the GPU, sleep mode)
         self.sleep_mode = self.cuda and training and cfg.enable_sleep_mode
         self.per_request_seeds = cfg.per_request_seeds if cfg.per_request_seeds is not None else not self.cuda
         # t1 rl: the names the first push must carry (None: the checkpoint is read, no dummy weights)
@@ -111,7 +112,7 @@ class VLLMEngine:
             kw["distributed_executor_backend"] = "external_launcher"
         kw["max_model_len"] = max_model_len = cfg.max_model_len or max_len or None
         if self.cuda:
-            kw.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
+            kw.update(gpu_memory_utilization=cfg.utilization(self.training), enable_sleep_mode=self.sleep_mode)
             if cfg.kv_cache_memory_bytes:
                 kw["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
             if cfg.max_num_batched_tokens:

@@ -41,6 +41,7 @@ from t1.rollout import close_engine, make_engine, memory
 from t1.rollout.base import SamplingParams, sample_seed
 from t1.rollout.config import resolve as resolve_engine
 from t1.rollout.weights import full_parameters
+from t1.runtime import sharded_state
 from t1.runtime.device import make_accelerator, resolve_precision
 from t1.runtime.optim import BadSteps, make_optimizer
 from t1.runtime.run import RunDir, Timer, set_rng_state
@@ -133,22 +134,23 @@ class RLTrainer:
         self.prompt_cache: dict[int, list[int]] = {}
         longest = max(len(self._prompt(i)) for i in range(len(self.items)))
         self.attention = set_attention(model, cfg.train.attention, longest + cfg.rollout.max_new_tokens)
-        self.sharding = shard.sharding(acc)  # fsdp1 / fsdp2 / zero3: the policy is split over the processes
+        self.sharding = sharded_state.sharding(acc)  # fsdp1 / fsdp2 / zero3: the policy is split over processes
         shard.check_launch(acc, self.sharding, resolve_engine(cfg.rollout.engine), cfg.anchor.mode != "none")
         lora.check_unsharded(model, acc)
         self.run.save_kwargs = lora.save_kwargs(model)
-        self.anchor = Anchor(model, cfg.anchor.mode, cfg.anchor.ema_decay, cfg.anchor.reset_every)
+        self.anchor = Anchor(model, cfg.anchor.mode, cfg.anchor.ema_decay, cfg.anchor.reset_every,
+                             sharded=self.sharding in ("fsdp1", "fsdp2"))  # under FSDP: no full copy (D4)
         state = self.run.state()
         if state is not None:
-            self.anchor.load_state_dict(state["anchor"])  # a full state, before the anchor is sharded
+            self.anchor.load_state_dict(state["anchor"])  # a full state, loaded when the anchor is placed
         optimizer = make_optimizer(model, cfg.train.optim)
         self.n_params = count_parameters(model)  # before FSDP leaves each process its shard
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.anchor.distribute(acc)  # sharded like the policy under FSDP (t1.rl.shard), else on the device
+        self.anchor.distribute(acc, self.model)  # sharded like the policy under FSDP (its shards), else moved
         self.start, self.num_tokens = 0, 0
         if state is not None:
             self.num_tokens = int(state.get("num_tokens", 0))
-            shard.load_optimizer_state(self.model, self.optimizer, self.sharding, state["optimizer"])
+            sharded_state.load_optimizer_state(self.model, self.optimizer, self.sharding, state["optimizer"])
             set_rng_state(state["rng"])
             self.start = state["step"]
         self.raw = acc.unwrap_model(self.model)
@@ -267,9 +269,9 @@ class RLTrainer:
     def _checkpoint(self, step: int) -> None:
         def gather():  # under FSDP the policy, the anchor and the optimizer are gathered: every process calls
             main = self.acc.is_main_process
-            state_dict = shard.model_state(self.acc, self.model, self.sharding)
+            state_dict = sharded_state.model_state(self.acc, self.model, self.sharding, full_parameters)
             anchor = self.anchor.state_dict(keep=main)
-            optimizer = shard.optimizer_state(self.model, self.optimizer, self.sharding, keep=main)
+            optimizer = sharded_state.optimizer_state(self.model, self.optimizer, self.sharding, keep=main)
             return state_dict, {"optimizer": optimizer, "anchor": anchor, "num_tokens": self.num_tokens}
 
         self.run.save_checkpoint(step, self.raw, self.tok, gather, self.cfg.train.keep_checkpoints)
@@ -328,8 +330,8 @@ class RLTrainer:
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
                 self._checkpoint(step + 1)
         bar.close()
-        self.run.save_final(self.raw, self.tok, shard.model_state(acc, self.model, self.sharding),
-                            lora.merged_writer(self.raw, self.tok, cfg.lora))
+        final = sharded_state.model_state(acc, self.model, self.sharding, full_parameters)
+        self.run.save_final(self.raw, self.tok, final, lora.merged_writer(self.raw, self.tok, cfg.lora))
         if main:
             print(summary(history), file=sys.stderr)
         return history

@@ -50,9 +50,11 @@ from t1.model.load import (
 from t1.model.lora import LoraConfig, lora_option
 from t1.rl import logp as chunked
 from t1.rollout.config import check_seconds
+from t1.rollout.weights import full_parameters
 from t1.runtime.device import NCCL_TIMEOUT, make_accelerator, resolve_precision
 from t1.runtime.optim import BadSteps, OptimConfig, clip_and_step, lr_factor, make_optimizer, set_lr
 from t1.runtime.run import RunDir, set_rng_state
+from t1.runtime.sharded_state import SHARDED, load_optimizer_state, model_state, optimizer_state, sharding
 from t1.runtime.trackers import Tracking
 
 
@@ -282,6 +284,23 @@ def _accumulate(acc, model, forward, examples, lengths: list[int], batch: list[i
     return global_loss_tokens, nll_sum, seen, padded
 
 
+def _gather(acc, model, optimizer, how: str) -> tuple[dict | None, dict]:
+    """(full model state dict, trainer state) for a checkpoint; every process calls it (under FSDP both are
+    gathered: the optimizer's whole, keyed by parameter name, so a resume gets every process's moments back)."""
+    optim = optimizer_state(model, optimizer, how, keep=acc.is_main_process)
+    return model_state(acc, model, how, full_parameters), {"optimizer": optim}
+
+
+def _restore(state: dict | None, model, optimizer, how: str) -> int:
+    """The step to start at: 0 on a fresh run, else the checkpoint's, its optimizer state (split over the
+    processes under FSDP) and RNG state restored."""
+    if state is None:
+        return 0
+    load_optimizer_state(model, optimizer, how, state["optimizer"])
+    set_rng_state(state["rng"])
+    return state["step"]
+
+
 def train_sft(cfg: SFTConfig, resume: bool = False, progress: bool = True) -> SFTResult:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg.train.precision, device)
@@ -315,12 +334,10 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
     lora.check_unsharded(model, acc)
     run.save_kwargs = lora.save_kwargs(model)
     model, optimizer = acc.prepare(model, optimizer)
-    forward = Forward(model, acc.unwrap_model(model), cfg.train.fast_forward)
-    start, state = 0, run.state()
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+    how = sharding(acc)  # fsdp1 / fsdp2: each process holds a shard of the weights and of the optimizer state
+    # t1's forward reads whole parameters; FSDP2 shards the model in place (model is raw), so say it here
+    forward = Forward(model, acc.unwrap_model(model), cfg.train.fast_forward and how not in SHARDED)
+    start = _restore(run.state(), model, optimizer, how)
     run.start_metrics(cfg, start, job_type="sft")
     if main:
         print(f"sft: {fmt.describe()}", file=sys.stderr)
@@ -364,11 +381,11 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
             window = dict.fromkeys(window, 0)
         if (cfg.train.save_every and done % cfg.train.save_every == 0) or done == stop:
             run.save_checkpoint(done, acc.unwrap_model(model), tokenizer,
-                                lambda: (acc.get_state_dict(model), {"optimizer": optimizer.state_dict()}),
-                                cfg.train.keep_checkpoints)
+                                lambda: _gather(acc, model, optimizer, how), cfg.train.keep_checkpoints)
     bar.close()
     raw = acc.unwrap_model(model)
-    run.save_final(raw, tokenizer, acc.get_state_dict(model), lora.merged_writer(raw, tokenizer, cfg.lora))
+    run.save_final(raw, tokenizer, model_state(acc, model, how, full_parameters),
+                   lora.merged_writer(raw, tokenizer, cfg.lora))
     wall = time.perf_counter() - t_start
     result = SFTResult(out, stop, loss_value, tok_rate, wall)
     if main:
