@@ -78,9 +78,9 @@ def test_outputs_are_compared_resolved_and_checked_as_files_or_folders(tmp_path)
     with pytest.raises(DataError, match="is a file, expected a directory"):
         check_output_dir(src)
     (tmp_path / "afile").write_text("")
-    with pytest.raises(DataError, match=r"cannot create its folder .*afile/out: Not a directory"):
+    with pytest.raises(DataError, match=r"cannot create its folder .*afile/out: .*afile is a file, not a direc"):
         check_output(tmp_path / "afile" / "out" / "x.jsonl")
-    with pytest.raises(DataError, match=r"cannot create it: Not a directory"):
+    with pytest.raises(DataError, match=r"cannot create it: .*afile is a file, not a directory"):
         check_output_dir(tmp_path / "afile" / "out")
     assert check_output_dir(tmp_path / "made", src, files=["summary.json"]).is_dir()
     assert os.listdir(tmp_path / "made") == []  # the write probe is gone

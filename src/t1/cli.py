@@ -57,6 +57,8 @@ def _config_path(args: argparse.Namespace) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- commands
 
+MAX_PROBLEMS = 1 << 20  # `t1 countdown --n`: as many as any data.num_prompts may ask for
+
 
 def cmd_init(args: argparse.Namespace) -> int:
     from t1.model.load import InitConfig, build_init, chat_format_of, count_parameters, save
@@ -82,8 +84,8 @@ def cmd_countdown(args: argparse.Namespace) -> int:
     cfg, done = _load_config(CountdownConfig, args)
     if done:
         return 0
-    if args.n < 1:
-        raise cfglib.ConfigError(f"--n must be ≥ 1 (got {args.n})")
+    if not 1 <= args.n <= MAX_PROBLEMS:  # the rows are built in memory: ~1 KB each
+        raise cfglib.ConfigError(f"--n must be ≥ 1 and ≤ {MAX_PROBLEMS:,} (got {args.n})")
     if args.failed is not None and args.failed < 0:
         raise cfglib.ConfigError(f"--failed must be ≥ 0 (got {args.failed})")
     if args.out:

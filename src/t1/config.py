@@ -200,6 +200,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = raw
     except RecursionError:  # the YAML parser recurses per nesting level
         raise ConfigError(f"override {key}: value nested too deeply") from None
+    _check_expanded(value, f"override {key}")
     return key.split("."), value
 
 
@@ -238,6 +239,26 @@ def _deepcopy(data: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------ file I/O
 
+MAX_CONFIG_NODES = 100_000  # values in a config once YAML's aliases are expanded (a real one has hundreds)
+
+
+def _check_expanded(data: Any, path: str | Path) -> None:
+    """Refuse a YAML file whose aliases expand past :data:`MAX_CONFIG_NODES` values (an "alias bomb": nine
+    levels of nine references are 10 bytes a level on disk and 387 million values in memory) — counting
+    stops at the limit, so the check itself is bounded."""
+    count, stack = 0, [data]
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_NODES:
+            raise ConfigError(f"{path}: more than {MAX_CONFIG_NODES:,} values once its YAML aliases (*name) are "
+                              "expanded; a config is far smaller")
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
 
 MAX_CONFIG_BYTES = 4 << 20
 
@@ -265,6 +286,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
     except RecursionError:  # the YAML parser recurses per nesting level
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+    _check_expanded(data, path)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -304,6 +304,9 @@ def _writable(folder: Path, out: Path, what: str, min_free: int) -> None:
     """Make ``folder`` and prove it takes a file (a probe created and removed: ``os.access`` says yes to root
     on a read-only mount); refuse a disk with less than ``min_free`` bytes free, where that can be known."""
     where = "it" if folder == out else f"its folder {folder}"
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir would say "File exists", which names the wrong problem
+        raise DataError(f"{what} {out}: cannot create {where}: {blocker} is a file, not a directory")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -86,13 +86,14 @@ INIT = ("init", "model.hidden=16", "model.layers=1", "model.heads=2", "model.kv_
 CASES = {
     # 1. one output check, before any work, in every stage
     "eval out is a file": (EVAL + ("out={d}/f",), files(f="x"), 2, ["out", "/f: is a file, expected a directory"]),
-    "eval out under a file": (EVAL + ("out={d}/f/out",), files(f="x"), 2, ["cannot create it: Not a directory"]),
+    "eval out under a file": (EVAL + ("out={d}/f/out",), files(f="x"), 2,
+                              ["cannot create it:", "/f is a file, not a directory"]),
     "eval out is the model": (EVAL + ("out={model}",), None, 2, ["is also an input"]),
     "eval on a nearly full disk": (EVAL + ("out={d}/ev",), nearly_full, 2, ["no space left on", "(3 MiB free)"]),
     "scale out is a file": (("scale", "models=[{model}]", "bench=countdown", "budgets=[2]", "limit=1",
                              "out={d}/f"), files(f="x"), 2, ["is a file, expected a directory"]),
     "init out is a file": (INIT + ("out={d}/f",), files(f="x"), 2, ["out", "is a file, expected a directory"]),
-    "init out under a file": (INIT + ("out={d}/f/m",), files(f="x"), 2, ["Not a directory"]),
+    "init out under a file": (INIT + ("out={d}/f/m",), files(f="x"), 2, ["/f is a file, not a directory"]),
     "countdown --out a folder": (("countdown", "--out", "{d}"), None, 2, ["--out", "is a directory"]),
     "countdown --out its config": (("countdown", "{d}/c.yaml", "--out", "{d}/x/../c.yaml"),
                                    files(**{"c.yaml": "{}\n"}), 2, ["is also an input"]),
@@ -113,7 +114,7 @@ CASES = {
     "sweep out is a file": (("sweep", "sft", "train.epochs=1,2", "--out", "{d}/f"), files(f="x"), 2,
                             ["out", "/f: is a file, expected a directory"]),
     "sweep out under a file": (("sweep", "sft", "train.epochs=1,2", "--out", "{d}/f/sw"), files(f="x"), 2,
-                               ["cannot create it: Not a directory"]),
+                               ["cannot create it:", "/f is a file, not a directory"]),
     "demo out is a file": (("demo", "out={d}/f"), files(f="x"), 2, ["is a file, expected a directory"]),
     # 2. a failed write is one line naming the path, and the old result stays whole
     "eval full disk at the summary": (EVAL + ("out={d}/ev",), full_disk_at("summary.json", **OLD_EVAL), 2,
@@ -131,8 +132,24 @@ CASES = {
                             ["nosuch"]),
     "sft --quiet between": (("sft", "out={d}/s", "--quiet", "nosuch=1"), None, 2, ["nosuch"]),
     # 5. nonsensical flags
-    "countdown --n -5": (("countdown", "--n", "-5"), None, 2, ["--n must be ≥ 1 (got -5)"]),
+    "countdown --n -5": (("countdown", "--n", "-5"), None, 2, ["--n must be ≥ 1", "(got -5)"]),
     "countdown --n 0": (("countdown", "--n", "0", "--out", "{d}/c.jsonl"), None, 2, ["--n must be ≥ 1"]),
+    "countdown --n past the cap": (("countdown", "--n", "99999999999"), None, 2,
+                                   ["--n must be ≥ 1 and ≤ 1,048,576"]),
+    "countdown ranges with no problems": (("countdown", "--n", "3", "min_target=99", "max_target=100",
+                                           "max_number=1"), None, 2,
+                                          ["could not generate 3 problems", "widen min_number/max_number"]),
+    "config YAML alias bomb": (("sft", "{d}/bomb.yaml"), files(**{"bomb.yaml": "".join(
+        [f"{chr(97 + i)}: &{chr(97 + i)} [" + ",".join([f"*{chr(96 + i)}" if i else '"x"'] * 9) + "]\n"
+         for i in range(10)]) + "train: *j\n"}), 2, ["bomb.yaml", "more than 100,000 values", "aliases"]),
+    "override YAML alias bomb": (("sft", "train.x=[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+                                  "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], "
+                                  "[*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]"), None, 2,
+                                 ["override train.x", "more than 100,000 values"]),
+    "sft out is a file": (("sft", "out={d}/f"), files(f="x"), 2,
+                          ["out:", "/f is a file, expected a run directory"]),
+    "filter min_pass=-1 named": (("filter", "model={model}", "min_pass=-1"), None, 2,
+                                 ["min_pass: must be in [0, 1]", "-1"]),
     "countdown --failed -1": (("countdown", "--failed", "-1"), None, 2, ["--failed must be ≥ 0 (got -1)"]),
 }
 # 3. a record nested 200,000 deep, wherever a user's JSON Lines are read

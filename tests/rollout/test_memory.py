@@ -397,3 +397,30 @@ def test_host_ram_of_this_machine_is_a_note(monkeypatch):
     monkeypatch.setattr(M, "host_memory", lambda: 1 << 40)
     r = M.check_rl(paper("32b"), M.qwen25("32b"), 32, 8, sharded=True, checkpointing=True)
     assert r.fits and any(n.startswith("host RAM: 1,343 GiB per node needed of 1,024") for n in r.notes)
+
+
+def test_t1_rl_checks_gpu_and_host_memory_before_loading_the_weights(tiny_model_dir, monkeypatch, capsys):
+    """On a GPU machine `t1 rl` estimates from the model's config.json before any weight loads, with this
+    node's RAM as a limit (a 32B model's per-rank fp32 loads would exhaust it before any later check ran);
+    a refusal there is the run's one line."""
+    from types import SimpleNamespace
+
+    from t1.stages.rl import RLTrainer
+
+    calls = []
+
+    def check_rl(cfg, model_config, world, gpus, host_bytes=None):
+        calls.append((model_config.hidden_size, world, gpus, host_bytes))
+        raise ConfigError("host RAM: 2,100 GiB per node needed of 1,024")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(M, "check_rl", check_rl)
+    monkeypatch.setattr(M, "host_memory", lambda: 1 << 40)
+    rollout = {"engine": "fast", "max_new_tokens": 64}
+    cfg = C.from_dict(RLConfig, {"model": str(tiny_model_dir), "rollout": rollout})
+    trainer = SimpleNamespace(cfg=cfg, world=8, acc=SimpleNamespace(is_main_process=True))
+    trainer._memory_report = lambda *a, **k: RLTrainer._memory_report(trainer, *a, **k)
+    with pytest.raises(ConfigError, match="^host RAM"):
+        RLTrainer._check_budget(trainer)
+    assert calls == [(32, 8, 8, 1 << 40)]

@@ -374,3 +374,38 @@ def test_log_rows_are_strict_json_even_holding_nan_or_infinity(tmp_path):
     text = (tmp_path / "metrics.jsonl").read_text()
     rows = [json.loads(line, parse_constant=refuse) for line in text.splitlines()]
     assert rows == [{"step": 1, "loss": None, "w": [1.0, None], "ok": 0.5}, {"step": 2, "nested": {"x": None}}]
+
+
+def test_resume_before_the_first_checkpoint_reopens_the_trackers_run(tmp_path):
+    """Killed before its first checkpoint, a run resumed with --resume starts over at step 0: TensorBoard
+    showed the killed run's steps beside the new ones and MLflow kept a second run. The trackers now reopen
+    the run as a resume from step 0 (TensorBoard purges every earlier event)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from t1.stages.sft import SFTConfig
+
+    cfg = C.from_dict(SFTConfig, {"report_to": ["tensorboard"]})
+    for resume, values in ((False, [1.0, 2.0, 3.0]), (True, [1.5, 2.5, 3.5, 4.5])):
+        run = RunDir(tmp_path / "run", resume, OneProcess())
+        run.start_metrics(cfg, 0)
+        for step, value in enumerate(values, 1):
+            run.log({"step": step, "loss": value})
+        run.close()
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.5), (2, 2.5), (3, 3.5), (4, 4.5)]
+
+
+def test_the_same_model_spelled_another_way_is_no_change(tmp_path, monkeypatch):
+    """config.yaml keeps `model` as typed: `m`, `./m` and its absolute path are one model (resuming with another
+    spelling was refused); a different existing directory, or a name not here, is still a change."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m2").mkdir()
+    monkeypatch.chdir(tmp_path)
+    old = {"model": "m", "data.paths": ["m"]}
+    for spelling in ("./m", str(tmp_path / "m"), "m/"):
+        assert resumelib.changes(old, {"model": spelling, "data.paths": [spelling]}) == ([], [])
+    refused, _ = resumelib.changes(old, {"model": "m2", "data.paths": ["m"]})
+    assert [c.field for c in refused] == ["model"]
+    refused, _ = resumelib.changes({"model": "Qwen/Qwen2.5-7B"}, {"model": "qwen/qwen2.5-7b"})
+    assert [c.field for c in refused] == ["model"]

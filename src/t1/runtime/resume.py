@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ SAFE = frozenset({
 })
 LENGTH = frozenset({"train.max_steps", "train.steps", "train.epochs"})
 SCHEDULED = frozenset({"train.steps", "train.epochs"})  # the lr schedule spans them
+PATHS = frozenset({"model", "data.paths"})  # the same files however spelled (m, ./m, /abs/m) are no change
 RESUMED = "resumed at step"  # how a recorded change starts in config.yaml
 
 
@@ -110,13 +112,24 @@ def _schedule_spans_length(values: dict[str, Any]) -> bool:
         bool(values.get("train.optim.warmup_ratio", 0))
 
 
+def _same_path(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` name the same existing files here (a path or a list of paths, in order)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_path(x, y) for x, y in zip(a, b))
+    try:
+        return isinstance(a, str) and isinstance(b, str) and bool(a) and bool(b) and os.path.samefile(a, b)
+    except OSError:  # one of them is not here (a hub name, a moved file): compared as written
+        return False
+
+
 def changes(old: dict[str, Any], new: dict[str, Any],
             step: int | None = None) -> tuple[list[Change], list[Change]]:
     """(refused, accepted) differences between two flattened configs, in the new config's field order; ``step``:
     the checkpoint's, which a step count may not go below (the run went further already)."""
     refused, accepted = [], []
     for key in [*new, *(k for k in old if k not in new)]:
-        if key in old and key in new and old[key] == new[key]:
+        same = key in old and key in new and old[key] == new[key]
+        if same or (key in PATHS and key in old and key in new and _same_path(old[key], new[key])):
             continue
         change = Change(key, old.get(key), new.get(key))
         cap = new.get(key) if key in ("train.steps", "train.max_steps") else None

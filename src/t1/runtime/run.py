@@ -175,7 +175,9 @@ class RunLock:
             out.mkdir(parents=True, exist_ok=True)
             self.fd: int | None = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise ConfigError(f"out: cannot create {out / LOCK}: {e.strerror or e}") from None
+            why = (f"{out} is a file, expected a run directory" if out.exists() and not out.is_dir()
+                   else f"cannot create {out / LOCK}: {e.strerror or e}")
+            raise ConfigError(f"out: {why}") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -217,6 +219,7 @@ class RunDir:
 
     def __init__(self, out: str | Path, resume: bool, acc, cfg: Any = None):
         self.out, self.acc, self.main = Path(out), acc, acc.is_main_process
+        self.resume = resume
         self.logs: dict[str, Log] = {}
         self.save_kwargs: dict[str, Any] = {}  # more arguments for the model's save_pretrained (a LoRA run's)
         self.trackers: Trackers | None = None
@@ -293,8 +296,12 @@ class RunDir:
             self.logs = {name: Log(self.out / f"{name}.jsonl", resume_step) for name in logs}
             remove_completions(self.out, resume_step or 0)
             if getattr(cfg, "report_to", ()):
-                self.trackers = open_trackers(cfg, self.out, job_type, resume=resume_step is not None,
-                                              resume_step=resume_step)
+                # --resume with no checkpoint yet starts over at step 0: the trackers still reopen the killed
+                # run (TensorBoard purges all of its events, MLflow/Trackio/W&B skip the steps they hold)
+                # instead of leaving it beside a second copy
+                tracked = resume_step if resume_step is not None else (0 if self.resume else None)
+                self.trackers = open_trackers(cfg, self.out, job_type, resume=tracked is not None,
+                                              resume_step=tracked)
 
     def log(self, *rows: dict[str, Any], to: str = "metrics") -> None:
         """Append ``rows`` to the log ``to`` (main process; others do nothing); metrics rows also go to the

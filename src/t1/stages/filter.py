@@ -53,8 +53,9 @@ class FilterConfig(Tracking):
         check_sampling(self.samples, self.temperature, self.top_p, self.max_new_tokens, n_field="samples")
         require(self.prompts_per_batch >= 1, "prompts_per_batch", "must be ≥ 1", self.prompts_per_batch)
         check_sequences(self.prompts_per_batch, self.samples, "prompts_per_batch", "prompts_per_batch × samples")
-        require(0 <= self.min_pass <= self.max_pass <= 1, "max_pass", "need 0 ≤ min_pass ≤ max_pass ≤ 1",
-                self.max_pass)
+        require(0 <= self.min_pass <= 1, "min_pass", "must be in [0, 1]", self.min_pass)
+        require(0 <= self.max_pass <= 1, "max_pass", "must be in [0, 1]", self.max_pass)
+        require(self.min_pass <= self.max_pass, "min_pass", f"must be ≤ max_pass ({self.max_pass})", self.min_pass)
 
 
 def pass_rates(engine, tok, items, cfg: FilterConfig, task: Task, progress: bool = True, fmt=None) -> list[float]:

@@ -111,8 +111,20 @@ class RLTrainer:
 
         r = self.cfg.rollout
         per_process = -(-r.prompts_per_step * r.samples_per_prompt // self.world)
-        bounds.check_engine(r, resolve_engine(r.engine), bounds.local_config(lora.base_path(self.cfg.model)),
-                            r.max_new_tokens, per_process, field="rollout.max_new_tokens")
+        config = bounds.local_config(lora.base_path(self.cfg.model))
+        bounds.check_engine(r, resolve_engine(r.engine), config, r.max_new_tokens, per_process,
+                            field="rollout.max_new_tokens")
+        self.memory_checked = torch.cuda.is_available() and config is not None
+        if self.memory_checked:  # before loading: this node's RAM is a limit too, not only a note
+            self._memory_report(config, host_bytes=memory.host_memory())
+
+    def _memory_report(self, model_config, host_bytes: int | None = None) -> None:
+        """GPU (and host) memory for this config (:func:`t1.rollout.memory.check_rl`): printed by the main
+        process, refused in one line when it cannot fit — before hours go into it."""
+        report = memory.check_rl(self.cfg, model_config, self.world, torch.cuda.device_count(),
+                                 host_bytes=host_bytes)
+        if self.acc.is_main_process:
+            print(memory.format_report(report), file=sys.stderr)
 
     def _setup(self, note: str) -> None:
         """The model (the checkpoint's when resuming), prompts, anchor, optimizer and engine."""
@@ -127,10 +139,8 @@ class RLTrainer:
         model, self.tok = load_for_training(cfg.model, cfg.lora, ckpt, self.precision)
         self.format = chat_format_of(self.tok, cfg.model, cfg.data.use_chat_template)
         self.warned: set[str] = set()
-        if torch.cuda.is_available():  # refuse a config that cannot fit before hours go into it
-            report = memory.check_rl(cfg, lora.base_of(model).config, self.world, torch.cuda.device_count())
-            if acc.is_main_process:
-                print(memory.format_report(report), file=sys.stderr)
+        if torch.cuda.is_available() and not self.memory_checked:  # a hub model: its config is known now
+            self._memory_report(lora.base_of(model).config)
         self.prompt_cache: dict[int, list[int]] = {}
         longest = max(len(self._prompt(i)) for i in range(len(self.items)))
         self.attention = set_attention(model, cfg.train.attention, longest + cfg.rollout.max_new_tokens)

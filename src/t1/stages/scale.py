@@ -251,7 +251,8 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
     with get_task(task_name, countdown=countdown_cfg, grader=grader) as task:
         for label, path in models:
             eng, tok, _ = open_engine(engine, path, batch=len(items) * s.n,
-                                      budget=max(s.budgets) + s.answer_tokens, field="budgets")
+                                      budget=max(s.budgets) + s.answer_tokens,
+                                      field=f"budgets (+ answer_tokens {s.answer_tokens})")
             try:
                 fmt = chat_format_of(tok, path, s.use_chat_template)
                 print(f"scale: {label}: {fmt.describe()}", file=sys.stderr)

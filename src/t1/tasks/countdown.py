@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from t1.config import option, require
+from t1.config import ConfigError, option, require
 from t1.io import DataError
 from t1.tasks.arith import MAX_DIGITS, ArithError, evaluate
 from t1.tasks.base import Item, Score, Task, shown
@@ -169,7 +169,9 @@ def generate(cfg: CountdownConfig, n: int, seed: int, exclude: frozenset = froze
     while len(problems) < n:
         tries += 1
         if tries > 1000 * (n + 10):
-            raise ValueError(f"could not generate {n} problems outside the held-out set; widen the ranges")
+            raise ConfigError(f"countdown: could not generate {n:,} problems in number range [{cfg.min_number}, "
+                              f"{cfg.max_number}] and target range [{cfg.min_target}, {cfg.max_target}] (outside "
+                              "the held-out set): widen min_number/max_number or min_target/max_target")
         numbers = tuple(rng.randint(cfg.min_number, cfg.max_number) for _ in range(cfg.num_numbers))
         targets = sorted(t for t in reachable(numbers, cfg) if cfg.min_target <= t <= cfg.max_target)
         if targets:
