@@ -9,10 +9,10 @@ headers cover them exactly, every file matches ``checksums.json`` and the traine
 Why checksums: a header check finds a torn or empty file, not bytes that changed under an intact header (a bad
 disk, a copy that went wrong); loading such weights would go on silently from damaged numbers. ``checksums.json``
 holds, for every file of the folder, its size and a SHA-256 over the SHA-256 digests of its 64 MiB blocks (a
-two-level hash, so a file's blocks are hashed in parallel: hashlib releases the GIL). Cost, measured on this
-repository's 2-core CPU machine for a 100 MB weights file: safetensors writes it in 0.16–0.36 s and the fsync
-takes ~0.04 s, its checksum 0.05–0.09 s (SHA-256 with SHA-NI, reading back from the page cache), verifying it
-on resume ~0.06 s — a fraction of the save, not its bulk. A checkpoint written before checksums existed (no
+two-level hash, so a file's blocks are hashed in parallel: hashlib releases the GIL). Cost
+(`benchmarks/checkpoint.py`, BENCHMARKS.md): ~0.9 GB/s per core; on a 2-core machine with a fast local disk
+about as long as the write itself, on a GPU node with 8 hashing threads and shared storage a fraction of
+it. A checkpoint written before checksums existed (no
 ``checksums.json``) is accepted as it is: its header check and trainer state are all there is to go on.
 """
 
