@@ -415,6 +415,7 @@ def test_t1_rl_checks_gpu_and_host_memory_before_loading_the_weights(tiny_model_
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(M, "check_rl", check_rl)
     monkeypatch.setattr(M, "host_memory", lambda: 1 << 40)
     rollout = {"engine": "fast", "max_new_tokens": 64}

@@ -61,3 +61,19 @@ def test_the_collective_timeout_reaches_the_process_group(tmp_path, args, second
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [str(seconds)] * 2
+
+
+def test_gpus_per_node_follows_the_launcher_not_the_visible_devices(monkeypatch):
+    """SLURM's --gpus-per-task=1 shows each process one GPU of an 8-GPU node: the estimate must see 8 (the
+    launcher's LOCAL_WORLD_SIZE), else a tensor-parallel engine of 2 is refused as not fitting a node."""
+    import torch
+
+    from t1.runtime.device import gpus_per_node
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert gpus_per_node() == 8
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert gpus_per_node() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "")  # set but empty: the devices decide
+    assert gpus_per_node() == 1

@@ -102,6 +102,17 @@ def make_accelerator(precision: str, nccl_timeout: float = NCCL_TIMEOUT):
                        kwargs_handlers=[group])
 
 
+def gpus_per_node() -> int:
+    """The GPUs one node gives this job: the launcher's processes per node (``LOCAL_WORLD_SIZE``, one GPU each)
+    when it says, else the GPUs this process sees. Under SLURM with ``--gpus-per-task=1`` each process sees one
+    GPU (``device_count() == 1``) although the node runs eight: the memory estimate then refused any
+    ``tensor_parallel_size`` > 1 as not fitting a node."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    if local.isdigit() and int(local) > 0:
+        return int(local)
+    return torch.cuda.device_count()
+
+
 def end_distributed(code: int = 0) -> None:
     """End a command run by a distributed launcher (torchrun, ``accelerate launch``) with exit status
     ``code``: every process waits for the others, destroys its process group, flushes its output and leaves

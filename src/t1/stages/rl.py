@@ -42,7 +42,7 @@ from t1.rollout.base import SamplingParams, sample_seed
 from t1.rollout.config import resolve as resolve_engine
 from t1.rollout.weights import full_parameters
 from t1.runtime import sharded_state
-from t1.runtime.device import make_accelerator, resolve_precision
+from t1.runtime.device import gpus_per_node, make_accelerator, resolve_precision
 from t1.runtime.optim import BadSteps, make_optimizer
 from t1.runtime.run import RunDir, Timer, set_rng_state
 from t1.tasks import get_task
@@ -121,7 +121,7 @@ class RLTrainer:
     def _memory_report(self, model_config, host_bytes: int | None = None) -> None:
         """GPU (and host) memory for this config (:func:`t1.rollout.memory.check_rl`): printed by the main
         process, refused in one line when it cannot fit — before hours go into it."""
-        report = memory.check_rl(self.cfg, model_config, self.world, torch.cuda.device_count(),
+        report = memory.check_rl(self.cfg, model_config, self.world, gpus_per_node(),
                                  host_bytes=host_bytes)
         if self.acc.is_main_process:
             print(memory.format_report(report), file=sys.stderr)
