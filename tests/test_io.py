@@ -7,6 +7,7 @@ import os
 import pytest
 
 from t1.io import DataError, atomic_write_text, check_output, clean, iter_jsonl, read_log
+from tests.hostile.conftest import fail_writes_to
 
 
 def test_lone_surrogates_are_replaced_on_read_and_on_write(tmp_path):
@@ -118,29 +119,9 @@ def test_a_record_nested_too_deeply_is_a_data_error(tmp_path, record):
         read_json(src)
 
 
-def _full_disk_at(monkeypatch, name: str) -> None:
-    """Writes through ``t1.io`` to a temporary of ``name`` fail as on a full disk."""
-    import errno
-
-    import t1.io
-
-    real = os.fdopen
-
-    def fdopen(fd, *args, **kwargs):
-        f = real(fd, *args, **kwargs)
-        if f".{name}." in os.readlink(f"/proc/self/fd/{fd}"):
-            def write(_):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-            f.write = write
-        return f
-
-    monkeypatch.setattr(t1.io.os, "fdopen", fdopen)
-
-
 def test_a_failed_write_names_the_path_and_leaves_no_trace(tmp_path, monkeypatch):
     out = atomic_write_text(tmp_path / "out.txt", "old")
-    _full_disk_at(monkeypatch, "out.txt")
+    fail_writes_to(monkeypatch, "out.txt")
     with pytest.raises(OSError, match="No space left on device") as info:
         atomic_write_text(out, "new")
     assert info.value.filename == str(out)  # the user's name, not the temporary's
@@ -152,7 +133,7 @@ def test_all_or_nothing_leaves_the_old_result_when_its_last_file_fails(tmp_path,
 
     for name in ("a.jsonl", "summary.json"):
         (tmp_path / name).write_text("old")
-    _full_disk_at(monkeypatch, "summary.json")
+    fail_writes_to(monkeypatch, "summary.json")
     with pytest.raises(OSError, match="No space left on device"):
         with all_or_nothing() as staged:
             staged.write_text(tmp_path / "a.jsonl", "new")

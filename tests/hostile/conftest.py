@@ -5,6 +5,8 @@ under a regular file) and a full disk is simulated by patching the write that hi
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -40,3 +42,21 @@ def t1(capsys):
         return Outcome(code, cap.out, cap.err)
 
     return run
+
+
+def fail_writes_to(monkeypatch, name: str) -> None:
+    """Every write through :mod:`t1.io` to a temporary of ``name`` (``.NAME.…``) fails as on a full disk."""
+    import t1.io
+
+    real = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        f = real(fd, *args, **kwargs)
+        if f".{name}." in os.readlink(f"/proc/self/fd/{fd}"):
+            def write(_):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            f.write = write
+        return f
+
+    monkeypatch.setattr(t1.io.os, "fdopen", fdopen)

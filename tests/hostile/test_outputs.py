@@ -10,15 +10,13 @@ test's folder, ``{model}`` the tiny model; ``setup(d, monkeypatch)`` makes the f
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-import t1.io
-from tests.hostile.conftest import Outcome
+from tests.hostile.conftest import Outcome, fail_writes_to
 
 DEEP = {"array": "[" * 200_000, "object": '{"a":' * 200_000}
 
@@ -52,18 +50,7 @@ def full_disk_at(name: str, **named: str):
 
     def setup(d: Path, monkeypatch):
         intact = files(**named)(d, monkeypatch)
-        real = os.fdopen
-
-        def fdopen(fd, *args, **kwargs):
-            f = real(fd, *args, **kwargs)
-            if f"/.{name}." in os.readlink(f"/proc/self/fd/{fd}"):
-                def write(_):
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-                f.write = write
-            return f
-
-        monkeypatch.setattr(t1.io.os, "fdopen", fdopen)
+        fail_writes_to(monkeypatch, name)
 
         def after(d: Path) -> None:
             intact(d)

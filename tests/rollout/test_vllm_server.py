@@ -204,19 +204,16 @@ def test_nccl_client_gives_each_server_its_ranks():
         a.close(), b.close()
 
 
-def test_a_bad_reply_inside_t1_rl_is_one_line_naming_the_server(tiny_model_dir, tmp_path, capsys):
-    """A server returning a token id beyond the vocabulary, mid-run: the ServerError (an EngineError) names the
-    server and the id, and `t1 rl` prints it as one line and exits 3 — no traceback, no IndexError later."""
+def rl_against(completions, tiny_model_dir, tmp_path, capsys) -> tuple[int, str, str]:
+    """`t1 rl` for one step against a fake server answering completions with ``completions`` (weights
+    accepted and versioned): (exit code, stderr, the fake's URL)."""
     from t1.cli import main
 
     version = {"v": "0"}
     routes = weight_routes()
     routes["GET /weight_info"] = lambda _: {"weight_version": version["v"]}
     routes["POST /update_weight_version"] = lambda p: version.update(v=p["new_version"]) or {"success": True}
-    routes["POST /v1/completions"] = lambda p: {"choices": [
-        {"index": k, "text": "", "finish_reason": "length",
-         "logprobs": {"tokens": ["token_id:7", f"token_id:{len(TOK)}"], "token_logprobs": [-0.5, -0.5]}}
-        for k in range(p["n"])]}
+    routes["POST /v1/completions"] = completions
     fake = Fake(routes)
     try:
         code = main(["rl", f"model={tiny_model_dir}", f"out={tmp_path / 'run'}", "rollout.engine=vllm_server",
@@ -225,11 +222,21 @@ def test_a_bad_reply_inside_t1_rl_is_one_line_naming_the_server(tiny_model_dir, 
                      "data.num_prompts=8", "train.steps=1", "--quiet"])
     finally:
         fake.close()
-    err = capsys.readouterr().err
+    assert any(path == "/v1/completions" for _, path, _ in fake.requests)
+    return code, capsys.readouterr().err, fake.url
+
+
+def test_a_bad_reply_inside_t1_rl_is_one_line_naming_the_server(tiny_model_dir, tmp_path, capsys):
+    """A server returning a token id beyond the vocabulary, mid-run: the ServerError (an EngineError) names the
+    server and the id, and `t1 rl` prints it as one line and exits 3 — no traceback, no IndexError later."""
+    code, err, url = rl_against(lambda p: {"choices": [
+        {"index": k, "text": "", "finish_reason": "length",
+         "logprobs": {"tokens": ["token_id:7", f"token_id:{len(TOK)}"], "token_logprobs": [-0.5, -0.5]}}
+        for k in range(p["n"])]}, tiny_model_dir, tmp_path, capsys)
     assert code == 3, err
-    assert f"t1 rl: error: sampling engine: {fake.url}/v1/completions: token id {len(TOK)} is outside the " \
+    assert f"t1 rl: error: sampling engine: {url}/v1/completions: token id {len(TOK)} is outside the " \
            f"vocabulary (0..{len(TOK) - 1})\n" in err
-    assert "Traceback" not in err and any(path == "/v1/completions" for _, path, _ in fake.requests)
+    assert "Traceback" not in err
 
 
 def lp_reply(values):
@@ -280,24 +287,9 @@ def test_nested_oversized_and_duplicate_replies_are_one_clear_error():
 
 def test_an_infinite_log_prob_inside_t1_rl_is_one_line_and_never_reaches_metrics(tiny_model_dir, tmp_path,
                                                                                  capsys):
-    from t1.cli import main
-
-    version = {"v": "0"}
-    routes = weight_routes()
-    routes["GET /weight_info"] = lambda _: {"weight_version": version["v"]}
-    routes["POST /update_weight_version"] = lambda p: version.update(v=p["new_version"]) or {"success": True}
-    routes["POST /v1/completions"] = lp_reply([-0.5, float("inf")])
-    fake = Fake(routes)
-    try:
-        code = main(["rl", f"model={tiny_model_dir}", f"out={tmp_path / 'run'}", "rollout.engine=vllm_server",
-                     f"rollout.vllm_server.urls=[{fake.url}]", "rollout.vllm_server.max_retries=0",
-                     "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4",
-                     "data.num_prompts=8", "train.steps=1", "--quiet"])
-    finally:
-        fake.close()
-    err = capsys.readouterr().err
+    code, err, url = rl_against(lp_reply([-0.5, float("inf")]), tiny_model_dir, tmp_path, capsys)
     assert code == 3, err
-    assert f"t1 rl: error: sampling engine: {fake.url}/v1/completions: token log-prob inf (token 1) is not a " \
+    assert f"t1 rl: error: sampling engine: {url}/v1/completions: token log-prob inf (token 1) is not a " \
            "log-probability" in err and "Traceback" not in err
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert not metrics.exists() or "Infinity" not in metrics.read_text()

@@ -40,6 +40,15 @@ def checkpoint(run: RunDir, step: int, tiny, keep: int = 5, **state):
     run.save_checkpoint(step, model, tok, lambda: (None, {"optimizer": {"x": torch.ones(2)}, **state}), keep)
 
 
+def two_checkpoints(out, tiny):
+    """A run folder ``out`` holding checkpoints at steps 2 and 4 (each trainer state marked with its step)."""
+    run = RunDir(out, False, OneProcess())
+    for step in (2, 4):
+        checkpoint(run, step, tiny, marker=torch.tensor(step))
+    run.close()
+    return out
+
+
 def test_torn_last_log_line_is_dropped_on_resume(tmp_path, capsys):
     """A failed write leaves half a row at the end of metrics.jsonl: resuming drops it (and the rows past the
     checkpoint's step) with a warning; damage before the last line is an error naming the line."""
@@ -76,11 +85,7 @@ def test_second_run_on_a_directory_is_refused_and_a_killed_runs_lock_is_not(tmp_
 
 def test_broken_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny, capsys):
     """Nothing was fsynced before the rename, a power cut: the newest checkpoint's model file is empty."""
-    out = tmp_path / "run"
-    run = RunDir(out, False, OneProcess())
-    for step in (2, 4):
-        checkpoint(run, step, tiny, marker=torch.tensor(step))
-    run.close()
+    out = two_checkpoints(tmp_path / "run", tiny)
     (out / "checkpoints" / "step-0000004" / "model.safetensors").write_bytes(b"")
     run = RunDir(out, True, OneProcess())
     assert run.checkpoint == out / "checkpoints" / "step-0000002" and run.state()["marker"] == 2
@@ -183,11 +188,7 @@ def flip_a_weight_byte(path):
 
 
 def test_checksums_catch_damaged_bytes_under_an_intact_header(tmp_path, tiny, capsys):
-    out = tmp_path / "run"
-    run = RunDir(out, False, OneProcess())
-    for step in (2, 4):
-        checkpoint(run, step, tiny, marker=torch.tensor(step))
-    run.close()
+    out = two_checkpoints(tmp_path / "run", tiny)
     ckpt = out / "checkpoints" / "step-0000004"
     files = json.loads((ckpt / CHECKSUMS).read_text())["files"]
     assert set(files) == {p.name for p in ckpt.iterdir()} - {CHECKSUMS} and CHECKPOINT_STATE in files

@@ -31,6 +31,7 @@ import torch
 
 from t1.config import ConfigError
 from t1.rollout.weights import clean_name, full_parameters
+from t1.runtime import sharded_state
 from t1.runtime.sharded_state import sharding  # noqa: F401  (re-exported: the anchor and tests ask here)
 
 
@@ -199,8 +200,4 @@ def load_full_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
 def full_state_dict(module: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor] | None:
     """The full parameters of a (possibly sharded) module on CPU with Hugging Face names, gathered one at a
     time; every process must call it (collectives), only those with ``keep`` get the dict (else None)."""
-    out = {} if keep else None
-    for name, t in full_parameters(module):
-        if keep:
-            out[name] = t.detach().to("cpu", copy=True)
-    return out
+    return sharded_state.gathered(full_parameters(module), keep)

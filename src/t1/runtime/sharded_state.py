@@ -44,9 +44,14 @@ def model_state(acc, model: torch.nn.Module, how: str,
     dict (offloaded to CPU, rank 0 only) crashes CPU processes, and it gathers whole units at a time."""
     if how not in SHARDED:
         return acc.get_state_dict(model)
-    keep = acc.is_main_process
+    return gathered(parameters(model), acc.is_main_process)
+
+
+def gathered(pairs: Iterable[tuple[str, torch.Tensor]], keep: bool) -> dict[str, torch.Tensor] | None:
+    """``pairs`` (name, full tensor valid until the next one: a gather per parameter, so every process must
+    walk them) copied to CPU where ``keep``; None elsewhere."""
     out = {} if keep else None
-    for name, t in parameters(model):
+    for name, t in pairs:
         if keep:
             out[name] = t.detach().to("cpu", copy=True)
     return out
