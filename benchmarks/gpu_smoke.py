@@ -12,6 +12,8 @@ Why: t1's memory estimate (t1.rollout.memory) was fitted on CPU and its GPU path
 3. logits: the update's logits + chunked log-probs, and the top-p check's rows, against CHUNK_BYTES and
    MISMATCH_BYTES (CUDA);
 4. checkpoint headroom: a 7B checkpoint with vLLM awake allocated for real (review D3; CUDA);
+   colocation: after an update-shaped step, can vLLM take its share back (review §3.3; CUDA; default
+   allocator vs expandable segments, benchmarks/gpu_colocation.py);
 5. numerics: chunked log-probs vs an fp32 reference, t1's top-p log-probs vs vLLM's algorithm, bf16 spread;
 6. FSDP on CUDA (2 GPUs or more; skipped otherwise): `t1 sft` under FSDP2 stopped at a checkpoint and resumed
    equals an uninterrupted run (the optimizer state's GPU-only ``cpu_offload`` gather);
@@ -22,8 +24,8 @@ Why: t1's memory estimate (t1.rollout.memory) was fitted on CPU and its GPU path
     python benchmarks/gpu_smoke.py --cpu           # tiny shapes on CPU, seconds (also without CUDA)
     python benchmarks/gpu_smoke.py --only env,numerics
 
-Not covered (needs vLLM on a GPU): external_launcher TP, sleep/wake, reload_weights, weight transfer; nor the
-colocation allocator cycle of the review's §3.3.
+Not covered (needs vLLM on a GPU): external_launcher TP, sleep/wake with vLLM's own CuMem allocator (the
+colocation check reserves vLLM's share through the CUDA driver instead), reload_weights, weight transfer.
 """
 
 from __future__ import annotations
@@ -81,6 +83,38 @@ def fsdp(device: str, work: Path) -> list[Row]:
     return [Row("fsdp", "FSDP2 sft: resumed = uninterrupted weights", str(same), "True", same)]
 
 
+def colocation(device: str) -> list[Row]:
+    """Review §3.3 (benchmarks/gpu_colocation.py): the colocation cycle once per allocator setting, each in a
+    fresh process (the setting must precede CUDA). Expandable segments is what docs/multinode.md tells a run to
+    set: its row fails when vLLM cannot take its share back after a step; the default allocator's row is
+    information (whether expandable segments are required)."""
+    script = Path(__file__).resolve().parent / "gpu_colocation.py"
+    settings = ["default", "expandable_segments:True"] if device == "cuda" else ["default"]
+    rows = []
+    for setting in settings:
+        env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
+        if setting != "default":
+            env["PYTORCH_CUDA_ALLOC_CONF"] = setting
+        proc = subprocess.run([sys.executable, str(script), *(["--cpu"] if device == "cpu" else [])], env=env,
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+            rows.append(Row("colocation", f"cycle ({setting}) crashed", tail, ok=False))
+            continue
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        wakes = [got["wake_at_start"], *got["wakes_after_step"]]
+        what = f"vLLM takes its {got['share_gib']:.1f} GiB back after steps 1, 2 ({setting})"
+        if device == "cpu":
+            rows.append(Row("colocation", what, "ran at 1/4096 on CPU", "", None, "the allocator needs CUDA"))
+            continue
+        note = (f"cached before empty_cache {got['cached_before_empty_gib']:.2f} GiB, peak reserved "
+                f"{got['peak_reserved_gib']:.1f} GiB, free awake {got.get('free_awake_gib', 0):.1f} GiB")
+        rows.append(Row("colocation", what, " ".join("yes" if w else "NO" for w in wakes),
+                        f"fits ({got['estimate_peak_gib']:.1f} GiB peak)",
+                        all(wakes) if setting != "default" else None, note))
+    return rows
+
+
 def rl_throughput(device: str, work: Path) -> list[Row]:
     """A few `t1 rl` steps on a random Qwen2.5-0.5B-shaped model (CPU: a tiny one with the same tokenizer)."""
     from t1 import config as C
@@ -118,7 +152,7 @@ def rl_throughput(device: str, work: Path) -> list[Row]:
     return out
 
 
-CHECKS = ["env", "activations", "logits", "checkpoint", "numerics", "fsdp", "rl"]
+CHECKS = ["env", "activations", "logits", "checkpoint", "colocation", "numerics", "fsdp", "rl"]
 
 
 def run(device: str, only: list[str], work: Path) -> list[Row]:
@@ -128,6 +162,7 @@ def run(device: str, only: list[str], work: Path) -> list[Row]:
              "activations": lambda: checks.activations(device, CPU_LAYERS if small else GPU_LAYERS),
              "logits": lambda: checks.logits_memory(device, 11264, 152064, 3584, 2048),
              "checkpoint": lambda: checks.checkpoint_headroom(device),
+             "colocation": lambda: colocation(device),
              "numerics": lambda: checks.numerics(device, 64 if small else 1024, 1000 if small else 152064, 16),
              "fsdp": lambda: fsdp(device, work / "fsdp"),
              "rl": lambda: rl_throughput(device, work)}

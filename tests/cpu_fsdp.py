@@ -1,11 +1,13 @@
 """accelerate's FSDP on CPU processes, for the tests: ``torchrun … tests/cpu_fsdp.py rl …`` runs `t1 rl` (any
-`t1` command), ``torchrun … tests/cpu_fsdp.py check-anchor MODEL_DIR MODE`` the sharded-anchor check below;
-``ACCELERATE_USE_FSDP=true`` (and accelerate's other ``FSDP_*`` variables) in the environment.
+`t1` command), ``torchrun … tests/cpu_fsdp.py check-anchor MODEL_DIR MODE`` the sharded-anchor check below,
+``check-loading MODEL_DIR`` the main-process-only loading check, ``check-kept MODEL_DIR`` the kept
+weight walk; ``ACCELERATE_USE_FSDP=true`` (and accelerate's other ``FSDP_*`` variables) in the environment.
 
 accelerate turns FSDP on only for accelerators (it leaves a CPU job MULTI_CPU, the FSDP plugin unused), while
 torch's FSDP (versions 1 and 2) runs on CPU over gloo. The patch switches the state to FSDP (as accelerate
-does for GPUs) and names the device "cpu" (FSDP1 refuses accelerate's "cpu:0" as a device_id). It changes
-nothing else and t1 never imports it."""
+does for GPUs) and names the device "cpu" (FSDP1 refuses accelerate's "cpu:0" as a device_id); FSDP1's
+sync_module_states is let through on CPU tensors (gloo can broadcast them). It changes nothing else and t1
+never imports it."""
 
 import copy
 import sys
@@ -28,7 +30,56 @@ def _init_with_cpu_fsdp(self, *args, fsdp_plugin=None, **kwargs):
 
 
 def enable() -> None:
+    import torch.distributed.fsdp._init_utils as fsdp1_init
+
     AcceleratorState.__init__ = _init_with_cpu_fsdp
+    # FSDP1's sync_module_states refuses CPU tensors because NCCL broadcasts only GPU ones; gloo broadcasts CPU
+    # tensors, which is all this check guards (torch 2.13: torch/distributed/fsdp/_init_utils.py)
+    fsdp1_init._check_module_states_for_sync_module_states = lambda states: None
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory now (not its peak): /proc/self/statm's second field, in pages."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_loading(model_dir: str) -> None:
+    """Under FSDP only the main process reads the weights (review D4): while loading, the other process's
+    resident memory grows by a small fraction of the fp32 model and the main one's by about the whole model
+    (the weights are bf16 on disk, so loading them in fp32 writes new memory: the measurement can see a
+    load); after wrapping, every process's shards are the main process's weights."""
+    import gc
+
+    from t1.model.load import load, load_for_training, load_tokenizer, skeleton
+    from t1.model.lora import LoraConfig
+    from t1.rl import shard
+    from t1.runtime import sharded_state
+    from t1.runtime.device import make_accelerator
+    from t1.runtime.optim import OptimConfig, make_optimizer
+
+    acc = make_accelerator("fp32")
+    how = shard.sharding(acc)
+    skeleton(model_dir), load_tokenizer(model_dir)  # imports transformers' model code (~150 MiB) before measuring
+    gc.collect()
+    before = _resident_bytes()
+    model, _ = load_for_training(model_dir, LoraConfig(), None, weights=sharded_state.loads_weights(acc, how))
+    grown = _resident_bytes() - before
+    size = sum(p.numel() * 4 for p in model.parameters())
+    if acc.is_main_process:
+        assert grown > 0.5 * size, (grown, size)
+    else:
+        assert grown < 0.1 * size, (grown, size)
+    sharded_state.weights_from_main(acc, how)
+    policy, _ = acc.prepare(model, make_optimizer(model, OptimConfig()))
+    got = shard.full_state_dict(policy, True)
+    want = load(model_dir, dtype="float32")[0].state_dict()
+    for name, value in got.items():
+        assert torch.equal(value, want[name]), name
+    print(f"loading check ok: {how} rank {acc.process_index} grew {grown / 2**20:.1f} MiB loading a "
+          f"{size / 2**20:.1f} MiB model", flush=True)
 
 
 def check_anchor(model_dir: str, mode: str) -> None:
@@ -83,12 +134,37 @@ def check_anchor(model_dir: str, mode: str) -> None:
     print(f"anchor check ok: {how} {mode}, {n_local} of {n_full} parameters here, anchor-policy gap {moved:.3g}")
 
 
+def check_kept(model_dir: str) -> None:
+    """Review D15: a consumer that keeps every tensor the weight walk yields (the worst case of vLLM's layerwise
+    reload, which keeps each until its layer is whole) gets the full weights, under FSDP1 too — whose tensors
+    are views into a unit's gathered memory, freed when the walk leaves the unit (reading one then crashes)."""
+    from t1.model.load import load
+    from t1.rollout.weights import full_parameters
+    from t1.runtime.device import make_accelerator
+    from t1.runtime.optim import OptimConfig, make_optimizer
+
+    acc = make_accelerator("fp32")
+    model, _ = load(model_dir, dtype="float32")
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    policy, _ = acc.prepare(model, make_optimizer(model, OptimConfig()))
+    kept = list(full_parameters(policy, kept=True))
+    assert sorted(name for name, _ in kept) == sorted(want), sorted(name for name, _ in kept)
+    for name, value in kept:
+        assert torch.equal(value, want[name]), name
+    print(f"kept weights ok: {len(kept)} tensors", flush=True)
+
+
 if __name__ == "__main__":
     enable()
     if sys.argv[1] == "check-anchor":
         from t1.runtime.device import end_distributed
 
         check_anchor(sys.argv[2], sys.argv[3])
+        end_distributed()
+    elif sys.argv[1] in ("check-loading", "check-kept"):
+        from t1.runtime.device import end_distributed
+
+        (check_loading if sys.argv[1] == "check-loading" else check_kept)(sys.argv[2])
         end_distributed()
     else:
         from t1.cli import main

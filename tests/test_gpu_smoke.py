@@ -50,3 +50,18 @@ def test_top_p_reference_matches_t1_on_a_hand_case():
         ref = gpu_smoke_checks.vllm_top_p_logp(logits, torch.tensor([t]), 1.0, 0.7)
         torch.testing.assert_close(ours, ref)
     assert gpu_smoke_checks.vllm_top_p_logp(logits, torch.tensor([2]), 1.0, 0.7).isinf().all()
+
+
+def test_the_colocation_cycle_replays_the_estimates_sizes():
+    """benchmarks/gpu_colocation.py allocates what t1's estimate counts for the 7B paper config: per-parameter
+    shards summing to the policy's shard (and AdamW's two moments to its line), vLLM's share at 0.7 of the
+    device; its CPU run completes with every wake-up served (the script works; the allocator needs CUDA)."""
+    import gpu_colocation
+    from t1.rollout import memory as M
+
+    p = gpu_colocation.plan(M.GPU_80GB)
+    assert sum(p["shards"]) == pytest.approx(p["static"][0], rel=1e-6)  # policy fp32 /8
+    assert p["share"] == int(0.7 * M.GPU_80GB) and p["layers"] == 28
+    got = gpu_colocation.cycle("cpu", 4096)
+    assert got["wake_at_start"] and got["wakes_after_step"] == [True, True]
+    assert got["share_gib"] == pytest.approx(0.7 * M.GPU_80GB / (1 << 30), rel=1e-3)

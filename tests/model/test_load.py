@@ -1,3 +1,4 @@
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,3 +68,26 @@ def test_a_model_that_cannot_be_one_is_named_in_one_line(tmp_path, capsys, monke
         assert main(["sft", f"model={model}", f"out={tmp_path / 'run'}", "--quiet"]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "untied_model_dir", "qwen_model_dir"])
+def test_a_skeleton_has_the_loaded_models_parameters_ties_and_buffers(fixture, request):
+    """What the non-main processes build under FSDP (t1.model.load.skeleton) must wrap exactly like the loaded
+    model: the same parameter names, shapes and dtypes in the same order, the same ties (a tied lm_head left
+    untied gives the processes different FSDP units — a collective mismatch at the first step) and the same
+    computed buffers (rotary frequencies, which FSDP does not take from the main process when unsharded)."""
+    from t1.model.load import skeleton
+
+    path = request.getfixturevalue(fixture)
+    built, loaded = skeleton(path), load(path, dtype="float32")[0]
+    shapes = [(n, p.shape, p.dtype) for n, p in built.named_parameters()]
+    assert shapes == [(n, p.shape, p.dtype) for n, p in loaded.named_parameters()]
+    tied = loaded.lm_head.weight is loaded.get_input_embeddings().weight
+    assert (built.lm_head.weight is built.get_input_embeddings().weight) == tied
+    assert fixture != "untied_model_dir" or not tied
+    buffers = dict(loaded.named_buffers())
+    assert {n for n, _ in built.named_buffers()} == set(buffers)
+    for name, value in built.named_buffers():
+        assert torch.equal(value, buffers[name]), name
+    ptrs = {p.data_ptr() for p in built.parameters()}
+    assert len(ptrs) == len(list(built.parameters())) and 0 not in ptrs  # accelerate maps them by address

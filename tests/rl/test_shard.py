@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from t1.config import ConfigError
+from t1.model.load import build_tokenizer
 
 HERE = Path(__file__).resolve().parents[1]  # tests/, where cpu_fsdp.py is
 
@@ -180,3 +181,36 @@ def test_trainer_state_is_mapped_not_copied(tmp_path):
                           timeout=120, check=True)
     grown, last = proc.stdout.split()
     assert float(last) == 3.0 and int(grown) < 64, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def bf16_model_dir(tmp_path_factory):
+    """A 24-layer Qwen2 (92 MiB in fp32) stored in bf16, so loading it in fp32 writes new memory."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_hidden_layers=24,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False)
+    out = tmp_path_factory.mktemp("bf16") / "model"
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    build_tokenizer(100).save_pretrained(out)  # any tokenizer will do: nothing is sampled
+    return out
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_only_the_main_process_reads_the_weights(bf16_model_dir, version):
+    """Review D4: under FSDP the second process builds a skeleton (its resident memory grows by < 10 % of the
+    fp32 model while loading; the main process's by > 50 %, so the measurement sees a load) and takes the main
+    process's weights as the model is wrapped — every gathered parameter equals the file's."""
+    proc = torchrun(["check-loading", str(bf16_model_dir)], fsdp=version)
+    assert proc.stdout.count(f"loading check ok: fsdp{version}") == 2, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_consumer_may_keep_every_pushed_weight(tiny_model_dir, version):
+    """Review D15: the push hands vLLM tensors it may keep until its fused layers are whole; every one kept to
+    the end still holds the model's weight (FSDP1's are copied out of the unit's gathered memory, freed as the
+    walk moves on — kept without the copy, reading them crashes the process)."""
+    proc = torchrun(["check-kept", str(tiny_model_dir)], fsdp=version)
+    assert proc.stdout.count("kept weights ok") == 2, proc.stdout[-2000:]

@@ -204,7 +204,34 @@ def load(name_or_path: str | Path, dtype: str = "auto", device: str | None = Non
     return model, load_tokenizer(name_or_path)
 
 
-def load_for_training(model_path: str, cfg: lora.LoraConfig, checkpoint: Path | None, precision: str = "fp32"):
+def skeleton(name_or_path: str | Path, dtype: str = "float32"):
+    """The model at ``name_or_path`` built from its ``config.json`` with every parameter allocated on the CPU but
+    never written (the pages stay unmapped: no host memory until something writes them) and its buffers
+    (rotary frequencies) computed as usual: what a process that is not the main one holds under FSDP before
+    the wrapping takes the main process's weights (:func:`t1.runtime.sharded_state.weights_from_main`).
+    Real, distinct storage (not the meta device) because accelerate maps the optimizer's parameters to the
+    sharded ones by address. Tied parameters stay tied."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    check_model(name_or_path)
+    with _loading(name_or_path, "config"):
+        config = AutoConfig.from_pretrained(str(name_or_path))
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    made: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if id(p) not in made:
+                made[id(p)] = torch.nn.Parameter(torch.empty_like(p, device="cpu"), requires_grad=p.requires_grad)
+            setattr(module, name, made[id(p)])
+    model.tie_weights()  # from_config leaves lm_head untied on the meta device; from_pretrained ties it
+    return model
+
+
+def load_for_training(model_path: str, cfg: lora.LoraConfig, checkpoint: Path | None, precision: str = "fp32",
+                      weights: bool = True):
     """(model, tokenizer) to train: without LoRA the checkpoint being resumed, else ``model_path``, in fp32;
     with LoRA (``cfg.rank > 0``) the base ``model_path`` (an adapter directory is merged into its base first)
     plus the checkpoint's adapter, trainable, or fresh adapters. The frozen base is held in bf16 when training
@@ -212,8 +239,14 @@ def load_for_training(model_path: str, cfg: lora.LoraConfig, checkpoint: Path | 
 
     Full fine-tuning trains every weight, so all are made trainable: a LoRA run's ``final/`` (the natural
     ``t1 sft lora.rank=8`` → ``t1 rl`` path) loads as base + adapter merged by PEFT, which leaves the base
-    frozen — the first backward would find nothing that requires a gradient."""
+    frozen — the first backward would find nothing that requires a gradient.
+
+    ``weights=False`` (full fine-tuning only): a :func:`skeleton` instead of the weights, for the processes that
+    take theirs from the main one under FSDP — one copy of the model in host memory per run, not per process."""
     if not cfg.rank:
+        if not weights:
+            source = checkpoint or model_path
+            return skeleton(source).requires_grad_(True), load_tokenizer(source)
         model, tok = load(checkpoint or model_path, dtype="float32")
         return model.requires_grad_(True), tok
     model, tok = load(model_path, dtype="bfloat16" if precision == "bf16" else "float32")

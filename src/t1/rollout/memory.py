@@ -48,9 +48,11 @@ vLLM reserves its share at start and at every wake-up, so the static lines must 
 (1 − gpu_memory_utilization) × device (the trainer must torch.cuda.empty_cache() before waking it).
 A KV cache holding fewer full-length sequences than a step runs at once is a note, not a refusal: vLLM runs them
 in waves (slower, not wrong; shorter responses leave room).
-Host RAM per node (:func:`host_ram`, printed beside; refused against ``host_bytes``): at start every
-process reads the whole model in fp32 (4N each: transformers' loader, rank-0-only loading not done), the
-unsharded anchor copies it again (4N each; under FSDP it is built from the shards: nothing), a resume maps
+Host RAM per node (:func:`host_ram`, printed beside; refused against ``host_bytes``): at start the model is
+read in fp32 — under FSDP by the main process only (4N on its node; the others build a skeleton with unwritten
+storage and take their shards from it as the model is wrapped: t1.runtime.sharded_state.weights_from_main),
+else by every process (4N each); the unsharded anchor copies it again (4N each; under FSDP it is built from
+the shards: nothing), a resume maps
 ``trainer_state.pt`` (AdamW 8N + anchor 4N, shared through the page cache: once per node); at a checkpoint
 the main process gathers the policy, anchor and AdamW to its CPU (16N on its node).
 Prompts count as PROMPT_TOKENS = 1024 tokens unless rollout.vllm.max_model_len caps the sequence (a generous
@@ -199,6 +201,12 @@ def device_memory(device_bytes: int | None = None) -> int:
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
 
 
+def _zero3() -> bool:
+    """Whether ``accelerate launch`` set up DeepSpeed ZeRO-3 (whose processes each read the model)."""
+    return (os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
+            and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
+
+
 def launched() -> tuple[bool, bool]:
     """(sharded, checkpointing) as ``accelerate launch`` set them up: FSDP or DeepSpeed ZeRO-3 shard weights,
     gradients and AdamW; ``--fsdp_activation_checkpointing true`` checkpoints every decoder layer."""
@@ -206,8 +214,7 @@ def launched() -> tuple[bool, bool]:
         return os.environ.get(name, "").lower() in ("1", "true")
 
     fsdp = on("ACCELERATE_USE_FSDP")
-    zero3 = on("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
-    return fsdp or zero3, fsdp and on("FSDP_ACTIVATION_CHECKPOINTING")
+    return fsdp or _zero3(), fsdp and on("FSDP_ACTIVATION_CHECKPOINTING")
 
 
 def _sampling(r: Report, ecfg, shape: Shape, max_len: int, seqs: int, where: str, training: bool) -> None:
@@ -373,19 +380,22 @@ def host_ram(r: Report, cfg, shape: Shape, sharded: bool, host_bytes: int | None
     n, procs = shape.params, min(r.per_node, r.world)
     anchor = cfg.anchor.mode != "none" and cfg.algo.kl_beta > 0
     lora_run = bool(getattr(getattr(cfg, "lora", None), "rank", 0))
-    load = procs * (2 if lora_run and cfg.train.precision == "bf16" else 4) * n
+    readers = 1 if sharded and not _zero3() else procs  # FSDP: the main process reads, the others take shards
+    load = readers * (2 if lora_run and cfg.train.precision == "bf16" else 4) * n
     copy = procs * 4 * n if anchor and not sharded and not lora_run else 0
     state = 0 if lora_run else (8 + (4 if anchor else 0)) * n
     gather = 0 if lora_run else (4 + 8 + (4 if anchor else 0)) * n
-    r.host = [(f"model load: fp32 in each of {procs} processes", load),
+    r.host = [("model load: fp32 in the main process (the others take their FSDP shards from it)"
+               if readers == 1 and procs > 1 else f"model load: fp32 in each of {procs} processes", load),
               (f"anchor copy before placing ({'none: built from the FSDP shards' if sharded else 'per process'})",
                copy), ("trainer state on resume (mapped; once per node)", state),
               ("checkpoint: the main process gathers policy + anchor + AdamW", gather)]
     r.host_peak = max(load + copy + state, gather)
     if host_bytes and r.host_peak > host_bytes:
         (r.problems if refuse else r.notes).append(
-            f"host RAM: {r.host_peak / GiB:,.0f} GiB per node needed of {host_bytes / GiB:,.0f} (every process "
-            f"loads the fp32 model, {procs} per node): use a host with more RAM or fewer processes per node")
+            f"host RAM: {r.host_peak / GiB:,.0f} GiB per node needed of {host_bytes / GiB:,.0f} (model load, "
+            "trainer state on resume, the checkpoint's gather): use a host with more RAM"
+            + ("" if readers == 1 else f" or fewer processes per node ({procs} load the fp32 model)"))
 
 
 def host_memory() -> int | None:

@@ -48,16 +48,22 @@ def _zero3(p: torch.nn.Parameter) -> bool:
     return hasattr(p, "ds_id")
 
 
-def full_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+def full_parameters(model: torch.nn.Module, kept: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, full tensor) for every parameter of ``model`` (possibly wrapped), tied names included.
-    Each tensor is valid until the next item is requested."""
+    Each tensor is valid until the next item is requested — unless ``kept``: then every tensor stays valid
+    for a consumer that holds on to some (vLLM's layerwise ``reload_weights`` keeps what it receives until each
+    of its layers is whole, review D15). Only FSDP1 needs a copy for that: its tensors are views into a unit's
+    gathered flat parameter, whose memory is freed when the walk leaves the unit (reading one afterwards
+    reads freed memory — a crash on CPU, silently wrong weights on a GPU where vLLM's fused q/k/v or gate/up
+    would span two units); FSDP2's ``full_tensor()`` and whole parameters already stay valid."""
     inner = getattr(model, "module", model)  # DDP's wrapper
     if lora.is_lora(inner):  # LoRA (one process or DDP): base + adapter merged, under the base model's names
         yield from lora.merged_state(inner)
         return
     FSDP, fsdp_modules = _fsdp1_modules(model)
     if fsdp_modules:
-        yield from _fsdp1(model, FSDP)
+        for name, t in _fsdp1(model, FSDP):
+            yield name, t.clone() if kept else t
         return
     for name, p in model.named_parameters(remove_duplicate=False):
         if _zero3(p):

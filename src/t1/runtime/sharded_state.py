@@ -35,6 +35,30 @@ def sharding(acc) -> str:
     return ""
 
 
+def loads_weights(acc, how: str) -> bool:
+    """Whether this process reads the model's weights: under FSDP only the main process does — the others
+    build a skeleton (:func:`t1.model.load.skeleton`) and take the main process's weights as the model is
+    wrapped (:func:`weights_from_main`), so a node holds one copy of the model in host memory, not one per
+    GPU (a 32B model in fp32 is 131 GB)."""
+    return how not in SHARDED or acc.is_main_process
+
+
+def weights_from_main(acc, how: str) -> None:
+    """Make ``acc.prepare`` fill every process's shards from the main process's weights (call before it;
+    nothing when the model is not sharded by FSDP). FSDP1: ``sync_module_states`` (each unit is broadcast from
+    rank 0 as it is wrapped, on the GPU). FSDP2: accelerate's ``cpu_ram_efficient_loading`` path (the model is
+    sharded on the meta device, then each parameter is broadcast from rank 0 and split). What TRL and
+    accelerate do with ``fsdp_cpu_ram_efficient_loading``, without transformers' own version of it, which
+    fills every other process's model with zeros (the whole model per process)."""
+    if how not in SHARDED:
+        return
+    plugin = acc.state.fsdp_plugin
+    if how == "fsdp1":
+        plugin.sync_module_states = True
+    else:
+        plugin.cpu_ram_efficient_loading = True
+
+
 def model_state(acc, model: torch.nn.Module, how: str,
                 parameters: Callable[[torch.nn.Module], Iterable[tuple[str, torch.Tensor]]]) -> dict | None:
     """The model's full state dict for saving: under FSDP gathered one parameter at a time to the main

@@ -136,7 +136,9 @@ class RLTrainer:
         check_enough(len(self.items), cfg.rollout.prompts_per_step, "rollout.prompts_per_step",
                      ", ".join(cfg.data.paths) or "data")
         self._check_budget()
-        model, self.tok = load_for_training(cfg.model, cfg.lora, ckpt, self.precision)
+        self.sharding = sharded_state.sharding(acc)  # fsdp1 / fsdp2 / zero3: the policy is split over processes
+        model, self.tok = load_for_training(cfg.model, cfg.lora, ckpt, self.precision,
+                                            weights=sharded_state.loads_weights(acc, self.sharding))
         self.format = chat_format_of(self.tok, cfg.model, cfg.data.use_chat_template)
         self.warned: set[str] = set()
         if torch.cuda.is_available() and not self.memory_checked:  # a hub model: its config is known now
@@ -144,7 +146,6 @@ class RLTrainer:
         self.prompt_cache: dict[int, list[int]] = {}
         longest = max(len(self._prompt(i)) for i in range(len(self.items)))
         self.attention = set_attention(model, cfg.train.attention, longest + cfg.rollout.max_new_tokens)
-        self.sharding = sharded_state.sharding(acc)  # fsdp1 / fsdp2 / zero3: the policy is split over processes
         shard.check_launch(acc, self.sharding, resolve_engine(cfg.rollout.engine), cfg.anchor.mode != "none")
         lora.check_unsharded(model, acc)
         self.run.save_kwargs = lora.save_kwargs(model)
@@ -155,6 +156,7 @@ class RLTrainer:
             self.anchor.load_state_dict(state["anchor"])  # a full state, loaded when the anchor is placed
         optimizer = make_optimizer(model, cfg.train.optim)
         self.n_params = count_parameters(model)  # before FSDP leaves each process its shard
+        sharded_state.weights_from_main(acc, self.sharding)  # the other processes hold a skeleton (D4)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.anchor.distribute(acc, self.model)  # sharded like the policy under FSDP (its shards), else moved
         self.start, self.num_tokens = 0, 0
@@ -271,7 +273,7 @@ class RLTrainer:
         if self.engine.shares_weights:
             return
         with self.timer("push"):
-            self.engine.push_weights(full_parameters(self.model), self.version)
+            self.engine.push_weights(full_parameters(self.model, kept=True), self.version)
             self.acc.wait_for_everyone()
 
     # -------------------------------------------------------------------------------------------- loop

@@ -54,7 +54,15 @@ from t1.rollout.weights import full_parameters
 from t1.runtime.device import NCCL_TIMEOUT, make_accelerator, resolve_precision
 from t1.runtime.optim import BadSteps, OptimConfig, clip_and_step, lr_factor, make_optimizer, set_lr
 from t1.runtime.run import RunDir, set_rng_state
-from t1.runtime.sharded_state import SHARDED, load_optimizer_state, model_state, optimizer_state, sharding
+from t1.runtime.sharded_state import (
+    SHARDED,
+    load_optimizer_state,
+    loads_weights,
+    model_state,
+    optimizer_state,
+    sharding,
+    weights_from_main,
+)
 from t1.runtime.trackers import Tracking
 
 
@@ -232,11 +240,11 @@ class SFTResult:
     wall_s: float
 
 
-def _load_model(cfg: SFTConfig, run: RunDir, precision: str):
+def _load_model(cfg: SFTConfig, run: RunDir, precision: str, weights: bool):
     """The checkpoint being resumed, else the configured model (with fresh LoRA adapters when configured),
-    else a freshly built tiny one."""
+    else a freshly built tiny one. ``weights=False``: a skeleton to be filled from the main process (FSDP)."""
     if cfg.model or run.checkpoint is not None:
-        return load_for_training(cfg.model or "", cfg.lora, run.checkpoint, precision)
+        return load_for_training(cfg.model or "", cfg.lora, run.checkpoint, precision, weights)
     tokenizer = build_tokenizer(cfg.data.countdown.max_value)
     return build_model(cfg.tiny, tokenizer), tokenizer
 
@@ -321,7 +329,8 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
     main, world = acc.is_main_process, acc.num_processes
     set_seed(cfg.train.seed)
 
-    model, tokenizer = _load_model(cfg, run, precision)
+    how = sharding(acc)  # fsdp1 / fsdp2: each process holds a shard of the weights and of the optimizer state
+    model, tokenizer = _load_model(cfg, run, precision, loads_weights(acc, how))
     fmt = _chat_format(cfg, model, tokenizer)
     examples, stats = load_examples(cfg.data, tokenizer, fmt)
     lengths = [len(e.ids) for e in examples]
@@ -333,8 +342,8 @@ def _train(cfg: SFTConfig, acc, run: RunDir, precision: str, progress: bool) -> 
     optimizer = make_optimizer(model, cfg.train.optim)
     lora.check_unsharded(model, acc)
     run.save_kwargs = lora.save_kwargs(model)
+    weights_from_main(acc, how)  # the other processes hold a skeleton: one copy of the model per node
     model, optimizer = acc.prepare(model, optimizer)
-    how = sharding(acc)  # fsdp1 / fsdp2: each process holds a shard of the weights and of the optimizer state
     # t1's forward reads whole parameters; FSDP2 shards the model in place (model is raw), so say it here
     forward = Forward(model, acc.unwrap_model(model), cfg.train.fast_forward and how not in SHARDED)
     start = _restore(run.state(), model, optimizer, how)
