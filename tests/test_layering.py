@@ -12,7 +12,7 @@ room of its own layer):
   rollout     t1.rollout.*                       sampling engines
   algorithms  t1.rl.*, t1.eval.*                 the RL algorithm and step; evaluation metrics and sampling
   stages      t1.stages.*                        one module per `t1` command; never import each other
-  pipelines   t1.pipelines.*                     compose stages (the demo)
+  pipelines   t1.pipelines.*                     compose stages (the sweep; the demo, one room of modules)
   cli         t1.cli, t1.__main__
 """
 
@@ -33,7 +33,7 @@ LAYERS = [
     ("rollout", ["t1.rollout"]),
     ("algorithms", ["t1.rl", "t1.eval"]),
     ("stages", ["t1.stages"]),
-    ("pipelines", ["t1.pipelines"]),
+    ("pipelines", ["t1.pipelines", "t1.pipelines.demo"]),
     ("cli", ["t1.cli", "t1.__main__"]),
 ]
 ISOLATED = ("t1.stages", "t1.pipelines")  # rooms whose modules must not import each other

@@ -149,6 +149,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         print(f"wrote {write_sweep_report(args.run_dir)}")
         return 0
+    if (Path(args.run_dir) / "summary.json").exists():
+        from t1.pipelines.demo.report import write_demo_report  # a demo directory: its result and checks first
+
+        print(f"wrote {write_demo_report(args.run_dir)}")
+        return 0
     from t1.stages.report import write_report
 
     print(f"wrote {write_report(args.run_dir)}")

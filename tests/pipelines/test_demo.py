@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from t1.cli import main
-from t1.eval.demo_checks import CHECKS, free_budget, judge, summarize
 from t1.io import read_log
-from t1.pipelines.demo import DemoConfig, _seed_seconds, _sft_config, _Stages, demo_table, parallel_sft
+from t1.pipelines.demo.checks import CHECKS, finished_length_growth, free_budget, judge, summarize
+from t1.pipelines.demo.run import DemoConfig, _seed_seconds, _sft_config, _Stages, demo_table, parallel_sft
 from t1.runtime.run import RunError
 from t1.stages.rl import RLTrainer
 
@@ -60,7 +60,9 @@ def test_demo_smoke(tmp_path, capsys):
                  "report.html"):
         assert (out / done).exists(), done
     err = capsys.readouterr().err
-    assert "t1 demo" in err and "RL − SFT: " in err and "rl_beats_sft_where_nothing_truncates" in err
+    assert "t1 demo" in err and "RL − SFT: " in err and "rl_beats_sft_by_10_where_nothing_truncates" in err
+    assert "rl_finished_length_grows" in s["checks"]  # 2 RL steps: too few rows for a number
+    assert s["check_values"]["rl_finished_length_grows"] is None
 
     # a second seed later: only its RL run, its evaluation and the sweep (which lacked it) run
     assert main(["demo", *TINY_DEMO, "--seeds", "2", "--out", str(out), "--quiet"]) == 0
@@ -128,8 +130,9 @@ def _curves(**rl: list[float]) -> dict[str, list[dict]]:
 
 def test_checks_measure_rl_where_nothing_truncates():
     """RL truncates 30 % at the training budget and 0 % at 256, SFT 1 % at 256: the free budget is 256, where
-    RL leads by 5 points, not 12; every check has its number and threshold."""
-    s = summarize(_curves(), ["rl"], [0], 128, [412.0])
+    RL leads by 5 points, not 12 — a gain only at the training budget fails the free-budget check; every check
+    has its number and threshold."""
+    s = summarize(_curves(), ["rl"], [0], 128, [412.0], [6.5])
     assert (s["free_budget"], s["free_budget_truncation_ok"]) == (256, True)
     assert s["free_budget_truncation"]["sft"] == pytest.approx(0.01)
     assert s["free_budget_truncation"]["rl"] == 0.0
@@ -141,8 +144,10 @@ def test_checks_measure_rl_where_nothing_truncates():
     assert s["check_values"] == pytest.approx({
         "rl_beats_sft_by_10_points": 0.12, "rl_rises_with_budget": 0.01, "rl_largest_at_least_2x_smallest": 2.65,
         "rl_at_or_above_sft_from_training_budget": 0.05, "trial_and_error_beats_direct_at_largest_budget": 0.11,
-        "rl_beats_sft_where_nothing_truncates": 0.05, "under_10_minutes": 412.0})
-    assert all(s["checks"].values()) and s["checks"] == s["seeds"][0]["checks"]
+        "rl_beats_sft_by_10_where_nothing_truncates": 0.05, "rl_finished_length_grows": 6.5,
+        "under_10_minutes": 412.0})
+    assert s["checks"] == s["seeds"][0]["checks"]
+    assert [k for k, ok in s["checks"].items() if not ok] == ["rl_beats_sft_by_10_where_nothing_truncates"]
     assert s["check_thresholds"]["rl_beats_sft_by_10_points"]["threshold"] == 0.10
     assert s["check_std"]["rl_beats_sft_by_10_points"] == 0.0
     assert s["check_min"] == s["check_max"] == s["check_mean"] == s["check_values"]
@@ -150,8 +155,15 @@ def test_checks_measure_rl_where_nothing_truncates():
     worse = _curves()
     worse["rl"][4]["accuracy"] = 0.47
     s = summarize(worse, ["rl"], [0], 128, [412.0])
-    assert s["checks"]["rl_beats_sft_by_10_points"] and not s["checks"]["rl_beats_sft_where_nothing_truncates"]
-    assert s["check_values"]["rl_beats_sft_where_nothing_truncates"] == pytest.approx(-0.01)
+    assert s["checks"]["rl_beats_sft_by_10_points"]
+    assert not s["checks"]["rl_beats_sft_by_10_where_nothing_truncates"]
+    assert s["check_values"]["rl_beats_sft_by_10_where_nothing_truncates"] == pytest.approx(-0.01)
+    # a gain that holds where nothing truncates passes
+    better = _curves()
+    better["rl"][4]["accuracy"] = 0.60
+    s = summarize(better, ["rl"], [0], 128, [412.0], [6.5])
+    assert s["check_values"]["rl_beats_sft_by_10_where_nothing_truncates"] == pytest.approx(0.12)
+    assert all(s["checks"].values())
 
 
 def test_free_budget_at_exactly_2_percent_and_flagged_when_none_is_free():
@@ -164,6 +176,8 @@ def test_free_budget_at_exactly_2_percent_and_flagged_when_none_is_free():
     assert (s["free_budget"], s["free_budget_truncation_ok"]) == (256, False)
     assert s["free_budget_truncation"]["sft"] == pytest.approx(0.05)
     assert s["rl_minus_sft_at_free_budget"] == pytest.approx(0.05)  # still measured there, flagged
+    assert s["check_values"]["rl_beats_sft_by_10_where_nothing_truncates"] is None  # but it is no free budget
+    assert not s["checks"]["rl_beats_sft_by_10_where_nothing_truncates"]
     assert "free_budget_truncation_ok: false" in demo_table(_table_fields(s))
     # a second RL seed that truncates more moves the free budget for every seed
     curves = _curves(rl_seed1=[0.2, 0.3, 0.4, 0.5, 0.6])
@@ -183,7 +197,7 @@ def test_checks_are_judged_on_the_mean_over_seeds():
     assert (s["check_mean"][k], s["check_std"][k]) == pytest.approx((0.095, 0.05 / 2 ** 0.5))
     assert (s["check_min"][k], s["check_max"][k]) == pytest.approx((0.07, 0.12))
     assert s["checks"][k] is False and s["rl_minus_sft_at_training_budget"] == pytest.approx(0.095)
-    assert s["check_mean"]["rl_beats_sft_where_nothing_truncates"] == pytest.approx((0.05 + 0.08) / 2)
+    assert s["check_mean"]["rl_beats_sft_by_10_where_nothing_truncates"] == pytest.approx((0.05 + 0.08) / 2)
     assert s["check_mean"]["under_10_minutes"] == 390.0 and s["checks"]["under_10_minutes"]
     assert s["checks"]["rl_rises_with_budget"]  # seed 1: min step 0.02
     table = demo_table(_table_fields(s))
@@ -199,7 +213,8 @@ def test_the_checks_thresholds_are_todays():
         "rl_beats_sft_by_10_points": (">=", 0.10), "rl_rises_with_budget": (">=", 0.0),
         "rl_largest_at_least_2x_smallest": (">=", 2.0), "rl_at_or_above_sft_from_training_budget": (">=", 0.0),
         "trial_and_error_beats_direct_at_largest_budget": (">", 0.0),
-        "rl_beats_sft_where_nothing_truncates": (">", 0.0), "under_10_minutes": ("<=", 600.0)}
+        "rl_beats_sft_by_10_where_nothing_truncates": (">=", 0.10), "rl_finished_length_grows": (">", 0.0),
+        "under_10_minutes": ("<=", 600.0)}
     assert judge("rl_beats_sft_by_10_points", 0.3 - 0.2)  # 0.09999999999999998: accuracies are k/n fractions
     assert not judge("trial_and_error_beats_direct_at_largest_budget", 0.0)
     assert judge("under_10_minutes", 600.0) and not judge("under_10_minutes", 600.5)
@@ -312,3 +327,25 @@ def test_stage_seconds_survive_a_resumed_demo(tmp_path):
     assert again.wall(1.0) == pytest.approx(first.times["a"] + 1.0)  # its time, plus this invocation's
     (tmp_path / "stage_seconds.json").write_text("{torn")
     assert _Stages(tmp_path).times == {}
+
+
+def test_the_length_check_reads_finished_responses_only():
+    """The paper's longer reasoning: the mean length of responses that end by themselves over the last 10 % of
+    the RL steps against the first. A run that only stops truncating (shorter on average, finished length
+    shrinking) fails; too few steps or no metric give no number."""
+    def rows(finished, every=None):
+        return [{"step": i + 1, "response_length": every[i] if every else f,
+                 "completions/mean_terminated_length": f} for i, f in enumerate(finished)]
+
+    growing = [60 + i * 0.5 for i in range(40)]  # 60 → 79.5
+    assert finished_length_growth(rows(growing)) == pytest.approx(statistics.fmean(growing[-4:]) -
+                                                                  statistics.fmean(growing[:4]))
+    shrinking = [70 - i * 0.1 for i in range(40)]  # the mean length falls faster (truncation goes away)
+    value = finished_length_growth(rows(shrinking, every=[95 - i for i in range(40)]))
+    assert value < 0 and not judge("rl_finished_length_grows", value)
+    assert finished_length_growth(rows(growing[:5])) is None  # fewer than 3 + 3 rows
+    assert finished_length_growth([{"step": 1, "response_length": 9}] * 40) is None
+    zero = rows(growing)
+    zero[0]["completions/mean_terminated_length"] = 0.0  # a step where nothing finished: not a length
+    assert finished_length_growth(zero) == pytest.approx(statistics.fmean(growing[-4:]) -
+                                                         statistics.fmean(growing[1:5]))

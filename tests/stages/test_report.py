@@ -72,7 +72,8 @@ def test_report_shows_completions_from_early_middle_and_late_steps(tmp_path):
 def test_report_shows_each_check_with_its_number_and_the_seeds(tmp_path):
     """A demo summary with two RL seeds: the checks table has each check's mean ± std, threshold and each seed's
     number; RL − SFT at the free budget and the truncation table are there."""
-    from t1.eval.demo_checks import summarize
+    from t1.pipelines.demo.checks import summarize
+    from t1.pipelines.demo.report import write_demo_report
 
     def curve(acc, finished):
         return [{"budget": b, "accuracy": a, "stderr": 0.02, "finished_rate": f}
@@ -89,7 +90,7 @@ def test_report_shows_each_check_with_its_number_and_the_seeds(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     (tmp_path / "eval" / "scaling.json").write_text(json.dumps({"curves": curves}))
     plot(curves, tmp_path / "eval" / "scaling.png")
-    page = write_report(tmp_path).read_text()
+    page = write_demo_report(tmp_path).read_text()
     assert "<th>seed 0</th><th>seed 1</th>" in page and "mean ± std, 2 seeds" in page
     assert "<td>✗ rl beats sft by 10 points</td><td>+9.5 ± 3.5</td><td>≥ +10.0</td>" in page
     assert "<td>+12.0</td><td>+7.0</td>" in page

@@ -12,8 +12,8 @@ import re
 import statistics
 from pathlib import Path
 
+from t1.eval.page import html_page, img, pyplot, save_png, table
 from t1.io import atomic_write_text, check_output, read_json, read_log
-from t1.stages.report import _fig, _img, _save, _table, html_page
 from t1.stages.scale import plot as plot_budgets
 
 STEP_PANELS = [("reward", "reward"), ("accuracy", "accuracy"), ("response_length", "response length (tokens)"),
@@ -53,7 +53,7 @@ def plot_steps(out: Path, result: dict, key: str, title: str, path: Path) -> Pat
     series = [s for s in series if s[1]]
     if not series:
         return None
-    plt = _fig()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for label, steps, mean, std in series:
         line, = ax.plot(steps, mean, label=label)
@@ -64,7 +64,7 @@ def plot_steps(out: Path, result: dict, key: str, title: str, path: Path) -> Pat
     ax.set_title(f"{title} vs step (mean ± std over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _cell(key: str, s: dict | None) -> str:
@@ -75,9 +75,9 @@ def _cell(key: str, s: dict | None) -> str:
     return f"{f(s['mean'])} ± {f(s['std'])} [{f(s['min'])}–{f(s['max'])}]{'%' if pct else ''}"
 
 
-def _summary_table(result: dict) -> str:
+def _summarytable(result: dict) -> str:
     keys = list(dict.fromkeys(k for p in result["points"] for k in p["summary"]))
-    return _table(["value", "seeds"] + [k.replace("_", " ") for k in keys],
+    return table(["value", "seeds"] + [k.replace("_", " ") for k in keys],
                   [[p["label"], ", ".join(str(r["seed"]) for r in p["runs"])]
                    + [_cell(k, p["summary"].get(k)) for k in keys] for p in result["points"]])
 
@@ -95,15 +95,15 @@ def write_sweep_report(out_dir: str | Path) -> Path:
     parts = [f"<p>t1 {html.escape(result['stage'])} over {html.escape(fields)}"
              f"{' from ' + html.escape(result['config']) if result.get('config') else ''}; {seeds} seed(s) per "
              "value. Training numbers are means over the last 10% of logged steps; ± is the standard deviation "
-             "over seeds, [min–max] the range.</p>", _summary_table(result)]
+             "over seeds, [min–max] the range.</p>", _summarytable(result)]
     curves = budget_curves(result)
     if curves:
         png = plot_budgets(curves, out / "sweep_budgets.png",
                            f"accuracy vs thinking budget (error bars: std over {seeds} seed(s))")
-        parts.append("<h2>Accuracy vs thinking budget</h2>" + _img(png, "accuracy vs thinking budget"))
+        parts.append("<h2>Accuracy vs thinking budget</h2>" + img(png, "accuracy vs thinking budget"))
     rl = any("reward" in p["summary"] for p in result["points"])  # an RL run's loss is no measure of it
     for key, title in [(k, t) for k, t in STEP_PANELS if k != "loss" or not rl]:
         png = plot_steps(out, result, key, title, out / f"sweep_{key}.png")
         if png is not None:
-            parts.append(f"<h2>{html.escape(title[0].upper() + title[1:])} vs step</h2>" + _img(png, title))
+            parts.append(f"<h2>{html.escape(title[0].upper() + title[1:])} vs step</h2>" + img(png, title))
     return atomic_write_text(path, html_page(f"t1 sweep — {out.resolve().name}", "".join(parts)))

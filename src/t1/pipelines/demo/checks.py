@@ -5,9 +5,15 @@ Plain dictionaries in, plain dictionaries out (``t1 demo`` writes them to summar
 model. A scaling curve is ``[{budget, accuracy, stderr, finished_rate, …}]`` in increasing budget order, as
 ``t1 scale`` writes it.
 
+The checks are the paper's claims at the demo's scale: RL beats SFT by 10 points at the training budget *and*
+where nothing truncates; RL is at or above SFT from the training budget up and its curve rises with the budget;
+RL's responses that end by themselves grow longer during RL (the paper's "longer reasoning"); trial-and-error SFT
+beats direct SFT where it has room; the demo fits ten minutes.
+
 The *free budget* is the smallest budget of the sweep at which SFT and every RL model truncate at most
 :data:`FREE_TRUNCATION` of their responses: there, RL − SFT measures what RL learned beyond finishing inside
-the training budget. If no budget is free, it is the largest budget, flagged (``free_budget_truncation_ok``).
+the training budget. If no budget is free, the summary shows the largest budget, flagged
+(``free_budget_truncation_ok``), and the free-budget check has no number: it fails.
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ CHECKS: dict[str, tuple[str, float, str, str]] = {
                                                            "training budget up", "points"),
     "trial_and_error_beats_direct_at_largest_budget": (">", 0.0, "SFT (trial-and-error) − SFT (direct) at the "
                                                                  "largest budget", "points"),
-    "rl_beats_sft_where_nothing_truncates": (">", 0.0, "RL − SFT accuracy at the free budget", "points"),
+    "rl_beats_sft_by_10_where_nothing_truncates": (">=", 0.10, "RL − SFT accuracy at the free budget (no number "
+                                                               "when no budget of the sweep is free)", "points"),
+    "rl_finished_length_grows": (">", 0.0, "mean length of RL's responses that end by themselves: last 10 % of "
+                                           "the steps − first 10 % (no number without the metric)", "tokens"),
     "under_10_minutes": ("<=", 600.0, "wall seconds (with several seeds: the shared stages plus one seed's RL, "
                                       "evaluation and share of the sweep)", "seconds"),
 }
@@ -54,6 +63,19 @@ def free_budget(curves: dict[str, list[dict]], labels: list[str]) -> tuple[int, 
     return budgets[-1], False
 
 
+def finished_length_growth(rows: list[dict], share: float = 0.1) -> float | None:
+    """From an RL run's metrics rows: the mean of ``completions/mean_terminated_length`` (responses that end by
+    themselves) over the last ``share`` of the steps minus over the first (at least 3 rows each); None when the
+    run logged too few steps or not the metric. A run that only learns to stop inside its budget shortens its
+    mean length by truncating less, not this one."""
+    lengths = [r.get("completions/mean_terminated_length") for r in rows]
+    lengths = [x for x in lengths if isinstance(x, (int, float)) and x == x and x > 0]
+    k = max(3, round(share * len(lengths)))
+    if len(lengths) < 2 * k:
+        return None
+    return statistics.fmean(lengths[-k:]) - statistics.fmean(lengths[:k])
+
+
 def judge(name: str, value: float | None) -> bool:
     """A check's verdict on its number (None: no number, fails)."""
     if value is None:
@@ -62,9 +84,11 @@ def judge(name: str, value: float | None) -> bool:
     return {">=": value >= threshold - EPS, ">": value > threshold + EPS, "<=": value <= threshold + EPS}[op]
 
 
-def check_values(curves: dict[str, list[dict]], rl: str, training_budget: int, free: int,
-                 seconds: float) -> dict[str, float | None]:
-    """Every check's number for one RL model (label ``rl``) against the SFT models ``sft`` and ``direct_sft``."""
+def check_values(curves: dict[str, list[dict]], rl: str, training_budget: int, free: int | None,
+                 seconds: float, length_growth: float | None = None) -> dict[str, float | None]:
+    """Every check's number for one RL model (label ``rl``) against the SFT models ``sft`` and ``direct_sft``;
+    ``free``: the free budget (None: none in the sweep); ``length_growth``: :func:`finished_length_growth` of
+    its run."""
     acc = {lab: [p["accuracy"] for p in pts] for lab, pts in curves.items()}
     budgets = [p["budget"] for p in curves[rl]]
     rl_at, sft_at = at(curves[rl], training_budget), at(curves["sft"], training_budget)
@@ -76,7 +100,9 @@ def check_values(curves: dict[str, list[dict]], rl: str, training_budget: int, f
         "rl_largest_at_least_2x_smallest": r[-1] / r[0] if r[0] > 0 else None,
         "rl_at_or_above_sft_from_training_budget": min(r[i] - s[i] for i in from_train) if from_train else None,
         "trial_and_error_beats_direct_at_largest_budget": s[-1] - acc["direct_sft"][-1],
-        "rl_beats_sft_where_nothing_truncates": at(curves[rl], free) - at(curves["sft"], free),
+        "rl_beats_sft_by_10_where_nothing_truncates": None if free is None else
+        at(curves[rl], free) - at(curves["sft"], free),
+        "rl_finished_length_grows": length_growth,
         "under_10_minutes": seconds,
     }
 
@@ -90,18 +116,20 @@ def spread(values: list[float | None]) -> dict[str, float | None]:
 
 
 def summarize(curves: dict[str, list[dict]], rl_labels: list[str], seeds: list[int], training_budget: int,
-              seed_seconds: list[float]) -> dict:
+              seed_seconds: list[float], length_growth: list[float | None] | None = None) -> dict:
     """The checks part of the demo's summary: per model and budget accuracy and truncation, RL − SFT at the
     training and the free budget, each seed's check numbers, their mean / std / min / max, and the checks
-    judged on the means."""
+    judged on the means. ``length_growth``: each seed's :func:`finished_length_growth` (None: not known)."""
     labels = [lab for lab in ("sft", *rl_labels, "direct_sft") if lab in curves]
     free, ok = free_budget(curves, ["sft", *rl_labels])
+    growth = list(length_growth or [None] * len(rl_labels))
     per_seed = []
-    for lab, seed, secs in zip(rl_labels, seeds, seed_seconds):
-        values = check_values(curves, lab, training_budget, free, secs)
+    for lab, seed, secs, grew in zip(rl_labels, seeds, seed_seconds, growth):
+        values = check_values(curves, lab, training_budget, free if ok else None, secs, grew)
+        gap_free = at(curves[lab], free) - at(curves["sft"], free)  # shown even where the budget is not free
         per_seed.append({"seed": seed, "label": lab, "rl_accuracy": at(curves[lab], training_budget),
                          "rl_minus_sft_at_training_budget": values["rl_beats_sft_by_10_points"],
-                         "rl_minus_sft_at_free_budget": values["rl_beats_sft_where_nothing_truncates"],
+                         "rl_minus_sft_at_free_budget": gap_free, "finished_length_growth": grew,
                          "check_values": values, "checks": {k: judge(k, v) for k, v in values.items()}})
     stats = {k: spread([s["check_values"][k] for s in per_seed]) for k in CHECKS}
     mean = {k: stats[k]["mean"] for k in CHECKS}
@@ -114,7 +142,7 @@ def summarize(curves: dict[str, list[dict]], rl_labels: list[str], seeds: list[i
         "free_budget_truncation": {lab: truncated(next(p for p in curves[lab] if p["budget"] == free))
                                    for lab in labels},
         "free_budget_accuracy": {lab: at(curves[lab], free) for lab in labels},
-        "rl_minus_sft_at_free_budget": mean["rl_beats_sft_where_nothing_truncates"],
+        "rl_minus_sft_at_free_budget": spread([x["rl_minus_sft_at_free_budget"] for x in per_seed])["mean"],
         "check_values": mean,
         "check_thresholds": {k: {"op": op, "threshold": t, "what": what, "unit": unit}
                              for k, (op, t, what, unit) in CHECKS.items()},
@@ -131,6 +159,8 @@ def show(name: str, value: float | None, signed: bool = True) -> str:
     unit = CHECKS[name][3]
     if unit == "points":
         return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+    if unit == "tokens":
+        return f"{value:+.1f} tok" if signed else f"{value:.1f} tok"
     return f"{value:.2f}×" if unit == "ratio" else f"{value:.0f} s"
 
 

@@ -15,7 +15,7 @@ interrupted demo resumes where it stopped; SFT and RL continue from their newest
 5. write ``summary.json`` and the report (``report.html``): accuracy and truncation per model and budget,
    RL − SFT at the training budget and at the *free budget* (the smallest budget at which SFT and RL truncate
    at most 2 % of their responses, so that the gap is not RL merely finishing inside the budget), and every
-   check as a number judged against its threshold (:mod:`t1.eval.demo_checks`).
+   check as a number judged against its threshold (:mod:`t1.pipelines.demo.checks`).
 
 ``seeds=N`` (``t1 demo --seeds N``): after the one SFT and filter stage, RL runs N times from the same SFT model
 with seeds ``seed``, ``seed + 1``, … (``rl/``, ``rl_seed1/``, ``rl_seed2/``, …; each resumes and is skipped
@@ -44,10 +44,11 @@ from t1 import config as cfglib
 from t1.config import option, require
 from t1.data.prompts import PromptDataConfig
 from t1.data.sft import SFTDataConfig, countdown_pairs
-from t1.eval.demo_checks import FREE_TRUNCATION, at, rule, show, summarize
 from t1.eval.sample import EvalSettings
-from t1.io import atomic_write_text, check_output_dir
+from t1.io import atomic_write_text, check_output_dir, read_log
 from t1.model.load import ModelConfig
+from t1.pipelines.demo.checks import FREE_TRUNCATION, at, finished_length_growth, rule, show, summarize
+from t1.pipelines.demo.report import write_demo_report
 from t1.rl.config import AlgoConfig, AnchorConfig, RLConfig, RLTrainConfig, RolloutConfig
 from t1.rl.penalties import PenaltyConfig
 from t1.runtime.optim import OptimConfig
@@ -55,7 +56,6 @@ from t1.runtime.run import RunError
 from t1.runtime.trackers import Tracking, open_trackers
 from t1.stages.evaluate import report_eval, run_eval
 from t1.stages.filter import FilterConfig, run_filter
-from t1.stages.report import write_report
 from t1.stages.rl import train_rl
 from t1.stages.scale import ScaleSettings, report_scale, run_scale
 from t1.stages.sft import SFTConfig, SFTTrainConfig
@@ -314,8 +314,9 @@ def _summary(cfg: DemoConfig, out: Path, st: _Stages, runs: list[tuple[str, int,
     labels = ["sft", *(lab for lab, _, _ in runs), "direct_sft"]
     evals = {lab: json.loads((out / "eval" / lab / "summary.json").read_text())["benchmarks"]["countdown"]
              for lab in labels}
+    growth = [finished_length_growth(read_log(d / "metrics.jsonl")) for _, _, d in runs]
     checks = summarize({lab: curves[lab] for lab in labels}, [lab for lab, _, _ in runs],
-                       [seed for _, seed, _ in runs], cfg.rl_budget, _seed_seconds(cfg, st, wall, runs))
+                       [seed for _, seed, _ in runs], cfg.rl_budget, _seed_seconds(cfg, st, wall, runs), growth)
     rl = [s["rl_accuracy"] for s in checks["seeds"]]
     return {
         "sft_accuracy": at(curves["sft"], cfg.rl_budget),
@@ -367,7 +368,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     with open_trackers(cfg, out, "demo") as trackers:  # the demo's own run in the group: its numbers and checks
         trackers.summary({k: v for k, v in summary.items() if k not in ("scaling", "stage_seconds", "seeds")})
-    write_report(out)
+    write_demo_report(out)
     print(demo_table(summary), file=sys.stderr)
     return summary
 
