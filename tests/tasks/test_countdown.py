@@ -5,6 +5,7 @@ from fractions import Fraction
 
 import pytest
 
+from t1.config import ConfigError
 from t1.tasks.countdown import (
     CountdownConfig,
     Problem,
@@ -171,3 +172,31 @@ def test_training_problems_never_include_the_heldout_set():
     train = generate(CFG, 5000, seed=0, exclude=held)
     assert not {key(p) for p in train} & held
     assert {key(p) for p in generate(CFG, 5000, seed=0)} & held  # without exclusion they would overlap
+
+
+def test_give_up_traces_conclude_with_the_closest_wrong_attempt():
+    """countdown.give_up: that share of the SFT traces makes max_failed wrong attempts and answers with the
+    closest (finished, graded wrong); at 0 (the default) the traces are the same draw for draw as without the
+    field."""
+    from t1.data.sft import SFTDataConfig, countdown_pairs
+    from t1.tasks.arith import evaluate as value_of
+
+    cfg = CountdownConfig(stop_prob=0.5, give_up=0.25)
+    pairs = countdown_pairs(SFTDataConfig(num_examples=400, seed=0, countdown=cfg))
+    gave_up = [p for p in pairs if " yes ." not in p.response]
+    assert 0.15 < len(gave_up) / len(pairs) < 0.35
+    for p in gave_up:
+        numbers = [int(x) for x in p.prompt.split()[1:4]]
+        target = int(p.prompt.split()[6])
+        assert p.response.count("try ") == cfg.max_failed and p.response.endswith(" } .")
+        assert "check" not in p.response
+        answer = p.response[p.response.rindex("\\boxed{") + 7:-4].strip()
+        assert not verify(p.response, numbers, target, cfg).correct and answer
+        tried = [int(t.split(" ? ")[0].split(" = ")[-1]) for t in p.response.split("try ")[1:]]
+        assert abs(value_of(answer).value - target) == min(abs(v - target) for v in tried)
+    plain = countdown_pairs(SFTDataConfig(num_examples=50, seed=0, countdown=CountdownConfig(stop_prob=0.5)))
+    same = countdown_pairs(SFTDataConfig(num_examples=50, seed=0, countdown=CountdownConfig(stop_prob=0.5,
+                                                                                            give_up=0.0)))
+    assert [p.response for p in plain] == [p.response for p in same]
+    with pytest.raises(ConfigError, match="give_up"):
+        CountdownConfig(give_up=1.0).validate()

@@ -93,9 +93,14 @@ def countdown_pairs(cfg: SFTDataConfig) -> list[Pair]:
     exclude = heldout_keys(cfg.countdown, cfg.exclude_heldout) if cfg.exclude_heldout else frozenset()
     for i, p in enumerate(generate(cfg.countdown, cfg.num_examples, cfg.seed, exclude)):
         failed = sample_failed(cfg.countdown, rng) if cfg.failed_attempts is None else cfg.failed_attempts
+        give_up = False
+        if cfg.failed_attempts is None and cfg.countdown.give_up > 0:  # drawn only when asked for: the default
+            give_up = rng.random() < cfg.countdown.give_up  # traces stay the same draw for draw
+        if give_up:
+            failed = cfg.countdown.max_failed
         while True:  # a degenerate problem (1 1 1 -> 1) has few distinct wrong attempts: use as many as it has
             try:
-                trace = write_trace(p, cfg.countdown, failed, rng)
+                trace = write_trace(p, cfg.countdown, failed, rng, give_up)
                 break
             except ValueError:
                 if failed == 0:

@@ -55,6 +55,9 @@ class CountdownConfig:
         0.3, "trace writer: chance that each attempt succeeds, giving a geometric number of failed attempts"
     )
     max_failed: int = option(6, "trace writer: cap on the number of failed attempts")
+    give_up: float = option(0.0, "trace writer: share of traces that make max_failed wrong attempts, find none "
+                                 "right and conclude with the closest one as the answer (finished and wrong), "
+                                 "so that a model learns to conclude instead of trying until its budget ends")
 
     def validate(self) -> None:
         require(2 <= self.num_numbers <= 6, "num_numbers", "must be between 2 and 6", self.num_numbers)
@@ -68,6 +71,9 @@ class CountdownConfig:
                 self.max_value)
         require(0.0 < self.stop_prob <= 1.0, "stop_prob", "must be in (0, 1]", self.stop_prob)
         require(self.max_failed >= 0, "max_failed", "must be ≥ 0", self.max_failed)
+        require(0.0 <= self.give_up < 1.0, "give_up", "must be in [0, 1)", self.give_up)
+        require(self.give_up == 0.0 or self.max_failed >= 1, "give_up", "needs max_failed ≥ 1 (an attempt to "
+                "answer with)", self.give_up)
 
 
 # ------------------------------------------------------------------------------------------------ problems
@@ -239,8 +245,10 @@ def sample_failed(cfg: CountdownConfig, rng: random.Random) -> int:
     return failed
 
 
-def write_trace(problem: Problem, cfg: CountdownConfig, failed: int, rng: random.Random) -> str:
-    """A T1-style trace with exactly ``failed`` genuinely wrong attempts before the right one.
+def write_trace(problem: Problem, cfg: CountdownConfig, failed: int, rng: random.Random,
+                give_up: bool = False) -> str:
+    """A T1-style trace with exactly ``failed`` genuinely wrong attempts before the right one; ``give_up``: the
+    wrong attempts only, then the closest of them as the answer (a concluded, wrong response).
 
     Raises ValueError when the problem does not have ``failed`` distinct wrong attempts, or no solution.
     """
@@ -266,6 +274,10 @@ def write_trace(problem: Problem, cfg: CountdownConfig, failed: int, rng: random
         value = attempt[-1][3]
         why = "too big" if value > target else "too small"
         parts.append(f"try {_steps_text(attempt)} ? {target} no , {why} .")
+    if give_up and wrong:
+        closest = min(wrong, key=lambda a: abs(a[-1][3] - target))
+        parts.append(f"answer \\boxed{{ {_expression(problem.numbers, closest)} }} .")
+        return " ".join(parts)
     parts.append(f"try {_steps_text(solution)} ? {target} yes .")
     parts.append(f"answer \\boxed{{ {_expression(problem.numbers, solution)} }} .")
     parts.append(f"check {_steps_text(solution)} ? {target} yes .")
