@@ -102,7 +102,8 @@ def plot_budgets(curves: dict[str, list[dict]], path: Path) -> Path:
         ax.set_xlabel("thinking budget (tokens)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # curves from before finished_rate: an empty truncation panel
+            ax.legend(fontsize=8)
     return save_png(fig, path)
 
 
