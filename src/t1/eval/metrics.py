@@ -1,4 +1,5 @@
-"""Estimators: pass@1 as mean ± standard error, unbiased pass@k, majority vote."""
+"""Estimators: pass@1 as mean ± standard error, unbiased pass@k, majority vote; a scaling point's truncated
+share."""
 
 from __future__ import annotations
 
@@ -42,3 +43,9 @@ def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
         return False
     top = max(votes.items(), key=lambda kv: (kv[1], -answers.index(kv[0])))[0]
     return any(ok for a, ok in zip(answers, correct) if a == top)
+
+
+def truncated(point: dict) -> float | None:
+    """The share of responses cut at a scaling point's budget (1 − ``finished_rate``, as `t1 scale` writes the
+    point); None when the point lacks it (curves from before it was recorded)."""
+    return None if point.get("finished_rate") is None else 1.0 - point["finished_rate"]

@@ -31,6 +31,27 @@ def pyplot():
     return plt
 
 
+def draw_accuracy(ax, curves: dict[str, list[dict]]) -> dict[str, str]:
+    """Accuracy (%) ± one standard error against the thinking budget, one line per model, on ``ax`` (a log₂
+    budget axis ticked at the budgets): the paper's Figure 1 as `t1 scale`, the reports and the sweep draw it.
+    Returns each model's colour, for panels beside it."""
+    import matplotlib.ticker
+
+    colours = {}
+    for label, pts in curves.items():
+        bars = ax.errorbar([p["budget"] for p in pts], [100 * p["accuracy"] for p in pts],
+                           yerr=[100 * p["stderr"] for p in pts], marker="o", capsize=3, label=label)
+        colours[label] = bars.lines[0].get_color()
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([p["budget"] for p in next(iter(curves.values()))])
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("thinking budget (tokens)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return colours
+
+
 def save_png(fig, path: Path) -> Path:
     """``fig`` as the PNG ``path``, then closed; a failed write is an OSError naming ``path`` (matplotlib's
     names none)."""

@@ -42,6 +42,7 @@ from typing import Any
 
 from t1 import config as cfglib
 from t1.config import ConfigError
+from t1.eval.metrics import truncated
 from t1.io import DataError, atomic_write_text, check_output_dir, read_json, read_log
 from t1.runtime import resume
 from t1.runtime.checkpoint import checkpoint_dirs
@@ -339,8 +340,8 @@ def _curve_numbers(path: Path, prefix_labels: bool) -> tuple[dict[str, float], l
         for p in pts:
             pre = f"{label} " if prefix_labels else ""
             numbers[f"{pre}accuracy@{p['budget']}"] = p["accuracy"]
-            if "finished_rate" in p:
-                numbers[f"{pre}truncated@{p['budget']}"] = 1.0 - p["finished_rate"]
+            if truncated(p) is not None:
+                numbers[f"{pre}truncated@{p['budget']}"] = truncated(p)
             budgets.append(p["budget"])
     return numbers, sorted(set(budgets))
 

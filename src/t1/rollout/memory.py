@@ -201,20 +201,21 @@ def device_memory(device_bytes: int | None = None) -> int:
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
 
 
+def _on(name: str) -> bool:
+    """An ``accelerate launch`` switch in the environment."""
+    return os.environ.get(name, "").lower() in ("1", "true")
+
+
 def _zero3() -> bool:
     """Whether ``accelerate launch`` set up DeepSpeed ZeRO-3 (whose processes each read the model)."""
-    return (os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
-            and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
+    return _on("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
 
 
 def launched() -> tuple[bool, bool]:
     """(sharded, checkpointing) as ``accelerate launch`` set them up: FSDP or DeepSpeed ZeRO-3 shard weights,
     gradients and AdamW; ``--fsdp_activation_checkpointing true`` checkpoints every decoder layer."""
-    def on(name: str) -> bool:
-        return os.environ.get(name, "").lower() in ("1", "true")
-
-    fsdp = on("ACCELERATE_USE_FSDP")
-    return fsdp or _zero3(), fsdp and on("FSDP_ACTIVATION_CHECKPOINTING")
+    fsdp = _on("ACCELERATE_USE_FSDP")
+    return fsdp or _zero3(), fsdp and _on("FSDP_ACTIVATION_CHECKPOINTING")
 
 
 def _sampling(r: Report, ecfg, shape: Shape, max_len: int, seqs: int, where: str, training: bool) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from t1.eval.page import html_page, img, pct, pyplot, save_png, table
+from t1.eval.metrics import truncated
+from t1.eval.page import draw_accuracy, html_page, img, pct, pyplot, save_png, table
 from t1.io import atomic_write_text, check_output, read_json, read_log
 
 RL_PANELS = [("reward", "mean reward"), ("accuracy", "accuracy"), ("entropy", "token entropy"),
@@ -78,32 +79,23 @@ def plot_rl(rows: list[dict], path: Path) -> Path:
 
 
 
-def truncated(point: dict) -> float | None:
-    """The share of responses cut at a scaling point's budget (1 − finished_rate); None if the curve lacks it."""
-    return None if point.get("finished_rate") is None else 1.0 - point["finished_rate"]
-
-
 def plot_budgets(curves: dict[str, list[dict]], path: Path) -> Path:
     """Per model, accuracy (± one standard error) and the truncated share against the thinking budget: where a
     model still truncates, part of a gap between models is finishing inside the budget, not reasoning."""
     plt = pyplot()
-    fig, (acc, cut) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (acc, cut) = plt.subplots(1, 2, figsize=(12, 4), sharex=True)  # the same budget axis and ticks
+    colours = draw_accuracy(acc, curves)
+    acc.set_title("accuracy (pass@1)", fontsize=10)
     for label, pts in curves.items():
-        budgets = [p["budget"] for p in pts]
-        y = [p["accuracy"] for p in pts]
-        err = [p.get("stderr", 0.0) for p in pts]
-        line = acc.plot(budgets, y, marker="o", label=label)[0]
-        acc.fill_between(budgets, [a - e for a, e in zip(y, err)], [a + e for a, e in zip(y, err)],
-                         color=line.get_color(), alpha=0.15)
         if all(truncated(p) is not None for p in pts):
-            cut.plot(budgets, [truncated(p) for p in pts], marker="o", label=label, color=line.get_color())
-    for ax, title in ((acc, "accuracy (pass@1)"), (cut, "truncated share (cut at the budget)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("thinking budget (tokens)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # curves from before finished_rate: an empty truncation panel
-            ax.legend(fontsize=8)
+            cut.plot([p["budget"] for p in pts], [100 * truncated(p) for p in pts], marker="o", label=label,
+                     color=colours[label])
+    cut.set_xlabel("thinking budget (tokens)")
+    cut.set_ylabel("truncated (%)")
+    cut.set_title("truncated share (cut at the budget)", fontsize=10)
+    cut.grid(alpha=0.3)
+    if cut.get_legend_handles_labels()[0]:  # curves from before finished_rate: an empty truncation panel
+        cut.legend(fontsize=8)
     return save_png(fig, path)
 
 

@@ -31,6 +31,7 @@ from t1.chat import ChatFormat, chat_format
 from t1.config import option, require
 from t1.eval.benchmarks import load_bench
 from t1.eval.metrics import mean_stderr
+from t1.eval.page import draw_accuracy, pyplot
 from t1.eval.protocols import SamplingProtocol, describe, samples_for
 from t1.io import all_or_nothing, check_output_dir, fill
 from t1.model.load import chat_format_of
@@ -210,25 +211,12 @@ class Summarizer:
 
 
 def plot(curves: dict[str, list[dict]], path: Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """scaling.png: accuracy ± one standard error against the budget, one line per model
+    (:func:`t1.eval.page.draw_accuracy`)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for label, pts in curves.items():
-        xs = [p["budget"] for p in pts]
-        ys = [100 * p["accuracy"] for p in pts]
-        es = [100 * p["stderr"] for p in pts]
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([p["budget"] for p in next(iter(curves.values()))])
-    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.set_xlabel("thinking budget (tokens)")
-    ax.set_ylabel("accuracy (%)")
+    draw_accuracy(ax, curves)
     ax.set_title(title or "Accuracy vs thinking budget")
-    ax.grid(alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

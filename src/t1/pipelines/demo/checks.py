@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import statistics
 
+from t1.eval.metrics import truncated
+
 FREE_TRUNCATION = 0.02  # at most this share of responses cut at the budget counts as "nothing truncates"
 EPS = 1e-9  # accuracies are k/n fractions: a difference that should be 0.10 may be 0.0999999…
 
@@ -41,11 +43,6 @@ CHECKS: dict[str, tuple[str, float, str, str]] = {
     "under_10_minutes": ("<=", 600.0, "wall seconds (with several seeds: the shared stages plus one seed's RL, "
                                       "evaluation and share of the sweep)", "seconds"),
 }
-
-
-def truncated(point: dict) -> float | None:
-    """The share of responses cut at the point's budget (1 − finished_rate); None if the curve lacks it."""
-    return None if point.get("finished_rate") is None else 1.0 - point["finished_rate"]
 
 
 def at(points: list[dict], budget: int, key: str = "accuracy") -> float | None:
