@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from t1.cli import main
+from t1.eval.metrics import finished_length_growth
 from t1.io import read_log
-from t1.pipelines.demo.checks import CHECKS, finished_length_growth, free_budget, judge, summarize
+from t1.pipelines.demo.checks import CHECKS, free_budget, judge, summarize
 from t1.pipelines.demo.run import DemoConfig, _seed_seconds, _sft_config, _Stages, demo_table, parallel_sft
 from t1.runtime.run import RunError
 from t1.stages.rl import RLTrainer

@@ -9,7 +9,7 @@ import pytest
 
 from t1 import config as C
 from t1.cli import main
-from t1.pipelines.sweep import parse_grid, point_dir, split_values, spread
+from t1.pipelines.sweep import parse_grid, point_dir, run_numbers, split_values, spread
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -89,8 +89,8 @@ def test_rl_sweep_two_values_two_seeds_with_scaling_then_resume(tiny_model_dir, 
     assert [p["label"] for p in result["points"]] == [f"rollout.samples_per_prompt={k}" for k in (2, 4)]
     for p in result["points"]:
         assert [r["seed"] for r in p["runs"]] == [0, 1] and p["budgets"] == [4, 8]
-        assert set(p["summary"]) == {"reward", "accuracy", "response_length", "accuracy@4", "accuracy@8",
-                                     "truncated@4", "truncated@8"}
+        assert set(p["summary"]) == {"reward", "accuracy", "response_length", "entropy", "accuracy@4",
+                                     "accuracy@8", "truncated@4", "truncated@8"}  # 2 steps: no length growth
         for r in p["runs"]:  # truncation at each budget, from the run's own scaling curve
             curve = json.loads((out / r["dir"] / "scale" / "scaling.json").read_text())["curves"]
             pts = next(iter(curve.values()))
@@ -168,3 +168,15 @@ def test_a_rerun_with_another_override_is_refused_and_a_longer_one_resumes(tiny_
     shorter = [replace(r, cfg=replace(r.cfg, train=replace(r.cfg.train, steps=2))) for r in runs]
     with pytest.raises(C.ConfigError, match=r"train.steps 3 → 2 \(the checkpoint is at step 3 already\)"):
         check_reruns("rl", shorter)
+
+
+def test_rl_numbers_carry_entropy_and_the_finished_length_growth(tmp_path):
+    """An RL run's numbers: last-10 % means (entropy among them) and how much its finished responses grew."""
+    rows = [{"step": i + 1, "reward": 0.5, "accuracy": 0.5, "response_length": 100.0, "entropy": 0.3 - i / 100,
+             "completions/mean_terminated_length": 90.0 + i} for i in range(30)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    numbers, budgets = run_numbers("rl", tmp_path)
+    assert budgets == [] and numbers["entropy"] == pytest.approx(0.3 - 28 / 100)  # mean of the last 3 rows
+    assert numbers["finished_length_growth"] == pytest.approx((117 + 118 + 119) / 3 - (90 + 91 + 92) / 3)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
+    assert "finished_length_growth" not in run_numbers("rl", tmp_path)[0]  # too few steps to say

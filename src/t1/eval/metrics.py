@@ -4,6 +4,7 @@ share."""
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 
 
@@ -49,3 +50,17 @@ def truncated(point: dict) -> float | None:
     """The share of responses cut at a scaling point's budget (1 − ``finished_rate``, as `t1 scale` writes the
     point); None when the point lacks it (curves from before it was recorded)."""
     return None if point.get("finished_rate") is None else 1.0 - point["finished_rate"]
+
+
+def finished_length_growth(rows: list[dict], share: float = 0.1) -> float | None:
+    """From an RL run's metrics rows (its ``metrics.jsonl``): the mean of
+    ``completions/mean_terminated_length`` (responses that end by themselves) over the last ``share`` of the
+    steps minus over the first (at least 3 rows each); None when the run logged too few steps or not the metric.
+    A run that only learns to stop inside its budget shortens its mean length by truncating less, not this
+    one."""
+    lengths = [r.get("completions/mean_terminated_length") for r in rows]
+    lengths = [x for x in lengths if isinstance(x, (int, float)) and x == x and x > 0]
+    k = max(3, round(share * len(lengths)))
+    if len(lengths) < 2 * k:
+        return None
+    return statistics.fmean(lengths[-k:]) - statistics.fmean(lengths[:k])

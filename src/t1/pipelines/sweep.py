@@ -22,8 +22,9 @@
 * ``--scale SCALE.yaml`` (training stages): after each run, `t1 scale` on its ``final/`` with that config, its
   ``models``, ``labels`` and ``out`` replaced (``<run>/scale/``); the scaling protocol, its seed included, is
   the same for every run, so only the trained models differ.
-* ``OUT/sweep.json``: per grid point, each seed's run (its numbers: the mean of reward, accuracy and response
-  length — loss for SFT — over the last 10 % of logged steps, and accuracy at each budget) and, for every
+* ``OUT/sweep.json``: per grid point, each seed's run (its numbers: the mean of reward, accuracy, response
+  length and entropy — loss for SFT — over the last 10 % of logged steps, an RL run's finished-length growth
+  (:func:`t1.eval.metrics.finished_length_growth`), and accuracy at each budget) and, for every
   number, the mean, the standard deviation over seeds and the min–max. A table goes to stderr; the command
   then writes ``OUT/sweep.html`` (:mod:`t1.pipelines.sweep_report`).
 """
@@ -42,7 +43,7 @@ from typing import Any
 
 from t1 import config as cfglib
 from t1.config import ConfigError
-from t1.eval.metrics import truncated
+from t1.eval.metrics import finished_length_growth, truncated
 from t1.io import DataError, atomic_write_text, check_output_dir, read_json, read_log
 from t1.runtime import resume
 from t1.runtime.checkpoint import checkpoint_dirs
@@ -61,7 +62,9 @@ STAGES = {
     "scale": StageSpec("seed", "scaling.json", False),
     "eval": StageSpec("seed", "summary.json", False),
 }
-TRAIN_METRICS = ("reward", "accuracy", "response_length", "loss")  # last-10 % means (loss: SFT runs only)
+# last-10 % means (loss: SFT runs only; entropy: RL only), then RL's finished-length growth (first → last 10 %)
+TRAIN_METRICS = ("reward", "accuracy", "response_length", "entropy", "loss")
+GROWTH = "finished_length_growth"
 
 
 def stage_parts(stage: str):
@@ -359,6 +362,8 @@ def run_numbers(stage: str, run_dir: Path) -> tuple[dict[str, float], list[int]]
             vals = [r[key] for r in tail if isinstance(r.get(key), (int, float))]
             if vals and len(vals) == len(tail):
                 numbers[key] = sum(vals) / len(vals)
+        if rl and (growth := finished_length_growth(rows)) is not None:
+            numbers[GROWTH] = growth
         if (run_dir / "scale" / "scaling.json").exists():
             more, budgets = _curve_numbers(run_dir / "scale" / "scaling.json", False)
             numbers.update(more)
@@ -408,7 +413,7 @@ def _fmt(key: str, s: dict | None) -> str:
 def columns(result: dict) -> list[str]:
     """The numbers worth a column, in a fixed order: training metrics, then accuracy per budget, then the rest."""
     keys = list(dict.fromkeys(k for p in result["points"] for k in p["summary"]))
-    first = [k for k in TRAIN_METRICS if k in keys]
+    first = [k for k in (*TRAIN_METRICS, GROWTH) if k in keys]
     return first + [k for k in keys if k not in first]
 
 

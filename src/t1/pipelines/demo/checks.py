@@ -60,19 +60,6 @@ def free_budget(curves: dict[str, list[dict]], labels: list[str]) -> tuple[int, 
     return budgets[-1], False
 
 
-def finished_length_growth(rows: list[dict], share: float = 0.1) -> float | None:
-    """From an RL run's metrics rows: the mean of ``completions/mean_terminated_length`` (responses that end by
-    themselves) over the last ``share`` of the steps minus over the first (at least 3 rows each); None when the
-    run logged too few steps or not the metric. A run that only learns to stop inside its budget shortens its
-    mean length by truncating less, not this one."""
-    lengths = [r.get("completions/mean_terminated_length") for r in rows]
-    lengths = [x for x in lengths if isinstance(x, (int, float)) and x == x and x > 0]
-    k = max(3, round(share * len(lengths)))
-    if len(lengths) < 2 * k:
-        return None
-    return statistics.fmean(lengths[-k:]) - statistics.fmean(lengths[:k])
-
-
 def judge(name: str, value: float | None) -> bool:
     """A check's verdict on its number (None: no number, fails)."""
     if value is None:
@@ -84,8 +71,8 @@ def judge(name: str, value: float | None) -> bool:
 def check_values(curves: dict[str, list[dict]], rl: str, training_budget: int, free: int | None,
                  seconds: float, length_growth: float | None = None) -> dict[str, float | None]:
     """Every check's number for one RL model (label ``rl``) against the SFT models ``sft`` and ``direct_sft``;
-    ``free``: the free budget (None: none in the sweep); ``length_growth``: :func:`finished_length_growth` of
-    its run."""
+    ``free``: the free budget (None: none in the sweep); ``length_growth``:
+    :func:`t1.eval.metrics.finished_length_growth` of its run."""
     acc = {lab: [p["accuracy"] for p in pts] for lab, pts in curves.items()}
     budgets = [p["budget"] for p in curves[rl]]
     rl_at, sft_at = at(curves[rl], training_budget), at(curves["sft"], training_budget)
@@ -116,7 +103,8 @@ def summarize(curves: dict[str, list[dict]], rl_labels: list[str], seeds: list[i
               seed_seconds: list[float], length_growth: list[float | None] | None = None) -> dict:
     """The checks part of the demo's summary: per model and budget accuracy and truncation, RL − SFT at the
     training and the free budget, each seed's check numbers, their mean / std / min / max, and the checks
-    judged on the means. ``length_growth``: each seed's :func:`finished_length_growth` (None: not known)."""
+    judged on the means. ``length_growth``: each seed's :func:`t1.eval.metrics.finished_length_growth` (None:
+    not known)."""
     labels = [lab for lab in ("sft", *rl_labels, "direct_sft") if lab in curves]
     free, ok = free_budget(curves, ["sft", *rl_labels])
     growth = list(length_growth or [None] * len(rl_labels))

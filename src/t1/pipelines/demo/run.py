@@ -22,9 +22,10 @@ with seeds ``seed``, ``seed + 1``, … (``rl/``, ``rl_seed1/``, ``rl_seed2/``, �
 when done, like every stage); each RL model is evaluated and swept (labels ``rl``, ``rl_seed1``, …) with the
 evaluation's problems and sampling seeds unchanged, so only the RL seed differs. summary.json then holds each
 seed's check numbers (``seeds``) and their mean, standard deviation, min and max (``check_mean`` …), and the
-checks are judged on the means. Each extra seed costs one more RL stage (~190–540 s depending on the machine,
-see BENCHMARKS.md) plus its evaluation; the default is one seed, which fits the 10-minute target. SFT is not
-re-seeded: it is deterministic here, and each SFT seed would cost the two parallel SFT runs again.
+checks are judged on the means. Each extra seed costs one more RL stage (~300 s on a 2-core EPYC, more
+without bf16 units; see BENCHMARKS.md) plus its evaluation; the default is one seed, which fits the 10-minute
+target. SFT is not re-seeded: it is deterministic here, and each SFT seed would cost the two parallel SFT runs
+again.
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ from t1 import config as cfglib
 from t1.config import option, require
 from t1.data.prompts import PromptDataConfig
 from t1.data.sft import SFTDataConfig, countdown_pairs
+from t1.eval.metrics import finished_length_growth
 from t1.eval.sample import EvalSettings
 from t1.io import atomic_write_text, check_output_dir, read_log
 from t1.model.load import ModelConfig
-from t1.pipelines.demo.checks import FREE_TRUNCATION, at, finished_length_growth, rule, show, summarize
+from t1.pipelines.demo.checks import FREE_TRUNCATION, at, rule, show, summarize
 from t1.pipelines.demo.report import write_demo_report
 from t1.rl.config import AlgoConfig, AnchorConfig, RLConfig, RLTrainConfig, RolloutConfig
 from t1.rl.penalties import PenaltyConfig
@@ -67,16 +69,19 @@ class DemoConfig(Tracking):
     out: str = option("runs/demo", "run directory")
     tiny: ModelConfig = option(help="the model", factory=ModelConfig)
     countdown: CountdownConfig = option(
-        help="the task; stop_prob 0.5 (one failed attempt on average) fits more problems into the SFT compute",
-        factory=lambda: CountdownConfig(stop_prob=0.5))
+        help="the task; stop_prob 0.5 (one failed attempt on average) fits more problems into the SFT compute; "
+             "give_up 0.01 (1 % of traces conclude after max_failed wrong attempts) makes the SFT model stop "
+             "instead of trying until the budget runs out, so a budget exists where nothing truncates",
+        factory=lambda: CountdownConfig(stop_prob=0.5, give_up=0.01))
     sft_examples: int = option(40000, "trial-and-error traces for SFT")
     sft_epochs: float = option(1.0, "SFT epochs")
     sft_lr: float = option(3e-3, "SFT peak learning rate (cosine)")
     filter_prompts: int = option(896, "candidate RL prompts scored by the SFT model")
     filter_samples: int = option(6, "samples per candidate prompt")
     filter_max_pass: float = option(0.75, "keep prompts with pass rate in (0, max] at the RL budget (paper: 0.3)")
-    rl_budget: int = option(128, "RL generation budget (tokens); also where RL is compared with SFT")
-    rl_steps: int = option(130, "RL steps")
+    rl_budget: int = option(256, "RL generation budget (tokens), room above the SFT model's ~110-token "
+                            "responses; also where RL is compared with SFT")
+    rl_steps: int = option(80, "RL steps")
     rl_prompts: int = option(48, "RL prompts per step")
     rl_samples: int = option(8, "RL samples per prompt")
     rl_temperature: float = option(1.0, "RL sampling temperature")
@@ -87,9 +92,9 @@ class DemoConfig(Tracking):
     rl_entropy: float = option(1e-3, "entropy bonus α")
     eval_problems: int = option(500, "held-out problems")
     budgets: tuple[int, ...] = option(
-        (24, 48, 96, 128, 256, 512), "thinking budgets for the scaling sweep, from ~one attempt (below that a "
-        "forced answer completes a half-written first attempt — see BENCHMARKS.md) up to where SFT and RL finish "
-        "nearly every response (the free budget)")
+        (24, 48, 96, 128, 256, 512, 960), "thinking budgets for the scaling sweep, from ~one attempt (below "
+        "that a forced answer completes a half-written first attempt — see BENCHMARKS.md) up to where SFT and RL "
+        "finish nearly every response (the free budget)")
     seed: int = option(0, "seed")
     seeds: int = option(1, "RL runs from the one SFT model (seeds seed, seed+1, …); the checks are judged on "
                            "their mean; each extra seed costs one more RL stage")
