@@ -8,9 +8,10 @@ from t1.runtime import device
 
 
 @pytest.fixture(autouse=True)
-def fresh(monkeypatch):
+def fresh(monkeypatch, tmp_path):
     monkeypatch.setattr(device, "_CPU_BF16", None)
     monkeypatch.delenv("T1_CPU_BF16", raising=False)
+    monkeypatch.setenv("T1_CACHE_DIR", str(tmp_path / "cache"))  # nothing remembered from this machine
 
 
 @pytest.mark.parametrize("fp32, bf16, want", [(6e-3, 1e-3, "bf16"), (2.3e-3, 1e-3, "bf16"),
@@ -27,8 +28,22 @@ def test_auto_picks_bf16_only_where_it_measures_faster(monkeypatch, fp32, bf16, 
     monkeypatch.setattr(device, "matmul_seconds", timed)
     assert device.resolve_precision("auto", torch.device("cpu")) == want
     assert device.resolve_precision("auto", torch.device("cpu")) == want  # measured once per process
-    assert len(calls) == 4 and set(calls) == {torch.float32, torch.bfloat16}
+    assert len(calls) == 6 and calls[:2] == [torch.float32, torch.bfloat16]  # in turns
     assert device.resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice stands
+
+
+def test_the_verdict_is_remembered_per_machine(monkeypatch, tmp_path):
+    """A later process on the same machine reads the verdict instead of timing again (a busy moment must not
+    change a run's precision, hence its numbers); an unreadable record is measured again and replaced."""
+    monkeypatch.setattr(device, "matmul_seconds", lambda dtype, rounds=3: 1e-3 if dtype == torch.float32 else 4e-3)
+    assert device.cpu_bf16_faster() is False
+    [record] = (tmp_path / "cache" / "cpu_bf16").iterdir()
+    monkeypatch.setattr(device, "_CPU_BF16", None)  # a new process, and now the timing would say bf16
+    monkeypatch.setattr(device, "matmul_seconds", lambda dtype, rounds=3: 4e-3 if dtype == torch.float32 else 1e-3)
+    assert device.cpu_bf16_faster() is False
+    record.write_text("{not json")
+    monkeypatch.setattr(device, "_CPU_BF16", None)
+    assert device.cpu_bf16_faster() is True and '"bf16": true' in record.read_text()
 
 
 def test_the_environment_decides_when_asked(monkeypatch):

@@ -40,21 +40,49 @@ def matmul_seconds(dtype: torch.dtype, rounds: int = 3) -> float:
 
 
 def cpu_bf16_faster() -> bool:
-    """Whether this CPU multiplies bf16 matrices at least BF16_SPEEDUP × faster than fp32, measured once per
-    process (0.1–0.3 s with the kernels' set-up; fp32 and bf16 timed in turns, so a busy machine slows both
-    alike). CPUs with AMX tiles (~6× measured) or AVX512-BF16 dot products (~2–5× on an AMD EPYC) do; a CPU
-    that merely lists a bf16 flag, or emulates bf16, is slower in bf16 than in fp32 — the flag is not the
-    answer, the measurement is. ``T1_CPU_BF16=1`` or ``0`` decides instead (to compare both on one machine)."""
+    """Whether this CPU multiplies bf16 matrices at least BF16_SPEEDUP × faster than fp32. CPUs with AMX tiles
+    (~6× measured) or AVX512-BF16 dot products (~2–5× on an AMD EPYC) do; a CPU that merely lists a bf16 flag,
+    or emulates bf16, is slower in bf16 than in fp32 — the flag is not the answer, the measurement is.
+
+    Measured once per machine (CPU model and flags, torch version, thread count) and remembered in
+    ``~/.cache/t1/cpu_bf16/`` (``T1_CACHE_DIR``): a verdict that changed with the load of the moment would
+    change a run's rounding, and the same command would give other numbers on the same machine (seen: one of
+    four runs beside three others timed bf16 slower). The measurement takes the fastest of three turns each,
+    fp32 and bf16 alternating, so a busy machine slows both alike. ``T1_CPU_BF16=1`` or ``0`` decides instead
+    (to compare both on one machine); deleting the file measures again."""
     global _CPU_BF16
     forced = os.environ.get("T1_CPU_BF16", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
     if _CPU_BF16 is None:
-        fp32, bf16 = float("inf"), float("inf")
-        for _ in range(2):
-            fp32, bf16 = min(fp32, matmul_seconds(torch.float32)), min(bf16, matmul_seconds(torch.bfloat16))
-        _CPU_BF16 = fp32 >= BF16_SPEEDUP * bf16
+        _CPU_BF16 = _remembered_bf16()
     return _CPU_BF16
+
+
+def _remembered_bf16() -> bool:
+    import hashlib
+    import json
+
+    from t1.io import atomic_write_text
+    from t1.model.kernels.build import cache_dir, cpu_id
+
+    key = hashlib.sha256(f"{cpu_id()}|{torch.__version__}|{torch.get_num_threads()}".encode()).hexdigest()[:16]
+    path = cache_dir() / "cpu_bf16" / f"{key}.json"
+    try:
+        return bool(json.loads(path.read_text())["bf16"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not measured yet here (or an unreadable file): measure
+    fp32, bf16 = float("inf"), float("inf")
+    for _ in range(3):
+        fp32, bf16 = min(fp32, matmul_seconds(torch.float32)), min(bf16, matmul_seconds(torch.bfloat16))
+    faster = fp32 >= BF16_SPEEDUP * bf16
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"bf16": faster, "fp32_seconds": fp32, "bf16_seconds": bf16,
+                                            "threads": torch.get_num_threads(), "torch": torch.__version__}))
+    except OSError:
+        pass  # a read-only home: the verdict holds for this process
+    return faster
 
 
 _ALLOCATOR_TUNED = False

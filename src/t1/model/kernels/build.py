@@ -47,7 +47,7 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
-def _cpu_id() -> str:
+def cpu_id() -> str:
     """What -march=native depends on: the CPU's model and feature flags where Linux tells them."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -111,7 +111,7 @@ def load() -> ctypes.CDLL | None:
         return None
     errors = []
     sources = [f"{src.name}\n{src.read_text()}" for src in [*SOURCES, *HEADERS]]
-    build_id = [*sources, *_BASE, cc, version, _cpu_id(), platform.machine()]
+    build_id = [*sources, *_BASE, cc, version, cpu_id(), platform.machine()]
     for flags in _ATTEMPTS:
         key = hashlib.sha256("\0".join([*build_id, *flags]).encode()).hexdigest()[:16]
         path = cache_dir() / "kernels" / f"t1_kernels-{key}.so"
