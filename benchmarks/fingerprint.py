@@ -28,7 +28,7 @@ TINY_DEMO = ["tiny.hidden=32", "tiny.layers=2", "tiny.heads=2", "tiny.kv_heads=2
              "rl_prompts=8", "rl_samples=4", "eval_problems=24", "budgets=[8,16,32,64]"]
 RL_VARIANTS = {"padded": ["train.fast_forward=false"],
                "two_pass": ["train.fused_update=false", "algo.updates_per_batch=2"]}
-TIMING = ("time", "per_s", "wall", "elapsed", "seconds")  # and names ending in _s (not reward_std)
+TIMING = ("time", "per_s", "wall", "elapsed", "seconds", "minutes")  # and names ending in _s (not reward_std)
 
 
 def _timing(key: str) -> bool:

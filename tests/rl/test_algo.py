@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 import torch
 
 from t1.rl import algo
@@ -13,6 +12,24 @@ def test_rloo_k4_by_hand():
     a = algo.rloo(r, 4)
     # group 1: 1 - (0+0+1)/3 = 2/3 ; 0 - (1+0+1)/3 = -2/3 ; group 2 all equal -> 0
     torch.testing.assert_close(a, torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 0, 0, 0, 0]))
+
+
+def test_grpo_and_dr_grpo_advantages_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    # group 1: mean 0.5, unbiased std sqrt(1/3); group 2 all equal -> 0 under both
+    torch.testing.assert_close(algo.group_mean_advantage(r, 4), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+    z = 0.5 / (math.sqrt(1 / 3) + 1e-4)
+    torch.testing.assert_close(algo.group_normalised_advantage(r, 4), torch.tensor([z, -z, -z, z, 0, 0, 0, 0]))
+    assert set(algo.ADVANTAGES) == {"rloo", "grpo", "dr_grpo"}
+    # RLOO is the group-mean advantage scaled by K / (K − 1)
+    torch.testing.assert_close(algo.rloo(r, 4), algo.group_mean_advantage(r, 4) * 4 / 3)
+
+
+def test_soft_overlong_by_hand():
+    lengths = torch.tensor([10, 12, 14, 16, 20])
+    # budget 16, buffer 4: free up to 12, then −(len − 12) / 4 · factor, −factor at and past the budget
+    torch.testing.assert_close(algo.soft_overlong(lengths, 16, 4, 0.5), torch.tensor([0, 0, -0.25, -0.5, -0.5]))
+    assert not algo.soft_overlong(lengths, 16, 0).any()  # off
 
 
 def test_kl_centering_and_shaping_by_hand():
@@ -56,50 +73,11 @@ def test_aggregation_modes():
     whole = algo.aggregate(v2, m, "token_mean")
     parts = sum(algo.aggregate(v2[i: i + 1], m[i: i + 1], "token_mean", n_tokens=3.0) for i in range(2))
     torch.testing.assert_close(parts, whole)
-
-
-def _slow_loss(logp, old, adv, mask, mode, clip, ent, alpha):
-    """The loss written as plain Python loops, for comparison."""
-    seq_terms, tok_terms, ent_seq, ent_tok = [], [], [], []
-    for i in range(len(logp)):
-        toks = [t for t in range(len(logp[i])) if mask[i, t]]
-        vals = []
-        for t in toks:
-            ratio = math.exp(logp[i][t] - old[i][t])
-            clipped = min(max(ratio, 1 - clip), 1 + clip)
-            vals.append(-min(ratio * adv[i], clipped * adv[i]))
-        seq_terms.append(sum(vals) / len(toks))
-        tok_terms.extend(vals)
-        ent_seq.append(sum(float(ent[i, t]) for t in toks) / len(toks))
-        ent_tok.extend(float(ent[i, t]) for t in toks)
-    if mode == "seq_mean_token_mean":
-        return sum(seq_terms) / len(seq_terms) - alpha * sum(ent_seq) / len(ent_seq)
-    return sum(tok_terms) / len(tok_terms) - alpha * sum(ent_tok) / len(ent_tok)
-
-
-@pytest.mark.parametrize("mode", ["seq_mean_token_mean", "token_mean"])
-def test_policy_loss_matches_slow_loop(mode):
-    g = torch.Generator().manual_seed(0)
-    logp = -torch.rand(6, 5, generator=g) * 3
-    old = logp + (torch.rand(6, 5, generator=g) - 0.5) * 0.8  # ratios both inside and outside the clip range
-    adv = torch.randn(6, generator=g)
-    mask = torch.rand(6, 5, generator=g) > 0.3
-    mask[:, 0] = True
-    ent = torch.rand(6, 5, generator=g)
-    loss, stats = algo.policy_loss(logp, old, adv, mask, mode, clip=0.2, entropy=ent, alpha=0.05)
-    slow = _slow_loss(logp.tolist(), old.tolist(), adv.tolist(), mask, mode, 0.2, ent, 0.05)
-    assert loss.item() == pytest.approx(slow, rel=1e-5)
-    assert 0 < stats["clip_fraction"] < 1
-
-
-def test_on_policy_gradient_is_advantage_weighted_logprob():
-    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.3]], requires_grad=True)
-    adv = torch.tensor([2.0, -1.0])
-    mask = torch.ones(2, 2, dtype=torch.bool)
-    loss, _ = algo.policy_loss(logp, logp.detach(), adv, mask, "seq_mean_token_mean")
-    loss.backward()
-    # d/dlogp of -mean_i mean_t A_i logp = -A_i / (2 * 2)
-    torch.testing.assert_close(logp.grad, torch.tensor([[-0.5, -0.5], [0.25, 0.25]]))
+    # Dr. GRPO: each sequence's sum over a constant, then the mean over sequences: ((1 + 5) / 10 + 2 / 10) / 2
+    torch.testing.assert_close(algo.aggregate(v2, m, "seq_mean_token_sum_norm", max_len=10), torch.tensor(0.4))
+    parts = sum(algo.aggregate(v2[i: i + 1], m[i: i + 1], "seq_mean_token_sum_norm", n_seqs=2.0, max_len=10)
+                for i in range(2))
+    torch.testing.assert_close(parts, torch.tensor(0.4))
 
 
 def test_gather_logp():
@@ -135,11 +113,3 @@ def test_processed_logp_renormalises_over_the_nucleus():
     # the nucleus at 0.75 is {0.5, 0.3}; renormalised 0.625 / 0.375; the others are outside it
     assert torch.allclose(got[:2].exp(), torch.tensor([0.625, 0.375]))
     assert torch.isinf(got[2:]).all()
-
-
-def test_policy_loss_weight_scales_each_tokens_gradient():
-    logp = torch.zeros(1, 2, requires_grad=True)
-    loss, _ = algo.policy_loss(logp, logp.detach(), torch.tensor([1.0]), torch.ones(1, 2, dtype=torch.bool),
-                               "token_mean", weight=torch.tensor([[1.0, 0.25]]))
-    loss.backward()
-    assert torch.allclose(logp.grad, torch.tensor([[-0.5, -0.125]]))

@@ -5,13 +5,14 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from t1 import config as C
-from t1.rl import algo, step
+from t1.rl import objectives, step
 from t1.rl.batch import Mismatch, PackedRows
 from t1.rl.config import RLConfig
 from t1.stages.rl import RLTrainer, train_rl
@@ -121,13 +122,13 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path):
 
 
 def test_non_finite_loss_skips_then_stops(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    real = algo.policy_loss
+    real = objectives.policy_loss
 
     def poisoned(*args, **kwargs):
         loss, stats = real(*args, **kwargs)
         return loss * float("nan"), stats
 
-    monkeypatch.setattr(algo, "policy_loss", poisoned)
+    monkeypatch.setattr(objectives, "policy_loss", poisoned)
     with pytest.raises(RuntimeError, match="3 consecutive steps with a non-finite loss"):
         train_rl(rl_cfg(tiny_model_dir, tmp_path / "nan", "train.steps=10"), progress=False)
     err = capsys.readouterr().err
@@ -207,6 +208,57 @@ def test_packed_update_equals_padded_update(tiny_model_dir, tmp_path, monkeypatc
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_soft_overlong_punishment_lands_on_finished_responses(tiny_model_dir, tmp_path):
+    """DAPO's soft overlong zone (penalties.overlong_buffer) lowers the reward of responses that end inside it;
+    truncated ones keep T1's hard −1 (not −2), and the step's metrics carry the mean soft penalty."""
+    out = tmp_path / "run"
+    train_rl(rl_cfg(tiny_model_dir, out, "train.steps=1", "train.rollouts_every=1", "penalties.overlong_buffer=6",
+                    "penalties.overlong_factor=0.5"), progress=False)
+    shown = rows(out / "rollouts.jsonl")
+    soft = [-0.5 * min(1.0, max(0, r["tokens"] - 2) / 6) if not r["penalty"] else 0.0 for r in shown]
+    assert any(s < 0 for s in soft) and any(r["penalty"] for r in shown)  # both kinds in the batch
+    for r, s in zip(shown, soft):
+        assert r["reward"] == pytest.approx((-1.0 if r["penalty"] else float(r["correct"])) + s)
+    [m] = rows(out / "metrics.jsonl")  # over all 64 samples (the rollouts file shows some of them)
+    assert -0.5 < m["penalty_overlong_soft"] < 0
+
+
+def test_fused_and_two_pass_give_the_same_gradients_for_every_objective(tiny_model_dir, tmp_path, monkeypatch):
+    """The same batch through both schedules of the update (fused: one forward with gradients kept until the
+    KL is known; two passes: a no-gradient pass, then gradient micro-batches), for every ``algo.loss``, with the
+    KL term, the entropy bonus and the truncated-IS weights on: every parameter's gradient equal."""
+    cfg = rl_cfg(tiny_model_dir, tmp_path / "run", "train.steps=1", "train.precision=fp32", "algo.kl_beta=0.05",
+                 "algo.entropy_coef=0.01", "rollout.max_new_tokens=12", "train.micro_batch_tokens=4096")
+    tr = RLTrainer(cfg, progress=False)
+    batch, _ = tr.rollout(0)
+    with torch.no_grad():  # an anchor away from the policy, so the KL term is not zero
+        for p in tr.anchor.model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    grads = []
+
+    def capture(acc, model, optimizer, grad_clip, loss_sum):
+        grads.append({n: p.grad.clone() for n, p in tr.raw.named_parameters()})
+        optimizer.zero_grad(set_to_none=True)
+        return 0.0, True  # "skipped": the weights stay as they are for the next schedule
+
+    monkeypatch.setattr(step, "clip_and_step", capture)
+    update = tr.update_step
+    lengths = [len(ids) for ids in batch.ids]
+    mbs = update.fused_micro_batches(lengths)
+    assert mbs is not None
+    for name in objectives.OBJECTIVES:
+        update.cfg = replace(cfg, algo=replace(cfg.algo, loss=name))
+        out = [run(batch, arg, Mismatch(1.0, 1.0, 1.5)) for run, arg in ((update.fused, mbs),
+                                                                         (update.two_pass, lengths))]
+        torch.testing.assert_close(torch.as_tensor(out[0]["loss"]), torch.as_tensor(out[1]["loss"]),
+                                   rtol=1e-5, atol=1e-6, msg=name)
+        fused, two = grads[-2:]
+        assert fused.keys() == two.keys()
+        for n in fused:
+            torch.testing.assert_close(fused[n], two[n], rtol=1e-4, atol=1e-6, msg=f"{name}: {n}")
+    assert not torch.equal(grads[0]["model.embed_tokens.weight"], grads[-1]["model.embed_tokens.weight"])
 
 
 @pytest.mark.parametrize("fused", ["true", "false"])

@@ -9,8 +9,11 @@ The step, for one batch (docs/method.md, "The RL step"):
 2. d_i = Σ_t clamp(log π_θ − log π_ref, ±c) (:func:`sequence_kl`), centred within its group by the
    leave-one-out mean (:func:`center_in_group`), folded in: r'_i = r_i − β (d_i − d̄_{−i}) (:func:`shape`).
 3. A_i = r'_i − mean_{j≠i} r'_j (RLOO, no std normalisation) (:func:`rloo`); every token of i gets A_i.
+   ``algo.advantage`` may pick GRPO's group-normalised or Dr. GRPO's group-centred one instead
+   (:data:`ADVANTAGES`).
 4. L = −agg(min(ρ A, clip(ρ, 1±ε) A)) − α · agg(H), ρ = π_θ / π_old (ρ ≡ 1 in value, but not in gradient,
-   when the batch takes one optimizer step) (:func:`policy_loss`).
+   when the batch takes one optimizer step) — T1's objective; ``algo.loss`` picks it or another
+   (:mod:`t1.rl.objectives`), each reduced by :func:`aggregate`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Literal
 
 import torch
 
-Aggregation = Literal["seq_mean_token_mean", "token_mean"]
+Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
 
 
 def penalize(reward: torch.Tensor, truncated: torch.Tensor, repetitive: torch.Tensor,
@@ -27,6 +30,16 @@ def penalize(reward: torch.Tensor, truncated: torch.Tensor, repetitive: torch.Te
     """[N] rewards with ``penalty`` wherever any of the [N] bool flags is set."""
     bad = truncated | repetitive | garbage
     return torch.where(bad, torch.full_like(reward, penalty), reward)
+
+
+def soft_overlong(lengths: torch.Tensor, budget: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13) for responses of ``lengths`` tokens sampled
+    with ``budget`` new tokens: 0 up to budget − buffer, then falling linearly to −factor at the budget,
+    −factor beyond it; all zeros when ``buffer`` is 0. [N] -> [N]."""
+    if buffer <= 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    over = (lengths.float() - (budget - buffer)).clamp(min=0) / buffer
+    return -factor * over.clamp(max=1.0)
 
 
 def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
@@ -60,6 +73,22 @@ def rloo(reward: torch.Tensor, group: int) -> torch.Tensor:
     return reward - loo_mean(reward, group)
 
 
+def group_mean_advantage(reward: torch.Tensor, group: int) -> torch.Tensor:
+    """A_i = r_i − mean_j r_j within each group, the sample itself included (Dr. GRPO: no std). [N] -> [N]."""
+    g = reward.view(-1, group)
+    return (g - g.mean(-1, keepdim=True)).reshape(-1)
+
+
+def group_normalised_advantage(reward: torch.Tensor, group: int, eps: float = 1e-4) -> torch.Tensor:
+    """A_i = (r_i − mean_j r_j) / (std_j r_j + eps) within each group (GRPO; the standard deviation with
+    Bessel's correction and eps = 1e-4, as TRL). A group whose rewards are all equal gets A = 0. [N] -> [N]."""
+    g = reward.view(-1, group)
+    return ((g - g.mean(-1, keepdim=True)) / (g.std(-1, keepdim=True) + eps)).reshape(-1)
+
+
+ADVANTAGES = {"rloo": rloo, "grpo": group_normalised_advantage, "dr_grpo": group_mean_advantage}
+
+
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the categorical distribution at each position, in nats. [..., V] -> [...]."""
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -67,13 +96,14 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: Aggregation, n_seqs: float | None = None,
-              n_tokens: float | None = None) -> torch.Tensor:
+              n_tokens: float | None = None, max_len: int = 1) -> torch.Tensor:
     """Reduce [N, T] token values to a scalar.
 
     ``seq_mean_token_mean``: the mean over each sequence's real tokens, then the mean over sequences (the
-    authors' choice). ``token_mean``: the mean over all real tokens. ``n_seqs`` / ``n_tokens`` replace the
-    local denominators with global ones, so that shards of a batch (micro-batches, processes) sum to the
-    value over the whole batch.
+    authors' choice). ``token_mean``: the mean over all real tokens. ``seq_mean_token_sum_norm`` (Dr. GRPO):
+    each sequence's sum over its tokens divided by the constant ``max_len``, then the mean over sequences.
+    ``n_seqs`` / ``n_tokens`` replace the local denominators with global ones, so that shards of a batch
+    (micro-batches, processes) sum to the value over the whole batch.
     """
     mask = mask.to(values.dtype)
     if mode == "seq_mean_token_mean":
@@ -81,33 +111,9 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: Aggregation, n_seq
         return per_seq.sum() / (n_seqs if n_seqs is not None else values.shape[0])
     if mode == "token_mean":
         return (values * mask).sum() / (n_tokens if n_tokens is not None else mask.sum().clamp(min=1))
+    if mode == "seq_mean_token_sum_norm":
+        return (values * mask).sum() / max_len / (n_seqs if n_seqs is not None else values.shape[0])
     raise ValueError(f"unknown aggregation {mode!r}")
-
-
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                mode: Aggregation, clip: float = 0.2, entropy: torch.Tensor | None = None, alpha: float = 0.0,
-                n_seqs: float | None = None, n_tokens: float | None = None, weight: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict]:
-    """The clipped policy-gradient loss with an entropy bonus.
-
-    logp, old_logp: [N, T] log-probs of the sampled tokens under the current policy and the policy that
-    sampled them (detached); advantages: [N]; entropy: [N, T] or None. Returns (loss, stats) where stats
-    holds detached diagnostics (the clipped fraction). ``weight``: [N, T] detached per-token weights on the
-    policy-gradient term (the truncated importance-sampling correction), or None.
-    """
-    ratio = torch.exp(logp - old_logp)
-    adv = advantages[:, None].to(logp.dtype)
-    unclipped = ratio * adv
-    clipped = ratio.clamp(1 - clip, 1 + clip) * adv if clip > 0 else unclipped
-    pg = -torch.minimum(unclipped, clipped)
-    if weight is not None:
-        pg = pg * weight.to(pg.dtype)
-    loss = aggregate(pg, mask, mode, n_seqs, n_tokens)
-    if entropy is not None and alpha:
-        loss = loss - alpha * aggregate(entropy, mask, mode, n_seqs, n_tokens)
-    with torch.no_grad():
-        clip_frac = ((unclipped != clipped).to(logp.dtype) * mask).sum() / mask.sum().clamp(min=1)
-    return loss, {"clip_fraction": clip_frac}
 
 
 def gather_logp(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -10,17 +10,21 @@ import torch
 from t1.batching import collate
 from t1.data.sft import Example
 from t1.model.forward import Packed
+from t1.rollout.base import SamplingParams
 from t1.rollout.logprobs import processed_logp
 
 
 @dataclass
 class Batch:
-    """One process's share of a step: sequences (prompt + response), grouped K at a time."""
+    """One process's share of a step: sequences (prompt + response), grouped ``group`` (K) at a time, with the
+    sampling parameters they were drawn with — what the update needs to know about how the batch was made."""
 
     ids: list[list[int]]  # prompt + response tokens
     n_prompt: list[int]
     reward: torch.Tensor  # [N] after penalties
     stats: dict
+    group: int  # K: samples per prompt, consecutive
+    params: SamplingParams  # temperature, top-p, budget
     sampler_logp: list[list[float] | None] | None = None  # per sequence, its response tokens' log-probs
 
 

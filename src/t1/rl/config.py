@@ -65,10 +65,23 @@ class AlgoConfig:
     kl_beta: float = option(2e-4, "β: weight of the group-centred sequence KL folded into the reward (paper)")
     kl_clamp: float = option(0.5, "per-token log-ratio clamp in the KL (the authors' code: 0.5; 0 = off)")
     entropy_coef: float = option(1e-3, "α: entropy bonus weight (our choice)")
+    loss: Literal["t1", "grpo", "dr_grpo", "dapo", "gspo", "cispo"] = option(
+        "t1", "policy objective (t1.rl.objectives): t1 (PPO clip, algo.aggregation), grpo (sequence mean), "
+              "dr_grpo (sum / budget), dapo (clip-higher, token mean), gspo (sequence ratio), cispo (clipped "
+              "IS weight)")
+    advantage: Literal["rloo", "grpo", "dr_grpo"] = option(
+        "rloo", "advantage estimator (t1.rl.algo): rloo (T1's: leave-one-out mean, no std), grpo ((r − group "
+                "mean) / group std), dr_grpo (r − group mean)")
     aggregation: Literal["seq_mean_token_mean", "token_mean"] = option(
-        "seq_mean_token_mean", "loss aggregation: token mean within a sequence then sequence mean, or all tokens")
+        "seq_mean_token_mean", "loss=t1's aggregation: token mean within a sequence then sequence mean, or all "
+                               "tokens (the other objectives fix their own)")
     updates_per_batch: int = option(1, "optimizer steps per sampled batch (> 1 uses the PPO clipped ratio)")
-    clip: float = option(0.2, "PPO clip range for the ratio (used when updates_per_batch > 1)")
+    clip: float = option(0.2, "PPO clip range for the ratio, both sides, for t1 / grpo / dr_grpo (acts when "
+                              "updates_per_batch > 1 or with stale samples)")
+    clip_low: float | None = option(None, "ε_low: the ratio's lower clip 1 − ε_low; null: the objective's "
+                                          "paper value (dapo 0.2, gspo 3e-4, cispo 1.0 = none) or algo.clip")
+    clip_high: float | None = option(None, "ε_high: the ratio's upper clip 1 + ε_high; null: the objective's "
+                                           "paper value (dapo 0.28, gspo 4e-4, cispo 0.28) or algo.clip")
     select: SelectConfig = option(help="optional subset selection after oversampling", factory=SelectConfig)
 
     def validate(self) -> None:
@@ -76,6 +89,10 @@ class AlgoConfig:
         require(self.entropy_coef >= 0, "entropy_coef", "must be ≥ 0", self.entropy_coef)
         require(self.updates_per_batch >= 1, "updates_per_batch", "must be ≥ 1", self.updates_per_batch)
         require(0 <= self.clip < 1, "clip", "must be in [0, 1)", self.clip)
+        require(self.clip_low is None or 0 <= self.clip_low <= 1, "clip_low", "must be in [0, 1]", self.clip_low)
+        require(self.clip_high is None or self.clip_high >= 0, "clip_high", "must be ≥ 0", self.clip_high)
+        require(self.loss == "t1" or self.aggregation == "seq_mean_token_mean", "aggregation",
+                f"applies to loss=t1 only ({self.loss} fixes its own)", self.aggregation)
         require(self.kl_clamp >= 0, "kl_clamp", "must be ≥ 0 (0 = off)", self.kl_clamp)
 
 

@@ -39,8 +39,14 @@ class PenaltyConfig:
     repetition_times: int = option(20, "how many occurrences make a response repetitive")
     garbage: bool = option(True, "penalise garbage (see t1.rl.penalties)")
     foreign_script_fraction: float = option(0.2, "garbage: most letters allowed from scripts absent in the prompt")
+    overlong_buffer: int = option(0, "DAPO's soft overlong punishment: a response ending within this many tokens "
+                                     "of the budget loses up to overlong_factor, linearly (0 = off; DAPO: 4096 "
+                                     "of 20,480); the hard penalty for truncation still applies")
+    overlong_factor: float = option(1.0, "the soft overlong punishment at the budget itself")
 
     def validate(self) -> None:
+        require(self.overlong_buffer >= 0, "overlong_buffer", "must be ≥ 0 tokens (0 = off)", self.overlong_buffer)
+        require(self.overlong_factor >= 0, "overlong_factor", "must be ≥ 0", self.overlong_factor)
         require(self.repetition_span >= 1, "repetition_span", "must be ≥ 1", self.repetition_span)
         require(self.repetition_times >= 2, "repetition_times", "must be ≥ 2", self.repetition_times)
         require(0 < self.foreign_script_fraction <= 1, "foreign_script_fraction", "must be in (0, 1]",

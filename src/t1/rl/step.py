@@ -28,7 +28,7 @@ import torch
 
 from t1.batching import micro_batches
 from t1.model.forward import Forward, packed_logits
-from t1.rl import algo
+from t1.rl import algo, objectives
 from t1.rl import logp as chunked
 from t1.rl.anchor import Anchor
 from t1.rl.batch import Batch, Mismatch, PackedRows, pad, sampler_logp
@@ -70,7 +70,7 @@ class Update:
         set_lr(self.optimizer, lr)
         lengths = [len(r) for r in batch.ids]
         mbs = self.fused_micro_batches(lengths)
-        mismatch = Mismatch(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.is_cap)
+        mismatch = Mismatch(batch.params.temperature, batch.params.top_p, cfg.rollout.is_cap)
         out = self.fused(batch, mbs, mismatch) if mbs is not None else self.two_pass(batch, lengths, mismatch)
         out.update(lr=lr, **mismatch.stats())
         if not out["skipped"]:
@@ -169,9 +169,7 @@ class Update:
         adv, keep, n_seqs, n_tokens = self.shape(batch, d, ntok)
         total, loss_sum, clip_sum = None, 0.0, 0.0
         for mb, logp, h, mask, w in kept:
-            loss, st = algo.policy_loss(logp, logp.detach(), adv[mb].to(logp.device), mask, cfg.algo.aggregation,
-                                        cfg.algo.clip, h, cfg.algo.entropy_coef, n_seqs=n_seqs, n_tokens=n_tokens,
-                                        weight=w)
+            loss, st = self.loss(batch, Tokens(mask, logp, h, None, w), logp.detach(), adv[mb], n_seqs, n_tokens)
             loss = loss * self.world
             total = loss if total is None else total + loss
             loss_sum += loss.item() / self.world
@@ -242,10 +240,8 @@ class Update:
                 with sync, acc.autocast():
                     t = self.tokens(batch, rows, self.policy, None, entropy=bool(cfg.algo.entropy_coef),
                                     anchor=False)
-                    loss, st = algo.policy_loss(
-                        t.logp, self._old_logp(t, rows, old), adv[rows].to(t.logp.device), t.mask,
-                        cfg.algo.aggregation, cfg.algo.clip, t.entropy, cfg.algo.entropy_coef, n_seqs=n_seqs,
-                        n_tokens=n_tokens, weight=chunked.row_weights(weights, rows, t.mask))
+                    t = t._replace(weight=chunked.row_weights(weights, rows, t.mask))
+                    loss, st = self.loss(batch, t, self._old_logp(t, rows, old), adv[rows], n_seqs, n_tokens)
                     loss = loss * (0.0 if not mb else self.world)
                     acc.backward(loss)
                 if mb:
@@ -256,6 +252,17 @@ class Update:
             if skipped:
                 break
         return self.result(loss_sum, clip_sum, grad_norm, skipped, d, ent, ntok, keep, n_seqs)
+
+    def loss(self, batch: Batch, t: Tokens, old_logp: torch.Tensor, adv: torch.Tensor, n_seqs: float,
+             n_tokens: float):
+        """The one place the objective (``algo.loss``, :mod:`t1.rl.objectives`) is computed, for both schedules:
+        ``t``'s log-probs against ``old_logp`` with the rows' advantages ``adv``, its entropy bonus (``t.entropy``
+        None: none) and truncated-IS weights; normalised by the whole batch's counts."""
+        a = self.cfg.algo
+        low, high = objectives.clip_range(a.loss, a.clip, a.clip_low, a.clip_high)
+        s = objectives.Settings(low, high, a.aggregation, n_seqs, n_tokens, batch.params.max_new_tokens)
+        return objectives.policy_loss(a.loss, t.logp, old_logp, adv.to(t.logp.device), t.mask, s, t.entropy,
+                                      a.entropy_coef, t.weight)
 
     @staticmethod
     def _old_logp(t: Tokens, rows: list[int], old: list[torch.Tensor] | None) -> torch.Tensor:
@@ -270,10 +277,11 @@ class Update:
     # ------------------------------------------------------------------------------------------ shared
 
     def shape(self, batch: Batch, d: torch.Tensor, ntok: torch.Tensor):
-        """Rewards → KL-shaped rewards → RLOO advantages → selection; global counts for the loss."""
-        cfg, K = self.cfg, self.cfg.rollout.samples_per_prompt
+        """Rewards → KL-shaped rewards → advantages (``algo.advantage``, RLOO by default) → selection; global
+        counts for the loss."""
+        cfg, K = self.cfg, batch.group
         shaped = algo.shape(batch.reward, algo.center_in_group(d, K), cfg.algo.kl_beta)
-        adv = algo.rloo(shaped, K)
+        adv = algo.ADVANTAGES[cfg.algo.advantage](shaped, K)
         self.advantages = adv.detach().float().cpu()  # this process's, for the completion tables
         keep = select(batch.reward, adv, K, cfg.algo.select)
         counts = self.acc.reduce(torch.tensor([float(len(keep)), float(ntok[keep].sum())], device=self.acc.device),

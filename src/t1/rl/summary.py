@@ -73,6 +73,8 @@ def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, v
            "time_train": times.get("train", 0.0), "time_push": times.get("push", 0.0), "time_step": wall,
            "tokens_per_s": s["response_tokens"] / wall, "weight_version": version,
            "step_tokens": s.get("step_tokens", 0.0)}
+    if "overlong_soft" in s:  # DAPO's soft overlong punishment (t1.rl.algo.soft_overlong), mean per sample
+        row["penalty_overlong_soft"] = s["overlong_soft"] / n
     if s["logp_tokens"]:  # engines that return log-probs: how far the sampler is from the trainer (t1.rl.batch)
         row.update({"sampling/logp_diff_mean": s["logp_diff_sum"] / max(1.0, s["logp_diff_n"]),
                     "sampling/logp_diff_max": diff_max,

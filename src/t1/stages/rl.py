@@ -222,7 +222,13 @@ class RLTrainer:
         reward = algo.penalize(correct, bad["truncated"], bad["repetitive"], bad["garbage"],
                                self.cfg.penalties.value)
         lengths = torch.tensor([float(len(s.token_ids)) for s in samples])
+        pen = self.cfg.penalties  # DAPO's soft overlong punishment on top, where no hard penalty replaced it
+        soft = algo.soft_overlong(lengths, self.params.max_new_tokens, pen.overlong_buffer, pen.overlong_factor)
+        soft = torch.where(bad["truncated"] | bad["repetitive"] | bad["garbage"], torch.zeros_like(soft), soft)
+        reward = reward + soft
         stats = batch_stats(reward, correct, bad, lengths, torch.tensor([s.finished for s in samples]), K)
+        if pen.overlong_buffer:
+            stats["overlong_soft"] = soft.sum()
         ids = [p + s.token_ids for p, s in zip(prompts, samples)]
         stats["step_tokens"] = torch.tensor(float(sum(map(len, ids))))  # prompt + completion: TRL's num_tokens
         shown = [{"step": step + 1, "prompt": it.prompt, "response": s.text, "reward": float(r),
@@ -231,7 +237,8 @@ class RLTrainer:
                   "last_token_ids": s.token_ids[-8:],
                   **{k: bool(getattr(f, k)) for k in PENALTIES}}
                  for it, s, sc, f, r in zip(items, samples, scores, flags, reward)]
-        return Batch(ids, [len(p) for p in prompts], reward, stats, [s.logprobs for s in samples]), shown
+        return Batch(ids, [len(p) for p in prompts], reward, stats, K, self.params,
+                     [s.logprobs for s in samples]), shown
 
     def _warn_penalties(self, step: int, flags) -> None:
         """One line per penalty kind that fires on most of a step's samples within the first steps: the rule
