@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from t1.rl.objectives import OBJECTIVES, Settings, clip_range, policy_loss
+from t1.rl.objectives import OBJECTIVES, Settings, clip_range, k3, policy_loss
 
 SEQ_MEAN, TOKEN_MEAN, SUM_NORM = ("t1", "grpo", "gspo"), ("dapo", "cispo"), ("dr_grpo",)
 
@@ -118,3 +118,19 @@ def test_weights_scale_each_tokens_term():
                           Settings(aggregation="token_mean"), weight=w)
     loss.backward()
     torch.testing.assert_close(logp.grad, torch.tensor([[-0.5, -0.125]]))
+
+
+def test_kl_as_a_loss_term_by_hand():
+    """k3 = e^x − x − 1, x = log π_ref − log π_θ: zero where they agree, positive either way; β · agg(k3) is
+    added with the objective's aggregation, and its gradient is β · (1 − e^x) per token (here / 3 tokens)."""
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.0, -1.0, -1.5]])
+    x = ref - logp
+    torch.testing.assert_close(k3(logp, ref), x.exp() - x - 1)
+    assert k3(logp, ref)[0, 0] == 0 and (k3(logp, ref)[0, 1:] > 0).all()
+    mask, adv = torch.ones(1, 3, dtype=torch.bool), torch.tensor([0.0])
+    p = logp.clone().requires_grad_(True)
+    loss, _ = policy_loss("dapo", p, p.detach(), adv, mask, Settings(0.2, 0.28), ref_logp=ref, beta=0.1)
+    assert loss.item() == pytest.approx(0.1 * float((x.exp() - x - 1).mean()))
+    loss.backward()
+    torch.testing.assert_close(p.grad, 0.1 * (1 - x.exp()) / 3)

@@ -227,8 +227,9 @@ def test_soft_overlong_punishment_lands_on_finished_responses(tiny_model_dir, tm
 
 def test_fused_and_two_pass_give_the_same_gradients_for_every_objective(tiny_model_dir, tmp_path, monkeypatch):
     """The same batch through both schedules of the update (fused: one forward with gradients kept until the
-    KL is known; two passes: a no-gradient pass, then gradient micro-batches), for every ``algo.loss``, with the
-    KL term, the entropy bonus and the truncated-IS weights on: every parameter's gradient equal."""
+    KL is known; two passes: a no-gradient pass, then gradient micro-batches), for every ``algo.loss`` and both
+    places of the KL (``algo.kl_in``), with the entropy bonus and the truncated-IS weights on: every
+    parameter's gradient equal."""
     cfg = rl_cfg(tiny_model_dir, tmp_path / "run", "train.steps=1", "train.precision=fp32", "algo.kl_beta=0.05",
                  "algo.entropy_coef=0.01", "rollout.max_new_tokens=12", "train.micro_batch_tokens=4096")
     tr = RLTrainer(cfg, progress=False)
@@ -248,17 +249,20 @@ def test_fused_and_two_pass_give_the_same_gradients_for_every_objective(tiny_mod
     lengths = [len(ids) for ids in batch.ids]
     mbs = update.fused_micro_batches(lengths)
     assert mbs is not None
-    for name in objectives.OBJECTIVES:
-        update.cfg = replace(cfg, algo=replace(cfg.algo, loss=name))
+    cases = [(name, "reward") for name in objectives.OBJECTIVES] + [("t1", "loss"), ("dapo", "loss")]
+    for name, kl_in in cases:  # the KL folded into the reward (T1), or a loss term on the anchor's log-probs
+        update.cfg = replace(cfg, algo=replace(cfg.algo, loss=name, kl_in=kl_in))
         out = [run(batch, arg, Mismatch(1.0, 1.0, 1.5)) for run, arg in ((update.fused, mbs),
                                                                          (update.two_pass, lengths))]
         torch.testing.assert_close(torch.as_tensor(out[0]["loss"]), torch.as_tensor(out[1]["loss"]),
-                                   rtol=1e-5, atol=1e-6, msg=name)
+                                   rtol=1e-5, atol=1e-6, msg=f"{name} {kl_in}")
         fused, two = grads[-2:]
         assert fused.keys() == two.keys()
         for n in fused:
-            torch.testing.assert_close(fused[n], two[n], rtol=1e-4, atol=1e-6, msg=f"{name}: {n}")
-    assert not torch.equal(grads[0]["model.embed_tokens.weight"], grads[-1]["model.embed_tokens.weight"])
+            torch.testing.assert_close(fused[n], two[n], rtol=1e-4, atol=1e-6, msg=f"{name} {kl_in}: {n}")
+    emb = [g["model.embed_tokens.weight"] for g in grads[::2]]
+    assert not torch.equal(emb[0], emb[len(objectives.OBJECTIVES) - 1])  # t1 and cispo differ
+    assert not torch.equal(emb[0], emb[-2])  # t1 with the KL in the reward or in the loss
 
 
 @pytest.mark.parametrize("fused", ["true", "false"])

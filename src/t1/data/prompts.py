@@ -30,8 +30,22 @@ class PromptDataConfig:
     exclude_heldout: int = option(500, "countdown: never use the first N held-out evaluation problems "
                                        "(≤ 1,048,576)")
     countdown: CountdownConfig = option(help="countdown: problem knobs", factory=CountdownConfig)
+    reward: str | None = option(None, "t1 rl: a reward you supply, package.module:function or file.py:function, "
+                                      "called (prompt, response, row) → float or dict of named floats; replaces "
+                                      "the task's 0/1 score before the penalties (t1.rl.rewards)")
+    reward_weights: dict[str, float] = option(
+        help="weights of the named rewards (a float is named after the function, weight 1); 'correct' is the "
+             "task's verifier, weight 0 unless listed", factory=dict)
+    reward_timeout: float = option(30.0, "seconds per reward call; past it the sample's reward is 0, counted")
+    reward_workers: int = option(2, "worker processes calling the reward function")
 
     def validate(self) -> None:
+        require(self.reward_timeout > 0 and self.reward_timeout == self.reward_timeout, "reward_timeout",
+                "must be > 0 seconds", self.reward_timeout)
+        require(self.reward_workers >= 1, "reward_workers", "must be ≥ 1", self.reward_workers)
+        for name, w in self.reward_weights.items():
+            require(isinstance(w, (int, float)) and not isinstance(w, bool) and w == w and abs(w) != float("inf"),
+                    f"reward_weights.{name}", "must be a finite number", w)
         require(self.num_prompts >= 0, "num_prompts", "must be ≥ 0", self.num_prompts)
         require(0 <= self.exclude_heldout <= MAX_GENERATED, "exclude_heldout",
                 f"must be ≥ 0 and ≤ {MAX_GENERATED:,}", self.exclude_heldout)

@@ -63,6 +63,9 @@ class SelectConfig:
 @dataclass(frozen=True)
 class AlgoConfig:
     kl_beta: float = option(2e-4, "β: weight of the group-centred sequence KL folded into the reward (paper)")
+    kl_in: Literal["reward", "loss"] = option(
+        "reward", "where the KL to the anchor acts: folded into the reward, group-centred (T1), or as a loss term "
+                  "β · agg(k3) on every token (GRPO's, with the objective's aggregation)")
     kl_clamp: float = option(0.5, "per-token log-ratio clamp in the KL (the authors' code: 0.5; 0 = off)")
     entropy_coef: float = option(1e-3, "α: entropy bonus weight (our choice)")
     loss: Literal["t1", "grpo", "dr_grpo", "dapo", "gspo", "cispo"] = option(

@@ -131,15 +131,25 @@ def clip_range(name: str, clip: float, clip_low: float | None, clip_high: float 
     return (low if clip_low is None else clip_low), (high if clip_high is None else clip_high)
 
 
+def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π_θ ‖ π_ref) estimate k3 = e^x − x − 1 with x = log π_ref − log π_θ (≥ 0, unbiased; GRPO's
+    KL term, verl's ``low_var_kl``; x clamped to ±20 as there). [N, T] × 2 -> [N, T]."""
+    x = (ref_logp - logp).clamp(-20.0, 20.0)
+    return x.exp() - x - 1
+
+
 def policy_loss(name: str, logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, s: Settings, entropy: torch.Tensor | None = None, alpha: float = 0.0,
-                weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """The loss of objective ``name`` (:data:`OBJECTIVES`) with the entropy bonus: agg(w · ℓ) − α · agg(H).
+                weight: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None, beta: float = 0.0
+                ) -> tuple[torch.Tensor, dict]:
+    """The loss of objective ``name`` (:data:`OBJECTIVES`) with the entropy bonus and, when the KL is a loss
+    term (``algo.kl_in: loss``), the KL to the anchor: agg(w · ℓ) − α · agg(H) + β · agg(k3).
 
     logp, old_logp: [N, T] log-probs of the sampled tokens under the current policy and the policy that sampled
     them (detached); advantages: [N]; mask: [N, T] real response tokens; entropy: [N, T] or None; weight:
-    [N, T] detached truncated-IS weights w (:class:`t1.rl.batch.Mismatch`) or None. Returns (loss, stats) with
-    the share of tokens the clip touched (``clip_fraction``)."""
+    [N, T] detached truncated-IS weights w (:class:`t1.rl.batch.Mismatch`) or None; ref_logp: [N, T] the
+    anchor's log-probs or None (T1 folds the KL into the reward instead). Returns (loss, stats) with the share
+    of tokens the clip touched (``clip_fraction``)."""
     obj = OBJECTIVES[name]
     mode = obj.aggregation or s.aggregation
     per_token, clipped = obj.fn(logp, old_logp, advantages, mask, s)
@@ -148,6 +158,8 @@ def policy_loss(name: str, logp: torch.Tensor, old_logp: torch.Tensor, advantage
     loss = aggregate(per_token, mask, mode, s.n_seqs, s.n_tokens, s.max_new_tokens)
     if entropy is not None and alpha:
         loss = loss - alpha * aggregate(entropy, mask, mode, s.n_seqs, s.n_tokens, s.max_new_tokens)
+    if ref_logp is not None and beta:
+        loss = loss + beta * aggregate(k3(logp, ref_logp), mask, mode, s.n_seqs, s.n_tokens, s.max_new_tokens)
     with torch.no_grad():
         clip_frac = (clipped.to(logp.dtype) * mask).sum() / mask.sum().clamp(min=1)
     return loss, {"clip_fraction": clip_frac}

@@ -165,11 +165,11 @@ class Update:
             ent[mb] = (t.entropy.detach() * t.mask).sum(-1).float().cpu()
             ntok[mb] = t.mask.sum(-1).float().cpu()
             # the entropy keeps no gradient unless the loss uses it
-            kept.append((mb, t.logp, t.entropy if cfg.algo.entropy_coef else None, t.mask, t.weight))
+            kept.append((mb, t._replace(entropy=t.entropy if cfg.algo.entropy_coef else None)))
         adv, keep, n_seqs, n_tokens = self.shape(batch, d, ntok)
         total, loss_sum, clip_sum = None, 0.0, 0.0
-        for mb, logp, h, mask, w in kept:
-            loss, st = self.loss(batch, Tokens(mask, logp, h, None, w), logp.detach(), adv[mb], n_seqs, n_tokens)
+        for mb, tk in kept:
+            loss, st = self.loss(batch, tk, tk.logp.detach(), adv[mb], n_seqs, n_tokens)
             loss = loss * self.world
             total = loss if total is None else total + loss
             loss_sum += loss.item() / self.world
@@ -189,9 +189,11 @@ class Update:
         Also the sampler-vs-trainer log-prob mismatch and, when on, each sequence's truncated-IS weights."""
         cfg, acc = self.cfg, self.acc
         keep_old = cfg.algo.updates_per_batch > 1
+        keep_ref = cfg.algo.kl_in == "loss" and self.reference is not None
         N = len(batch.ids)
         d, ent, ntok = torch.zeros(N), torch.zeros(N), torch.zeros(N)
         old: list[torch.Tensor] | None = [torch.empty(0)] * N if keep_old else None
+        refs: list[torch.Tensor] | None = [torch.empty(0)] * N if keep_ref else None
         weights: list[torch.Tensor | None] = [None] * N
         lengths = [len(r) for r in batch.ids]
         with acc.autocast():  # weights rearranged once for all micro-batches (no gradients here)
@@ -215,14 +217,16 @@ class Update:
                     weights[i] = w[j][mask[j]].cpu()
                 if keep_old:
                     old[i] = logp[j][mask[j]].float().cpu()
+                if keep_ref:
+                    refs[i] = ref[j][mask[j]].float().cpu()
         self.anchor.release()  # FSDP1 would keep its root unit gathered through pass 2
-        return d, old, ent, ntok, weights
+        return d, old, refs, ent, ntok, weights
 
     def two_pass(self, batch: Batch, lengths: list[int], mismatch: Mismatch) -> dict:
         """Pass 1 without gradients (:meth:`measure`), then pass 2 with gradients over the selected responses,
         one backward per micro-batch, ``algo.updates_per_batch`` times (an optimizer step each)."""
         cfg, acc = self.cfg, self.acc
-        d, old, ent, ntok, weights = self.measure(batch, mismatch)
+        d, old, refs, ent, ntok, weights = self.measure(batch, mismatch)
         adv, keep, n_seqs, n_tokens = self.shape(batch, d, ntok)
         mbs = micro_batches(keep, lengths, cfg.train.micro_batch_tokens, 1, cfg.train.bucket_ratio)
         n_mb = len(mbs)
@@ -240,8 +244,10 @@ class Update:
                 with sync, acc.autocast():
                     t = self.tokens(batch, rows, self.policy, None, entropy=bool(cfg.algo.entropy_coef),
                                     anchor=False)
-                    t = t._replace(weight=chunked.row_weights(weights, rows, t.mask))
-                    loss, st = self.loss(batch, t, self._old_logp(t, rows, old), adv[rows], n_seqs, n_tokens)
+                    t = t._replace(weight=chunked.row_weights(weights, rows, t.mask),
+                                   ref=None if refs is None else self._spread(t, rows, refs))
+                    old_lp = t.logp.detach() if old is None else self._spread(t, rows, old)
+                    loss, st = self.loss(batch, t, old_lp, adv[rows], n_seqs, n_tokens)
                     loss = loss * (0.0 if not mb else self.world)
                     acc.backward(loss)
                 if mb:
@@ -257,22 +263,22 @@ class Update:
              n_tokens: float):
         """The one place the objective (``algo.loss``, :mod:`t1.rl.objectives`) is computed, for both schedules:
         ``t``'s log-probs against ``old_logp`` with the rows' advantages ``adv``, its entropy bonus (``t.entropy``
-        None: none) and truncated-IS weights; normalised by the whole batch's counts."""
+        None: none), truncated-IS weights and — ``algo.kl_in: loss`` — the KL to the anchor's log-probs
+        ``t.ref``; normalised by the whole batch's counts."""
         a = self.cfg.algo
         low, high = objectives.clip_range(a.loss, a.clip, a.clip_low, a.clip_high)
         s = objectives.Settings(low, high, a.aggregation, n_seqs, n_tokens, batch.params.max_new_tokens)
+        ref = t.ref if a.kl_in == "loss" else None
         return objectives.policy_loss(a.loss, t.logp, old_logp, adv.to(t.logp.device), t.mask, s, t.entropy,
-                                      a.entropy_coef, t.weight)
+                                      a.entropy_coef, t.weight, ref, a.kl_beta)
 
     @staticmethod
-    def _old_logp(t: Tokens, rows: list[int], old: list[torch.Tensor] | None) -> torch.Tensor:
-        """The sampling policy's log-probs in ``t``'s layout: pass 1's when kept, else the detached current."""
-        if old is None:
-            return t.logp.detach()
-        old_lp = torch.zeros_like(t.logp)
+    def _spread(t: Tokens, rows: list[int], kept: list[torch.Tensor]) -> torch.Tensor:
+        """Per-token values pass 1 kept per sequence (the old or the anchor's log-probs) in ``t``'s layout."""
+        out = torch.zeros_like(t.logp, dtype=torch.float32)
         for r, i in enumerate(rows):
-            old_lp[r][t.mask[r]] = old[i].to(t.logp.device)
-        return old_lp
+            out[r][t.mask[r]] = kept[i].to(t.logp.device)
+        return out.to(t.logp.dtype)
 
     # ------------------------------------------------------------------------------------------ shared
 
@@ -280,7 +286,8 @@ class Update:
         """Rewards → KL-shaped rewards → advantages (``algo.advantage``, RLOO by default) → selection; global
         counts for the loss."""
         cfg, K = self.cfg, batch.group
-        shaped = algo.shape(batch.reward, algo.center_in_group(d, K), cfg.algo.kl_beta)
+        beta = cfg.algo.kl_beta if cfg.algo.kl_in == "reward" else 0.0  # else a loss term (Update.loss)
+        shaped = algo.shape(batch.reward, algo.center_in_group(d, K), beta)
         adv = algo.ADVANTAGES[cfg.algo.advantage](shaped, K)
         self.advantages = adv.detach().float().cpu()  # this process's, for the completion tables
         keep = select(batch.reward, adv, K, cfg.algo.select)

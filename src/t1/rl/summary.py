@@ -27,6 +27,28 @@ def batch_stats(reward: torch.Tensor, correct: torch.Tensor, bad: dict, lengths:
             "terminated_min": -done.min() if len(done) else torch.tensor(-float("inf"))}
 
 
+def reward_sums(named) -> dict:
+    """A user reward's (:class:`t1.rl.rewards.Named`) sums for :func:`step_row`: per name its sum and sum of
+    squares, and the failed calls."""
+    out = {"rewards_failed": torch.tensor(float(named.failed))}
+    for name, v in named.values.items():
+        out[f"rewards/{name}/sum"], out[f"rewards/{name}/sq"] = v.double().sum(), (v.double() ** 2).sum()
+    return out
+
+
+def _named_rewards(s: dict, n: float) -> dict:
+    """``rewards/<name>/mean`` and ``/std`` (TRL's names; std with Bessel's correction) and ``rewards/failed``
+    from the step's sums over every process."""
+    out = {"rewards/failed": s["rewards_failed"] / n}
+    for key in s:
+        if key.startswith("rewards/") and key.endswith("/sum"):
+            name = key[len("rewards/"): -len("/sum")]
+            total, sq = s[key], s[f"rewards/{name}/sq"]
+            out[f"rewards/{name}/mean"] = total / n
+            out[f"rewards/{name}/std"] = max(0.0, (sq - total ** 2 / n) / max(1.0, n - 1)) ** 0.5
+    return out
+
+
 def trl_names(row: dict, s: dict) -> dict:
     """The same quantities under TRL GRPOTrainer's metric names (and the ones t1 adds), so a TRL run and a t1
     run chart side by side; ``s``: the step's sums over every process."""
@@ -73,6 +95,8 @@ def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, v
            "time_train": times.get("train", 0.0), "time_push": times.get("push", 0.0), "time_step": wall,
            "tokens_per_s": s["response_tokens"] / wall, "weight_version": version,
            "step_tokens": s.get("step_tokens", 0.0)}
+    if "rewards_failed" in s:  # data.reward: each named reward before the penalties
+        row.update(_named_rewards(s, n))
     if "overlong_soft" in s:  # DAPO's soft overlong punishment (t1.rl.algo.soft_overlong), mean per sample
         row["penalty_overlong_soft"] = s["overlong_soft"] / n
     if s["logp_tokens"]:  # engines that return log-probs: how far the sampler is from the trainer (t1.rl.batch)

@@ -49,6 +49,8 @@ class FilterConfig(Tracking):
 
     def validate(self) -> None:
         require(bool(self.model), "model", "is required", self.model)
+        require(self.data.reward is None, "data.reward", "t1 filter keeps prompts by the task's verifier; "
+                "a supplied reward is t1 rl's", self.data.reward)
         require(self.samples >= 1, "samples", "must be ≥ 1", self.samples)
         check_sampling(self.samples, self.temperature, self.top_p, self.max_new_tokens, n_field="samples")
         require(self.prompts_per_batch >= 1, "prompts_per_batch", "must be ≥ 1", self.prompts_per_batch)

@@ -35,8 +35,9 @@ from t1.rl.anchor import Anchor
 from t1.rl.batch import Batch
 from t1.rl.config import RLConfig, resolve_anchor
 from t1.rl.penalties import check as penalty_flags
+from t1.rl.rewards import UserReward
 from t1.rl.step import Update
-from t1.rl.summary import batch_stats, step_row, summary
+from t1.rl.summary import batch_stats, reward_sums, step_row, summary
 from t1.rollout import close_engine, make_engine, memory
 from t1.rollout.base import SamplingParams, sample_seed
 from t1.rollout.config import resolve as resolve_engine
@@ -61,8 +62,9 @@ class RLTrainer:
         cfg, note = resolve_anchor(cfg)  # kl_beta = 0: no anchor, and config.yaml says so
         self.cfg, self.progress = cfg, progress
         self.out = Path(cfg.out)
-        self.task = self._start_task()
+        self.task, self.reward = self._start_task(), None
         try:  # the graders, and the run's lock once taken, are released if the setup fails
+            self.reward = self._start_reward()
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             self.precision = resolve_precision(cfg.train.precision, device)
             self.acc = acc = make_accelerator(self.precision, cfg.train.nccl_timeout)
@@ -74,6 +76,8 @@ class RLTrainer:
             self.run = RunDir(self.out, resume, acc, cfg)  # --resume: cfg checked against config.yaml
         except BaseException:
             self.task.close()
+            if self.reward is not None:
+                self.reward.close()
             raise
         try:
             self._setup(note)
@@ -93,10 +97,21 @@ class RLTrainer:
             start()
         return task
 
+    def _start_reward(self) -> UserReward | None:
+        """``data.reward``'s worker processes, forked like the graders' before any CUDA or engine thread."""
+        d = self.cfg.data
+        if d.reward is None:
+            return None
+        reward = UserReward(d.reward, d.reward_weights, d.reward_timeout, d.reward_workers)
+        reward.start()
+        return reward
+
     def close(self) -> None:
         """Release the graders, the engine (vLLM's memory) and the run's lock and logs."""
         try:
             self.task.close()
+            if self.reward is not None:
+                self.reward.close()
             engine, self.engine = getattr(self, "engine", None), None
             if engine is not None:
                 close_engine(engine)
@@ -218,9 +233,15 @@ class RLTrainer:
                      for s, it in zip(samples, items)]
         self._warn_penalties(step, flags)
         correct = torch.tensor([float(sc.correct) for sc in scores])
+        named = None
+        if self.reward is not None:  # the user's reward replaces the task's score (t1.rl.rewards)
+            with self.timer("score"):
+                named = self.reward([it.prompt for it in items], [s.text for s in samples],
+                                    [it.row or it.to_row() for it in items], correct)
+            self._warn_reward(step, named, len(samples))
         bad = {k: torch.tensor([getattr(f, k) for f in flags]) for k in PENALTIES}
-        reward = algo.penalize(correct, bad["truncated"], bad["repetitive"], bad["garbage"],
-                               self.cfg.penalties.value)
+        reward = algo.penalize(correct if named is None else named.total, bad["truncated"], bad["repetitive"],
+                               bad["garbage"], self.cfg.penalties.value)
         lengths = torch.tensor([float(len(s.token_ids)) for s in samples])
         pen = self.cfg.penalties  # DAPO's soft overlong punishment on top, where no hard penalty replaced it
         soft = algo.soft_overlong(lengths, self.params.max_new_tokens, pen.overlong_buffer, pen.overlong_factor)
@@ -229,6 +250,8 @@ class RLTrainer:
         stats = batch_stats(reward, correct, bad, lengths, torch.tensor([s.finished for s in samples]), K)
         if pen.overlong_buffer:
             stats["overlong_soft"] = soft.sum()
+        if named is not None:
+            stats.update(reward_sums(named))
         ids = [p + s.token_ids for p, s in zip(prompts, samples)]
         stats["step_tokens"] = torch.tensor(float(sum(map(len, ids))))  # prompt + completion: TRL's num_tokens
         shown = [{"step": step + 1, "prompt": it.prompt, "response": s.text, "reward": float(r),
@@ -239,6 +262,14 @@ class RLTrainer:
                  for it, s, sc, f, r in zip(items, samples, scores, flags, reward)]
         return Batch(ids, [len(p) for p in prompts], reward, stats, K, self.params,
                      [s.logprobs for s in samples]), shown
+
+    def _warn_reward(self, step: int, named, n: int) -> None:
+        """One line per step in which ``data.reward`` failed on some samples (their reward is 0): how many,
+        and the kinds of failure; never the text."""
+        if named.failed and self.acc.is_main_process:
+            kinds = ", ".join(f"{why}: {k}" for why, k in named.reasons.most_common(3))
+            tqdm.write(f"rl: warning: data.reward failed on {named.failed} of {n} samples at step {step + 1} "
+                       f"({kinds}); those samples get reward 0", file=sys.stderr)
 
     def _warn_penalties(self, step: int, flags) -> None:
         """One line per penalty kind that fires on most of a step's samples within the first steps: the rule

@@ -30,6 +30,7 @@ class Item:
     id: str = ""
     problem: str = ""  # the raw problem before the prompt template (written back out by `t1 filter`)
     extra: dict = field(default_factory=dict, compare=False)
+    row: dict = field(default_factory=dict, compare=False)  # the data row it was read from (for t1.rl.rewards)
 
     def to_row(self) -> dict:
         """A JSON Lines row that :func:`t1.data.prompts.load_items` reads back."""
@@ -110,7 +111,7 @@ class Task(ABC):
         problem = text_field(row[problem_field], where, problem_field)
         return Item(prompt=fill(self.template if template is None else template, problem=problem),
                     answer=self.answer(row[answer_field], where, answer_field), id=str(row.get("id", where)),
-                    problem=problem)
+                    problem=problem, row=row)
 
     def answer(self, value: Any, where: str, name: str = "answer") -> str:
         """A row's gold answer as text (:func:`answer_text`: a non-empty string or a number); a task narrows

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from t1.config import ConfigError, option, require
@@ -394,7 +394,8 @@ class CountdownTask(Task):
         as the prompt as it is: no template applies to Countdown, no answer field is read)."""
         problem = problem_fields(row, where)
         text = row.get(problem_field)
-        return self.item_from_problem(problem, str(row.get("id", where)), text if isinstance(text, str) else None)
+        item = self.item_from_problem(problem, str(row.get("id", where)), text if isinstance(text, str) else None)
+        return replace(item, row=row)  # the row as read, for a reward function (t1.rl.rewards)
 
     def gold(self, row: dict, where: str) -> Item:
         problem = problem_fields(row, where)
