@@ -79,7 +79,7 @@ def test_a_float_reward_replaces_the_score_and_correct_stays_named(module):
     torch.testing.assert_close(named.values["length"], torch.tensor([0.2, 0.4]))
     torch.testing.assert_close(named.values[CORRECT], torch.tensor([1.0, 0.0]))
     torch.testing.assert_close(named.total, torch.tensor([0.2, 0.4]))  # correct: weight 0 unless listed
-    assert named.failed == 0
+    assert named.n_failed == 0
     both = _score(module, "length", ["one two", "x"], {"length": 2.0, "correct": 0.5})
     torch.testing.assert_close(both.total, torch.tensor([2 * 0.2 + 0.5, 2 * 0.1]))
 
@@ -90,18 +90,18 @@ def test_named_rewards_are_weighted(module):
     torch.testing.assert_close(named.values["has_row"], torch.tensor([1.0, 1.0]))  # the row reached it
     torch.testing.assert_close(named.total, torch.tensor([0.6, 0.8]))
     unnamed = _score(module, "parts", ["abcd", "ab"])  # a dict needs its names in data.reward_weights
-    assert unnamed.failed == 2 and "not in data.reward_weights" in next(iter(unnamed.reasons))
+    assert unnamed.n_failed == 2 and "not in data.reward_weights" in next(iter(unnamed.reasons))
 
 
 def test_a_reward_that_raises_hangs_or_returns_garbage_costs_only_its_sample(module):
     named = _score(module, "which", ["a", "b", "c", "d", "e", "f"], timeout=1.0)
-    assert named.failed == 4 and named.values["which"].tolist() == [0, 0, 0, 0, 0.5, 0.5]
+    assert named.n_failed == 4 and named.values["which"].tolist() == [0, 0, 0, 0, 0.5, 0.5]
     kinds = set(named.reasons)
     assert "KeyError" in kinds and "timeout" in kinds
     assert any("not in data.reward_weights" in k for k in kinds) and any("finite number" in k for k in kinds)
-    assert _score(module, "nan", ["x", "y"]).failed == 2
+    assert _score(module, "nan", ["x", "y"]).n_failed == 2
     raised = _score(module, "boom", ["x", "y"])
-    assert raised.failed == 2 and set(raised.reasons) == {"ValueError"}  # the type, never the message
+    assert raised.n_failed == 2 and set(raised.reasons) == {"ValueError"}  # the type, never the message
 
 
 def test_rl_trains_on_a_supplied_reward_and_logs_each_name(tiny_model_dir, tmp_path, module, capsys):

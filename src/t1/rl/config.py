@@ -86,6 +86,11 @@ class AlgoConfig:
     clip_high: float | None = option(None, "ε_high: the ratio's upper clip 1 + ε_high; null: the objective's "
                                            "paper value (dapo 0.28, gspo 4e-4, cispo 0.28) or algo.clip")
     select: SelectConfig = option(help="optional subset selection after oversampling", factory=SelectConfig)
+    dynamic_sampling: bool = option(False, "DAPO's dynamic sampling: drop groups whose rewards are all equal and "
+                                           "draw more prompts until the step has P groups with a signal "
+                                           "(t1.rl.dynamic)")
+    dynamic_max_rounds: int = option(4, "dynamic sampling: at most this many sampling rounds per step; a step "
+                                        "still short is filled with dropped groups")
 
     def validate(self) -> None:
         require(self.kl_beta >= 0, "kl_beta", "must be ≥ 0", self.kl_beta)
@@ -97,6 +102,7 @@ class AlgoConfig:
         require(self.loss == "t1" or self.aggregation == "seq_mean_token_mean", "aggregation",
                 f"applies to loss=t1 only ({self.loss} fixes its own)", self.aggregation)
         require(self.kl_clamp >= 0, "kl_clamp", "must be ≥ 0 (0 = off)", self.kl_clamp)
+        require(self.dynamic_max_rounds >= 1, "dynamic_max_rounds", "must be ≥ 1", self.dynamic_max_rounds)
 
 
 @dataclass(frozen=True)

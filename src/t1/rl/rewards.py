@@ -71,12 +71,27 @@ def _call(prompt: str, response: str, row: dict):  # runs in a worker
 
 @dataclass
 class Named:
-    """One batch's rewards: per name a [N] tensor (before penalties), the weighted total, the failures."""
+    """One batch's rewards: per name a [N] tensor (before penalties), the weighted total, which calls failed
+    ([N] bool) and why (counts)."""
 
     values: dict[str, torch.Tensor]
     total: torch.Tensor
-    failed: int
+    failed: torch.Tensor
     reasons: Counter
+
+    @property
+    def n_failed(self) -> int:
+        return int(self.failed.sum())
+
+    def take(self, idx: list[int]) -> Named:
+        """The samples ``idx`` (dynamic sampling keeps some groups of several rounds)."""
+        return Named({k: v[idx] for k, v in self.values.items()}, self.total[idx], self.failed[idx], self.reasons)
+
+    @staticmethod
+    def cat(parts: list[Named]) -> Named:
+        return Named({k: torch.cat([p.values[k] for p in parts]) for k in parts[0].values},
+                     torch.cat([p.total for p in parts]), torch.cat([p.failed for p in parts]),
+                     sum((p.reasons for p in parts), Counter()))
 
 
 class UserReward:
@@ -123,11 +138,11 @@ class UserReward:
                  correct: torch.Tensor) -> Named:
         outcomes = self.pool.map(list(zip(prompts, responses, rows)))
         values = {n: torch.zeros(len(outcomes)) for n in self.names}
-        failed, reasons = 0, Counter()
+        failed, reasons = torch.zeros(len(outcomes), dtype=torch.bool), Counter()
         for i, outcome in enumerate(outcomes):
             named, why = self._named(outcome)
             if named is None:
-                failed += 1
+                failed[i] = True
                 reasons[why] += 1
                 continue
             for k, x in named.items():

@@ -30,7 +30,7 @@ def batch_stats(reward: torch.Tensor, correct: torch.Tensor, bad: dict, lengths:
 def reward_sums(named) -> dict:
     """A user reward's (:class:`t1.rl.rewards.Named`) sums for :func:`step_row`: per name its sum and sum of
     squares, and the failed calls."""
-    out = {"rewards_failed": torch.tensor(float(named.failed))}
+    out = {"rewards_failed": torch.tensor(float(named.n_failed))}
     for name, v in named.values.items():
         out[f"rewards/{name}/sum"], out[f"rewards/{name}/sq"] = v.double().sum(), (v.double() ** 2).sum()
     return out
@@ -95,6 +95,11 @@ def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, v
            "time_train": times.get("train", 0.0), "time_push": times.get("push", 0.0), "time_step": wall,
            "tokens_per_s": s["response_tokens"] / wall, "weight_version": version,
            "step_tokens": s.get("step_tokens", 0.0)}
+    if "dynamic_rounds" in s:  # dynamic sampling (t1.rl.dynamic): per process, averaged over processes
+        procs = max(1.0, s["dynamic_processes"])
+        row.update({"dynamic/rounds": s["dynamic_rounds"] / procs,
+                    "dynamic/groups_dropped": s["dynamic_dropped"] / procs,
+                    "dynamic/groups_filled": s["dynamic_filled"] / procs})
     if "rewards_failed" in s:  # data.reward: each named reward before the penalties
         row.update(_named_rewards(s, n))
     if "overlong_soft" in s:  # DAPO's soft overlong punishment (t1.rl.algo.soft_overlong), mean per sample

@@ -30,10 +30,11 @@ from t1.config import ConfigError
 from t1.data.prompts import check_enough, load_items
 from t1.model import lora
 from t1.model.load import chat_format_of, count_parameters, load_for_training, set_attention
-from t1.rl import algo, shard
+from t1.rl import algo, dynamic, shard
 from t1.rl.anchor import Anchor
 from t1.rl.batch import Batch
 from t1.rl.config import RLConfig, resolve_anchor
+from t1.rl.dynamic import Drawn
 from t1.rl.penalties import check as penalty_flags
 from t1.rl.rewards import UserReward
 from t1.rl.step import Update
@@ -212,63 +213,108 @@ class RLTrainer:
         chosen = [order[(k * P + j) % len(order)] for j in range(P)]
         return chosen[self.rank:: self.world]
 
-    def rollout(self, step: int) -> tuple[Batch, list[dict]]:
-        K = self.cfg.rollout.samples_per_prompt
-        mine = self._step_prompts(step)
+    def _draw(self, step: int, mine: list[int], round_: int) -> Drawn:
+        """K samples of each prompt in ``mine`` (round ``round_`` of the step: its own sample seeds), scored:
+        the task's verdict, the user's reward if any, T1's penalties and the soft overlong zone."""
+        K, cfg = self.cfg.rollout.samples_per_prompt, self.cfg
         prompts = [self._prompt(i) for i in mine for _ in range(K)]
-        seeds = [sample_seed(self.cfg.train.seed, step, i, k) for i in mine for k in range(K)]
+        seeds = [sample_seed(cfg.train.seed, step, i, k + round_ * K) for i in mine for k in range(K)]
         with self.timer("sample"):
             self.raw.eval()
             if self.engine.shares_weights:
                 samples = self.engine.generate(prompts, seeds, self.params)
             else:  # a copy of the weights: it must hold this step's version (else StaleEngineError)
                 samples = self.engine.generate(prompts, seeds, self.params, version=self.version)
-                self._sleep_engine()  # GPU sleep mode: vLLM's memory is the update's until the next push
             self.raw.train()
         with self.timer("score"):
             items = [self.items[i] for i in mine for _ in range(K)]
             scores = self.task.score([s.text for s in samples], items)
             flags = [penalty_flags(s.text, it.prompt, s.finished, s.token_ids, self.format.special_ids,
-                                   self.cfg.penalties, lambda t: token_name(self.tok, t))
+                                   cfg.penalties, lambda t: token_name(self.tok, t))
                      for s, it in zip(samples, items)]
-        self._warn_penalties(step, flags)
-        correct = torch.tensor([float(sc.correct) for sc in scores])
-        named = None
-        if self.reward is not None:  # the user's reward replaces the task's score (t1.rl.rewards)
-            with self.timer("score"):
+            correct = torch.tensor([float(sc.correct) for sc in scores])
+            named = None
+            if self.reward is not None:  # the user's reward replaces the task's score (t1.rl.rewards)
                 named = self.reward([it.prompt for it in items], [s.text for s in samples],
                                     [it.row or it.to_row() for it in items], correct)
-            self._warn_reward(step, named, len(samples))
         bad = {k: torch.tensor([getattr(f, k) for f in flags]) for k in PENALTIES}
         reward = algo.penalize(correct if named is None else named.total, bad["truncated"], bad["repetitive"],
-                               bad["garbage"], self.cfg.penalties.value)
+                               bad["garbage"], cfg.penalties.value)
         lengths = torch.tensor([float(len(s.token_ids)) for s in samples])
-        pen = self.cfg.penalties  # DAPO's soft overlong punishment on top, where no hard penalty replaced it
+        pen = cfg.penalties  # DAPO's soft overlong punishment on top, where no hard penalty replaced it
         soft = algo.soft_overlong(lengths, self.params.max_new_tokens, pen.overlong_buffer, pen.overlong_factor)
         soft = torch.where(bad["truncated"] | bad["repetitive"] | bad["garbage"], torch.zeros_like(soft), soft)
-        reward = reward + soft
-        stats = batch_stats(reward, correct, bad, lengths, torch.tensor([s.finished for s in samples]), K)
-        if pen.overlong_buffer:
-            stats["overlong_soft"] = soft.sum()
-        if named is not None:
-            stats.update(reward_sums(named))
-        ids = [p + s.token_ids for p, s in zip(prompts, samples)]
+        return Drawn(prompts, samples, items, scores, flags, correct, bad, reward + soft, soft, named)
+
+    def rollout(self, step: int) -> tuple[Batch, list[dict]]:
+        """This process's share of the step's groups, scored. With ``algo.dynamic_sampling`` groups whose
+        rewards are all equal (no signal) are dropped and more prompts are drawn, round after round, until
+        the share is full or ``algo.dynamic_max_rounds`` is reached (every process takes as many rounds, so
+        engines that sample together stay in step); a share still short is filled with dropped groups."""
+        K, dyn = self.cfg.rollout.samples_per_prompt, self.cfg.algo.dynamic_sampling
+        mine = self._step_prompts(step)
+        drawn = self._draw(step, mine, 0)
+        rounds, dropped, filled = 1, 0, 0
+        if dyn:
+            keep, spare = dynamic.split_groups(drawn.reward, K)
+            while rounds < self.cfg.algo.dynamic_max_rounds and self._any_short(len(keep) < len(mine)):
+                more = self._draw(step, self._extra_prompts(step, rounds), rounds)
+                start = len(drawn.reward) // K
+                drawn = Drawn.cat([drawn, more])
+                k2, s2 = dynamic.split_groups(more.reward, K)
+                keep, spare = keep + [start + g for g in k2], spare + [start + g for g in s2]
+                rounds += 1
+        self._sleep_engine()  # GPU sleep mode: vLLM's memory is the update's until the next push
+        self._warn_penalties(step, drawn.flags)
+        if drawn.named is not None:
+            self._warn_reward(step, drawn.named, len(drawn.samples))
+        if dyn:
+            groups, dropped, filled = dynamic.choose(keep, spare, len(mine))
+            drawn = drawn.take([g * K + k for g in groups for k in range(K)])
+        return self._batch(step, drawn, (rounds, dropped, filled) if dyn else None)
+
+    def _any_short(self, short: bool) -> bool:
+        """Whether any process still lacks groups with a signal (a collective: every process asks)."""
+        if self.world == 1:
+            return short
+        flag = torch.tensor(float(short), device=self.acc.device)
+        return bool(self.acc.reduce(flag, "max") > 0)
+
+    def _extra_prompts(self, step: int, round_: int) -> list[int]:
+        """Round ``round_``'s prompts for dynamic sampling: a permutation of the data seeded by the run's seed,
+        the step and the round (so a resumed step draws the same), this process's share."""
+        P = self.cfg.rollout.prompts_per_step
+        order = epoch_order(len(self.items), self.cfg.train.seed + 7919 * round_, step)
+        return [order[j % len(order)] for j in range(P)][self.rank:: self.world]
+
+    def _batch(self, step: int, d: Drawn, dyn: tuple[int, int, int] | None) -> tuple[Batch, list[dict]]:
+        """The update's :class:`Batch` and the completions to show, with the step's statistics."""
+        K = self.cfg.rollout.samples_per_prompt
+        lengths = torch.tensor([float(len(s.token_ids)) for s in d.samples])
+        stats = batch_stats(d.reward, d.correct, d.bad, lengths, torch.tensor([s.finished for s in d.samples]), K)
+        if self.cfg.penalties.overlong_buffer:
+            stats["overlong_soft"] = d.soft.sum()
+        if d.named is not None:
+            stats.update(reward_sums(d.named))
+        if dyn is not None:
+            stats.update(dynamic.stats(*dyn))
+        ids = [p + s.token_ids for p, s in zip(d.prompts, d.samples)]
         stats["step_tokens"] = torch.tensor(float(sum(map(len, ids))))  # prompt + completion: TRL's num_tokens
         shown = [{"step": step + 1, "prompt": it.prompt, "response": s.text, "reward": float(r),
                   "correct": sc.correct, "extracted": sc.extracted, "rule": sc.rule, "finished": s.finished,
                   "tokens": len(s.token_ids), "penalty": _penalty(f), "penalty_reason": f.reason,
                   "last_token_ids": s.token_ids[-8:],
                   **{k: bool(getattr(f, k)) for k in PENALTIES}}
-                 for it, s, sc, f, r in zip(items, samples, scores, flags, reward)]
-        return Batch(ids, [len(p) for p in prompts], reward, stats, K, self.params,
-                     [s.logprobs for s in samples]), shown
+                 for it, s, sc, f, r in zip(d.items, d.samples, d.scores, d.flags, d.reward)]
+        return Batch(ids, [len(p) for p in d.prompts], d.reward, stats, K, self.params,
+                     [s.logprobs for s in d.samples]), shown
 
     def _warn_reward(self, step: int, named, n: int) -> None:
         """One line per step in which ``data.reward`` failed on some samples (their reward is 0): how many,
         and the kinds of failure; never the text."""
-        if named.failed and self.acc.is_main_process:
+        if named.n_failed and self.acc.is_main_process:
             kinds = ", ".join(f"{why}: {k}" for why, k in named.reasons.most_common(3))
-            tqdm.write(f"rl: warning: data.reward failed on {named.failed} of {n} samples at step {step + 1} "
+            tqdm.write(f"rl: warning: data.reward failed on {named.n_failed} of {n} samples at step {step + 1} "
                        f"({kinds}); those samples get reward 0", file=sys.stderr)
 
     def _warn_penalties(self, step: int, flags) -> None:
