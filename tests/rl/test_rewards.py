@@ -3,12 +3,15 @@ and what `t1 rl` logs and trains on."""
 
 import json
 import textwrap
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
 
 from t1.config import ConfigError
-from t1.rl.rewards import CORRECT, UserReward, load_function
+from t1.rl.rewards import CORRECT, UserReward, judge_verdict, load_function, render, source
 from t1.stages.rl import train_rl
 from tests.stages.test_rl import rl_cfg, rows
 
@@ -65,7 +68,7 @@ def test_bad_references_are_one_line_config_errors(tmp_path, module):
 
 
 def _score(module, name, responses, weights=None, timeout=5.0):
-    reward = UserReward(f"{module}:{name}", weights or {}, timeout, workers=2)
+    reward = UserReward(load_function(f"{module}:{name}"), weights or {}, timeout, workers=2)
     reward.start()
     try:
         n = len(responses)
@@ -124,3 +127,89 @@ def test_rl_trains_on_a_supplied_reward_and_logs_each_name(tiny_model_dir, tmp_p
     with pytest.raises(ConfigError, match="data.reward: .* has no function 'nope'"):
         rl_cfg_run = rl_cfg(tiny_model_dir, tmp_path / "bad", f"data.reward={module}:nope")
         train_rl(rl_cfg_run, progress=False)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    seen: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Handler.seen.append((self.path, self.headers.get("Authorization"), body))
+        if self.path == "/reward":
+            response = body["response"]
+            reply = ({"reward": len(response) / 10} if response != "slow" else time.sleep(5) or {})
+            reply = reply if response != "named" else {"rewards": {"a": 1.0, "b": 2.0}}
+            reply = reply if response != "nokey" else {"score": 1}
+        else:  # an OpenAI-compatible judge
+            text = body["messages"][0]["content"]
+            verdict = "YES." if "right" in text else "no" if "wrong" in text else "maybe"
+            reply = {"choices": [{"message": {"role": "assistant", "content": verdict}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    _Handler.seen.clear()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def _data(**kw):
+    from t1 import config as C
+    from t1.data.prompts import PromptDataConfig
+
+    return C.from_dict(PromptDataConfig, {"reward_timeout": 2.0, **kw})
+
+
+def _run(fn, weights, responses, rows=None):
+    reward = UserReward(fn, weights, 2.0, workers=2)
+    reward.start()
+    try:
+        n = len(responses)
+        return reward(["p"] * n, responses, rows or [{"answer": "7"}] * n, torch.zeros(n))
+    finally:
+        reward.close()
+
+
+def test_a_reward_server_bounded_in_time_and_checked(server, monkeypatch):
+    monkeypatch.setenv("T1_REWARD_API_KEY", "sk-secret")
+    fn = source(f"{server}/reward", _data())
+    named = _run(fn, {}, ["abcd", "slow", "nokey", "ab"])
+    assert named.values["server"].tolist() == pytest.approx([0.4, 0, 0, 0.2])
+    assert named.n_failed == 2 and named.reasons["timeout"] == 1
+    assert all(auth == "Bearer sk-secret" for _, auth, _ in _Handler.seen)
+    assert {"prompt", "response", "row"} <= set(_Handler.seen[0][2])
+    both = _run(fn, {"a": 1.0, "b": 0.5}, ["named"])
+    assert both.total.tolist() == [2.0]
+
+
+def test_an_llm_judge_says_yes_or_no(server):
+    with pytest.raises(ConfigError, match="data.judge.model: is required"):
+        source(f"judge:{server}/v1", _data())
+    with pytest.raises(ConfigError, match="needs a server address"):
+        source("judge:localhost", _data(judge={"model": "m"}))
+    fn = source(f"judge:{server}/v1", _data(judge={"model": "judge-7b", "template": "{response} vs {answer}"}))
+    named = _run(fn, {}, ["right", "wrong", "unsure"])
+    assert named.values["judge"].tolist() == [1.0, 0.0, 0.0] and named.n_failed == 1
+    path, _, body = _Handler.seen[0]
+    assert path == "/v1/chat/completions" and body["model"] == "judge-7b" and body["temperature"] == 0.0
+
+
+def test_the_judge_prompt_is_filled_once_and_verdicts_are_strict():
+    # a response that writes {answer} does not get the gold answer shown back to the judge
+    assert render("{prompt} | {response} | {answer}", "P {response}", "R {answer}", "42") == \
+        "P {response} | R {answer} | 42"
+    assert [judge_verdict(t) for t in ("YES", "yes, because", "No.", "0.25", " 1 ")] == [1, 1, 0, 0.25, 1]
+    for bad in ("", "maybe", "1.5", "-0.1", "nan"):
+        with pytest.raises(ValueError):
+            judge_verdict(bad)

@@ -15,6 +15,17 @@ MAX_GENERATED = 1 << 20  # countdown problems generated (and held out): each is 
 
 
 @dataclass(frozen=True)
+class JudgeConfig:
+    model: str = option("", "the model name the judge's server serves")
+    template: str | None = option(None, "the judge's prompt with {prompt}, {response}, {answer}; null = t1's "
+                                        "(asks YES or NO: is the final answer equivalent to the reference?)")
+    max_tokens: int = option(8, "tokens the judge may answer with")
+
+    def validate(self) -> None:
+        require(self.max_tokens >= 1, "max_tokens", "must be ≥ 1", self.max_tokens)
+
+
+@dataclass(frozen=True)
 class PromptDataConfig:
     task: TaskName = option("countdown", "how answers are graded: countdown | math | choice")
     source: Literal["countdown", "jsonl"] = option("countdown",
@@ -37,7 +48,10 @@ class PromptDataConfig:
         help="weights of the named rewards (a float is named after the function, weight 1); 'correct' is the "
              "task's verifier, weight 0 unless listed", factory=dict)
     reward_timeout: float = option(30.0, "seconds per reward call; past it the sample's reward is 0, counted")
-    reward_workers: int = option(2, "worker processes calling the reward function")
+    reward_workers: int = option(2, "worker processes calling the reward function (or server, or judge)")
+    reward_api_key_env: str = option("T1_REWARD_API_KEY", "environment variable holding the reward server's or "
+                                                          "judge's API key (sent as a Bearer token, if set)")
+    judge: JudgeConfig = option(help="data.reward=judge:<url>: the LLM judge", factory=JudgeConfig)
 
     def validate(self) -> None:
         require(self.reward_timeout > 0 and self.reward_timeout == self.reward_timeout, "reward_timeout",

@@ -30,7 +30,7 @@ from t1.config import ConfigError
 from t1.data.prompts import check_enough, load_items
 from t1.model import lora
 from t1.model.load import chat_format_of, count_parameters, load_for_training, set_attention
-from t1.rl import algo, dynamic, shard
+from t1.rl import algo, dynamic, rewards, shard
 from t1.rl.anchor import Anchor
 from t1.rl.batch import Batch
 from t1.rl.config import RLConfig, resolve_anchor
@@ -103,7 +103,7 @@ class RLTrainer:
         d = self.cfg.data
         if d.reward is None:
             return None
-        reward = UserReward(d.reward, d.reward_weights, d.reward_timeout, d.reward_workers)
+        reward = UserReward(rewards.source(d.reward, d), d.reward_weights, d.reward_timeout, d.reward_workers)
         reward.start()
         return reward
 
