@@ -245,7 +245,8 @@ def _add_tool_commands(sub) -> None:
     p = sub.add_parser("grade", help="grade a JSON Lines file of responses against gold answers")
     p.add_argument("input", help="JSON Lines with response + answer (math) or response + numbers + target")
     p.add_argument("-o", "--output", default=None, help="write graded rows here (default: standard output)")
-    p.add_argument("--task", choices=["math", "countdown", "choice"], default="math")
+    p.add_argument("--task", default="math", help="math | countdown | choice, or your Task subclass as "
+                                                  "package.module:Class")
     p.add_argument("--grader", choices=["default", "strict"], default="default",
                    help="math: default reads the final boxes, an answer phrase or a final expression (as "
                         "math-verify and open-r1 do); strict reads boxed answers only")

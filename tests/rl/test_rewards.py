@@ -56,10 +56,10 @@ def module(tmp_path):
 
 def test_bad_references_are_one_line_config_errors(tmp_path, module):
     (tmp_path / "broken.py").write_text("raise RuntimeError('at import')\n")
-    for ref, msg in [("nocolon", "expected package.module:function"), ("a.b:", "expected"),
+    for ref, msg in [("nocolon", "expected package.module:name"), ("a.b:", "expected"),
                      ("t1_no_such_module_x:f", "cannot import 't1_no_such_module_x'"),
                      (f"{tmp_path}/missing.py:f", "no such file"),
-                     (f"{module}:absent", "has no function 'absent'"),
+                     (f"{module}:absent", "has no 'absent'"),
                      (f"{tmp_path}/broken.py:f", "RuntimeError: at import")]:
         with pytest.raises(ConfigError, match=msg) as e:
             load_function(ref)
@@ -124,7 +124,7 @@ def test_rl_trains_on_a_supplied_reward_and_logs_each_name(tiny_model_dir, tmp_p
     assert row["rewards/failed"] == 1.0  # every call failed, the run went on
     err = capsys.readouterr().err
     assert "data.reward failed on 64 of 64 samples at step 1 (ValueError: 64)" in err and "secret" not in err
-    with pytest.raises(ConfigError, match="data.reward: .* has no function 'nope'"):
+    with pytest.raises(ConfigError, match="data.reward: .* has no 'nope'"):
         rl_cfg_run = rl_cfg(tiny_model_dir, tmp_path / "bad", f"data.reward={module}:nope")
         train_rl(rl_cfg_run, progress=False)
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from t1.config import ConfigError, option, require
 from t1.io import DataError, iter_jsonl
-from t1.tasks import GraderName, TaskName, get_task, grader_option
+from t1.tasks import TASK_HELP, GraderName, TaskName, check_task_name, get_task, grader_option
 from t1.tasks.base import Item
 from t1.tasks.countdown import CountdownConfig, CountdownTask, generate, heldout_keys
 
@@ -27,7 +27,7 @@ class JudgeConfig:
 
 @dataclass(frozen=True)
 class PromptDataConfig:
-    task: TaskName = option("countdown", "how answers are graded: countdown | math | choice")
+    task: TaskName = option("countdown", TASK_HELP)
     source: Literal["countdown", "jsonl"] = option("countdown",
                                                    "generated Countdown problems, or JSON Lines files")
     paths: tuple[str, ...] = option((), "JSON Lines files (source=jsonl)")
@@ -54,6 +54,7 @@ class PromptDataConfig:
     judge: JudgeConfig = option(help="data.reward=judge:<url>: the LLM judge", factory=JudgeConfig)
 
     def validate(self) -> None:
+        check_task_name(self.task)
         require(self.reward_timeout > 0 and self.reward_timeout == self.reward_timeout, "reward_timeout",
                 "must be > 0 seconds", self.reward_timeout)
         require(self.reward_workers >= 1, "reward_workers", "must be ≥ 1", self.reward_workers)

@@ -80,8 +80,10 @@ def for_sample(item: Item, seed: int, k: int) -> Item:
 
 
 def load_bench(name: str, data_dir: str | Path | None = None, gpqa_csv: str | None = None,
-               countdown: CountdownConfig | None = None, n_countdown: int = 500) -> tuple[str, list[Item]]:
-    """(task name, items) of the benchmark ``name`` (see the module doc)."""
+               countdown: CountdownConfig | None = None, n_countdown: int = 500, task: str | None = None
+               ) -> tuple[str, list[Item]]:
+    """(task name, items) of the benchmark ``name`` (see the module doc); ``task``: the task that reads and
+    grades a .jsonl benchmark (default math)."""
     if name == "countdown":
         task = CountdownTask(countdown)
         return "countdown", [task.item_from_problem(p, f"heldout-{i}")
@@ -97,5 +99,5 @@ def load_bench(name: str, data_dir: str | Path | None = None, gpqa_csv: str | No
     else:
         raise DataError(f"unknown benchmark {name!r}: use one of {', '.join([*FILES, 'gpqa', 'countdown'])} "
                         f"or a .jsonl path")
-    cfg = PromptDataConfig(task="math", source="jsonl", paths=(str(path),), num_prompts=0)
-    return "math", load_items(cfg)
+    cfg = PromptDataConfig(task=task or "math", source="jsonl", paths=(str(path),), num_prompts=0)
+    return cfg.task, load_items(cfg)

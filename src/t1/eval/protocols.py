@@ -18,7 +18,7 @@ from typing import Literal
 
 from t1.config import option, require
 from t1.rollout.base import check_sampling
-from t1.tasks import GraderName, grader_option
+from t1.tasks import GraderName, check_task_name, grader_option
 
 R1_SAMPLES = {"aime24": 64, "aime25": 64, "amc23": 64, "gpqa": 8}
 R1_DEFAULT_SAMPLES = 4
@@ -48,8 +48,12 @@ class SamplingProtocol:
     gpqa_csv: str | None = option(None, "the official GPQA Diamond CSV (for bench gpqa; not redistributed)")
     data_dir: str | None = option(None, "benchmark files (null = the copies shipped with t1)")
     grader: GraderName = grader_option()
+    task: str | None = option(None, "the task that grades a JSON Lines benchmark (a .jsonl bench): a name or your "
+                                    "Task subclass as package.module:Class; null = math")
 
     def validate(self) -> None:
+        if self.task is not None:
+            check_task_name(self.task)
         require(self.n >= 0, "n", "must be ≥ 1, or 0 for the r1 protocol's n per benchmark", self.n)
         check_sampling(max(1, self.n), self.temperature, self.top_p)  # n ≤ MAX_SAMPLES too
         require(self.limit >= 0, "limit", "must be ≥ 0 (0 = all problems)", self.limit)

@@ -30,20 +30,17 @@ never the run. Its text is never printed; the warning names the error's type.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import os
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from t1.config import ConfigError
+from t1.plugins import load_object
 from t1.pool import DeadlinePool, Outcome
 
 CORRECT = "correct"  # the task's own verifier, as a named reward
@@ -53,29 +50,10 @@ JUDGE_MAX_CHARS = 32_000  # of the response shown to the judge (its tail: where 
 
 
 def load_function(ref: str, field: str = "data.reward") -> Callable:
-    """``module:function`` or ``file.py:function`` → the function; a mistake is one ConfigError naming the
-    field."""
-    module_name, sep, name = ref.rpartition(":")
-    if not sep or not module_name or not name.isidentifier():
-        raise ConfigError(f"{field}: expected package.module:function or path/file.py:function (got {ref!r})")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise ConfigError(f"{field}: {path}: no such file")
-            spec = importlib.util.spec_from_file_location(f"t1_user_reward_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module  # picklable by reference in the workers
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ConfigError:
-        raise
-    except Exception as e:  # the user's module: any import-time failure is a config error, one line
-        raise ConfigError(f"{field}: cannot import {module_name!r}: {type(e).__name__}: {e}"[:500]) from None
-    fn = getattr(module, name, None)
+    """``module:function`` or ``file.py:function`` → the function (:func:`t1.plugins.load_object`)."""
+    fn = load_object(ref, field)
     if not callable(fn):
-        raise ConfigError(f"{field}: {module_name!r} has no function {name!r}")
+        raise ConfigError(f"{field}: {ref!r} is not a function")
     return fn
 
 

@@ -93,7 +93,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     with open_trackers(cfg, cfg.out, "eval") as trackers:  # a tracker that cannot start stops us before sampling
         summaries = run_eval(cfg.model, list(cfg.bench), cfg.out, cfg.settings(), cfg.gpqa_csv, cfg.data_dir,
                              cfg.limit, progress=progress, samples=samples,
-                             protocol={"preset": cfg.preset, "grader": cfg.grader})
+                             protocol={"preset": cfg.preset, "grader": cfg.grader, "task": cfg.task})
         report_eval(trackers, summaries, cfg.out)
     return summaries
 
@@ -139,7 +139,8 @@ def run_eval(model_path: str, benches: list[str], out: str | Path, s: EvalSettin
     with all_or_nothing() as staged:
         try:
             for name in benches:
-                task_name, items = load_bench(name, data_dir, gpqa_csv, countdown_cfg)
+                task_name, items = load_bench(name, data_dir, gpqa_csv, countdown_cfg,
+                                              task=(protocol or {}).get("task"))
                 items = items[:limit] if limit else items
                 bench_s = replace(s, n=samples[name])
                 grader = (protocol or {}).get("grader", "default")

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from t1.config import ConfigError
 from t1.io import DataError, atomic_write_text, check_output, clean_text, iter_jsonl
 from t1.pool import check_limits
-from t1.tasks import TASKS, get_task
+from t1.tasks import check_task_name, get_task
 from t1.tasks.base import Item, Task
 
 
@@ -51,8 +51,7 @@ def _gold(task: Task, path: Path, number: int, row: dict) -> Item:
 def _check_args(task: str, workers: int | None, timeout: float) -> None:
     """The command line's numbers and names, before any work; a bad one raises :class:`ConfigError` naming its
     flag."""
-    if task not in TASKS:
-        raise ConfigError(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
+    check_task_name(task, "--task")
     try:
         check_limits(workers, 1.0)
     except ValueError:

@@ -230,7 +230,7 @@ def run_scale(models: list[tuple[str, str]], bench: str, out: str | Path, s: Sca
     :func:`t1.io.all_or_nothing`); ``out`` is checked before any model is loaded (:func:`check_scale_output`)."""
     out = check_scale_output(out, [p for _, p in models], bench, summarizer_path, gpqa_csv)
     quiet_libraries()
-    task_name, items = load_bench(bench, data_dir, gpqa_csv, countdown_cfg)
+    task_name, items = load_bench(bench, data_dir, gpqa_csv, countdown_cfg, task=(protocol or {}).get("task"))
     if limit:
         items = items[:limit]
     summarizer = Summarizer(summarizer_path, engine) if summarizer_path else None
@@ -306,7 +306,7 @@ def scale(cfg: ScaleConfig, progress: bool = True) -> dict[str, list[dict]]:
     with open_trackers(cfg, cfg.out, "scale") as trackers:
         curves = run_scale(models, cfg.bench, cfg.out, cfg.settings(), cfg.summarizer, cfg.rollout, cfg.limit,
                            cfg.gpqa_csv, cfg.data_dir, progress=progress,
-                           protocol={"preset": cfg.preset, "grader": cfg.grader})
+                           protocol={"preset": cfg.preset, "grader": cfg.grader, "task": cfg.task})
         report_scale(trackers, curves)
     return curves
 

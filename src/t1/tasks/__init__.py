@@ -15,8 +15,21 @@ if TYPE_CHECKING:
     from t1.tasks.base import Task
     from t1.tasks.countdown import CountdownConfig
 
-TaskName = Literal["countdown", "math", "choice"]
-TASKS: tuple[str, ...] = get_args(TaskName)
+BuiltinTask = Literal["countdown", "math", "choice"]
+TASKS: tuple[str, ...] = get_args(BuiltinTask)
+TaskName = str  # a built-in name, or user code: package.module:Class or path/file.py:Class (t1.plugins)
+TASK_HELP = "how answers are graded: countdown | math | choice, or your Task subclass as package.module:Class"
+
+
+def check_task_name(name: str, field: str = "task") -> None:
+    """A built-in task's name or an import path, else a one-line ConfigError naming ``field`` (the import
+    itself happens when the task is made: :func:`get_task`)."""
+    from t1.config import ConfigError
+    from t1.plugins import is_reference
+
+    if name not in TASKS and not is_reference(name):
+        raise ConfigError(f"{field}: must be one of {', '.join(TASKS)} or a Task subclass as "
+                          f"package.module:Class (got {name!r})")
 
 
 
@@ -34,8 +47,9 @@ def get_task(name: str, *, countdown: CountdownConfig | None = None, timeout: fl
     """The task called ``name``. ``countdown``: the Countdown rules (default :class:`CountdownConfig`());
     ``timeout`` and ``workers``: the math grader's time limit per check and its processes (default: every
     core); ``grader``: how a math answer is found — "default" (boxes, an answer phrase, a final expression, as
-    math-verify / open-r1 read them) or "strict" (boxed answers only). Raises ValueError naming the valid names
-    for an unknown one."""
+    math-verify / open-r1 read them) or "strict" (boxed answers only); ``package.module:Class`` (or
+    ``file.py:Class``): a :class:`~t1.tasks.base.Task` subclass of yours, made with no arguments. Raises
+    ValueError naming the valid names for an unknown one, ConfigError for user code that does not load."""
     if name == "countdown":
         from t1.tasks.countdown import CountdownTask
 
@@ -48,4 +62,22 @@ def get_task(name: str, *, countdown: CountdownConfig | None = None, timeout: fl
         from t1.tasks.choice import ChoiceTask
 
         return ChoiceTask()
-    raise ValueError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
+    from t1.plugins import is_reference
+
+    if is_reference(name):
+        return _user_task(name)
+    raise ValueError(f"unknown task {name!r}: use one of {', '.join(TASKS)} or package.module:Class")
+
+
+def _user_task(ref: str) -> Task:
+    from t1.config import ConfigError
+    from t1.plugins import load_object
+    from t1.tasks.base import Task
+
+    cls = load_object(ref, "task")
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(f"task: {ref!r} is not a subclass of t1.tasks.base.Task")
+    try:
+        return cls()
+    except Exception as e:  # the user's constructor
+        raise ConfigError(f"task: {ref}() failed: {type(e).__name__}: {e}"[:500]) from None
