@@ -25,6 +25,7 @@ class Batch:
     stats: dict
     group: int  # K: samples per prompt, consecutive
     params: SamplingParams  # temperature, top-p, budget
+    is_cap: float  # the truncated-IS correction's cap for this batch's sampler log-probs (0: off)
     sampler_logp: list[list[float] | None] | None = None  # per sequence, its response tokens' log-probs
 
 

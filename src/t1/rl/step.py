@@ -70,7 +70,7 @@ class Update:
         set_lr(self.optimizer, lr)
         lengths = [len(r) for r in batch.ids]
         mbs = self.fused_micro_batches(lengths)
-        mismatch = Mismatch(batch.params.temperature, batch.params.top_p, cfg.rollout.is_cap)
+        mismatch = Mismatch(batch.params.temperature, batch.params.top_p, batch.is_cap)
         out = self.fused(batch, mbs, mismatch) if mbs is not None else self.two_pass(batch, lengths, mismatch)
         out.update(lr=lr, **mismatch.stats())
         if not out["skipped"]:

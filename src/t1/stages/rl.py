@@ -306,7 +306,7 @@ class RLTrainer:
                   "last_token_ids": s.token_ids[-8:],
                   **{k: bool(getattr(f, k)) for k in PENALTIES}}
                  for it, s, sc, f, r in zip(d.items, d.samples, d.scores, d.flags, d.reward)]
-        return Batch(ids, [len(p) for p in d.prompts], d.reward, stats, K, self.params,
+        return Batch(ids, [len(p) for p in d.prompts], d.reward, stats, K, self.params, self.cfg.rollout.is_cap,
                      [s.logprobs for s in d.samples]), shown
 
     def _warn_reward(self, step: int, named, n: int) -> None:
