@@ -139,7 +139,7 @@ def test_checks_measure_rl_where_nothing_truncates():
     assert s["free_budget_truncation"]["rl"] == 0.0
     assert s["free_budget_accuracy"] == {"sft": 0.48, "rl": 0.53, "direct_sft": 0.37}
     assert s["scaling"]["rl"][3] == {"budget": 128, "accuracy": 0.52, "stderr": 0.02,
-                                     "truncated_rate": pytest.approx(0.30)}
+                                     "truncated_rate": pytest.approx(0.30), "mean_tokens": 0.0}
     assert s["rl_minus_sft_at_training_budget"] == pytest.approx(0.12)
     assert s["rl_minus_sft_at_free_budget"] == pytest.approx(0.05)
     assert s["check_values"] == pytest.approx({
@@ -165,6 +165,18 @@ def test_checks_measure_rl_where_nothing_truncates():
     s = summarize(better, ["rl"], [0], 128, [412.0], [6.5])
     assert s["check_values"]["rl_beats_sft_by_10_where_nothing_truncates"] == pytest.approx(0.12)
     assert all(s["checks"].values())
+
+
+def test_rl_and_sft_lengths_compared_where_nothing_truncates():
+    """Not a check, a number beside them: RL's mean response length minus SFT's at the free budget."""
+    curves = _curves()
+    curves["sft"][4]["mean_tokens"], curves["rl"][4]["mean_tokens"] = 110.0, 117.5
+    s = summarize(curves, ["rl"], [0], 128, [412.0], [-3.0])
+    assert s["rl_minus_sft_length_at_free_budget"] == pytest.approx(7.5)
+    assert s["seeds"][0]["rl_minus_sft_length_at_free_budget"] == pytest.approx(7.5)
+    assert not s["checks"]["rl_finished_length_grows"]  # the paper's claim is judged by growth during RL
+    del curves["rl"][4]["mean_tokens"]
+    assert summarize(curves, ["rl"], [0], 128, [412.0])["rl_minus_sft_length_at_free_budget"] is None
 
 
 def test_free_budget_at_exactly_2_percent_and_flagged_when_none_is_free():

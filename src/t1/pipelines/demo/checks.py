@@ -46,7 +46,16 @@ CHECKS: dict[str, tuple[str, float, str, str]] = {
 
 
 def at(points: list[dict], budget: int, key: str = "accuracy") -> float | None:
-    return next((p[key] for p in points if p["budget"] == budget), None)
+    return next((p.get(key) for p in points if p["budget"] == budget), None)
+
+
+def length_gap(curves: dict[str, list[dict]], rl: str, budget: int) -> float | None:
+    """RL's mean response length minus SFT's on the held-out problems at ``budget`` (the free budget: both
+    finish nearly every response there), in tokens; None where a curve lacks the lengths. Not a check: the
+    paper's "longer reasoning" is judged by growth during RL (:func:`t1.eval.metrics.finished_length_growth`);
+    this says whether RL's model answers at greater length than the SFT model it started from."""
+    a, b = at(curves[rl], budget, "mean_tokens"), at(curves["sft"], budget, "mean_tokens")
+    return None if a is None or b is None else a - b
 
 
 def free_budget(curves: dict[str, list[dict]], labels: list[str]) -> tuple[int, bool]:
@@ -115,12 +124,14 @@ def summarize(curves: dict[str, list[dict]], rl_labels: list[str], seeds: list[i
         per_seed.append({"seed": seed, "label": lab, "rl_accuracy": at(curves[lab], training_budget),
                          "rl_minus_sft_at_training_budget": values["rl_beats_sft_by_10_points"],
                          "rl_minus_sft_at_free_budget": gap_free, "finished_length_growth": grew,
+                         "rl_minus_sft_length_at_free_budget": length_gap(curves, lab, free),
                          "check_values": values, "checks": {k: judge(k, v) for k, v in values.items()}})
     stats = {k: spread([s["check_values"][k] for s in per_seed]) for k in CHECKS}
     mean = {k: stats[k]["mean"] for k in CHECKS}
     return {
         "scaling": {lab: [{"budget": p["budget"], "accuracy": p["accuracy"], "stderr": p["stderr"],
-                           "truncated_rate": truncated(p)} for p in curves[lab]] for lab in labels},
+                           "truncated_rate": truncated(p), "mean_tokens": p.get("mean_tokens")}
+                          for p in curves[lab]] for lab in labels},
         "rl_labels": list(rl_labels),
         "rl_minus_sft_at_training_budget": mean["rl_beats_sft_by_10_points"],
         "free_budget": free, "free_budget_truncation_ok": ok, "free_budget_truncation_limit": FREE_TRUNCATION,
@@ -128,6 +139,8 @@ def summarize(curves: dict[str, list[dict]], rl_labels: list[str], seeds: list[i
                                    for lab in labels},
         "free_budget_accuracy": {lab: at(curves[lab], free) for lab in labels},
         "rl_minus_sft_at_free_budget": spread([x["rl_minus_sft_at_free_budget"] for x in per_seed])["mean"],
+        "rl_minus_sft_length_at_free_budget": spread([x["rl_minus_sft_length_at_free_budget"]
+                                                      for x in per_seed])["mean"],
         "check_values": mean,
         "check_thresholds": {k: {"op": op, "threshold": t, "what": what, "unit": unit}
                              for k, (op, t, what, unit) in CHECKS.items()},

@@ -393,7 +393,10 @@ def _gap_line(s: dict) -> str:
             f"{show('rl_beats_sft_by_10_points', s['rl_minus_sft_at_free_budget'])} at the free budget "
             f"({fb} tokens: {where}; truncated "
             + ", ".join(f"{k} {_pct(cut[k])}" for k in ["sft", *s["rl_labels"]]) + ")"
-            + ("" if s["free_budget_truncation_ok"] else " — free_budget_truncation_ok: false"))
+            + ("" if s["free_budget_truncation_ok"] else " — free_budget_truncation_ok: false")
+            + ("" if s.get("rl_minus_sft_length_at_free_budget") is None else
+               f"; there RL's responses are {s['rl_minus_sft_length_at_free_budget']:+.1f} tokens longer than "
+               "SFT's"))
 
 
 def _check_lines(s: dict) -> list[str]:
