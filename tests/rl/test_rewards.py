@@ -34,6 +34,10 @@ def slow(prompt, response, row):
 def nan(prompt, response, row):
     return math.nan
 
+def numpyish(prompt, response, row):
+    import numpy, torch
+    return {"a": numpy.float32(0.5), "b": torch.tensor([2.0]), "c": numpy.int64(3)}
+
 def which(prompt, response, row):
     if "a" in response:
         raise KeyError("x")
@@ -103,6 +107,8 @@ def test_a_reward_that_raises_hangs_or_returns_garbage_costs_only_its_sample(mod
     assert "KeyError" in kinds and "timeout" in kinds
     assert any("not in data.reward_weights" in k for k in kinds) and any("finite number" in k for k in kinds)
     assert _score(module, "nan", ["x", "y"]).n_failed == 2
+    ok = _score(module, "numpyish", ["x", "y"], {"a": 1.0, "b": 1.0, "c": 1.0})  # numpy and torch scalars
+    assert ok.n_failed == 0 and ok.total.tolist() == [5.5, 5.5]
     raised = _score(module, "boom", ["x", "y"])
     assert raised.n_failed == 2 and set(raised.reasons) == {"ValueError"}  # the type, never the message
 

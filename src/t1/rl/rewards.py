@@ -31,6 +31,7 @@ never the run. Its text is never printed; the warning names the error's type.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections import Counter
@@ -217,9 +218,11 @@ class UserReward:
                 return None, f"a float, named {self.fn_name!r}, not in data.reward_weights"
         out = {}
         for k, x in pairs:
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            if isinstance(x, torch.Tensor) and x.numel() == 1:
+                x = x.item()  # a one-element tensor
+            if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
                 return None, f"{type(x).__name__} {str(x)[:20]!r} is not a finite number"
-            out[k] = float(x)
+            out[k] = float(x)  # numpy's scalars are numbers.Real too
         return out, ""
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], rows: Sequence[dict],
