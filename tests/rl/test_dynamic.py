@@ -81,3 +81,28 @@ def test_mixed_groups_are_refilled_and_resume_is_exact(tiny_model_dir, tmp_path)
     assert [[r[k] for k in keys] for r in rows(cut / "metrics.jsonl")] == [[r[k] for k in keys] for r in m]
     a, b = (load_file(str(d / "final" / "model.safetensors")) for d in (full, cut))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_take_their_rounds_together(tiny_model_dir, tmp_path):
+    """Each process fills its own share; a round is drawn while any process is short, by every process (a
+    process that stopped early would leave the others waiting in a collective)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.stages.test_rl import rl_args
+
+    out = tmp_path / "two"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "t1", "rl", *rl_args(tiny_model_dir, out, "train.steps=2", "rollout.prompts_per_step=4",
+                                      "algo.dynamic_sampling=true", "algo.dynamic_max_rounds=3"), "--quiet"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for m in rows(out / "metrics.jsonl"):
+        assert 1 <= m["dynamic/rounds"] <= 3 and 0 <= m["dynamic/groups_filled"] <= 2  # per process: 2 groups
