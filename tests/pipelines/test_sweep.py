@@ -90,7 +90,8 @@ def test_rl_sweep_two_values_two_seeds_with_scaling_then_resume(tiny_model_dir, 
     for p in result["points"]:
         assert [r["seed"] for r in p["runs"]] == [0, 1] and p["budgets"] == [4, 8]
         assert set(p["summary"]) == {"reward", "accuracy", "response_length", "entropy", "accuracy@4",
-                                     "accuracy@8", "truncated@4", "truncated@8"}  # 2 steps: no length growth
+                                     "accuracy@8", "truncated@4", "truncated@8", "grad_norm_max",
+                                     "skipped_steps"}  # 2 steps: no length growth
         for r in p["runs"]:  # truncation at each budget, from the run's own scaling curve
             curve = json.loads((out / r["dir"] / "scale" / "scaling.json").read_text())["curves"]
             pts = next(iter(curve.values()))
@@ -171,12 +172,15 @@ def test_a_rerun_with_another_override_is_refused_and_a_longer_one_resumes(tiny_
 
 
 def test_rl_numbers_carry_entropy_and_the_finished_length_growth(tmp_path):
-    """An RL run's numbers: last-10 % means (entropy among them) and how much its finished responses grew."""
+    """An RL run's numbers: last-10 % means (entropy among them), how much its finished responses grew, and its
+    stability (largest gradient norm, skipped updates)."""
     rows = [{"step": i + 1, "reward": 0.5, "accuracy": 0.5, "response_length": 100.0, "entropy": 0.3 - i / 100,
-             "completions/mean_terminated_length": 90.0 + i} for i in range(30)]
+             "completions/mean_terminated_length": 90.0 + i, "grad_norm": 1.0 + (i == 7) * 9, "skipped": i == 3}
+            for i in range(30)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     numbers, budgets = run_numbers("rl", tmp_path)
     assert budgets == [] and numbers["entropy"] == pytest.approx(0.3 - 28 / 100)  # mean of the last 3 rows
     assert numbers["finished_length_growth"] == pytest.approx((117 + 118 + 119) / 3 - (90 + 91 + 92) / 3)
+    assert numbers["grad_norm_max"] == 10.0 and numbers["skipped_steps"] == 1.0
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
     assert "finished_length_growth" not in run_numbers("rl", tmp_path)[0]  # too few steps to say

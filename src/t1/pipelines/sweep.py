@@ -24,7 +24,8 @@
   the same for every run, so only the trained models differ.
 * ``OUT/sweep.json``: per grid point, each seed's run (its numbers: the mean of reward, accuracy, response
   length and entropy — loss for SFT — over the last 10 % of logged steps, an RL run's finished-length growth
-  (:func:`t1.eval.metrics.finished_length_growth`), and accuracy at each budget) and, for every
+  (:func:`t1.eval.metrics.finished_length_growth`), its largest gradient norm and skipped updates (stability),
+  and accuracy at each budget) and, for every
   number, the mean, the standard deviation over seeds and the min–max. A table goes to stderr; the command
   then writes ``OUT/sweep.html`` (:mod:`t1.pipelines.sweep_report`).
 """
@@ -364,6 +365,10 @@ def run_numbers(stage: str, run_dir: Path) -> tuple[dict[str, float], list[int]]
                 numbers[key] = sum(vals) / len(vals)
         if rl and (growth := finished_length_growth(rows)) is not None:
             numbers[GROWTH] = growth
+        norms = [r["grad_norm"] for r in rows if isinstance(r.get("grad_norm"), (int, float))]
+        if rl and norms:  # stability over the whole run: the largest gradient norm, the updates skipped
+            numbers["grad_norm_max"] = max(norms)
+            numbers["skipped_steps"] = float(sum(bool(r.get("skipped")) for r in rows))
         if (run_dir / "scale" / "scaling.json").exists():
             more, budgets = _curve_numbers(run_dir / "scale" / "scaling.json", False)
             numbers.update(more)
