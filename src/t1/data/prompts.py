@@ -41,8 +41,9 @@ class PromptDataConfig:
     exclude_heldout: int = option(500, "countdown: never use the first N held-out evaluation problems "
                                        "(≤ 1,048,576)")
     countdown: CountdownConfig = option(help="countdown: problem knobs", factory=CountdownConfig)
-    reward: str | None = option(None, "t1 rl: a reward you supply, package.module:function or file.py:function, "
-                                      "called (prompt, response, row) → float or dict of named floats; replaces "
+    reward: str | None = option(None, "t1 rl: a reward you supply — package.module:function or file.py:function "
+                                      "(called (prompt, response, row) → float or dict of named floats), "
+                                      "http://… (a reward server) or judge:http://…/v1 (an LLM judge); replaces "
                                       "the task's 0/1 score before the penalties (t1.rl.rewards)")
     reward_weights: dict[str, float] = option(
         help="weights of the named rewards (a float is named after the function, weight 1); 'correct' is the "
