@@ -70,7 +70,12 @@ def _gap(s: dict) -> list[str]:
     return [f"<p>RL − SFT{over}: <b>{show(gap, s['rl_minus_sft_at_training_budget'])}"
             f"</b> points at the training budget ({s['accuracy_budget']} tokens), where part of the gain is RL "
             f"finishing inside the budget; <b>{show(gap, s['rl_minus_sft_at_free_budget'])}"
-            f"</b> points at the free budget, {s['free_budget']} tokens — {free} (truncated there: {cut}).</p>"]
+            f"</b> points at the free budget, {s['free_budget']} tokens — {free} (truncated there: {cut})."
+            + ("" if s.get("rl_minus_sft_length_at_free_budget") is None else
+               f" There RL's responses are {s['rl_minus_sft_length_at_free_budget']:+.1f} tokens longer than "
+               "SFT's on the same problems (not a check: the paper's longer reasoning is judged by the growth "
+               "during RL below).")
+            + "</p>"]
 
 
 def _checks(s: dict) -> list[str]:
