@@ -64,7 +64,7 @@ def _remembered_bf16() -> bool:
     import json
 
     from t1.io import atomic_write_text
-    from t1.model.kernels.build import cache_dir, cpu_id
+    from t1.runtime.machine import cache_dir, cpu_id
 
     key = hashlib.sha256(f"{cpu_id()}|{torch.__version__}|{torch.get_num_threads()}".encode()).hexdigest()[:16]
     path = cache_dir() / "cpu_bf16" / f"{key}.json"

@@ -26,6 +26,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from t1.runtime.machine import cache_dir, cpu_id
+
 log = logging.getLogger(__name__)
 
 SOURCES = sorted(Path(__file__).parent.glob("*.c"))
@@ -37,23 +39,8 @@ _BASE = ["-O3", "-shared", "-fPIC", "-fassociative-math", "-fno-signed-zeros", "
 _ATTEMPTS = (["-march=native", "-fopenmp"], ["-march=native"], [])  # best first; later ones for odd compilers
 
 
-def cache_dir() -> Path:
-    if os.environ.get("T1_CACHE_DIR"):
-        return Path(os.environ["T1_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t1"
-
-
 def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-
-
-def cpu_id() -> str:
-    """What -march=native depends on: the CPU's model and feature flags where Linux tells them."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features"))}))
-    except OSError:
-        return platform.processor() + platform.machine()
 
 
 def _build(cc: str, flags: list[str], out: Path) -> str | None:
