@@ -85,9 +85,9 @@ def load_bench(name: str, data_dir: str | Path | None = None, gpqa_csv: str | No
     """(task name, items) of the benchmark ``name`` (see the module doc); ``task``: the task that reads and
     grades a .jsonl benchmark (default math)."""
     if name == "countdown":
-        task = CountdownTask(countdown)
-        return "countdown", [task.item_from_problem(p, f"heldout-{i}")
-                             for i, p in enumerate(heldout(task.cfg, n_countdown))]
+        cd = CountdownTask(countdown)
+        return "countdown", [cd.item_from_problem(p, f"heldout-{i}")
+                             for i, p in enumerate(heldout(cd.cfg, n_countdown))]
     if name == "gpqa":
         if not gpqa_csv:
             raise DataError("bench gpqa: give the official GPQA Diamond CSV with --gpqa-csv PATH")

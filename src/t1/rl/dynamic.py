@@ -68,4 +68,4 @@ def choose(keep: list[int], spare: list[int], need: int) -> tuple[list[int], int
 def stats(rounds: int, dropped: int, filled: int) -> dict:
     """Sums for the step's metrics row (``dynamic/…``, means over processes: t1.rl.summary.step_row)."""
     return {"dynamic_rounds": torch.tensor(float(rounds)), "dynamic_dropped": torch.tensor(float(dropped)),
-            "dynamic_filled": torch.tensor(float(filled)), "dynamic_processes": torch.tensor(1.0)}
+            "dynamic_filled": torch.tensor(float(filled))}

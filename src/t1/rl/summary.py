@@ -36,6 +36,11 @@ def reward_sums(named) -> dict:
     return out
 
 
+def _std(total: float, sq: float, n: float) -> float:
+    """The standard deviation with Bessel's correction (TRL's nanstd) from a sum and a sum of squares."""
+    return max(0.0, (sq - total ** 2 / n) / max(1.0, n - 1)) ** 0.5
+
+
 def _named_rewards(s: dict, n: float) -> dict:
     """``rewards/<name>/mean`` and ``/std`` (TRL's names; std with Bessel's correction) and ``rewards/failed``
     from the step's sums over every process."""
@@ -45,7 +50,7 @@ def _named_rewards(s: dict, n: float) -> dict:
             name = key[len("rewards/"): -len("/sum")]
             total, sq = s[key], s[f"rewards/{name}/sq"]
             out[f"rewards/{name}/mean"] = total / n
-            out[f"rewards/{name}/std"] = max(0.0, (sq - total ** 2 / n) / max(1.0, n - 1)) ** 0.5
+            out[f"rewards/{name}/std"] = _std(total, sq, n)
     return out
 
 
@@ -53,10 +58,9 @@ def trl_names(row: dict, s: dict) -> dict:
     """The same quantities under TRL GRPOTrainer's metric names (and the ones t1 adds), so a TRL run and a t1
     run chart side by side; ``s``: the step's sums over every process."""
     n = max(1.0, s["samples"])
-    var = (s["reward_sq"] - s["reward"] ** 2 / n) / max(1.0, n - 1)  # unbiased, as TRL's nanstd
     groups = max(1.0, s["groups"])
-    out = {"reward_std": max(0.0, var) ** 0.5, "frac_reward_zero_std": s["zero_std_groups"] / groups,
-           "reward_group_std": s["group_spread"] / groups,
+    out = {"reward_std": _std(s["reward"], s["reward_sq"], n),  # unbiased, as TRL's nanstd
+           "frac_reward_zero_std": s["zero_std_groups"] / groups, "reward_group_std": s["group_spread"] / groups,
            "completions/mean_length": row["response_length"], "completions/min_length": -s["length_min"],
            "completions/max_length": s["length_max"], "completions/clipped_ratio": row["truncation_rate"],
            "completions/mean_terminated_length": s["terminated_tokens"] / max(1.0, s["terminated"]),
@@ -96,7 +100,7 @@ def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, v
            "tokens_per_s": s["response_tokens"] / wall, "weight_version": version,
            "step_tokens": s.get("step_tokens", 0.0)}
     if "dynamic_rounds" in s:  # dynamic sampling (t1.rl.dynamic): per process, averaged over processes
-        procs = max(1.0, s["dynamic_processes"])
+        procs = acc.num_processes
         row.update({"dynamic/rounds": s["dynamic_rounds"] / procs,
                     "dynamic/groups_dropped": s["dynamic_dropped"] / procs,
                     "dynamic/groups_filled": s["dynamic_filled"] / procs})
