@@ -127,3 +127,13 @@ def test_a_config_path_that_is_a_directory_or_huge_is_one_line(tmp_path):
     big.write_text("a: " + "x" * (C.MAX_CONFIG_BYTES + 1))
     with pytest.raises(C.ConfigError, match="is not a config file"):
         C.read_yaml(big)
+
+
+def test_a_config_path_with_an_equals_sign_is_a_path_not_an_override(tmp_path):
+    """A sweep run's folder is named FIELD=VALUE: its config.yaml must load as a config."""
+    run = tmp_path / "rollout.samples_per_prompt=4" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("a: 1\n")
+    assert C.is_config_path(str(run / "config.yaml")) and C.is_config_path("configs/demo.yaml")
+    assert not C.is_config_path("data.path=train.jsonl") and not C.is_config_path("data.extra=other.yaml")
+    assert C.is_config_path("rollout.samples_per_prompt=4/seed0/config.yaml") is False  # no such file: override

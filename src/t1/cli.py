@@ -37,7 +37,7 @@ def _load_config(cls, args: argparse.Namespace):
         return None, True
     path, overrides = None, []
     for a in args.args:
-        if "=" not in a and path is None and a.endswith((".yaml", ".yml")):
+        if path is None and cfglib.is_config_path(a):
             path = a
         elif "=" in a:
             overrides.append(a)
@@ -52,7 +52,7 @@ def _load_config(cls, args: argparse.Namespace):
 
 def _config_path(args: argparse.Namespace) -> list[str]:
     """The CONFIG.yaml among a command's arguments, as an input its outputs must not overwrite."""
-    return [a for a in args.args if "=" not in a and a.endswith((".yaml", ".yml"))][:1]
+    return [a for a in args.args if cfglib.is_config_path(a)][:1]
 
 
 # --------------------------------------------------------------------------------------------- commands
@@ -164,7 +164,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from t1.pipelines.sweep import run_sweep
     from t1.pipelines.sweep_report import write_sweep_report
 
-    result = run_sweep(args.stage, args.args, args.out, args.seeds, args.scale, progress=not args.quiet)
+    result = run_sweep(args.stage, args.args, args.out, args.seeds, args.scale, progress=not args.quiet,
+                       jobs=args.jobs)
     print(f"wrote {Path(result['out']) / 'sweep.json'} and {write_sweep_report(result['out'])}")
     return 0
 
@@ -269,6 +270,8 @@ def _add_sweep_command(sub) -> None:
     p.add_argument("--out", default=None, help="sweep directory (default: runs/sweep_STAGE_FIELD)")
     p.add_argument("--scale", default=None, metavar="SCALE.yaml",
                    help="rl/sft: `t1 scale` with this config on each run's final/ (models and out replaced)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each in its own process with cores/N threads and a log file (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the per-run lines remain)")
     p.set_defaults(func=cmd_sweep)
 

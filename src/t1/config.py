@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -292,6 +293,16 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of fields (got {type(data).__name__})")
     return data
+
+
+_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*\s*=")
+
+
+def is_config_path(arg: str) -> bool:
+    """Whether a command-line argument names a YAML config rather than a ``dotted.key=value`` override: it ends
+    in ``.yaml``/``.yml`` and either does not start like an override or is an existing file — so a sweep run's
+    ``runs/sweep/rollout.samples_per_prompt=4/seed0/config.yaml`` is a path, not an override."""
+    return arg.endswith((".yaml", ".yml")) and (not _OVERRIDE.match(arg) or Path(arg).is_file())
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:

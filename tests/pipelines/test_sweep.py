@@ -10,6 +10,7 @@ import pytest
 from t1 import config as C
 from t1.cli import main
 from t1.pipelines.sweep import parse_grid, point_dir, run_numbers, split_values, spread
+from t1.runtime.children import usable_cores
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -71,18 +72,24 @@ def test_a_bad_value_fails_in_one_line_before_any_run(tiny_model_dir, tmp_path, 
     assert rc == 2 and "budgets" in err and len(err.splitlines()) == 1 and not out.exists()
 
 
-def test_rl_sweep_two_values_two_seeds_with_scaling_then_resume(tiny_model_dir, tmp_path, capsys):
+def test_rl_sweep_two_values_two_seeds_with_scaling_then_resume(tiny_model_dir, tmp_path, capfd):
     cfg, scale, out = _rl_yaml(tmp_path, tiny_model_dir), tmp_path / "scale.yaml", tmp_path / "sweep"
     scale.write_text("bench: countdown\nlimit: 4\nbudgets: [4, 8]\n")
     args = ["sweep", "rl", str(cfg), "rollout.samples_per_prompt=2,4", "train.steps=2", "--seeds", "2",
             "--scale", str(scale), "--out", str(out), "--quiet"]
-    assert main(args) == 0
-    err = capsys.readouterr().err
+    assert main([*args, "--jobs", "2"]) == 0  # two children at a time, 1 thread each, output in seed<s>.log
+    err = capfd.readouterr().err
     assert "run 4/4: rollout.samples_per_prompt=4 seed 1" in err and "accuracy@8" in err
+    assert f"2 runs at a time, {max(1, usable_cores() // 2)} thread(s) each" in err
+    assert err.count(": finished") == 4
+    log = (out / "rollout.samples_per_prompt=4" / "seed1.log").read_text()
+    assert log.count("$ ") == 2 and " rl " in log and " scale " in log and "--quiet" in log
     runs = [out / f"rollout.samples_per_prompt={k}" / f"seed{s}" for k in (2, 4) for s in (0, 1)]
     assert all((r / "final" / "model.safetensors").exists() and (r / "scale" / "scaling.json").exists()
                for r in runs)
     assert "samples_per_prompt: 4" in (runs[3] / "config.yaml").read_text()
+    assert main(["rl", str(runs[3] / "config.yaml"), "--print-config"]) == 0  # a path with '=' is a config
+    assert "samples_per_prompt: 4" in capfd.readouterr().out
     assert "  seed: 1\n" in (runs[3] / "config.yaml").read_text().split("train:")[1]
 
     result = json.loads((out / "sweep.json").read_text())
@@ -104,15 +111,15 @@ def test_rl_sweep_two_values_two_seeds_with_scaling_then_resume(tiny_model_dir, 
 
     stamps = [(r / "final" / "model.safetensors").stat().st_mtime_ns for r in runs]
     assert main(args) == 0  # everything is done: every run is skipped
-    err = capsys.readouterr().err
-    assert err.count("done, skipped") == 4 and "M parameters" not in err and "t1 scale on" not in err
+    err = capfd.readouterr().err
+    assert err.count("done, skipped") == 4 and "M parameters" not in err and "seed 0 →" not in err
     assert stamps == [(r / "final" / "model.safetensors").stat().st_mtime_ns for r in runs]
     assert json.loads((out / "sweep.json").read_text())["points"] == result["points"]
 
     shutil.rmtree(runs[1] / "final")  # an interrupted run: it resumes from its newest checkpoint
-    shutil.rmtree(runs[1] / "scale")
+    shutil.rmtree(runs[1] / "scale")  # (one job at a time: the child's output is this process's)
     assert main(args) == 0
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert err.count("done, skipped") == 3 and "resuming at step 2" in err and (runs[1] / "final").exists()
 
     (out / "sweep.html").unlink()

@@ -45,9 +45,10 @@ from typing import Any
 from t1 import config as cfglib
 from t1.config import ConfigError
 from t1.eval.metrics import finished_length_growth, truncated
-from t1.io import DataError, atomic_write_text, check_output_dir, read_json, read_log
+from t1.io import atomic_write_text, check_output_dir, read_json, read_log
 from t1.runtime import resume
 from t1.runtime.checkpoint import checkpoint_dirs
+from t1.runtime.children import Job, run_jobs, t1_command, usable_cores
 
 
 @dataclass(frozen=True)
@@ -130,10 +131,10 @@ def parse_grid(args: list[str]) -> Grid:
     """``[CONFIG.yaml] FIELD=v1,v2 … key=value …`` -> a :class:`Grid`; mistakes are one-line ConfigErrors."""
     config, swept, overrides = None, [], []
     for a in args:
+        if config is None and cfglib.is_config_path(a):
+            config = a
+            continue
         if "=" not in a:
-            if config is None and a.endswith((".yaml", ".yml")):
-                config = a
-                continue
             raise ConfigError(f"argument {a!r}: expected CONFIG.yaml, FIELD=v1,v2 or a dotted.key=value override")
         key, raw = a.split("=", 1)
         key = key.strip()
@@ -292,44 +293,47 @@ def _extended(stage: str, run: Run) -> bool:
     return any(c.field in resume.LENGTH for c in accepted)
 
 
-def execute(stage: str, runs: list[Run], progress: bool = True) -> None:
-    """Each run in turn, in this process (a finished one skipped, an unfinished or extended training run
-    resumed), once :func:`check_reruns` found no run done under another config."""
-    spec = STAGES[stage]
-    _, runner = stage_parts(stage)
+def _job(stage: str, run: Run, head: str, quiet: bool, log: Path | None) -> Job:
+    """The commands that finish ``run``: its stage (a training run with ``--resume``: from its newest checkpoint,
+    or from the start if none), then ``--scale``'s `t1 scale`; each config written where the run's record is
+    checked on a re-run (a training stage writes its own ``config.yaml``)."""
+    spec, flags = STAGES[stage], ["--quiet"] if quiet else []
+    commands = []
+    if not (run.dir / spec.done).exists() or _extended(stage, run):
+        if spec.training:
+            path = cfglib.save(run.cfg, run.dir.parent / f"{run.dir.name}.yaml")
+            commands.append(t1_command(stage, path, "--resume", *flags))
+        else:
+            commands.append(t1_command(stage, cfglib.save(run.cfg, run.dir / "config.yaml"), *flags))
+    if run.scale_cfg is not None:
+        commands.append(t1_command("scale", cfglib.save(run.scale_cfg, run.dir / "scale" / "config.yaml"), *flags))
+    return Job(f"sweep: run {run.label} seed {run.seed} ({run.dir})", commands, log,
+               started=lambda: print(f"\n{head} → {run.dir}", file=sys.stderr),
+               done=None if log is None else lambda: print(f"{head}: finished", file=sys.stderr))
+
+
+def execute(stage: str, runs: list[Run], progress: bool = True, jobs: int = 1) -> None:
+    """Every run not finished, each in its own `t1` process (a stage run in-process keeps memory it never
+    returns: a long sweep would grow until it is killed), ``jobs`` at a time: with one, its output and progress
+    bar here; with more, each with cores ÷ jobs threads and its output in ``OUT/<point>/seed<s>.log`` (a small
+    model uses one core better than two: two single-threaded runs at once do more per minute). A finished run
+    is skipped, an unfinished or extended training run resumed, once :func:`check_reruns` found no run done
+    under another config; the first run that fails stops the others (their checkpoints stay: run the sweep
+    again to resume)."""
     check_reruns(stage, runs)
+    todo = []
     for i, run in enumerate(runs, 1):
         head = f"sweep: run {i}/{len(runs)}: {run.label} seed {run.seed}"
         if _done(stage, run):
             print(f"{head}: done, skipped ({run.dir})", file=sys.stderr)
             continue
-        print(f"\n{head} → {run.dir}", file=sys.stderr)
-        try:
-            if not (run.dir / spec.done).exists() or _extended(stage, run):
-                if spec.training:  # resume: from the newest complete checkpoint, or from the start if none
-                    runner(run.cfg, resume=True, progress=progress)
-                else:  # the record its re-run is checked against (a training run writes its own)
-                    cfglib.save(run.cfg, run.dir / "config.yaml")
-                    runner(run.cfg, progress=progress)
-            if run.scale_cfg is not None:
-                from t1.stages.scale import scale
-
-                print(f"{head}: t1 scale on {run.dir / 'final'}", file=sys.stderr)
-                cfglib.save(run.scale_cfg, run.dir / "scale" / "config.yaml")
-                scale(run.scale_cfg, progress=progress)
-        except (ConfigError, DataError) as e:
-            raise type(e)(f"run {run.label} seed {run.seed} ({run.dir}): {e}") from e
-        finally:
-            _free_memory()
-
-
-def _free_memory() -> None:
-    import gc
-
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        log = None if jobs == 1 else run.dir.parent / f"{run.dir.name}.log"
+        todo.append(_job(stage, run, head, quiet=not progress or jobs > 1, log=log))
+    threads = None if jobs == 1 else max(1, usable_cores() // jobs)
+    if jobs > 1 and todo:
+        print(f"sweep: {min(jobs, len(todo))} runs at a time, {threads} thread(s) each; logs beside each run's "
+              "folder (seed<s>.log)", file=sys.stderr)
+    run_jobs(todo, parallel=jobs, threads=threads)
 
 
 # ---------------------------------------------------------------------------------------------- collecting
@@ -442,8 +446,10 @@ def default_out(stage: str, grid: Grid) -> Path:
 
 
 def run_sweep(stage: str, args: list[str], out: str | Path | None = None, seeds: int = 1,
-              scale_config: str | None = None, progress: bool = True) -> dict:
+              scale_config: str | None = None, progress: bool = True, jobs: int = 1) -> dict:
     """Plan (validating every run's config), run, collect ``sweep.json`` and print the table; the result."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be ≥ 1 (got {jobs})")
     grid = parse_grid(args)
     out = Path(out) if out is not None else default_out(stage, grid)
     runs = plan(stage, grid, out, seeds, scale_config)
@@ -451,7 +457,7 @@ def run_sweep(stage: str, args: list[str], out: str | Path | None = None, seeds:
     check_reruns(stage, runs)  # a refusal is the command's only line
     print(f"sweep: {len(runs)} runs of t1 {stage} ({len({r.label for r in runs})} values × {seeds} seed(s)) "
           f"→ {out}", file=sys.stderr)
-    execute(stage, runs, progress)
+    execute(stage, runs, progress, jobs)
     meta = {"out": str(out), "config": grid.config, "fields": [k for k, _ in grid.swept],
             "overrides": list(grid.overrides), "seeds": seeds, "scale_config": scale_config}
     result = collect(stage, runs, out, meta)

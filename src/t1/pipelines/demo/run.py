@@ -30,10 +30,7 @@ again.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,6 +50,7 @@ from t1.pipelines.demo.checks import FREE_TRUNCATION, at, rule, show, summarize
 from t1.pipelines.demo.report import write_demo_report
 from t1.rl.config import AlgoConfig, AnchorConfig, RLConfig, RLTrainConfig, RolloutConfig
 from t1.rl.penalties import PenaltyConfig
+from t1.runtime.children import die_with_parent, stop, t1_command, thread_env
 from t1.runtime.optim import OptimConfig
 from t1.runtime.run import RunError
 from t1.runtime.trackers import Tracking, open_trackers
@@ -144,22 +142,6 @@ def _rl_config(cfg: DemoConfig, out: Path, sft_model: Path, prompts: Path) -> RL
     )
 
 
-def _die_with_parent():
-    """A ``preexec_fn`` after which the child gets SIGKILL from the kernel when this process dies, however it
-    dies (Linux ``PR_SET_PDEATHSIG``); None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
 def _watch(procs: list, epochs: dict[Path, float], progress: bool) -> None:
     """One progress bar over the runs (from their metrics rows) until all end or one fails."""
     from tqdm import tqdm
@@ -194,22 +176,14 @@ def parallel_sft(runs: list[tuple[Path, SFTConfig]], out: Path, progress: bool) 
     try:
         for run_dir, c in runs:
             path = cfglib.save(c, out / f"{run_dir.name}.yaml")
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            env = thread_env(1)
             with open(out / f"{run_dir.name}.log", "w") as log:
                 procs.append((run_dir, subprocess.Popen(
-                    [sys.executable, "-m", "t1", "sft", str(path), "--resume", "--quiet"], env=env, stdout=log,
-                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent())))
+                    t1_command("sft", path, "--resume", "--quiet"), env=env, stdout=log,
+                    stderr=subprocess.STDOUT, preexec_fn=die_with_parent())))
         _watch(procs, {d: c.train.epochs for d, c in runs}, progress)
     finally:
-        stopped = [p for _, p in procs if p.poll() is None]
-        for p in stopped:
-            p.terminate()
-        for p in stopped:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stopped = stop([p for _, p in procs])
     for run_dir, p in procs:
         lines = (out / f"{run_dir.name}.log").read_text(errors="replace").strip().splitlines() or [""]
         if p.returncode != 0 and p not in stopped:  # the one that failed, not the one stopped because of it
