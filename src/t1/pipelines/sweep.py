@@ -19,6 +19,8 @@
   replace results — neither silently. A longer training run (``train.steps`` …, where allowed) is no longer
   finished: it resumes from its last checkpoint and runs the extra steps; other allowed changes (logging,
   trackers) leave a finished run skipped.
+* Each run is its own ``python -m t1 STAGE`` process (:mod:`t1.runtime.children`), ``--jobs N`` at once with
+  cores ÷ N threads each (see :func:`execute`).
 * ``--scale SCALE.yaml`` (training stages): after each run, `t1 scale` on its ``final/`` with that config, its
   ``models``, ``labels`` and ``out`` replaced (``<run>/scale/``); the scaling protocol, its seed included, is
   the same for every run, so only the trained models differ.
