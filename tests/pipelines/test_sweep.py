@@ -143,6 +143,7 @@ def test_a_rerun_with_another_override_is_refused_and_a_longer_one_resumes(tiny_
     from dataclasses import replace
 
     from t1.pipelines.sweep import _done, check_reruns, plan
+    from t1.rl.config import resolve_anchor
 
     cfg, out = _rl_yaml(tmp_path, tiny_model_dir), tmp_path / "sweep"
     runs = plan("rl", parse_grid([str(cfg), "rollout.samples_per_prompt=2,4"]), out)
@@ -150,7 +151,7 @@ def test_a_rerun_with_another_override_is_refused_and_a_longer_one_resumes(tiny_
         (run.dir / "checkpoints" / "step-0000003").mkdir(parents=True)
         (run.dir / "checkpoints" / "step-0000003" / "trainer_state.pt").write_bytes(b"")
         (run.dir / "final").mkdir()
-        C.save(run.cfg, run.dir / "config.yaml")
+        C.save(resolve_anchor(run.cfg)[0], run.dir / "config.yaml")  # as `t1 rl` records it
     check_reruns("rl", runs)
     assert all(_done("rl", r) for r in runs)
 

@@ -32,8 +32,9 @@ class RolloutConfig(EngineConfig):
     top_p: float = option(0.95, "nucleus sampling (the authors' code: 0.95)")
     max_new_tokens: int = option(10240, "generation budget; longer responses are truncated (paper: 10240; "
                                         "≤ 1,048,576, and the longest prompt + it within the model's context)")
-    is_cap: float = option(0.0, "truncated importance sampling: weight each token's loss by min(π_train / "
-                                "π_sampler, cap) to correct the sampler-trainer mismatch (0 = off; 2 is common)")
+    is_cap: float | None = option(None, "truncated importance sampling: weight each token's loss by min(π_train "
+                                        "/ π_sampler, cap) to correct the sampler-trainer mismatch and stale "
+                                        "batches (0 = off; null: 2 with train.max_staleness > 0, else off)")
 
     def validate(self) -> None:
         super().validate()
@@ -46,7 +47,8 @@ class RolloutConfig(EngineConfig):
                        n_field="samples_per_prompt")
         check_sequences(self.prompts_per_step, self.samples_per_prompt, "prompts_per_step",
                         "prompts_per_step × samples_per_prompt")
-        require(self.is_cap == 0 or self.is_cap >= 1, "is_cap", "must be 0 (off) or ≥ 1", self.is_cap)
+        require(self.is_cap is None or self.is_cap == 0 or self.is_cap >= 1, "is_cap", "must be 0 (off) or ≥ 1",
+                self.is_cap)
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,11 @@ class RLTrainConfig:
     fast_forward: bool = fast_forward_option()
     attention: Attention = attention_option()
     seed: int = option(0, "sampling and data-order seed")
+    max_staleness: int = option(0, "N: step t's batch is sampled from the weights of step t − N while the "
+                                   "update of the steps before runs (0 = synchronous; 1 = one step off-policy, "
+                                   "sampling overlaps the update; see the README's asynchronous RL)")
+    sampler_threads: int = option(0, "with max_staleness > 0 and the fast engine: CPU threads of the sampler "
+                                      "process (0 = half the cores; the update takes the rest)")
     log_every: int = option(1, "steps between metric rows")
     save_every: int = option(50, "steps between checkpoints (and always at the end)")
     keep_checkpoints: int = option(2, "newest checkpoints to keep")
@@ -155,6 +162,10 @@ class RLTrainConfig:
 
     def validate(self) -> None:
         require(self.steps >= 1, "steps", "must be ≥ 1", self.steps)
+        require(0 <= self.max_staleness <= 16, "max_staleness", "must be in [0, 16] (each version in flight "
+                "holds a batch, and with the fast engine a copy of the weights)", self.max_staleness)
+        require(self.sampler_threads >= 0, "sampler_threads", "must be ≥ 0 (0 = half the cores)",
+                self.sampler_threads)
         require(self.micro_batch_tokens >= 16, "micro_batch_tokens", "must be ≥ 16", self.micro_batch_tokens)
         require(self.max_bad_steps >= 1, "max_bad_steps", "must be ≥ 1", self.max_bad_steps)
         require(self.logits_chunk >= 0, "logits_chunk", "must be ≥ 0 (0 = off)", self.logits_chunk)
@@ -189,10 +200,23 @@ class RLConfig(Tracking):
                          "data.num_prompts")
 
 
+IS_CAP_ASYNC = 2.0  # the truncated-IS cap with stale batches when none is given (Yao et al. 2025's C = 2)
+
+
 def resolve_anchor(cfg: RLConfig) -> tuple[RLConfig, str]:
-    """With ``algo.kl_beta = 0`` there is no KL term, so the run keeps no anchor: ``anchor.mode`` becomes
-    none, and the note says why (for the run's ``config.yaml`` and its log). Else ``cfg`` as it is, no note."""
-    if cfg.algo.kl_beta > 0 or cfg.anchor.mode == "none":
-        return cfg, ""
-    note = f"anchor.mode: none, not {cfg.anchor.mode}, because algo.kl_beta = 0 (no KL term: no anchor is kept)"
-    return dataclasses.replace(cfg, anchor=dataclasses.replace(cfg.anchor, mode="none")), note
+    """The config as the run records it, with a note for each value it decided (for ``config.yaml`` and the
+    log): with ``algo.kl_beta = 0`` there is no KL term, so the run keeps no anchor (``anchor.mode`` none);
+    ``rollout.is_cap`` null becomes 2 with ``train.max_staleness`` > 0 (a stale batch needs the correction),
+    else 0 (off)."""
+    notes = []
+    if cfg.rollout.is_cap is None:
+        cap = IS_CAP_ASYNC if cfg.train.max_staleness else 0.0
+        cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, is_cap=cap))
+        if cap:
+            notes.append(f"rollout.is_cap: {cap:g} because train.max_staleness = {cfg.train.max_staleness} "
+                         "(stale batches are corrected by truncated importance sampling)")
+    if cfg.algo.kl_beta == 0 and cfg.anchor.mode != "none":
+        notes.append(f"anchor.mode: none, not {cfg.anchor.mode}, because algo.kl_beta = 0 (no KL term: no "
+                     "anchor is kept)")
+        cfg = dataclasses.replace(cfg, anchor=dataclasses.replace(cfg.anchor, mode="none"))
+    return cfg, "\n".join(notes)

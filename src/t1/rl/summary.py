@@ -76,9 +76,10 @@ def trl_names(row: dict, s: dict) -> dict:
 
 
 def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, version: int,
-             is_cap: float) -> dict:
+             is_cap: float, sampled: int | None = None) -> dict:
     """The step's metrics row from the batch's ``stats`` and the update's ``upd`` (both summed over every
-    process here; a collective), phase ``times`` and the weight ``version`` the engine sampled from."""
+    process here; a collective), phase ``times``, the weight ``version`` after the update and the version
+    ``sampled`` the batch was drawn from (default: the step's own; ``sampling/staleness`` = step − it)."""
     sums = {**{k: v for k, v in stats.items() if k not in EXTREMES}, **{k: upd.get(k, 0.0) for k in ROW_SUMS}}
     names = list(sums)
     stacked = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in names])
@@ -99,6 +100,10 @@ def step_row(acc, step: int, stats: dict, upd: dict, wall: float, times: dict, v
            "time_train": times.get("train", 0.0), "time_push": times.get("push", 0.0), "time_step": wall,
            "tokens_per_s": s["response_tokens"] / wall, "weight_version": version,
            "step_tokens": s.get("step_tokens", 0.0)}
+    sampled = step if sampled is None else sampled
+    row.update({"sampling/version": sampled, "sampling/staleness": step - sampled})
+    if "wait" in times:  # asynchronous RL: seconds the update waited for its batch (t1.rl.overlap)
+        row["time_wait"] = times["wait"]
     if "dynamic_rounds" in s:  # dynamic sampling (t1.rl.dynamic): per process, averaged over processes
         procs = acc.num_processes
         row.update({"dynamic/rounds": s["dynamic_rounds"] / procs,

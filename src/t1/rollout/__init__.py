@@ -23,13 +23,16 @@ __all__ = ["Engine", "EngineError", "Sample", "SamplingParams", "sample_seed", "
 
 
 def make_engine(cfg, model, tokenizer, *, model_path: str | None = None, max_len: int = 0,
-                run_dir: str | None = None, training: bool = False) -> Engine:
+                run_dir: str | None = None, training: bool = False, process: tuple[int, int] | None = None
+                ) -> Engine:
     """The engine ``cfg`` (a :class:`t1.rollout.config.EngineConfig`, or just an engine name) asks for.
     ``model`` is the loaded policy (fast/generate sample from it); ``model_path`` is where vLLM loads the
     starting weights from; ``max_len`` the longest prompt + budget; ``run_dir`` holds disk-synced weights.
     ``training``: `t1 rl`'s engine, pushed every weight before it samples and asleep in between — vLLM may
     then start from dummy weights and run in sleep mode; every other stage's (:func:`open_engine`) reads the
-    checkpoint and never sleeps (:mod:`t1.rollout.vllm_engine`).
+    checkpoint and never sleeps (:mod:`t1.rollout.vllm_engine`). ``process`` = (slots, threads): the fast
+    engine in a child process on a copy of the weights with that many versions in shared memory
+    (:class:`t1.rollout.process.ProcessEngine`, asynchronous RL).
     A ``t1 rl`` rollout config carries its budget and step size: they are checked against the policy's context
     and this machine's memory here, before anything samples (:func:`t1.rollout.bounds.check_engine`)."""
     from t1.rollout.config import EngineConfig, resolve
@@ -41,7 +44,17 @@ def make_engine(cfg, model, tokenizer, *, model_path: str | None = None, max_len
         from t1.model.forward import llama_family
 
         kind = "fast" if llama_family(model) else "generate"
+        if kind == "generate" and process is not None:
+            from t1.config import ConfigError
+
+            raise ConfigError("train.max_staleness: the sampler process runs the fast engine, which needs a "
+                              "Llama-family model (Llama, Qwen2, Mistral); use rollout.engine=vllm_server, or 0")
     _check_rollout(cfg, kind, model, max_len)
+    if kind == "fast" and process is not None:
+        from t1.rollout.process import ProcessEngine
+
+        return ProcessEngine(model, tokenizer, slots=process[0], threads=process[1], dtype=cfg.dtype,
+                             max_batch=cfg.max_batch)
     if kind == "fast":
         from t1.rollout.fast import FastEngine
 

@@ -30,7 +30,7 @@ from t1.config import ConfigError
 from t1.data.prompts import check_enough, load_items
 from t1.model import lora
 from t1.model.load import chat_format_of, count_parameters, load_for_training, set_attention
-from t1.rl import algo, dynamic, rewards, shard
+from t1.rl import algo, dynamic, overlap, rewards, shard
 from t1.rl.anchor import Anchor
 from t1.rl.batch import Batch
 from t1.rl.config import RLConfig, resolve_anchor
@@ -63,6 +63,7 @@ class RLTrainer:
         cfg, note = resolve_anchor(cfg)  # kl_beta = 0: no anchor, and config.yaml says so
         self.cfg, self.progress = cfg, progress
         self.out = Path(cfg.out)
+        self.threads = torch.get_num_threads()
         self.task, self.reward = self._start_task(), None
         try:  # the graders, and the run's lock once taken, are released if the setup fails
             self.reward = self._start_reward()
@@ -74,6 +75,7 @@ class RLTrainer:
             if P % self.world:
                 raise ConfigError(f"rollout.prompts_per_step: must be divisible by the {self.world} processes "
                                   f"(got {P})")
+            self.staleness = overlap.check(cfg, resolve_engine(cfg.rollout.engine), self.world)
             self.run = RunDir(self.out, resume, acc, cfg)  # --resume: cfg checked against config.yaml
         except BaseException:
             self.task.close()
@@ -110,6 +112,9 @@ class RLTrainer:
     def close(self) -> None:
         """Release the graders, the engine (vLLM's memory) and the run's lock and logs."""
         try:
+            if getattr(self, "overlap", None) is not None:
+                self.overlap.close()
+            torch.set_num_threads(self.threads)  # the sampler process's cores were lent to it
             self.task.close()
             if self.reward is not None:
                 self.reward.close()
@@ -188,15 +193,16 @@ class RLTrainer:
         engine_model = lora.base_path(cfg.model if cfg.lora.rank else ckpt or cfg.model)
         self.engine = make_engine(cfg.rollout, self.raw, self.tok, model_path=engine_model,
                                   max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out),
-                                  training=True)
+                                  training=True, process=overlap.sampler_process(cfg, self.staleness))
+        self.pending = {t: overlap.batch_from_state(b) for t, b in (state or {}).get("pending", {}).items()}
         self._sleep_engine()  # asleep until the first step's push, which wakes it (TRL: sleep right after start)
         self.params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens,
                                      self.format.stop_ids)
-        self.timer = Timer()
+        self.timer, self.overlap = Timer(), None
         self.version = self.start  # optimizer steps taken: the weights the engine must sample from
         self.run.start_metrics(cfg, self.start, note, logs=("metrics", "rollouts"), job_type="rl")
-        if note and acc.is_main_process:
-            print(f"rl: {note}", file=sys.stderr)
+        for line in note.splitlines() if acc.is_main_process else ():
+            print(f"rl: {line}", file=sys.stderr)
 
     # ------------------------------------------------------------------------------------------ sampling
 
@@ -213,20 +219,21 @@ class RLTrainer:
         chosen = [order[(k * P + j) % len(order)] for j in range(P)]
         return chosen[self.rank:: self.world]
 
-    def _draw(self, step: int, mine: list[int], round_: int) -> Drawn:
-        """K samples of each prompt in ``mine`` (round ``round_`` of the step: its own sample seeds), scored:
-        the task's verdict, the user's reward if any, T1's penalties and the soft overlong zone."""
+    def _draw(self, step: int, mine: list[int], round_: int, version: int, timer: Timer) -> Drawn:
+        """K samples of each prompt in ``mine`` (round ``round_`` of the step: its own sample seeds) from weight
+        ``version``, scored: the task's verdict, the user's reward if any, T1's penalties and the soft overlong
+        zone."""
         K, cfg = self.cfg.rollout.samples_per_prompt, self.cfg
         prompts = [self._prompt(i) for i in mine for _ in range(K)]
         seeds = [sample_seed(cfg.train.seed, step, i, k + round_ * K) for i in mine for k in range(K)]
-        with self.timer("sample"):
-            self.raw.eval()
+        with timer("sample"):
             if self.engine.shares_weights:
+                self.raw.eval()
                 samples = self.engine.generate(prompts, seeds, self.params)
-            else:  # a copy of the weights: it must hold this step's version (else StaleEngineError)
-                samples = self.engine.generate(prompts, seeds, self.params, version=self.version)
-            self.raw.train()
-        with self.timer("score"):
+                self.raw.train()
+            else:  # a copy of the weights: it must hold this version (else StaleEngineError)
+                samples = self.engine.generate(prompts, seeds, self.params, version=version)
+        with timer("score"):
             items = [self.items[i] for i in mine for _ in range(K)]
             scores = self.task.score([s.text for s in samples], items)
             flags = [penalty_flags(s.text, it.prompt, s.finished, s.token_ids, self.format.special_ids,
@@ -246,25 +253,29 @@ class RLTrainer:
         soft = torch.where(bad["truncated"] | bad["repetitive"] | bad["garbage"], torch.zeros_like(soft), soft)
         return Drawn(prompts, samples, items, scores, flags, correct, bad, reward + soft, soft, named)
 
-    def rollout(self, step: int) -> tuple[Batch, list[dict]]:
-        """This process's share of the step's groups, scored. With ``algo.dynamic_sampling`` groups whose
-        rewards are all equal (no signal) are dropped and more prompts are drawn, round after round, until
-        the share is full or ``algo.dynamic_max_rounds`` is reached (every process takes as many rounds, so
-        engines that sample together stay in step); a share still short is filled with dropped groups."""
+    def rollout(self, step: int, version: int | None = None, timer: Timer | None = None
+                ) -> tuple[Batch, list[dict]]:
+        """This process's share of the step's groups from weight ``version`` (default: the current one),
+        scored. With ``algo.dynamic_sampling`` groups whose rewards are all equal (no signal) are dropped and
+        more prompts are drawn, round after round, until the share is full or ``algo.dynamic_max_rounds`` is
+        reached (every process takes as many rounds, so engines that sample together stay in step); a share
+        still short is filled with dropped groups."""
         K, dyn = self.cfg.rollout.samples_per_prompt, self.cfg.algo.dynamic_sampling
+        version, timer = self.version if version is None else version, timer or self.timer
         mine = self._step_prompts(step)
-        drawn = self._draw(step, mine, 0)
+        drawn = self._draw(step, mine, 0, version, timer)
         rounds, dropped, filled = 1, 0, 0
         if dyn:
             keep, spare = dynamic.split_groups(drawn.reward, K)
             while rounds < self.cfg.algo.dynamic_max_rounds and self._any_short(len(keep) < len(mine)):
-                more = self._draw(step, self._extra_prompts(step, rounds), rounds)
+                more = self._draw(step, self._extra_prompts(step, rounds), rounds, version, timer)
                 start = len(drawn.reward) // K
                 drawn = Drawn.cat([drawn, more])
                 k2, s2 = dynamic.split_groups(more.reward, K)
                 keep, spare = keep + [start + g for g in k2], spare + [start + g for g in s2]
                 rounds += 1
-        self._sleep_engine()  # GPU sleep mode: vLLM's memory is the update's until the next push
+        if not self.staleness:
+            self._sleep_engine()  # GPU sleep mode: vLLM's memory is the update's until the next push
         self._warn_penalties(step, drawn.flags)
         if drawn.named is not None:
             self._warn_reward(step, drawn.named, len(drawn.samples))
@@ -350,14 +361,16 @@ class RLTrainer:
         if not self.engine.shares_weights:
             self.engine.sleep()
 
-    def _push_weights(self) -> None:
-        """Hand the policy's weights to an engine that samples from a copy (vLLM, servers) as version
-        ``self.version``, one full parameter at a time, right before it samples (it wakes for the push, and
-        sleeps again after sampling); engines sharing the policy's tensors need nothing."""
+    def _push_weights(self, version: int | None = None) -> None:
+        """Hand the policy's weights to an engine that samples from a copy (vLLM, servers, the sampler process)
+        as ``version`` (default ``self.version``), one full parameter at a time, right before it samples (it
+        wakes for the push, and sleeps again after sampling); engines sharing the policy's tensors need
+        nothing."""
         if self.engine.shares_weights:
             return
         with self.timer("push"):
-            self.engine.push_weights(full_parameters(self.model, kept=True), self.version)
+            self.engine.push_weights(full_parameters(self.model, kept=True),
+                                     self.version if version is None else version)
             self.acc.wait_for_everyone()
 
     # -------------------------------------------------------------------------------------------- loop
@@ -368,7 +381,10 @@ class RLTrainer:
             state_dict = sharded_state.model_state(self.acc, self.model, self.sharding, full_parameters)
             anchor = self.anchor.state_dict(keep=main)
             optimizer = sharded_state.optimizer_state(self.model, self.optimizer, self.sharding, keep=main)
-            return state_dict, {"optimizer": optimizer, "anchor": anchor, "num_tokens": self.num_tokens}
+            extra = {"optimizer": optimizer, "anchor": anchor, "num_tokens": self.num_tokens}
+            if self.overlap is not None:  # the batches sampled from older weights: a resumed run uses them
+                extra["pending"] = {t: overlap.batch_state(*b) for t, b in self.overlap.pending(step).items()}
+            return state_dict, extra
 
         self.run.save_checkpoint(step, self.raw, self.tok, gather, self.cfg.train.keep_checkpoints)
 
@@ -408,14 +424,26 @@ class RLTrainer:
         bar = tqdm(total=cfg.train.steps, initial=self.start, desc="rl", unit="step", file=sys.stderr,
                    disable=not (main and self.progress), dynamic_ncols=True)
         history, bad_steps = [], BadSteps("rl", cfg.train.max_bad_steps)
+        if self.staleness:
+            self.overlap = overlap.Overlap(self.staleness, cfg.train.steps,
+                                           lambda t, v: (*self.rollout(t, v, timer := Timer()), timer.pop()),
+                                           self._push_weights, getattr(self.engine, "overlaps", False))
+            self.overlap.begin(self.start, self.pending)
         for step in range(self.start, cfg.train.steps):
             t0 = time.perf_counter()
-            self._push_weights()  # the engine sleeps until here: checkpoints and final/ are written while it does
-            batch, shown = self.rollout(step)
+            if self.overlap is None:
+                self._push_weights()  # the engine sleeps until here: checkpoints and final/ are written meanwhile
+                batch, shown = self.rollout(step)
+                times, sampled = {}, self.version
+            else:  # sampled by the sampler thread from version step − N (t1.rl.overlap)
+                (batch, shown, times), sampled, waited = self.overlap.take(step)
+                times = {**times, "wait": waited}
             upd = self.update(step, batch)
             bad_steps.check(step, upd["skipped"])
-            row = step_row(acc, step, batch.stats, upd, time.perf_counter() - t0, self.timer.pop(), self.version,
-                           cfg.rollout.is_cap)
+            if self.overlap is not None:
+                self.overlap.advance(self.version)  # push the new version, queue the batch sampled from it
+            row = step_row(acc, step, batch.stats, upd, time.perf_counter() - t0, {**times, **self.timer.pop()},
+                           self.version, batch.is_cap, sampled)
             self.num_tokens += int(row.pop("step_tokens"))
             row["num_tokens"] = self.num_tokens  # cumulative, as TRL's
             history.append(row)
