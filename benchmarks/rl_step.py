@@ -1,8 +1,10 @@
-"""RL step throughput: `t1 rl` vs TRL's GRPOTrainer at the same settings, measured in one run.
+"""RL step throughput: `t1 rl` vs TRL's GRPOTrainer at the same settings, measured in one run — or, with
+``--staleness N``, `t1 rl` synchronous vs asynchronous (``train.max_staleness=N``: the fast engine samples in a
+child process on half the cores while the update runs on the others; :mod:`t1.rl.overlap`).
 
-    .venv/bin/pip install trl        # not a dependency of t1; only this script needs it
+    .venv/bin/pip install trl        # not a dependency of t1; only this script needs it (not with --staleness)
     .venv/bin/python benchmarks/rl_step.py [--steps 8] [--warmup 3] [--prompts 8] [--samples 8] [--new-tokens 128]
-        [--trl-attention sdpa|eager] [--trl-malloc-tuning]
+        [--trl-attention sdpa|eager] [--trl-malloc-tuning] [--staleness N]
 
 Both train the same ~4M-parameter model files (a Llama: the Qwen2 shape without biases; transformers 5
 re-tokenizes any qwen2 checkpoint with its own tokenizer) on the same Countdown prompts with K samples per
@@ -29,8 +31,8 @@ from t1.stages.rl import train_rl
 from t1.tasks.countdown import CountdownConfig, generate, reward
 
 
-def run_t1(model_dir: Path, out: Path, args) -> tuple[float, float]:
-    cfg = C.load(RLConfig, None, [
+def run_t1(model_dir: Path, out: Path, args, *extra: str) -> tuple[float, float]:
+    cfg = C.load(RLConfig, None, [*extra,
         f"model={model_dir}", f"out={out}", f"train.steps={args.steps}",
         f"rollout.prompts_per_step={args.prompts}", f"rollout.samples_per_prompt={args.samples}",
         f"rollout.max_new_tokens={args.new_tokens}",
@@ -38,8 +40,10 @@ def run_t1(model_dir: Path, out: Path, args) -> tuple[float, float]:
         "train.optim.lr=1e-5", "train.save_every=1000000", "train.rollouts_every=0"])
     history = train_rl(cfg, progress=False)[args.warmup:]
     tokens = sum(h["response_length"] * args.prompts * args.samples for h in history)
-    split = {k: sum(h[f"time_{k}"] for h in history) / len(history) for k in ("sample", "score", "train")}
-    print(f"t1 per step: sample {split['sample']:.3f}s, score {split['score']:.3f}s, train {split['train']:.3f}s")
+    split = {k: sum(h.get(f"time_{k}", 0.0) for h in history) / len(history)
+             for k in ("sample", "score", "train", "wait")}
+    print(f"t1{' ' + ' '.join(extra) if extra else ''} per step: sample {split['sample']:.3f}s, score "
+          f"{split['score']:.3f}s, train {split['train']:.3f}s, waited for the batch {split['wait']:.3f}s")
     return tokens, sum(h["time_step"] for h in history)
 
 
@@ -94,7 +98,11 @@ def main() -> None:
                     help="give TRL t1's allocator setting too (t1.runtime.device.keep_freed_memory: freed memory "
                          "kept for reuse, no page faults to get it back); by default TRL runs with glibc's "
                          "defaults")
+    ap.add_argument("--staleness", type=int, default=0,
+                    help="compare t1 synchronous with t1 at train.max_staleness=N instead of with TRL")
     args = ap.parse_args()
+    if args.staleness:
+        return versus_async(args)
     if args.trl_malloc_tuning:
         from t1.runtime.device import keep_freed_memory
 
@@ -113,6 +121,24 @@ def main() -> None:
     print(f"{'TRL GRPOTrainer':22s} {trl_tokens:18,.0f} {trl_s:8.2f} {trl_tokens / trl_s:9,.0f}")
     print(f"{'t1 rl':22s} {t1_tokens:18,.0f} {t1_s:8.2f} {t1_tokens / t1_s:9,.0f}")
     print(f"speed-up: {(t1_tokens / t1_s) / (trl_tokens / trl_s):.2f}x")
+
+
+def versus_async(args) -> None:
+    """t1 synchronous vs t1 at ``train.max_staleness = args.staleness``, one after the other in this process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = build_tokenizer(100)
+        model_dir = save(build_model(ModelConfig(hidden=256, layers=4, heads=4, kv_heads=4, ffn=1024), tok), tok,
+                         Path(tmp) / "model")
+        sync_tokens, sync_s = run_t1(model_dir, Path(tmp) / "sync", args)
+        async_tokens, async_s = run_t1(model_dir, Path(tmp) / "async", args,
+                                       f"train.max_staleness={args.staleness}")
+    print(f"RL steps: {args.prompts} prompts x {args.samples} samples x {args.new_tokens} tokens, beta 0.04, "
+          f"bf16, {args.steps - args.warmup} timed steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
+    print(f"{'trainer':26s} {'completion tokens':>18s} {'seconds':>8s} {'tokens/s':>9s}")
+    print(f"{'t1 rl, synchronous':26s} {sync_tokens:18,.0f} {sync_s:8.2f} {sync_tokens / sync_s:9,.0f}")
+    print(f"{f't1 rl, max_staleness={args.staleness}':26s} {async_tokens:18,.0f} {async_s:8.2f} "
+          f"{async_tokens / async_s:9,.0f}")
+    print(f"speed-up: {(async_tokens / async_s) / (sync_tokens / sync_s):.2f}x")
 
 
 if __name__ == "__main__":

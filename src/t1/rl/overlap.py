@@ -124,6 +124,8 @@ class Overlap:
     def advance(self, version: int) -> None:
         """After the update that made ``version``: push it (an engine holding one version: once every queued
         batch is done) and queue the batch sampled from it."""
+        if version + self.n >= self.steps:  # no batch will be sampled from it (the run's last N versions)
+            return
         if not self.overlaps:
             for f, _ in self.jobs.values():
                 f.result()
