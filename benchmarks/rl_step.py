@@ -133,7 +133,8 @@ def versus_async(args) -> None:
         async_tokens, async_s = run_t1(model_dir, Path(tmp) / "async", args,
                                        f"train.max_staleness={args.staleness}")
     print(f"RL steps: {args.prompts} prompts x {args.samples} samples x {args.new_tokens} tokens, beta 0.04, "
-          f"bf16, {args.steps - args.warmup} timed steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
+          f"bf16, {args.steps - args.warmup} timed steps after {args.warmup} warm-up, "
+          f"{torch.get_num_threads()} threads")
     print(f"{'trainer':26s} {'completion tokens':>18s} {'seconds':>8s} {'tokens/s':>9s}")
     print(f"{'t1 rl, synchronous':26s} {sync_tokens:18,.0f} {sync_s:8.2f} {sync_tokens / sync_s:9,.0f}")
     print(f"{f't1 rl, max_staleness={args.staleness}':26s} {async_tokens:18,.0f} {async_s:8.2f} "
