@@ -4,6 +4,8 @@ batch while the update runs; a fixed schedule, so results do not depend on timin
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -15,7 +17,7 @@ from t1.rl.config import RLConfig
 from t1.rl.overlap import sampled_from
 from t1.rollout.base import EngineError
 from t1.stages.rl import RLTrainer, train_rl
-from tests.stages.test_rl import rl_cfg, rows, weights
+from tests.stages.test_rl import rl_args, rl_cfg, rows, weights
 
 ASYNC = ("train.max_staleness=1", "train.steps=4", "train.save_every=2", "train.rollouts_every=1",
          "train.rollouts_kept=2")
@@ -122,3 +124,26 @@ def test_the_is_weights_of_a_stale_batch_are_the_truncated_ratio():
     m = Mismatch(temperature=1.0, top_p=1.0, cap=2.0)
     torch.testing.assert_close(m(logits, targets, torch.tensor(sampler)), torch.tensor(by_hand))
     assert 1 < by_hand[0] < 2 and by_hand[1] < 1 and by_hand[2] == 2.0 and m.clipped == 1
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_the_uninterrupted_run(tiny_model_dir, tmp_path):
+    """`t1 rl` with N = 1 killed with SIGKILL (the sampler process dies with it) after a checkpoint, then
+    `--resume`: the uninterrupted run's weights and metrics."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    extra = ["train.max_staleness=1", "train.steps=40", "train.save_every=2", "train.rollouts_every=0"]
+    train_rl(rl_cfg(tiny_model_dir, full, *extra), progress=False)
+    args = [sys.executable, "-m", "t1", "rl", *rl_args(tiny_model_dir, cut, *extra), "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (cut / "checkpoints" / "step-0000004").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (cut / "final").exists()  # killed mid-run
+    assert subprocess.run([*args, "--resume"], capture_output=True).returncode == 0
+    a, b = weights(full / "final"), weights(cut / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ([(r["step"], r["reward"]) for r in rows(cut / "metrics.jsonl")]
+            == [(r["step"], r["reward"]) for r in rows(full / "metrics.jsonl")])
