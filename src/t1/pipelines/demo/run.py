@@ -88,6 +88,9 @@ class DemoConfig(Tracking):
                                           "linear (the last two decay to a tenth of the peak)")
     rl_beta: float = option(1e-3, "KL weight β")
     rl_entropy: float = option(1e-3, "entropy bonus α")
+    rl_max_staleness: int = option(0, "asynchronous RL: sample step t's batch from step t − N's weights in a "
+                                      "sampler process on one core while the update runs on the other (0 = "
+                                      "synchronous; see BENCHMARKS.md, asynchronous RL)")
     eval_problems: int = option(500, "held-out problems")
     budgets: tuple[int, ...] = option(
         (24, 48, 96, 128, 256, 512, 960), "thinking budgets for the scaling sweep, from ~one attempt (below "
@@ -135,6 +138,7 @@ def _rl_config(cfg: DemoConfig, out: Path, sft_model: Path, prompts: Path) -> RL
         penalties=PenaltyConfig(),  # the T1 values; Countdown traces repeat short phrases legitimately
         # the whole step's batch (~50k tokens) in one token budget, so the update runs fused (one forward fewer)
         train=RLTrainConfig(steps=cfg.rl_steps, seed=cfg.seed, save_every=15, rollouts_every=5,
+                            max_staleness=cfg.rl_max_staleness,
                             micro_batch_tokens=1 << 17,
                             optim=OptimConfig(lr=cfg.rl_lr, schedule=cfg.rl_schedule, warmup_steps=3,
                                               warmup_ratio=0.0, min_lr_ratio=0.1,
