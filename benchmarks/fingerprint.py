@@ -3,7 +3,8 @@
 Runs, through the ``t1`` command only (so it works across any internal layout): the demo with tiny settings
 (SFT, direct SFT, filter, RL on the fused packed path, eval, scale), then RL again from the same SFT model on
 the fused padded path (``train.fast_forward=false``) and on the two-pass path (``train.fused_update=false``,
-``algo.updates_per_batch=2``, which also exercises the PPO ratio). Writes one JSON object with every metric
+``algo.updates_per_batch=2``, which also exercises the PPO ratio) and asynchronously (``train.max_staleness=1``).
+Writes one JSON object with every metric
 that is not a wall-clock time, every sampled response and every evaluation row.
 
     python benchmarks/fingerprint.py /tmp/before.json      # on the old code
@@ -27,7 +28,8 @@ TINY_DEMO = ["tiny.hidden=32", "tiny.layers=2", "tiny.heads=2", "tiny.kv_heads=2
              "sft_examples=400", "filter_prompts=16", "filter_samples=2", "rl_budget=32", "rl_steps=3",
              "rl_prompts=8", "rl_samples=4", "eval_problems=24", "budgets=[8,16,32,64]"]
 RL_VARIANTS = {"padded": ["train.fast_forward=false"],
-               "two_pass": ["train.fused_update=false", "algo.updates_per_batch=2"]}
+               "two_pass": ["train.fused_update=false", "algo.updates_per_batch=2"],
+               "async": ["train.max_staleness=1"]}  # the sampler process, one version behind
 TIMING = ("time", "per_s", "wall", "elapsed", "seconds", "minutes")  # and names ending in _s (not reward_std)
 
 
