@@ -37,3 +37,20 @@ def test_the_first_failure_stops_the_others_and_names_its_last_line(tmp_path):
     with pytest.raises(ProcessLookupError):  # stopped and reaped, not left running
         os.kill(int(pid_file.read_text()), 0)
     assert not (tmp_path / "ran").exists()  # a job not started yet never starts
+
+
+def test_each_running_job_holds_a_gpu_of_its_own(tmp_path):
+    show = ("import os, sys, time; open(sys.argv[1], 'w').write(os.environ['CUDA_VISIBLE_DEVICES']); "
+            "time.sleep(0.3)")
+    jobs = [Job(f"j{i}", [[*_py(show), str(tmp_path / f"j{i}")]], None) for i in range(4)]
+    run_jobs(jobs, parallel=2, poll_s=0.05, devices=["3", "5"])
+    got = [(tmp_path / f"j{i}").read_text() for i in range(4)]
+    assert set(got) == {"3", "5"} and got[0] != got[1]  # the first two run together, one GPU each
+
+
+def test_a_child_killed_by_a_signal_is_named(tmp_path):
+    die = _py("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    with pytest.raises(RunError, match=r"^run x failed \(killed by SIGKILL — out of memory\?\)$"):
+        run_jobs([Job("run x", [die], None)], poll_s=0.05)
+    with pytest.raises(RunError, match=r"failed \(killed by SIGKILL — out of memory\?\); see "):
+        run_jobs([Job("run y", [die], tmp_path / "y.log")], poll_s=0.05)

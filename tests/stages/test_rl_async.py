@@ -4,6 +4,7 @@ batch while the update runs; a fixed schedule, so results do not depend on timin
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,7 +76,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tiny_model_dir, tmp_pa
         with pytest.raises(KeyboardInterrupt):
             train_rl(rl_cfg(tiny_model_dir, cut, *ASYNC), progress=False)
     state = torch.load(cut / "checkpoints" / "step-0000002" / "trainer_state.pt", weights_only=True)
-    assert list(state["pending"]) == [2] and state["pending"][2]["version"] == 1
+    assert list(state["pending"]) == [0] and list(state["pending"][0]) == [2]  # process 0's share of step 3
+    assert state["pending"][0][2]["version"] == 1
     train_rl(rl_cfg(tiny_model_dir, cut, *ASYNC), resume=True, progress=False)
     a, b = weights(full / "final"), weights(cut / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -147,3 +149,37 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tiny_model_dir, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert ([(r["step"], r["reward"]) for r in rows(cut / "metrics.jsonl")]
             == [(r["step"], r["reward"]) for r in rows(full / "metrics.jsonl")])
+
+
+@pytest.mark.slow
+def test_two_processes_checkpoint_each_ones_batches_and_resume_exactly(tiny_model_dir, tmp_path):
+    """torchrun, 2 processes, N = 1: each process's share of the next step's batch goes into the checkpoint (by
+    process), so a run SIGKILLed after a checkpoint and resumed ends with the uninterrupted run's weights."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    extra = ["train.max_staleness=1", "train.steps=30", "train.save_every=2", "train.rollouts_every=0",
+             "rollout.prompts_per_step=4", "train.precision=fp32", "train.fast_forward=false"]
+
+    def torchrun(out, *more):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "t1", "rl", *rl_args(tiny_model_dir, out, *extra), "--quiet", *more]
+        return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    assert torchrun(full).wait(timeout=240) == 0
+    proc = torchrun(cut)
+    deadline = time.monotonic() + 240
+    while not (cut / "checkpoints" / "step-0000004").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "final").exists()
+    state = torch.load(cut / "checkpoints" / "step-0000004" / "trainer_state.pt", weights_only=True)
+    assert sorted(state["pending"]) == [0, 1] and all(list(p) == [4] for p in state["pending"].values())
+    resumed = torchrun(cut, "--resume")
+    assert resumed.wait(timeout=240) == 0, resumed.stderr.read()[-3000:]
+    a, b = weights(full / "final"), weights(cut / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)

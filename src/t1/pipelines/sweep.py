@@ -318,7 +318,8 @@ def execute(stage: str, runs: list[Run], progress: bool = True, jobs: int = 1) -
     """Every run not finished, each in its own `t1` process (a stage run in-process keeps memory it never
     returns: a long sweep would grow until it is killed), ``jobs`` at a time: with one, its output and progress
     bar here; with more, each with cores ÷ jobs threads and its output in ``OUT/<point>/seed<s>.log`` (a small
-    model uses one core better than two: two single-threaded runs at once do more per minute). A finished run
+    model uses one core better than two: two single-threaded runs at once do more per minute; on a GPU machine
+    each run takes a GPU of its own). A finished run
     is skipped, an unfinished or extended training run resumed, once :func:`check_reruns` found no run done
     under another config; the first run that fails stops the others (their checkpoints stay: run the sweep
     again to resume)."""
@@ -332,10 +333,29 @@ def execute(stage: str, runs: list[Run], progress: bool = True, jobs: int = 1) -
         log = None if jobs == 1 else run.dir.parent / f"{run.dir.name}.log"
         todo.append(_job(stage, run, head, quiet=not progress or jobs > 1, log=log))
     threads = None if jobs == 1 else max(1, usable_cores() // jobs)
+    devices = _gpus(jobs)
     if jobs > 1 and todo:
-        print(f"sweep: {min(jobs, len(todo))} runs at a time, {threads} thread(s) each; logs beside each run's "
-              "folder (seed<s>.log)", file=sys.stderr)
-    run_jobs(todo, parallel=jobs, threads=threads)
+        where = f"GPU {', '.join(devices)} (one each)" if devices else f"{threads} thread(s) each"
+        print(f"sweep: {min(jobs, len(todo))} runs at a time, {where}; logs beside each run's folder "
+              "(seed<s>.log)", file=sys.stderr)
+    run_jobs(todo, parallel=jobs, threads=None if devices else threads, devices=devices)
+
+
+def _gpus(jobs: int) -> list[str] | None:
+    """With ``--jobs`` > 1 on a GPU machine, the GPU ids the runs take one each (a run per GPU at most)."""
+    import os
+
+    import torch
+
+    if jobs == 1 or not torch.cuda.is_available():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else \
+        [str(i) for i in range(torch.cuda.device_count())]
+    if jobs > len(ids):
+        raise ConfigError(f"--jobs {jobs}: more runs at once than this machine's {len(ids)} GPU(s) (each run "
+                          "takes one)")
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------- collecting

@@ -46,20 +46,25 @@ class ProcessEngine:
 
         # the dtype the fast engine would pick here (the child's own measure could differ with its thread count)
         resolved = str(FastEngine(model, tokenizer, dtype=dtype)._dtype()).removeprefix("torch.")
-        self.names = [name for name, _ in full_parameters(model)]
-        self.slots = [{name: t.detach().to("cpu", torch.float32).clone().share_memory_()
-                       for name, t in full_parameters(model)} for _ in range(slots)]
+        # one flat fp32 buffer per slot, each parameter a view into it: one shared-memory file per slot (a file
+        # per tensor would hold (N + 1) × ~340 descriptors for a 1.5B model, past the usual limit of 1,024)
+        self.layout, offset = [], 0
+        for name, t in full_parameters(model):
+            self.layout.append((name, offset, tuple(t.shape)))
+            offset += t.numel()
+        self.flat = [torch.zeros(offset, dtype=torch.float32).share_memory_() for _ in range(slots)]
+        self.slots = [_views(flat, self.layout) for flat in self.flat]
         self.versions = torch.full((slots,), -1, dtype=torch.long).share_memory_()
         self.version: int | None = None
         self._pending: dict[int, int] = {}  # job id -> slot, until the child has copied the slot
-        self._done: dict[int, list[Sample]] = {}
+        self._done: dict[int, list[Sample] | EngineError] = {}  # a job's samples, or the error it met
         self._next, self._ready, self._lock = 0, False, threading.Lock()
         ctx = torch.multiprocessing.get_context("spawn")  # tensors in the arguments travel as shared memory
         self.conn, child = ctx.Pipe()
         skeleton = _skeleton(model)
         self.proc = ctx.Process(target=_serve, daemon=True, name="t1-sampler",
-                                args=(child, skeleton, tokenizer, self.slots, self.versions, threads, resolved,
-                                      max_batch, os.getpid()))
+                                args=(child, skeleton, tokenizer, self.flat, self.layout, self.versions, threads,
+                                      resolved, max_batch, os.getpid()))
         self.proc.start()
         child.close()
         self._wait(lambda: self._ready, start_timeout, "starting")
@@ -79,10 +84,14 @@ class ProcessEngine:
                 msg = self.conn.recv()
             except (EOFError, OSError):  # the pipe's other end is gone: the child died
                 raise self._died(what) from None
-        if msg[0] == "error":
-            cls = StaleEngineError if msg[1] == "stale" else EngineError
-            raise cls(f"sampler process: {msg[2]}")
-        if msg[0] == "loaded":
+        if msg[0] == "error":  # the job's own error, raised where its result is awaited
+            _, kind, text, job = msg
+            error = (StaleEngineError if kind == "stale" else EngineError)(f"sampler process: {text}")
+            if job is None:
+                raise error
+            self._pending.pop(job, None)
+            self._done[job] = error
+        elif msg[0] == "loaded":
             self._pending.pop(msg[1], None)
         elif msg[0] == "done":
             self._done[msg[1]] = msg[2]
@@ -140,7 +149,10 @@ class ProcessEngine:
 
     def result(self, job: int, timeout: float = float("inf")) -> list[Sample]:
         self._wait(lambda: job in self._done, timeout, f"sampling job {job}")
-        return self._done.pop(job)
+        out = self._done.pop(job)
+        if isinstance(out, EngineError):
+            raise out
+        return out
 
     def generate(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams, version: int
                  ) -> list[Sample]:
@@ -150,16 +162,30 @@ class ProcessEngine:
         pass
 
     def close(self) -> None:
+        """Stop the child (killed after 10 s); a thread waiting for its samples then gets an EngineError."""
         if self.proc.is_alive():
-            try:
-                self.conn.send(("stop",))
-            except (OSError, BrokenPipeError):
-                pass
+            if self._lock.acquire(timeout=5):
+                try:
+                    self.conn.send(("stop",))
+                except OSError:
+                    pass
+                finally:
+                    self._lock.release()
             self.proc.join(timeout=10)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
         self.conn.close()
+
+
+def _views(flat: torch.Tensor, layout: list[tuple[str, int, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, offset, shape in layout:
+        n = 1
+        for d in shape:
+            n *= d
+        out[name] = flat[offset: offset + n].view(shape)
+    return out
 
 
 def _skeleton(model: torch.nn.Module):
@@ -173,12 +199,16 @@ def _skeleton(model: torch.nn.Module):
 # ---------------------------------------------------------------------------------------------- the child
 
 
-def _serve(conn, config, tokenizer, slots, versions, threads: int, dtype: str, max_batch: int, parent: int
-           ) -> None:
+def _serve(conn, config, tokenizer, flat, layout, versions, threads: int, dtype: str, max_batch: int,
+           parent: int) -> None:
     """The child's loop: one job at a time — check the slot's version, copy it into the model, say so, sample,
     send the samples. Errors go back as one message; the parent turns them into one line."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops this process
     _die_with(parent)
     torch.set_num_threads(max(1, threads))
+    slots = [_views(f, layout) for f in flat]
     try:
         from transformers import AutoModelForCausalLM
 
@@ -189,7 +219,7 @@ def _serve(conn, config, tokenizer, slots, versions, threads: int, dtype: str, m
         engine = FastEngine(model, tokenizer, max_batch=max_batch, dtype=dtype)
         conn.send(("ready",))
     except Exception as e:  # noqa: BLE001 - reported to the parent as one line
-        conn.send(("error", "start", f"could not start: {type(e).__name__}: {e}"))
+        conn.send(("error", "start", f"could not start: {type(e).__name__}: {e}", None))
         return
     while True:
         try:
@@ -202,7 +232,7 @@ def _serve(conn, config, tokenizer, slots, versions, threads: int, dtype: str, m
         try:
             if int(versions[slot]) != version:
                 conn.send(("error", "stale", f"job {job} asks for version {version}, slot {slot} holds "
-                                             f"{int(versions[slot])}"))
+                                             f"{int(versions[slot])}", job))
                 continue
             with torch.no_grad():
                 for name, t in slots[slot].items():
@@ -211,7 +241,7 @@ def _serve(conn, config, tokenizer, slots, versions, threads: int, dtype: str, m
             conn.send(("done", job, engine.generate(prompts, seeds, sp)))
         except Exception as e:  # noqa: BLE001
             conn.send(("error", "sample", f"job {job}: {type(e).__name__}: {e} "
-                                          f"({traceback.format_exc(limit=1).splitlines()[-1]})"))
+                                          f"({traceback.format_exc(limit=1).splitlines()[-1]})", job))
 
 
 def _die_with(parent: int) -> None:

@@ -90,6 +90,8 @@ class _Live:
     job: Job
     proc: subprocess.Popen
     left: list[list[str]]
+    env: dict[str, str]
+    device: str | None
 
 
 def _start(job: Job, command: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -103,16 +105,29 @@ def _start(job: Job, command: list[str], env: dict[str, str]) -> subprocess.Pope
                                 preexec_fn=die_with_parent())
 
 
+def _how(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" — out of memory?" if name == "SIGKILL" else "")
+    return f"exit {code}"
+
+
 def _failure(job: Job, code: int) -> RunError:
     if job.log is None:
-        return RunError(f"{job.name} failed (exit {code}); its error is above")
+        return RunError(f"{job.name} failed ({_how(code)})" + ("; its error is above" if code > 0 else ""))
     lines = [s.strip() for s in job.log.read_text(errors="replace").splitlines() if s.strip()] or [""]
-    return RunError(f"{job.name} failed ({lines[-1] or f'exit {code}'}); see {job.log}")
+    last = lines[-1] if code > 0 and lines[-1] else _how(code)
+    return RunError(f"{job.name} failed ({last}); see {job.log}")
 
 
-def run_jobs(jobs: list[Job], parallel: int = 1, threads: int | None = None, poll_s: float = 0.5) -> None:
-    """Run every job, ``parallel`` at a time, in order of the list; see the module doc."""
-    env, waiting, live = thread_env(threads), list(jobs), []
+def run_jobs(jobs: list[Job], parallel: int = 1, threads: int | None = None, poll_s: float = 0.5,
+             devices: list[str] | None = None) -> None:
+    """Run every job, ``parallel`` at a time, in order of the list; see the module doc. ``devices``: GPU ids;
+    each running job holds one of them as its ``CUDA_VISIBLE_DEVICES`` (never two jobs on one GPU)."""
+    base, waiting, live = thread_env(threads), list(jobs), []
     try:
         while waiting or live:
             while waiting and len(live) < max(1, parallel):
@@ -121,7 +136,10 @@ def run_jobs(jobs: list[Job], parallel: int = 1, threads: int | None = None, pol
                     job.started()
                 if not job.commands:
                     continue
-                live.append(_Live(job, _start(job, job.commands[0], env), job.commands[1:]))
+                held = {item.device for item in live}
+                device = next((d for d in devices if d not in held), None) if devices else None
+                env = base if device is None else {**base, "CUDA_VISIBLE_DEVICES": device}
+                live.append(_Live(job, _start(job, job.commands[0], env), job.commands[1:], env, device))
             time.sleep(poll_s)
             for item in list(live):
                 code = item.proc.poll()
@@ -130,7 +148,7 @@ def run_jobs(jobs: list[Job], parallel: int = 1, threads: int | None = None, pol
                 if code != 0:
                     raise _failure(item.job, code)
                 if item.left:
-                    item.proc, item.left = _start(item.job, item.left[0], env), item.left[1:]
+                    item.proc, item.left = _start(item.job, item.left[0], item.env), item.left[1:]
                     continue
                 live.remove(item)
                 if item.job.done is not None:

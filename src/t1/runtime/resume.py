@@ -11,7 +11,7 @@ refused, in one line naming each with its old and new value, unless it is on the
   ``train.max_bad_steps``, ``lora.save_merged``, ``train.nccl_timeout``, ``rollout.vllm.dummy_weights`` (how
   vLLM gets the weights the first push replaces anyway); the memory and speed knobs ``train.micro_batch_tokens``,
   ``train.bucket_ratio``, ``train.logits_chunk``, ``train.attention``, ``train.fast_forward``,
-  ``train.fused_update``, ``rollout.max_batch``, ``rollout.vllm.gpu_memory_utilization``,
+  ``train.fused_update``, ``rollout.max_batch``, ``train.sampler_threads``, ``rollout.vllm.gpu_memory_utilization``,
   ``rollout.vllm.kv_cache_memory_bytes`` (the update's arithmetic is the same, up to float rounding: what to
   lower after running out of memory); and where the vLLM servers are and how they are reached
   (``rollout.vllm_server.urls``, ``sync_dir``, ``nccl_host``, ``nccl_port``, ``timeout``, ``sync_timeout``,
@@ -45,7 +45,7 @@ SAFE = frozenset({
     "train.log_every", "train.save_every", "train.keep_checkpoints", "train.rollouts_every", "train.rollouts_kept",
     "train.max_bad_steps", "lora.save_merged", "train.nccl_timeout", "rollout.vllm.dummy_weights",
     "train.micro_batch_tokens", "train.bucket_ratio", "train.logits_chunk", "train.attention",
-    "train.fast_forward", "train.fused_update", "rollout.max_batch",
+    "train.fast_forward", "train.fused_update", "rollout.max_batch", "train.sampler_threads",
     "rollout.vllm.gpu_memory_utilization", "rollout.vllm.kv_cache_memory_bytes",
     *(f"rollout.vllm_server.{f}" for f in ("urls", "sync_dir", "nccl_host", "nccl_port", "timeout",
                                            "sync_timeout", "max_retries", "concurrency", "decode_tokens_per_s")),

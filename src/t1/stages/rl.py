@@ -46,7 +46,7 @@ from t1.rollout.weights import full_parameters
 from t1.runtime import sharded_state
 from t1.runtime.device import gpus_per_node, make_accelerator, resolve_precision
 from t1.runtime.optim import BadSteps, make_optimizer
-from t1.runtime.run import RunDir, Timer, set_rng_state
+from t1.runtime.run import RunDir, RunError, Timer, set_rng_state
 from t1.tasks import get_task
 
 PENALTIES = ("truncated", "repetitive", "garbage")
@@ -112,15 +112,18 @@ class RLTrainer:
     def close(self) -> None:
         """Release the graders, the engine (vLLM's memory) and the run's lock and logs."""
         try:
-            if getattr(self, "overlap", None) is not None:
-                self.overlap.close()
+            ov, self.overlap = getattr(self, "overlap", None), None
+            engine, self.engine = getattr(self, "engine", None), None
+            if ov is not None:
+                ov.stopping = True  # a batch being sampled is not scored: the graders are closed below
+            if engine is not None:  # first: a sampler thread waiting on a sampler process gets an error now
+                close_engine(engine)
+            if ov is not None:  # a server's call in flight is bounded by its own timeout: not waited for
+                ov.close(wait=getattr(engine, "overlaps", False))
             torch.set_num_threads(self.threads)  # the sampler process's cores were lent to it
             self.task.close()
             if self.reward is not None:
                 self.reward.close()
-            engine, self.engine = getattr(self, "engine", None), None
-            if engine is not None:
-                close_engine(engine)
         finally:
             self.run.close()
 
@@ -187,6 +190,7 @@ class RLTrainer:
             set_rng_state(state["rng"])
             self.start = state["step"]
         self.raw = acc.unwrap_model(self.model)
+        self.raw.train()  # (loaded in eval mode) dropout, LoRA's included, acts in the update
         self.update_step = Update(cfg, acc, self.model, self.optimizer, self.anchor, self.tok.pad_token_id,
                                   self.sharding)
         # an engine holding a copy loads the plain base model; the first push hands it the trained weights
@@ -194,7 +198,7 @@ class RLTrainer:
         self.engine = make_engine(cfg.rollout, self.raw, self.tok, model_path=engine_model,
                                   max_len=longest + cfg.rollout.max_new_tokens, run_dir=str(self.out),
                                   training=True, process=overlap.sampler_process(cfg, self.staleness))
-        self.pending = {t: overlap.batch_from_state(b) for t, b in (state or {}).get("pending", {}).items()}
+        self.pending = overlap.my_pending(state, self.rank, self.world)
         self._sleep_engine()  # asleep until the first step's push, which wakes it (TRL: sleep right after start)
         self.params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens,
                                      self.format.stop_ids)
@@ -233,6 +237,8 @@ class RLTrainer:
                 self.raw.train()
             else:  # a copy of the weights: it must hold this version (else StaleEngineError)
                 samples = self.engine.generate(prompts, seeds, self.params, version=version)
+        if self.overlap is not None and self.overlap.stopping:
+            raise RunError("the run is stopping")  # the sampler thread of a run that ended: never scored
         with timer("score"):
             items = [self.items[i] for i in mine for _ in range(K)]
             scores = self.task.score([s.text for s in samples], items)
@@ -383,7 +389,8 @@ class RLTrainer:
             optimizer = sharded_state.optimizer_state(self.model, self.optimizer, self.sharding, keep=main)
             extra = {"optimizer": optimizer, "anchor": anchor, "num_tokens": self.num_tokens}
             if self.overlap is not None:  # the batches sampled from older weights: a resumed run uses them
-                extra["pending"] = {t: overlap.batch_state(*b) for t, b in self.overlap.pending(step).items()}
+                mine = {t: overlap.batch_state(*b) for t, b in self.overlap.pending(step).items()}
+                extra["pending"] = overlap.gather_pending(self.acc, mine)
             return state_dict, extra
 
         self.run.save_checkpoint(step, self.raw, self.tok, gather, self.cfg.train.keep_checkpoints)
@@ -427,7 +434,8 @@ class RLTrainer:
         if self.staleness:
             self.overlap = overlap.Overlap(self.staleness, cfg.train.steps,
                                            lambda t, v: (*self.rollout(t, v, timer := Timer()), timer.pop()),
-                                           self._push_weights, getattr(self.engine, "overlaps", False))
+                                           self._push_weights, getattr(self.engine, "overlaps", False),
+                                           acc.is_main_process)
             self.overlap.begin(self.start, self.pending)
         for step in range(self.start, cfg.train.steps):
             t0 = time.perf_counter()
