@@ -11,11 +11,11 @@ refused, in one line naming each with its old and new value, unless it is on the
   ``train.max_bad_steps``, ``lora.save_merged``, ``train.nccl_timeout``, ``rollout.vllm.dummy_weights`` (how
   vLLM gets the weights the first push replaces anyway); the memory and speed knobs ``train.micro_batch_tokens``,
   ``train.bucket_ratio``, ``train.logits_chunk``, ``train.attention``, ``train.fast_forward``,
-  ``train.fused_update``, ``rollout.max_batch``, ``train.sampler_threads``, ``rollout.vllm.gpu_memory_utilization``,
-  ``rollout.vllm.kv_cache_memory_bytes`` (the update's arithmetic is the same, up to float rounding: what to
-  lower after running out of memory); and where the vLLM servers are and how they are reached
-  (``rollout.vllm_server.urls``, ``sync_dir``, ``nccl_host``, ``nccl_port``, ``timeout``, ``sync_timeout``,
-  ``max_retries``, ``concurrency``, ``decode_tokens_per_s``).
+  ``train.fused_update``, ``rollout.max_batch``, ``train.sampler_threads``,
+  ``rollout.vllm.gpu_memory_utilization``, ``rollout.vllm.kv_cache_memory_bytes`` (the update's arithmetic is
+  the same, up to float rounding: what to lower after running out of memory); and where the vLLM servers are
+  and how they are reached (``rollout.vllm_server.urls``, ``sync_dir``, ``nccl_host``, ``nccl_port``,
+  ``timeout``, ``sync_timeout``, ``max_retries``, ``concurrency``, ``decode_tokens_per_s``).
 * :data:`LENGTH` — how long the run goes: ``train.max_steps`` (`t1 sft`: its lr schedule spans all epochs
   whatever the cap, so extending or shortening is always safe); ``train.steps`` (`t1 rl`) and ``train.epochs``
   (`t1 sft`) set the length the lr schedule spans, so they may change only when the schedule does not depend
