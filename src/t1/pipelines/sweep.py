@@ -297,20 +297,25 @@ def _extended(stage: str, run: Run) -> bool:
 
 def _job(stage: str, run: Run, head: str, quiet: bool, log: Path | None) -> Job:
     """The commands that finish ``run``: its stage (a training run with ``--resume``: from its newest checkpoint,
-    or from the start if none), then ``--scale``'s `t1 scale`; each config written where the run's record is
-    checked on a re-run (a training stage writes its own ``config.yaml``)."""
+    or from the start if none), then ``--scale``'s `t1 scale`; each config written when the run starts (a run
+    that never starts leaves nothing), where the run's record is checked on a re-run (a training stage writes
+    its own ``config.yaml``)."""
     spec, flags = STAGES[stage], ["--quiet"] if quiet else []
-    commands = []
+    commands, configs = [], []
     if not (run.dir / spec.done).exists() or _extended(stage, run):
-        if spec.training:
-            path = cfglib.save(run.cfg, run.dir.parent / f"{run.dir.name}.yaml")
-            commands.append(t1_command(stage, path, "--resume", *flags))
-        else:
-            commands.append(t1_command(stage, cfglib.save(run.cfg, run.dir / "config.yaml"), *flags))
+        path = run.dir.parent / f"{run.dir.name}.yaml" if spec.training else run.dir / "config.yaml"
+        configs.append((run.cfg, path))
+        commands.append(t1_command(stage, path, *(["--resume"] if spec.training else []), *flags))
     if run.scale_cfg is not None:
-        commands.append(t1_command("scale", cfglib.save(run.scale_cfg, run.dir / "scale" / "config.yaml"), *flags))
-    return Job(f"sweep: run {run.label} seed {run.seed} ({run.dir})", commands, log,
-               started=lambda: print(f"\n{head} → {run.dir}", file=sys.stderr),
+        configs.append((run.scale_cfg, run.dir / "scale" / "config.yaml"))
+        commands.append(t1_command("scale", configs[-1][1], *flags))
+
+    def started() -> None:
+        for cfg, path in configs:
+            cfglib.save(cfg, path)
+        print(f"\n{head} → {run.dir}", file=sys.stderr)
+
+    return Job(f"sweep: run {run.label} seed {run.seed} ({run.dir})", commands, log, started=started,
                done=None if log is None else lambda: print(f"{head}: finished", file=sys.stderr))
 
 
