@@ -385,6 +385,33 @@ def test_rl_through_a_server_samples_from_every_steps_policy(served, tmp_path):
 
 
 @pytest.mark.slow
+def test_asynchronous_rl_through_a_server_samples_one_version_behind(served, tmp_path):
+    """`train.max_staleness=1` with a server: step t's batch is sampled from version t − 1 while the update of
+    step t − 1 runs; the server is pushed only once the batch it was sampling is done."""
+    from t1 import config as C
+    from t1.rl.config import RLConfig
+    from t1.stages.rl import train_rl
+
+    url, model_dir, _ = served
+    out = tmp_path / "run"
+    cfg = C.load(RLConfig, None, [
+        f"model={model_dir}", f"out={out}", "rollout.engine=vllm_server", f"rollout.vllm_server.urls=[{url}]",
+        "train.precision=fp32", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
+        "rollout.max_new_tokens=12", "rollout.temperature=1.2", "rollout.top_p=0.95", "data.num_prompts=32",
+        "train.optim.lr=0.02", "train.optim.warmup_steps=0", "train.steps=4", "train.max_staleness=1"])
+    train_rl(cfg, progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["sampling/version"] for r in rows] == [0, 0, 1, 2]
+    assert [r["sampling/staleness"] for r in rows] == [0, 1, 1, 1]
+    assert all(0 < r["sampling/is_weight_mean"] for r in rows)
+    # a stale batch's log-probs are the older version's: at step 2 (version 0 against the trainer's 1) they
+    # differ beyond fp32 rounding, at step 1 (on-policy) they agree to it
+    assert rows[0]["sampling/logp_diff_max"] < 5e-3 < rows[1]["sampling/logp_diff_max"]
+    # the last batch (step 4) came from version 2; versions 3 and 4 were never needed by the server
+    assert json.loads((out / "engine_weights" / VERSION_FILE).read_text()) == {"version": 2}
+
+
+@pytest.mark.slow
 def test_real_server_dying_mid_step_is_a_clear_error(served, tmp_path, monkeypatch):
     """Runs last: it kills the module's server — after the step's first request has gone out, so the others
     of the same ``generate`` meet a dead server (deterministic, unlike a kill on a timer)."""
@@ -423,30 +450,3 @@ def test_real_server_dying_mid_step_is_a_clear_error(served, tmp_path, monkeypat
     model = build_model(ModelConfig(hidden=64, layers=2, heads=2, kv_heads=1, ffn=128, max_positions=512), TOK)
     with pytest.raises(ServerError, match=url):
         engine.push_weights(full_parameters(model), 2)
-
-
-@pytest.mark.slow
-def test_asynchronous_rl_through_a_server_samples_one_version_behind(served, tmp_path):
-    """`train.max_staleness=1` with a server: step t's batch is sampled from version t − 1 while the update of
-    step t − 1 runs; the server is pushed only once the batch it was sampling is done."""
-    from t1 import config as C
-    from t1.rl.config import RLConfig
-    from t1.stages.rl import train_rl
-
-    url, model_dir, _ = served
-    out = tmp_path / "run"
-    cfg = C.load(RLConfig, None, [
-        f"model={model_dir}", f"out={out}", "rollout.engine=vllm_server", f"rollout.vllm_server.urls=[{url}]",
-        "train.precision=fp32", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
-        "rollout.max_new_tokens=12", "rollout.temperature=1.2", "rollout.top_p=0.95", "data.num_prompts=32",
-        "train.optim.lr=0.02", "train.optim.warmup_steps=0", "train.steps=4", "train.max_staleness=1"])
-    train_rl(cfg, progress=False)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["sampling/version"] for r in rows] == [0, 0, 1, 2]
-    assert [r["sampling/staleness"] for r in rows] == [0, 1, 1, 1]
-    assert all(0 < r["sampling/is_weight_mean"] for r in rows)
-    # a stale batch's log-probs are the older version's: at step 2 (version 0 against the trainer's 1) they
-    # differ beyond fp32 rounding, at step 1 (on-policy) they agree to it
-    assert rows[0]["sampling/logp_diff_max"] < 5e-3 < rows[1]["sampling/logp_diff_max"]
-    # the last batch (step 4) came from version 2; versions 3 and 4 were never needed by the server
-    assert json.loads((out / "engine_weights" / VERSION_FILE).read_text()) == {"version": 2}

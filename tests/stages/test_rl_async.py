@@ -112,6 +112,10 @@ def test_engines_that_cannot_overlap_are_refused_in_one_line(tiny_model_dir, tmp
     with pytest.raises(C.ConfigError, match="max_staleness: must be in"):
         rl_cfg(tiny_model_dir, tmp_path / "n", "train.max_staleness=-1")
     assert C.load(RLConfig, None, [f"model={tiny_model_dir}"]).rollout.is_cap is None  # resolved per run
+    from t1.rl.config import resolve_anchor
+
+    pinned = C.load(RLConfig, None, [f"model={tiny_model_dir}", "train.max_staleness=1", "rollout.is_cap=0"])
+    assert "stale batches are not corrected" in resolve_anchor(pinned)[1]  # a sync run's config.yaml reused
 
 
 def test_the_is_weights_of_a_stale_batch_are_the_truncated_ratio():

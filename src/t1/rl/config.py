@@ -215,6 +215,10 @@ def resolve_anchor(cfg: RLConfig) -> tuple[RLConfig, str]:
         if cap:
             notes.append(f"rollout.is_cap: {cap:g} because train.max_staleness = {cfg.train.max_staleness} "
                          "(stale batches are corrected by truncated importance sampling)")
+    elif cfg.train.max_staleness and cfg.rollout.is_cap == 0:  # e.g. a synchronous run's config.yaml reused
+        notes.append(f"warning: train.max_staleness = {cfg.train.max_staleness} with rollout.is_cap = 0: stale "
+                     f"batches are not corrected (measured on the demo: RL collapsed); rollout.is_cap="
+                     f"{IS_CAP_ASYNC:g} or null turns the correction on")
     if cfg.algo.kl_beta == 0 and cfg.anchor.mode != "none":
         notes.append(f"anchor.mode: none, not {cfg.anchor.mode}, because algo.kl_beta = 0 (no KL term: no "
                      "anchor is kept)")

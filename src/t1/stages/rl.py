@@ -114,16 +114,19 @@ class RLTrainer:
         try:
             ov, self.overlap = getattr(self, "overlap", None), None
             engine, self.engine = getattr(self, "engine", None), None
-            if ov is not None:
-                ov.stopping = True  # a batch being sampled is not scored: the graders are closed below
-            if engine is not None:  # first: a sampler thread waiting on a sampler process gets an error now
-                close_engine(engine)
-            if ov is not None:  # a server's call in flight is bounded by its own timeout: not waited for
-                ov.close(wait=getattr(engine, "overlaps", False))
+            if ov is not None:  # asynchronous: stop the sampler thread before the graders it scores with
+                ov.stopping = True  # a batch being sampled is not scored
+                wait = getattr(engine, "overlaps", False)  # a server's call in flight: not waited for
+                if engine is not None:  # a thread waiting on a sampler process gets an error now
+                    close_engine(engine)
+                    engine = None
+                ov.close(wait=wait)
             torch.set_num_threads(self.threads)  # the sampler process's cores were lent to it
             self.task.close()
             if self.reward is not None:
                 self.reward.close()
+            if engine is not None:
+                close_engine(engine)
         finally:
             self.run.close()
 
