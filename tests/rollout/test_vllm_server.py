@@ -359,23 +359,28 @@ def test_real_server_log_probs_and_a_disk_push(served, tmp_path):
         engine.generate(prompts, seeds, params, version=0)
 
 
-@pytest.mark.slow
-def test_rl_through_a_server_samples_from_every_steps_policy(served, tmp_path):
-    """`t1 rl rollout.engine=vllm_server`: the server starts from the run's model, gets the weights after every
-    step through the disk sync, and the sampler-trainer log-prob gap stays at fp32 rounding."""
+def _server_rl(served, out, *extra) -> list[dict]:
+    """`t1 rl` through the module's real server on its tiny model; the metrics rows."""
     from t1 import config as C
     from t1.rl.config import RLConfig
     from t1.stages.rl import train_rl
 
     url, model_dir, _ = served
-    out = tmp_path / "run"
     cfg = C.load(RLConfig, None, [
         f"model={model_dir}", f"out={out}", "rollout.engine=vllm_server", f"rollout.vllm_server.urls=[{url}]",
         "train.precision=fp32", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
         "rollout.max_new_tokens=12", "rollout.temperature=1.2", "rollout.top_p=0.95", "data.num_prompts=32",
-        "train.optim.lr=0.02", "train.optim.warmup_steps=0", "train.steps=3"])
+        "train.optim.lr=0.02", "train.optim.warmup_steps=0", *extra])
     train_rl(cfg, progress=False)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_rl_through_a_server_samples_from_every_steps_policy(served, tmp_path):
+    """`t1 rl rollout.engine=vllm_server`: the server starts from the run's model, gets the weights after every
+    step through the disk sync, and the sampler-trainer log-prob gap stays at fp32 rounding."""
+    out = tmp_path / "run"
+    rows = _server_rl(served, out, "train.steps=3")
     assert [r["weight_version"] for r in rows] == [1, 2, 3]
     # fp32 rounding, except at the top-p nucleus edge (tests/rollout/test_vllm_engine.py: 4e-3 here at step 3)
     assert all(r["sampling/logp_diff_max"] < 5e-3 for r in rows), [r["sampling/logp_diff_max"] for r in rows]
@@ -388,19 +393,8 @@ def test_rl_through_a_server_samples_from_every_steps_policy(served, tmp_path):
 def test_asynchronous_rl_through_a_server_samples_one_version_behind(served, tmp_path):
     """`train.max_staleness=1` with a server: step t's batch is sampled from version t − 1 while the update of
     step t − 1 runs; the server is pushed only once the batch it was sampling is done."""
-    from t1 import config as C
-    from t1.rl.config import RLConfig
-    from t1.stages.rl import train_rl
-
-    url, model_dir, _ = served
     out = tmp_path / "run"
-    cfg = C.load(RLConfig, None, [
-        f"model={model_dir}", f"out={out}", "rollout.engine=vllm_server", f"rollout.vllm_server.urls=[{url}]",
-        "train.precision=fp32", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
-        "rollout.max_new_tokens=12", "rollout.temperature=1.2", "rollout.top_p=0.95", "data.num_prompts=32",
-        "train.optim.lr=0.02", "train.optim.warmup_steps=0", "train.steps=4", "train.max_staleness=1"])
-    train_rl(cfg, progress=False)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = _server_rl(served, out, "train.steps=4", "train.max_staleness=1")
     assert [r["sampling/version"] for r in rows] == [0, 0, 1, 2]
     assert [r["sampling/staleness"] for r in rows] == [0, 1, 1, 1]
     assert all(0 < r["sampling/is_weight_mean"] for r in rows)

@@ -17,6 +17,7 @@ exit code and the job), never a hang: every wait polls the child.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -179,13 +180,7 @@ class ProcessEngine:
 
 
 def _views(flat: torch.Tensor, layout: list[tuple[str, int, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, offset, shape in layout:
-        n = 1
-        for d in shape:
-            n *= d
-        out[name] = flat[offset: offset + n].view(shape)
-    return out
+    return {name: flat[offset: offset + math.prod(shape)].view(shape) for name, offset, shape in layout}
 
 
 def _skeleton(model: torch.nn.Module):
